@@ -1,0 +1,3 @@
+"""Code shared by server and clients: policy, data, models, training."""
+
+__all__ = ["data", "model", "policy", "records", "training"]

@@ -1,0 +1,3 @@
+"""The ``fedcommons`` console command, one module per user group."""
+
+__all__ = ["app"]

@@ -1,0 +1,59 @@
+"""``fedcommons audit ...``: read-only views of the ledger for auditors."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.cli.errors import user_errors
+from server.ledger import Ledger, ledger_report
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Read-only views of the ledger.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    output_format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Participants, runs and rounds recorded in the ledger."""
+    with user_errors():
+        ledger = Ledger(ledger_url, migrate=False)
+        try:
+            with ledger.session() as session:
+                report = ledger_report(session)
+        finally:
+            ledger.close()
+    if output_format == "json":
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    people = Table(title="Participants")
+    for column in ("name", "kind", "enrolled"):
+        people.add_column(column)
+    for p in report["participants"]:
+        people.add_row(p["name"], p["kind"], p["enrolled_at"])
+    console.print(people)
+    for run in report["runs"]:
+        table = Table(
+            title=f"Run {run['id']} (Flower {run['flower_run_id']}): {run['model']} on "
+            f"{run['dataset']}, {run['status']}, test accuracy {_pct(run['test_accuracy'])}"
+        )
+        for column in ("round", "accuracy", "loss", "participants", "seconds", "global model sha256"):
+            table.add_column(column)
+        for r in run["rounds"]:
+            table.add_row(
+                str(r["round"]), _pct(r["accuracy"]), f"{r['loss']:.4f}",
+                str(r["participants"]), f"{r['seconds']:.1f}", r["model_sha256_after"][:16] + "…",
+            )  # fmt: skip
+        console.print(table)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"

@@ -1,0 +1,27 @@
+"""Turn expected failures into one clean line and a non-zero exit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from common.data import DataError
+from common.local_federation import FederationError
+from common.policy import PolicyError
+from server.ledger import LedgerError
+
+__all__ = ["err_console", "user_errors"]
+
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    try:
+        yield
+    except (PolicyError, DataError, LedgerError, FederationError) as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None

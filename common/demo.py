@@ -1,0 +1,221 @@
+"""The embedded demo: three institutions, real Flower processes, one ledger.
+
+The data are scikit-learn's real hand-written digits. Each institution's
+partition is written to its own folder, which only its SuperNode reads; the
+server keeps a validation split (scored every round) and a test split (scored
+once at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from common.data import (
+    load_digits_data,
+    load_image_data,
+    partition_dirichlet,
+    partition_iid,
+    split_holdout,
+    write_npz,
+)
+from common.local_federation import FederationError, LocalFederation, NodeSpec, build_app_dir
+from common.model import arrays_to_bytes, build_model, get_arrays
+from common.policy import Policy
+from server.ledger import Ledger, enrol_participant
+from server.ledger.schema import Round, RoundUpdate, Run
+
+__all__ = ["DEMO_INSTITUTIONS", "DemoLayout", "RoundProgress", "prepare_data", "run_demo"]
+
+DEMO_INSTITUTIONS: tuple[tuple[str, str], ...] = (
+    ("university-a", "academia"),
+    ("university-b", "academia"),
+    ("company-c", "industry"),
+)
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Where the demo put each party's data."""
+
+    nodes: list[NodeSpec]
+    kinds: dict[str, str]
+    examples: dict[str, int]
+    server_data_dir: Path
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    round: int
+    accuracy: float
+    loss: float
+    participants: int
+    seconds: float
+
+
+def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
+    """Split the digits and write each party's share to its own folder.
+
+    Every file is read back through the participant loader, so a problem
+    surfaces here, before any process starts.
+    """
+    data = load_digits_data()
+    train, validation, test = split_holdout(
+        data, policy.data.validation_fraction, policy.data.test_fraction, policy.federation.seed
+    )
+    count = len(DEMO_INSTITUTIONS)
+    if policy.data.partition == "iid":
+        parts = partition_iid(len(train), count, policy.federation.seed)
+    else:
+        parts = partition_dirichlet(
+            train.labels, count, policy.data.dirichlet_alpha, policy.federation.seed
+        )
+    server_dir = workdir / "operator" / "data"
+    write_npz(server_dir / "validation.npz", validation)
+    write_npz(server_dir / "test.npz", test)
+    nodes, examples = [], {}
+    for (name, _kind), index in zip(DEMO_INSTITUTIONS, parts, strict=True):
+        data_dir = workdir / "institutions" / name / "data"
+        write_npz(data_dir / "digits.npz", train.subset(index))
+        loaded = load_image_data(
+            data_dir, num_classes=policy.model.num_classes, image_size=policy.model.image_size
+        )
+        nodes.append(NodeSpec(name, data_dir))
+        examples[name] = len(loaded)
+    for split in ("validation", "test"):
+        load_image_data(
+            server_dir / f"{split}.npz",
+            num_classes=policy.model.num_classes,
+            image_size=policy.model.image_size,
+        )
+    return DemoLayout(nodes, dict(DEMO_INSTITUTIONS), examples, server_dir)
+
+
+def _rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundProgress]]:
+    with ledger.session() as session:
+        run = session.scalar(select(Run).where(Run.flower_run_id == str(flower_run_id)))
+        if run is None:
+            return None, []
+        rows = session.scalars(
+            select(Round).where(Round.run_id == run.id).order_by(Round.number)
+        ).all()
+        return run, [
+            RoundProgress(r.number, r.accuracy, r.loss, r.num_participants, r.seconds)
+            for r in rows
+        ]
+
+
+def run_demo(
+    workdir: Path,
+    policy: Policy,
+    *,
+    ledger_url: str | None = None,
+    on_round: Callable[[RoundProgress], None] | None = None,
+    status_interval: float = 2.0,
+) -> dict[str, Any]:
+    """Run the whole demo and return (and write) ``summary.json``.
+
+    Raises
+    ------
+    FederationError
+        If a Flower process dies or the run does not finish successfully.
+    """
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
+    layout = prepare_data(workdir, policy)
+
+    ledger = Ledger(ledger_url)
+    try:
+        with ledger.session() as session:
+            for name, kind in DEMO_INSTITUTIONS:
+                enrol_participant(session, name, kind)
+        run_policy = policy.with_deploy(
+            ledger_url=ledger_url,
+            server_data_dir=str(layout.server_data_dir),
+            checkpoint_dir=str(workdir / "operator" / "checkpoints"),
+        )
+        run_config = workdir / "run-config.toml"
+        run_config.write_text(
+            "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in run_policy.to_run_config().items())
+            + "\n",
+            encoding="utf-8",
+        )
+        app_dir = build_app_dir(workdir / "app")
+
+        with LocalFederation(workdir, layout.nodes) as federation:
+            flower_run_id = federation.submit(app_dir, run_config)
+            seen = 0
+            next_status = 0.0
+            while True:
+                _, rounds = _rounds(ledger, flower_run_id)
+                for progress in rounds[seen:]:
+                    if on_round is not None:
+                        on_round(progress)
+                seen = len(rounds)
+                federation.check_alive()
+                if time.monotonic() >= next_status:
+                    status = federation.run_status(flower_run_id)
+                    next_status = time.monotonic() + status_interval
+                    if str(status["status"]).startswith("finished"):
+                        break
+                time.sleep(0.5)
+            run, rounds = _rounds(ledger, flower_run_id)
+            for progress in rounds[seen:]:
+                if on_round is not None:
+                    on_round(progress)
+            if run is None or run.status != "finished" or not status["status"].endswith("completed"):
+                raise FederationError(
+                    f"Flower run {flower_run_id} ended as {status['status']} "
+                    f"({status.get('status-details', '')}); ledger status "
+                    f"{run.status if run else 'missing'}. Last SuperLink log lines:\n"
+                    + federation.log_tail("superlink")
+                )
+        with ledger.session() as session:
+            update_bytes = session.scalar(
+                select(func.avg(RoundUpdate.update_bytes))
+                .join(Round, Round.id == RoundUpdate.round_id)
+                .where(Round.run_id == run.id)
+            )
+    finally:
+        ledger.close()
+
+    model_bytes = len(arrays_to_bytes(get_arrays(build_model(policy.model, policy.federation.seed))))
+    summary: dict[str, Any] = {
+        "engine": "flower-deployment",
+        "flower_run_id": flower_run_id,
+        "ledger_run_id": run.id,
+        "model": policy.model.name,
+        "dataset": policy.data.dataset,
+        "partition": policy.data.partition,
+        "policy_sha256": policy.sha256(),
+        "institutions": [
+            {"name": name, "kind": kind, "examples": layout.examples[name]}
+            for name, kind in DEMO_INSTITUTIONS
+        ],
+        "rounds": [
+            {
+                "round": r.round,
+                "accuracy": r.accuracy,
+                "loss": r.loss,
+                "participants": r.participants,
+                "seconds": r.seconds,
+            }
+            for r in rounds
+        ],
+        "final_accuracy": run.test_accuracy,
+        "final_validation_accuracy": rounds[-1].accuracy if rounds else None,
+        "ledger_url": ledger_url,
+        "model_bytes": model_bytes,
+        "update_bytes": float(update_bytes or 0.0),
+        "wall_seconds": time.monotonic() - started,
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

@@ -1,0 +1,308 @@
+"""Run a real Flower federation on loopback: one SuperLink, N SuperNodes, ``flwr run``.
+
+Every process is started in its own session so that it and the helpers it
+spawns (SuperExec, ClientApp and ServerApp subprocesses) can be stopped as one
+group; only groups this object started are ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from common.policy import Policy
+
+__all__ = ["FederationError", "LocalFederation", "NodeSpec", "build_app_dir", "free_port"]
+
+log = logging.getLogger(__name__)
+
+CONNECTION = "local"
+PACKAGES = ("server", "client", "common")
+
+
+class FederationError(RuntimeError):
+    """A Flower process failed to start, or a run failed."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One SuperNode: the institution it serves and that institution's data folder."""
+
+    institution: str
+    data_dir: Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise FederationError(f"{name} exited with code {process.returncode} while starting")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise FederationError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def build_app_dir(target: Path) -> Path:
+    """Assemble the Flower App (``pyproject.toml`` + the three packages) in ``target``.
+
+    The packages are copied from wherever they are installed, so the demo works
+    from a checkout and from a wheel alike; the run config is the default
+    policy, which ``flwr run --run-config`` then overrides key by key.
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    import common
+
+    root = Path(common.__file__).resolve().parent.parent
+    for package in PACKAGES:
+        shutil.copytree(
+            root / package,
+            target / package,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+    config = "\n".join(
+        f'"{key}" = {json.dumps(value)}' for key, value in Policy().to_run_config().items()
+    )
+    (target / "pyproject.toml").write_text(
+        f"""[project]
+name = "fedcommons"
+version = "0.1.0"
+
+[tool.flwr.app]
+publisher = "fedcommons"
+fab-include = ["server/**/*.py", "client/**/*.py", "common/**/*.py"]
+
+[tool.flwr.app.components]
+serverapp = "server.server_app:app"
+clientapp = "client.client_app:app"
+
+[tool.flwr.app.config]
+{config}
+""",
+        encoding="utf-8",
+    )
+    return target
+
+
+class LocalFederation:
+    """Start, use and always stop a loopback Flower deployment.
+
+    Parameters
+    ----------
+    workdir : Path
+        Holds ``flwr-home/`` (``FLWR_HOME``), ``superlink.db`` and ``logs/``.
+    nodes : list of NodeSpec
+        One SuperNode is started per entry.
+    startup_timeout : float (default: 60.0)
+        Seconds each process may take to start listening.
+    env : mapping, optional
+        Extra environment variables for every process.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        nodes: list[NodeSpec],
+        *,
+        startup_timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a federation needs at least one node")
+        self.workdir = workdir.resolve()
+        self.nodes = nodes
+        self.startup_timeout = startup_timeout
+        self.flwr_home = self.workdir / "flwr-home"
+        self.log_dir = self.workdir / "logs"
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+        self.superlink_port = 0
+        bin_dir = Path(sys.executable).parent
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "HF_HUB_OFFLINE": "1",
+            # SuperExec picks up new ClientApp tasks every 0.1 s instead of 1 s.
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+            # Several ClientApps share few cores; one thread each avoids thrashing.
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        handle = (self.log_dir / f"{name}.log").open("ab")
+        self._logs.append(handle)
+        process = subprocess.Popen(
+            args,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        self.processes[name] = process
+        return process
+
+    def start(self) -> None:
+        """Start the SuperLink, then every SuperNode, and write the connection."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.superlink_port = free_port()
+        superlink = self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                "--host", "127.0.0.1",
+                "--port", str(self.superlink_port),
+                "--database", str(self.workdir / "superlink.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+        )  # fmt: skip
+        _wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.superlink_port}"\n'
+            "insecure = true\n",
+            encoding="utf-8",
+        )
+        started: list[tuple[int, subprocess.Popen[bytes], str]] = []
+        for node in self.nodes:
+            port = free_port()
+            node_config = (
+                f'institution="{node.institution}" '
+                f'data-dir="{node.data_dir.resolve()}" torch-threads=1'
+            )
+            process = self._spawn(
+                f"supernode-{node.institution}",
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink", f"127.0.0.1:{self.superlink_port}",
+                    "--port", str(port),
+                    "--node-config", node_config,
+                ],
+            )  # fmt: skip
+            started.append((port, process, node.institution))
+        for port, process, name in started:
+            _wait_for_port(port, process, f"SuperNode {name}", self.startup_timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every process group this object started (SIGTERM, then SIGKILL)."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                self._signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            # The leader may be gone while its helpers linger: clear the group.
+            self._signal_group(process, signal.SIGKILL)
+            if process.poll() is None:
+                process.wait()
+        self.processes.clear()
+        for handle in self._logs:
+            handle.close()
+        self._logs.clear()
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+        try:
+            os.killpg(process.pid, sig)  # the group id is the leader's pid
+        except ProcessLookupError:
+            pass
+
+    # -- runs --------------------------------------------------------------
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Call the ``flwr`` CLI against this federation and parse its JSON reply."""
+        completed = subprocess.run(
+            ["flwr", *args, "--format", "json"],
+            capture_output=True,
+            env=self.env,
+            cwd=self.workdir,
+            timeout=timeout,
+            check=False,
+        )
+        text = completed.stdout.decode(errors="replace")
+        try:
+            reply: dict[str, Any] = json.loads(text[text.index("{") :])
+        except ValueError:
+            raise FederationError(
+                f"flwr {' '.join(args)} gave no JSON (exit {completed.returncode}): "
+                f"{text.strip()} {completed.stderr.decode(errors='replace').strip()}"
+            ) from None
+        if not reply.get("success", False):
+            raise FederationError(
+                f"flwr {' '.join(args)} failed: {reply.get('error-message', reply)}"
+            )
+        return reply
+
+    def submit(self, app_dir: Path, run_config: Path) -> int:
+        """Submit the app with ``flwr run`` and return the run id."""
+        reply = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(run_config))
+        return int(reply["run-id"])
+
+    def run_status(self, run_id: int) -> dict[str, Any]:
+        """Flower's view of a run (``flwr ls --run-id``)."""
+        runs: list[dict[str, Any]] = self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
+        return runs[0]
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise FederationError(
+                    f"{name} exited unexpectedly with code {process.returncode}; "
+                    f"see {self.log_dir / (name + '.log')}"
+                )
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

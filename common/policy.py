@@ -1,0 +1,344 @@
+"""The federation policy: one TOML file, parsed once into frozen dataclasses.
+
+A policy file has one table per section (``[federation]``, ``[model]``,
+``[training]``, ``[data]``, ``[deploy]``) with kebab-case keys. The same values
+travel to Flower as a flat run config (``"training.batch-size" = 32``), and
+:meth:`Policy.from_run_config` turns that back into the same dataclasses, so
+the ServerApp and the ClientApp validate exactly what the operator wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+__all__ = [
+    "DataConfig",
+    "DeployConfig",
+    "FederationConfig",
+    "ModelConfig",
+    "Policy",
+    "PolicyError",
+    "TrainingConfig",
+]
+
+Scalar = bool | int | float | str
+
+
+class PolicyError(ValueError):
+    """A policy value is missing, of the wrong type or out of range."""
+
+
+def _spec(
+    key: str, kind: type, check: Callable[[Any], bool] | None = None, allowed: str = ""
+) -> dict[str, Any]:
+    return {"key": key, "kind": kind, "check": check, "allowed": allowed}
+
+
+def _coerce(key: str, value: Any, kind: type, allowed: str) -> Scalar:
+    """Check ``value``'s TOML type against ``kind`` (ints are accepted as floats)."""
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (
+            kind is float
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        )
+        or (kind is str and isinstance(value, str))
+    )
+    if not ok:
+        raise PolicyError(
+            f"policy key '{key}' must be {_KIND_NAMES[kind]} ({allowed}), "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return float(value) if kind is float else value  # type: ignore[no-any-return]
+
+
+_KIND_NAMES: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+
+
+class _Section:
+    """Mixin: build a frozen section from a ``{kebab-key: value}`` mapping."""
+
+    SECTION: ClassVar[str]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Any:
+        specs = {f.metadata["key"]: f for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - set(specs))
+        if unknown:
+            raise PolicyError(
+                f"unknown policy key '{cls.SECTION}.{unknown[0]}'; "
+                f"keys allowed in [{cls.SECTION}]: {', '.join(sorted(specs))}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, f in specs.items():
+            if key not in values:
+                continue
+            full = f"{cls.SECTION}.{key}"
+            meta = f.metadata
+            value = _coerce(full, values[key], meta["kind"], meta["allowed"])
+            if meta["check"] is not None and not meta["check"](value):
+                raise PolicyError(
+                    f"policy key '{full}' must be {meta['allowed']}, got {value!r}"
+                )
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Scalar]:
+        return {
+            f.metadata["key"]: getattr(self, f.name)
+            for f in fields(self)  # type: ignore[arg-type]
+        }
+
+
+def _positive(v: Any) -> bool:
+    return bool(v > 0 and math.isfinite(v))
+
+
+def _fraction(v: Any) -> bool:
+    return bool(0.0 <= v <= 1.0)
+
+
+def _open_fraction(v: Any) -> bool:
+    return bool(0.0 < v < 1.0)
+
+
+@dataclass(frozen=True)
+class FederationConfig(_Section):
+    """How rounds are run.
+
+    Parameters
+    ----------
+    rounds : int (default: 8)
+        Number of federated rounds.
+    min_nodes : int (default: 3)
+        Nodes that must be connected and take part in every round.
+    fraction_train : float (default: 1.0)
+        Fraction of connected nodes sampled for training each round.
+    fraction_evaluate : float (default: 0.0)
+        Fraction sampled for client-side evaluation; 0 skips it (the server
+        evaluates the global model on its own validation split every round).
+    round_timeout : float (default: 600.0)
+        Seconds the server waits for replies in one round.
+    poll_interval : float (default: 0.2)
+        Seconds between the ServerApp's polls for replies.
+    seed : int (default: 42)
+        Seed for model initialisation, partitioning and data order.
+    """
+
+    SECTION: ClassVar[str] = "federation"
+    rounds: int = field(default=8, metadata=_spec("rounds", int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"))
+    min_nodes: int = field(default=3, metadata=_spec("min-nodes", int, lambda v: v >= 1, "an integer >= 1"))
+    fraction_train: float = field(default=1.0, metadata=_spec("fraction-train", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"))
+    fraction_evaluate: float = field(default=0.0, metadata=_spec("fraction-evaluate", float, _fraction, "a number in [0, 1]"))
+    round_timeout: float = field(default=600.0, metadata=_spec("round-timeout", float, _positive, "a number of seconds > 0"))
+    poll_interval: float = field(default=0.2, metadata=_spec("poll-interval", float, lambda v: 0.01 <= v <= 10.0, "a number of seconds from 0.01 to 10"))
+    seed: int = field(default=42, metadata=_spec("seed", int, lambda v: v >= 0, "an integer >= 0"))
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Which model is trained.
+
+    Parameters
+    ----------
+    name : str (default: "cnn")
+        ``"cnn"``: a small GroupNorm CNN for square grey-scale images.
+    num_classes : int (default: 10)
+        Number of labels; data labels must lie in ``[0, num_classes)``.
+    image_size : int (default: 8)
+        Height and width of the input images in pixels.
+    """
+
+    SECTION: ClassVar[str] = "model"
+    name: str = field(default="cnn", metadata=_spec("name", str, lambda v: v in ("cnn",), "one of: cnn"))
+    num_classes: int = field(default=10, metadata=_spec("num-classes", int, lambda v: 2 <= v <= 100_000, "an integer from 2 to 100000"))
+    image_size: int = field(default=8, metadata=_spec("image-size", int, lambda v: 4 <= v <= 512, "an integer from 4 to 512"))
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """Local training on each client.
+
+    Parameters
+    ----------
+    local_epochs : int (default: 2)
+        Passes over the local data per round.
+    batch_size : int (default: 32)
+        Examples per step.
+    learning_rate : float (default: 0.05)
+        SGD learning rate.
+    momentum : float (default: 0.9)
+        SGD momentum, in ``[0, 1)``.
+    """
+
+    SECTION: ClassVar[str] = "training"
+    local_epochs: int = field(default=2, metadata=_spec("local-epochs", int, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"))
+    batch_size: int = field(default=32, metadata=_spec("batch-size", int, lambda v: 1 <= v <= 65_536, "an integer from 1 to 65536"))
+    learning_rate: float = field(default=0.05, metadata=_spec("learning-rate", float, lambda v: _positive(v) and v <= 10, "a number in (0, 10]"))
+    momentum: float = field(default=0.9, metadata=_spec("momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """The embedded demo's data set and how it is split.
+
+    Parameters
+    ----------
+    dataset : str (default: "digits")
+        ``"digits"``: scikit-learn's 1,797 real 8x8 hand-written digits.
+    partition : str (default: "non-iid")
+        ``"iid"`` or ``"non-iid"`` (Dirichlet label skew).
+    dirichlet_alpha : float (default: 0.5)
+        Concentration of the label skew; smaller is more skewed.
+    validation_fraction : float (default: 0.1)
+        Share of the data the server keeps to evaluate every round.
+    test_fraction : float (default: 0.2)
+        Share of the data the server keeps for the final test.
+    """
+
+    SECTION: ClassVar[str] = "data"
+    dataset: str = field(default="digits", metadata=_spec("dataset", str, lambda v: v in ("digits",), "one of: digits"))
+    partition: str = field(default="non-iid", metadata=_spec("partition", str, lambda v: v in ("iid", "non-iid"), "one of: iid, non-iid"))
+    dirichlet_alpha: float = field(default=0.5, metadata=_spec("dirichlet-alpha", float, lambda v: _positive(v) and v <= 1e6, "a number in (0, 1e6]"))
+    validation_fraction: float = field(default=0.1, metadata=_spec("validation-fraction", float, _open_fraction, "a number in (0, 1)"))
+    test_fraction: float = field(default=0.2, metadata=_spec("test-fraction", float, _open_fraction, "a number in (0, 1)"))
+
+    def __post_init__(self) -> None:
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise PolicyError(
+                "policy keys 'data.validation-fraction' + 'data.test-fraction' "
+                f"must leave at least 10% for training, got "
+                f"{self.validation_fraction} + {self.test_fraction}"
+            )
+
+
+@dataclass(frozen=True)
+class DeployConfig(_Section):
+    """Where the operator's files live (not part of the policy hash).
+
+    Parameters
+    ----------
+    ledger_url : str (default: "")
+        SQLAlchemy URL of the ledger; empty means no ledger (tests only).
+    server_data_dir : str (default: "")
+        Folder with the server's ``validation.npz`` and ``test.npz``.
+    checkpoint_dir : str (default: "")
+        Folder for per-round global-model checkpoints; empty disables them.
+    """
+
+    SECTION: ClassVar[str] = "deploy"
+    ledger_url: str = field(default="", metadata=_spec("ledger-url", str, None, "a SQLAlchemy URL"))
+    server_data_dir: str = field(default="", metadata=_spec("server-data-dir", str, None, "a folder path"))
+    checkpoint_dir: str = field(default="", metadata=_spec("checkpoint-dir", str, None, "a folder path"))
+
+
+_SECTIONS: dict[str, type[_Section]] = {
+    cls.SECTION: cls
+    for cls in (FederationConfig, ModelConfig, TrainingConfig, DataConfig, DeployConfig)
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A whole federation policy; build it with :meth:`load` or :meth:`from_run_config`."""
+
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    @classmethod
+    def from_sections(cls, tables: Mapping[str, Any]) -> Policy:
+        """Build from ``{section: {key: value}}`` (a parsed TOML document)."""
+        unknown = sorted(set(tables) - set(_SECTIONS))
+        if unknown:
+            raise PolicyError(
+                f"unknown policy section '[{unknown[0]}]'; "
+                f"sections allowed: {', '.join(f'[{s}]' for s in _SECTIONS)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for name, table in tables.items():
+            if not isinstance(table, Mapping):
+                raise PolicyError(
+                    f"policy entry '{name}' must be a table ([{name}]), got {table!r}"
+                )
+            kwargs[name] = _SECTIONS[name].from_mapping(table)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read and validate a TOML policy file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise PolicyError(f"cannot read policy file {path}: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise PolicyError(f"policy file {path} is not UTF-8 text") from err
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise PolicyError(f"policy file {path} is not valid TOML: {err}") from err
+        try:
+            return cls.from_sections(document)
+        except PolicyError as err:
+            raise PolicyError(f"{path}: {err}") from err
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> Policy:
+        """Rebuild the policy from Flower's flat ``section.key`` run config."""
+        tables: dict[str, dict[str, Any]] = {}
+        for flat_key, value in run_config.items():
+            section, sep, key = flat_key.partition(".")
+            if not sep:
+                raise PolicyError(
+                    f"run config key '{flat_key}' is not of the form 'section.key'"
+                )
+            tables.setdefault(section, {})[key] = value
+        return cls.from_sections(tables)
+
+    def to_run_config(self) -> dict[str, Scalar]:
+        """Flatten to Flower's run config (``{"section.key": value}``)."""
+        return {
+            f"{section}.{key}": value
+            for section, table in self.to_sections().items()
+            for key, value in table.items()
+        }
+
+    def to_sections(self) -> dict[str, dict[str, Scalar]]:
+        return {name: getattr(self, name).to_mapping() for name in _SECTIONS}
+
+    def to_toml(self) -> str:
+        """Render as a TOML document that :meth:`load` reads back unchanged."""
+        lines: list[str] = []
+        for name, table in self.to_sections().items():
+            lines.append(f"[{name}]")
+            lines.extend(f"{key} = {json.dumps(value)}" for key, value in table.items())
+            lines.append("")
+        return "\n".join(lines)
+
+    def with_deploy(self, **changes: str) -> Policy:
+        """Return a copy with deployment paths changed."""
+        return replace(self, deploy=replace(self.deploy, **changes))
+
+    def sha256(self) -> str:
+        """Hash of the federation-relevant settings (everything but ``deploy``)."""
+        sections = self.to_sections()
+        sections.pop("deploy")
+        canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,115 @@
+"""Ledger tables (SQLAlchemy 2 typed ORM). Logic lives in :mod:`server.ledger.store`.
+
+The schema is designed to grow without a rewrite: later migrations add the
+hash-chained ``ledger_entries`` table, licences and privacy charges, and give
+each fact row a reference to its entry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Base", "Participant", "Round", "RoundUpdate", "Run"]
+
+PARTICIPANT_KINDS = ("academia", "industry")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+IntPk = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
+Sha256 = Annotated[str, mapped_column(String(64))]
+Timestamp = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow)]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Participant(Base):
+    """An enrolled institution; ``public_key`` is filled in by enrolment later."""
+
+    __tablename__ = "participants"
+
+    id: Mapped[IntPk]
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[str | None] = mapped_column(Text, default=None)
+    enrolled_at: Mapped[Timestamp]
+
+
+class Run(Base):
+    """One federated run started from a policy."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[IntPk]
+    # Flower run ids are unsigned 64-bit: kept as text, they fit every backend.
+    flower_run_id: Mapped[str | None] = mapped_column(String(20), default=None, index=True)
+    policy_sha256: Mapped[Sha256]
+    policy_toml: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(64))
+    dataset: Mapped[str] = mapped_column(String(128))
+    initial_model_sha256: Mapped[Sha256]
+    planned_rounds: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    test_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    test_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    started_at: Mapped[Timestamp]
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    rounds: Mapped[list[Round]] = relationship(back_populates="run", order_by="Round.number")
+
+
+class Round(Base):
+    """One completed round: the global model before and after, and its metrics."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "number"),)
+
+    id: Mapped[IntPk]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    model_sha256_before: Mapped[Sha256]
+    model_sha256_after: Mapped[Sha256]
+    loss: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float] = mapped_column(Float)
+    num_participants: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[Timestamp]
+
+    run: Mapped[Run] = relationship(back_populates="rounds")
+    updates: Mapped[list[RoundUpdate]] = relationship(back_populates="round")
+
+
+class RoundUpdate(Base):
+    """One participant's contribution to one round (its hash, never its content)."""
+
+    __tablename__ = "round_updates"
+    __table_args__ = (UniqueConstraint("round_id", "participant_id"),)
+
+    id: Mapped[IntPk]
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    num_examples: Mapped[int] = mapped_column(Integer)
+    train_loss: Mapped[float] = mapped_column(Float)
+    update_sha256: Mapped[Sha256]
+    update_bytes: Mapped[int] = mapped_column(BigInteger)
+
+    round: Mapped[Round] = relationship(back_populates="updates")
+    participant: Mapped[Participant] = relationship()

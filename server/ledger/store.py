@@ -1,0 +1,322 @@
+"""Opening the ledger, migrating it, and the facts the server records.
+
+Query and record functions take a :class:`~sqlalchemy.orm.Session` opened by
+the caller (``with ledger.session() as s: ...``), so one short transaction
+covers one fact.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, func, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from server.ledger.schema import (
+    PARTICIPANT_KINDS,
+    Participant,
+    Round,
+    RoundUpdate,
+    Run,
+    utcnow,
+)
+
+__all__ = [
+    "Ledger",
+    "LedgerError",
+    "UpdateFact",
+    "enrol_participant",
+    "finish_run",
+    "ledger_report",
+    "normalise_url",
+    "record_round",
+    "start_run",
+]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or a fact contradicts what it holds."""
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain ``postgresql://`` and route it to the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise LedgerError(f"invalid ledger URL {url!r}: {err}") from err
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    return parsed.render_as_string(hide_password=False)
+
+
+class Ledger:
+    """A migrated ledger database.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL, e.g. ``sqlite:///work/ledger.db`` or
+        ``postgresql://user@host/db``.
+    migrate : bool (default: True)
+        Bring the schema up to date (Alembic ``upgrade head``) on open.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = normalise_url(url)
+        self.engine: Engine = create_engine(self.url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+            f"ledger-session-{id(self)}", default=None
+        )
+        if migrate:
+            self.upgrade()
+        else:
+            self._require_schema()
+
+    def upgrade(self) -> None:
+        """Apply every Alembic migration not yet applied."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as err:
+            raise LedgerError(f"cannot open ledger {self.url}: {err.orig}") from err
+
+    def _require_schema(self) -> None:
+        parsed = make_url(self.url)
+        if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+            if not Path(parsed.database).is_file():
+                raise LedgerError(f"no ledger at {self.url}: the file does not exist")
+        try:
+            with self.engine.connect() as connection:
+                found = inspect(connection).has_table("alembic_version")
+        except OperationalError as err:
+            raise LedgerError(f"cannot open ledger {self.url}: {err.orig}") from err
+        if not found:
+            raise LedgerError(f"{self.url} is not a FedCommons ledger (no schema version table)")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction that commits on success and rolls back on error.
+
+        Re-entrant: a nested call joins the outer transaction.
+        """
+        outer = self._current.get()
+        if outer is not None:
+            yield outer
+            return
+        with self._sessions.begin() as session:
+            token = self._current.set(session)
+            try:
+                yield session
+            finally:
+                self._current.reset(token)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def enrol_participant(session: Session, name: str, kind: str) -> Participant:
+    """Add an institution, or return it unchanged if already enrolled with the same kind."""
+    if kind not in PARTICIPANT_KINDS:
+        raise LedgerError(
+            f"participant kind must be one of {', '.join(PARTICIPANT_KINDS)}, got {kind!r}"
+        )
+    if not name or len(name) > 128:
+        raise LedgerError(f"participant name must be 1-128 characters, got {name!r}")
+    existing = session.scalar(select(Participant).where(Participant.name == name))
+    if existing is not None:
+        if existing.kind != kind:
+            raise LedgerError(
+                f"participant {name!r} is enrolled as {existing.kind}, not {kind}"
+            )
+        return existing
+    participant = Participant(name=name, kind=kind)
+    session.add(participant)
+    session.flush()
+    return participant
+
+
+def start_run(
+    session: Session,
+    *,
+    policy_sha256: str,
+    policy_toml: str,
+    model: str,
+    dataset: str,
+    initial_model_sha256: str,
+    planned_rounds: int,
+    flower_run_id: int | None,
+) -> Run:
+    """Open a run; ``flower_run_id`` links it to Flower's own run record."""
+    run = Run(
+        policy_sha256=policy_sha256,
+        policy_toml=policy_toml,
+        model=model,
+        dataset=dataset,
+        initial_model_sha256=initial_model_sha256,
+        planned_rounds=planned_rounds,
+        flower_run_id=None if flower_run_id is None else str(flower_run_id),
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+@dataclass(frozen=True)
+class UpdateFact:
+    """What the ledger keeps of one participant's update."""
+
+    institution: str
+    num_examples: int
+    train_loss: float
+    update_sha256: str
+    update_bytes: int
+
+
+def record_round(
+    session: Session,
+    run_id: int,
+    *,
+    number: int,
+    model_sha256_before: str,
+    model_sha256_after: str,
+    loss: float,
+    accuracy: float,
+    seconds: float,
+    updates: list[UpdateFact],
+) -> Round:
+    """Append a completed round and one row per contributing participant."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise LedgerError(f"run {run_id} is not in the ledger")
+    last = session.scalar(select(func.max(Round.number)).where(Round.run_id == run_id)) or 0
+    if number != last + 1:
+        raise LedgerError(f"run {run_id}: round {number} follows round {last}; rounds must be consecutive")
+    total = sum(u.num_examples for u in updates)
+    row = Round(
+        run_id=run_id,
+        number=number,
+        model_sha256_before=model_sha256_before,
+        model_sha256_after=model_sha256_after,
+        loss=loss,
+        accuracy=accuracy,
+        train_loss=sum(u.train_loss * u.num_examples for u in updates) / max(total, 1),
+        num_participants=len(updates),
+        seconds=seconds,
+    )
+    session.add(row)
+    session.flush()
+    for fact in updates:
+        participant = session.scalar(
+            select(Participant).where(Participant.name == fact.institution)
+        )
+        if participant is None:
+            raise LedgerError(f"update from {fact.institution!r}, who is not enrolled")
+        session.add(
+            RoundUpdate(
+                round_id=row.id,
+                participant_id=participant.id,
+                num_examples=fact.num_examples,
+                train_loss=fact.train_loss,
+                update_sha256=fact.update_sha256,
+                update_bytes=fact.update_bytes,
+            )
+        )
+    session.flush()
+    return row
+
+
+RUN_STATUSES = ("running", "finished", "failed")
+
+
+def finish_run(
+    session: Session,
+    run_id: int,
+    status: str,
+    *,
+    test_accuracy: float | None = None,
+    test_loss: float | None = None,
+) -> None:
+    """Close a run with its final status and, if it finished, its test metrics."""
+    if status not in RUN_STATUSES[1:]:
+        raise LedgerError(f"a run ends as finished or failed, not {status!r}")
+    run = session.get(Run, run_id)
+    if run is None:
+        raise LedgerError(f"run {run_id} is not in the ledger")
+    run.status = status
+    run.ended_at = utcnow()
+    run.test_accuracy = test_accuracy
+    run.test_loss = test_loss
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def ledger_report(session: Session) -> dict[str, Any]:
+    """Everything an auditor sees, as plain JSON-ready data."""
+    participants = session.scalars(select(Participant).order_by(Participant.id)).all()
+    runs = session.scalars(select(Run).order_by(Run.id)).all()
+    return {
+        "participants": [
+            {"name": p.name, "kind": p.kind, "enrolled_at": _iso(p.enrolled_at)}
+            for p in participants
+        ],
+        "runs": [
+            {
+                "id": run.id,
+                "flower_run_id": run.flower_run_id,
+                "status": run.status,
+                "model": run.model,
+                "dataset": run.dataset,
+                "policy_sha256": run.policy_sha256,
+                "initial_model_sha256": run.initial_model_sha256,
+                "planned_rounds": run.planned_rounds,
+                "test_accuracy": run.test_accuracy,
+                "test_loss": run.test_loss,
+                "started_at": _iso(run.started_at),
+                "ended_at": _iso(run.ended_at),
+                "rounds": [
+                    {
+                        "round": r.number,
+                        "accuracy": r.accuracy,
+                        "loss": r.loss,
+                        "train_loss": r.train_loss,
+                        "participants": r.num_participants,
+                        "seconds": r.seconds,
+                        "model_sha256_before": r.model_sha256_before,
+                        "model_sha256_after": r.model_sha256_after,
+                        "updates": [
+                            {
+                                "institution": u.participant.name,
+                                "num_examples": u.num_examples,
+                                "train_loss": u.train_loss,
+                                "update_sha256": u.update_sha256,
+                                "update_bytes": u.update_bytes,
+                            }
+                            for u in sorted(r.updates, key=lambda u: u.participant.name)
+                        ],
+                    }
+                    for r in run.rounds
+                ],
+            }
+            for run in runs
+        ],
+    }

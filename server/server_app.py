@@ -1,0 +1,93 @@
+"""The FedCommons ServerApp: wiring only (policy -> data, model, ledger, strategy)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.data import ImageData, load_image_data
+from common.model import arrays_sha256, build_model, get_arrays, set_arrays
+from common.policy import Policy
+from common.training import evaluate
+from server.grid import PollingGrid
+from server.ledger import Ledger, finish_run, start_run
+from common.records import Arrays, arrays_of, record_of
+from server.strategy import LedgerFedAvg
+
+__all__ = ["app"]
+
+log = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+def _load_server_split(policy: Policy, name: str) -> ImageData:
+    if not policy.deploy.server_data_dir:
+        raise ValueError("run config key 'deploy.server-data-dir' is empty: the server needs its validation and test data")
+    return load_image_data(
+        Path(policy.deploy.server_data_dir) / f"{name}.npz",
+        num_classes=policy.model.num_classes,
+        image_size=policy.model.image_size,
+    )
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the policy's rounds of FedAvg and record them."""
+    policy = Policy.from_run_config(context.run_config)
+    validation = _load_server_split(policy, "validation")
+    test = _load_server_split(policy, "test")
+    model = build_model(policy.model, policy.federation.seed)
+
+    def score(data: ImageData, weights: Arrays) -> tuple[float, float]:
+        set_arrays(model, weights)
+        result = evaluate(model, data)
+        return result.loss, result.accuracy
+
+    initial = get_arrays(model)
+    ledger = Ledger(policy.deploy.ledger_url) if policy.deploy.ledger_url else None
+    run_id = None
+    if ledger is not None:
+        with ledger.session() as session:
+            run_id = start_run(
+                session,
+                policy_sha256=policy.sha256(),
+                policy_toml=policy.to_toml(),
+                model=policy.model.name,
+                dataset=policy.data.dataset,
+                initial_model_sha256=arrays_sha256(initial),
+                planned_rounds=policy.federation.rounds,
+                flower_run_id=context.run_id,
+            ).id
+
+    strategy = LedgerFedAvg(
+        ledger=ledger,
+        run_id=run_id,
+        evaluator=lambda weights: score(validation, weights),
+        checkpoint_dir=Path(policy.deploy.checkpoint_dir) if policy.deploy.checkpoint_dir else None,
+        min_nodes=policy.federation.min_nodes,
+        fraction_train=policy.federation.fraction_train,
+        fraction_evaluate=policy.federation.fraction_evaluate,
+    )
+    status, test_loss, test_accuracy = "failed", None, None
+    try:
+        result = strategy.start(
+            grid=PollingGrid(grid, policy.federation.poll_interval),
+            initial_arrays=record_of(initial),
+            num_rounds=policy.federation.rounds,
+            timeout=policy.federation.round_timeout,
+            train_config=ConfigRecord(),
+            evaluate_fn=strategy.finish_round,
+        )
+        final = arrays_of(result.arrays)
+        test_loss, test_accuracy = score(test, final)
+        status = "finished"
+        log.info("test accuracy %.4f, loss %.4f", test_accuracy, test_loss)
+    finally:
+        if ledger is not None and run_id is not None:
+            with ledger.session() as session:
+                finish_run(session, run_id, status, test_accuracy=test_accuracy, test_loss=test_loss)
+            ledger.close()
