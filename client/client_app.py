@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -29,11 +31,18 @@ def train(message: Message, context: Context) -> Message:
         setup = ClientSetup.from_context(context)
     except (DataError, PolicyError) as err:
         return _refuse(message, err)
+    started = time.perf_counter()
     weights, result = train_round(setup, arrays_of(message.content["arrays"]), message.content["config"])
     content = RecordDict(
         {
             "arrays": record_of(weights),
-            "metrics": MetricRecord({"num-examples": len(setup.data), "train-loss": result.loss}),
+            "metrics": MetricRecord(
+                {
+                    "num-examples": len(setup.data),
+                    "train-loss": result.loss,
+                    "train-seconds": time.perf_counter() - started,
+                }
+            ),
             "meta": ConfigRecord({"institution": setup.institution}),
         }
     )

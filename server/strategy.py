@@ -113,6 +113,7 @@ class LedgerFedAvg(FedAvg):
             train_loss=float(metrics.get("train-loss", float("nan"))),  # type: ignore[arg-type]
             update_sha256=hashlib.sha256(payload).hexdigest(),
             update_bytes=len(payload),
+            train_seconds=float(metrics.get("train-seconds", float("nan"))),  # type: ignore[arg-type]
         )
 
     def finish_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:

@@ -110,6 +110,7 @@ class RoundUpdate(Base):
     train_loss: Mapped[float] = mapped_column(Float)
     update_sha256: Mapped[Sha256]
     update_bytes: Mapped[int] = mapped_column(BigInteger)
+    train_seconds: Mapped[float] = mapped_column(Float)
 
     round: Mapped[Round] = relationship(back_populates="updates")
     participant: Mapped[Participant] = relationship()

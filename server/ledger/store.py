@@ -188,6 +188,7 @@ class UpdateFact:
     train_loss: float
     update_sha256: str
     update_bytes: int
+    train_seconds: float
 
 
 def record_round(
@@ -237,6 +238,7 @@ def record_round(
                 train_loss=fact.train_loss,
                 update_sha256=fact.update_sha256,
                 update_bytes=fact.update_bytes,
+                train_seconds=fact.train_seconds,
             )
         )
     session.flush()
@@ -310,6 +312,7 @@ def ledger_report(session: Session) -> dict[str, Any]:
                                 "train_loss": u.train_loss,
                                 "update_sha256": u.update_sha256,
                                 "update_bytes": u.update_bytes,
+                                "train_seconds": u.train_seconds,
                             }
                             for u in sorted(r.updates, key=lambda u: u.participant.name)
                         ],

@@ -70,6 +70,7 @@ def upgrade() -> None:
         sa.Column("train_loss", sa.Float(), nullable=False),
         sa.Column("update_sha256", sa.String(64), nullable=False),
         sa.Column("update_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("train_seconds", sa.Float(), nullable=False),
         sa.UniqueConstraint("round_id", "participant_id"),
     )
 
