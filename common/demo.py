@@ -111,6 +111,10 @@ def _rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundP
         ]
 
 
+def _last_lines(text: str, count: int) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
 def run_demo(
     workdir: Path,
     policy: Policy,
@@ -175,8 +179,8 @@ def run_demo(
                 raise FederationError(
                     f"Flower run {flower_run_id} ended as {status['status']} "
                     f"({status.get('status-details', '')}); ledger status "
-                    f"{run.status if run else 'missing'}. Last SuperLink log lines:\n"
-                    + federation.log_tail("superlink")
+                    f"{run.status if run else 'missing'}. ServerApp log:\n"
+                    + _last_lines(federation.run_log(flower_run_id), 25)
                 )
         with ledger.session() as session:
             update_bytes = session.scalar(

@@ -293,6 +293,18 @@ class LocalFederation:
         runs: list[dict[str, Any]] = self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
         return runs[0]
 
+    def run_log(self, run_id: int, timeout: float = 60.0) -> str:
+        """The ServerApp's log of a run, as ``flwr log --show`` prints it."""
+        completed = subprocess.run(
+            ["flwr", "log", str(run_id), CONNECTION, "--show"],
+            capture_output=True,
+            env=self.env,
+            cwd=self.workdir,
+            timeout=timeout,
+            check=False,
+        )
+        return completed.stdout.decode(errors="replace") + completed.stderr.decode(errors="replace")
+
     def check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
@@ -300,9 +312,3 @@ class LocalFederation:
                     f"{name} exited unexpectedly with code {process.returncode}; "
                     f"see {self.log_dir / (name + '.log')}"
                 )
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.log_dir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,79 @@
+"""The ``fedcommons`` command: clean errors, tables for people, JSON for machines."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from common.cli.app import app
+from common.data import load_digits_data, write_npz
+from server.ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
+
+runner = CliRunner()
+
+
+def test_no_arguments_shows_the_groups() -> None:
+    result = runner.invoke(app, [])
+    for group in ("demo", "operator", "client", "audit"):
+        assert group in result.output
+
+
+def test_check_policy_ok_and_bad(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[federation]\nrounds = 3\n")
+    result = runner.invoke(app, ["operator", "check-policy", str(good), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["run_config"]["federation.rounds"] == 3
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training]\nlearning-rate = -1\n")
+    result = runner.invoke(app, ["operator", "check-policy", str(bad)])
+    assert result.exit_code == 1
+    assert "'training.learning-rate' must be a number in (0, 10]" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_data_reports_counts_or_the_problem(tmp_path: Path) -> None:
+    write_npz(tmp_path / "ok" / "d.npz", load_digits_data().subset(np.arange(30)))
+    result = runner.invoke(app, ["client", "check-data", str(tmp_path / "ok"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["examples"] == 30 and sum(report["label_counts"]) == 30
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 8, 8)))
+    result = runner.invoke(app, ["client", "check-data", str(tmp_path / "bad.npz")])
+    assert result.exit_code == 1
+    assert "bad.npz: missing array(s) labels" in result.output
+
+
+def test_demo_rejects_bad_options_before_starting_anything(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--partition", "sorted", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1
+    assert "'data.partition' must be one of: iid, non-iid, got 'sorted' (from the command-line options)" in result.output
+    assert not (tmp_path / "w").exists()
+    result = runner.invoke(app, ["demo", "--model", "bert", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1 and "'model.name' must be one of: cnn" in result.output
+
+
+def test_audit_show_table_and_json(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    with ledger.session() as s:
+        enrol_participant(s, "university-a", "academia")
+        run_id = start_run(s, policy_sha256="a" * 64, policy_toml="", model="cnn", dataset="digits",
+                           initial_model_sha256="b" * 64, planned_rounds=1, flower_run_id=42).id
+        record_round(s, run_id, number=1, model_sha256_before="b" * 64, model_sha256_after="c" * 64,
+                     loss=0.5, accuracy=0.875, seconds=3.0,
+                     updates=[UpdateFact("university-a", 10, 0.4, "d" * 64, 100, 1.0)])
+    ledger.close()
+    result = runner.invoke(app, ["audit", "show", "--ledger", url], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "university-a" in result.output and "87.50%" in result.output
+    result = runner.invoke(app, ["audit", "show", "--ledger", url, "--format", "json"])
+    report = json.loads(result.output)
+    assert report["runs"][0]["rounds"][0]["updates"][0]["update_sha256"] == "d" * 64
+
+
+def test_audit_show_on_a_missing_ledger_fails_cleanly(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["audit", "show", "--ledger", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code == 1
+    assert "no ledger at" in result.output and "the file does not exist" in result.output

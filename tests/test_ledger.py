@@ -1,0 +1,146 @@
+"""Ledger behaviour, run against a real SQLite file and the real PostgreSQL server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from server.ledger import (
+    Ledger,
+    LedgerError,
+    UpdateFact,
+    enrol_participant,
+    finish_run,
+    ledger_report,
+    normalise_url,
+    record_round,
+    start_run,
+)
+from server.ledger.schema import Base, Participant
+
+H = "a" * 64
+
+
+def _start(ledger: Ledger) -> int:
+    with ledger.session() as s:
+        for name, kind in (("uni-a", "academia"), ("co-c", "industry")):
+            enrol_participant(s, name, kind)
+        return start_run(s, policy_sha256=H, policy_toml="[federation]\n", model="cnn", dataset="digits",
+                         initial_model_sha256=H, planned_rounds=2, flower_run_id=18_000_000_000_000_000_000).id
+
+
+def _facts() -> list[UpdateFact]:
+    return [UpdateFact("uni-a", 100, 0.5, "b" * 64, 1000, 1.5), UpdateFact("co-c", 300, 0.25, "c" * 64, 1000, 2.0)]
+
+
+class LedgerContract:
+    """Behaviour every backend must show; subclasses provide ``url``."""
+
+    @pytest.fixture
+    def ledger(self, url: str) -> Iterator[Ledger]:
+        ledger = Ledger(url)
+        yield ledger
+        ledger.close()
+
+    def test_migration_builds_exactly_the_orm_schema(self, ledger: Ledger) -> None:
+        with ledger.engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            assert diff == []
+            assert set(inspect(connection).get_table_names()) >= {"participants", "runs", "rounds", "round_updates"}
+
+    def test_reopening_does_not_migrate_twice_or_lose_rows(self, url: str, ledger: Ledger) -> None:
+        _start(ledger)
+        again = Ledger(url)
+        with again.session() as s:
+            assert ledger_report(s)["runs"][0]["planned_rounds"] == 2
+        again.close()
+
+    def test_enrolment_is_idempotent_and_kinds_are_checked(self, ledger: Ledger) -> None:
+        with ledger.session() as s:
+            first = enrol_participant(s, "uni-a", "academia")
+            assert enrol_participant(s, "uni-a", "academia").id == first.id
+        with pytest.raises(LedgerError, match="'uni-a' is enrolled as academia, not industry"), ledger.session() as s:
+            enrol_participant(s, "uni-a", "industry")
+        with pytest.raises(LedgerError, match="kind must be one of academia, industry"), ledger.session() as s:
+            enrol_participant(s, "x", "government")
+
+    def test_rounds_are_recorded_with_weighted_loss_and_updates(self, ledger: Ledger) -> None:
+        run_id = _start(ledger)
+        with ledger.session() as s:
+            record_round(s, run_id, number=1, model_sha256_before=H, model_sha256_after="d" * 64,
+                         loss=0.9, accuracy=0.8, seconds=12.5, updates=_facts())
+            finish_run(s, run_id, "finished", test_accuracy=0.91, test_loss=0.3)
+        with ledger.session() as s:
+            report = ledger_report(s)
+        run = report["runs"][0]
+        assert run["flower_run_id"] == "18000000000000000000"
+        assert (run["status"], run["test_accuracy"], run["test_loss"]) == ("finished", 0.91, 0.3)
+        assert run["ended_at"] is not None
+        (round_row,) = run["rounds"]
+        assert round_row["train_loss"] == pytest.approx((100 * 0.5 + 300 * 0.25) / 400)
+        assert round_row["participants"] == 2
+        assert [(u["institution"], u["num_examples"], u["train_seconds"]) for u in round_row["updates"]] == [
+            ("co-c", 300, 2.0), ("uni-a", 100, 1.5)]
+        assert [p["name"] for p in report["participants"]] == ["uni-a", "co-c"]
+
+    def test_rounds_must_be_consecutive(self, ledger: Ledger) -> None:
+        run_id = _start(ledger)
+        with pytest.raises(LedgerError, match="round 2 follows round 0"), ledger.session() as s:
+            record_round(s, run_id, number=2, model_sha256_before=H, model_sha256_after=H,
+                         loss=1, accuracy=0, seconds=1, updates=[])
+
+    def test_update_from_unenrolled_institution_rolls_back_the_round(self, ledger: Ledger) -> None:
+        run_id = _start(ledger)
+        stranger = [UpdateFact("stranger", 1, 0.1, H, 10, 0.1)]
+        with pytest.raises(LedgerError, match="'stranger', who is not enrolled"), ledger.session() as s:
+            record_round(s, run_id, number=1, model_sha256_before=H, model_sha256_after=H,
+                         loss=1, accuracy=0, seconds=1, updates=stranger)
+        with ledger.session() as s:
+            assert ledger_report(s)["runs"][0]["rounds"] == []
+
+    def test_nested_sessions_share_one_transaction(self, ledger: Ledger) -> None:
+        with pytest.raises(RuntimeError), ledger.session() as outer:
+            enrol_participant(outer, "uni-z", "academia")
+            with ledger.session() as inner:
+                assert inner is outer
+            raise RuntimeError("abort")
+        with ledger.session() as s:
+            assert s.scalar(select(Participant).where(Participant.name == "uni-z")) is None
+
+    def test_finish_run_checks_status_and_run(self, ledger: Ledger) -> None:
+        run_id = _start(ledger)
+        with pytest.raises(LedgerError, match="finished or failed, not 'done'"), ledger.session() as s:
+            finish_run(s, run_id, "done")
+        with pytest.raises(LedgerError, match="run 999 is not in the ledger"), ledger.session() as s:
+            finish_run(s, 999, "failed")
+
+
+class TestSQLiteLedger(LedgerContract):
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'nested' / 'ledger.db'}"
+
+
+class TestPostgresLedger(LedgerContract):
+    @pytest.fixture
+    def url(self, postgres_url: str) -> str:
+        return postgres_url
+
+
+def test_plain_postgresql_urls_use_psycopg3() -> None:
+    assert normalise_url("postgresql://u@h:5432/db") == "postgresql+psycopg://u@h:5432/db"
+
+
+def test_bad_urls_and_missing_ledgers_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="invalid ledger URL 'not a url'"):
+        Ledger("not a url")
+    with pytest.raises(LedgerError, match="no ledger at .*absent.db: the file does not exist"):
+        Ledger(f"sqlite:///{tmp_path / 'absent.db'}", migrate=False)
+    assert not (tmp_path / "absent.db").exists()
+    with pytest.raises(LedgerError, match="cannot open ledger"):
+        Ledger("postgresql://postgres@127.0.0.1:5432/no_such_database_here")

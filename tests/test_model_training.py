@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from common.data import load_digits_data
+from common.model import arrays_sha256, build_model, get_arrays, set_arrays
+from common.policy import ModelConfig
+from common.training import evaluate, local_sgd, make_loader, train
+
+
+def test_cnn_forward_gives_logits_per_class_and_gradients_everywhere() -> None:
+    model = build_model(ModelConfig(), seed=0)
+    logits = model(torch.zeros(5, 1, 8, 8))
+    assert logits.shape == (5, 10)
+    nn.CrossEntropyLoss()(model(torch.rand(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_cnn_has_no_batchnorm_so_opacus_can_clip_per_sample() -> None:
+    model = build_model(ModelConfig(), seed=0)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    from opacus.validators import ModuleValidator
+
+    assert ModuleValidator.validate(model, strict=False) == []
+
+
+def test_same_seed_same_weights_and_global_rng_untouched() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = get_arrays(build_model(ModelConfig(), seed=5))
+    assert torch.rand(1) == expected_next
+    b = get_arrays(build_model(ModelConfig(), seed=5))
+    c = get_arrays(build_model(ModelConfig(), seed=6))
+    assert arrays_sha256(a) == arrays_sha256(b) != arrays_sha256(c)
+
+
+def test_set_arrays_round_trips_and_rejects_mismatches() -> None:
+    source, target = build_model(ModelConfig(), 1), build_model(ModelConfig(), 2)
+    set_arrays(target, get_arrays(source))
+    assert arrays_sha256(get_arrays(target)) == arrays_sha256(get_arrays(source))
+    weights = get_arrays(source)
+    weights["classifier.3.bias"] = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match=r"'classifier.3.bias' has shape \(3,\), the model expects \(10,\)"):
+        set_arrays(target, weights)
+    weights.pop("classifier.3.bias")
+    with pytest.raises(ValueError, match=r"missing \['classifier.3.bias'\]"):
+        set_arrays(target, weights)
+
+
+def test_training_learns_digits_and_counts_examples_not_batches() -> None:
+    data = load_digits_data()
+    train_part, test_part = data.subset(np.arange(0, 1400)), data.subset(np.arange(1400, 1797))
+    model = build_model(ModelConfig(), seed=0)
+    before = evaluate(model, test_part)
+    result = train(model, make_loader(train_part, 32, shuffle=True), local_sgd(model, 0.05, 0.9), epochs=3)
+    after = evaluate(model, test_part)
+    assert result.num_examples == 3 * 1400
+    assert result.steps == 3 * 44  # ceil(1400 / 32) batches per epoch
+    assert before.accuracy < 0.3
+    assert after.accuracy > 0.9
+    assert after.loss < before.loss
+    assert after.num_examples == 397
+
+
+def test_evaluate_matches_a_hand_computed_accuracy() -> None:
+    data = load_digits_data().subset(np.arange(50))
+    model = build_model(ModelConfig(), seed=0)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.images))
+    expected = float((logits.argmax(1).numpy() == data.labels).mean())
+    expected_loss = float(nn.CrossEntropyLoss()(logits, torch.from_numpy(data.labels)))
+    result = evaluate(model, data, batch_size=7)
+    assert result.accuracy == pytest.approx(expected)
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)

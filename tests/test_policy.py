@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+
+from common.policy import Policy, PolicyError
+
+
+def test_defaults_round_trip_through_toml_and_run_config(tmp_path: Path) -> None:
+    policy = Policy()
+    path = tmp_path / "policy.toml"
+    path.write_text(policy.to_toml())
+    assert Policy.load(path) == policy
+    assert Policy.from_run_config(policy.to_run_config()) == policy
+
+
+def test_policy_file_values_reach_the_dataclasses(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        "[federation]\nrounds = 4\nmin-nodes = 2\n"
+        "[training]\nlearning-rate = 1\nbatch-size = 16\n"
+        "[data]\npartition = 'iid'\n"
+    )
+    policy = Policy.load(path)
+    assert policy.federation.rounds == 4
+    assert policy.federation.min_nodes == 2
+    assert policy.training.learning_rate == 1.0 and isinstance(policy.training.learning_rate, float)
+    assert policy.training.batch_size == 16
+    assert policy.data.partition == "iid"
+    assert policy.model.name == "cnn"  # untouched defaults stay
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("federation", "rounds", 0, "'federation.rounds' must be an integer from 1 to 10000"),
+        ("federation", "rounds", "5", "'federation.rounds' must be an integer"),
+        ("federation", "rounds", 2.5, "'federation.rounds' must be an integer"),
+        ("federation", "min-nodes", 0, "'federation.min-nodes' must be an integer >= 1"),
+        ("federation", "fraction-train", 0.0, "'federation.fraction-train' must be a number in (0, 1]"),
+        ("federation", "fraction-evaluate", 1.5, "'federation.fraction-evaluate' must be a number in [0, 1]"),
+        ("federation", "round-timeout", -1.0, "'federation.round-timeout' must be a number of seconds > 0"),
+        ("federation", "poll-interval", 0.0, "'federation.poll-interval' must be a number of seconds from 0.01 to 10"),
+        ("federation", "seed", -1, "'federation.seed' must be an integer >= 0"),
+        ("federation", "seed", True, "'federation.seed' must be an integer"),
+        ("model", "name", "resnet", "'model.name' must be one of: cnn"),
+        ("model", "num-classes", 1, "'model.num-classes' must be an integer from 2"),
+        ("model", "image-size", 2, "'model.image-size' must be an integer from 4 to 512"),
+        ("training", "local-epochs", 0, "'training.local-epochs' must be an integer from 1 to 1000"),
+        ("training", "batch-size", 0, "'training.batch-size' must be an integer from 1 to 65536"),
+        ("training", "learning-rate", 0.0, "'training.learning-rate' must be a number in (0, 10]"),
+        ("training", "learning-rate", float("nan"), "'training.learning-rate' must be a number in (0, 10]"),
+        ("training", "momentum", 1.0, "'training.momentum' must be a number in [0, 1)"),
+        ("data", "dataset", "mnist", "'data.dataset' must be one of: digits"),
+        ("data", "partition", "skewed", "'data.partition' must be one of: iid, non-iid"),
+        ("data", "dirichlet-alpha", 0.0, "'data.dirichlet-alpha' must be a number in (0, 1e6]"),
+        ("data", "validation-fraction", 1.0, "'data.validation-fraction' must be a number in (0, 1)"),
+        ("data", "test-fraction", 0.0, "'data.test-fraction' must be a number in (0, 1)"),
+        ("deploy", "ledger-url", 5, "'deploy.ledger-url' must be a string"),
+    ],
+)
+def test_each_bad_value_names_its_key(section: str, key: str, value: object, message: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        Policy.from_sections({section: {key: value}})
+    assert message in str(info.value)
+
+
+def test_fractions_must_leave_training_data() -> None:
+    with pytest.raises(PolicyError, match="at least 10% for training"):
+        Policy.from_sections({"data": {"validation-fraction": 0.5, "test-fraction": 0.45}})
+
+
+def test_unknown_section_and_key_are_named() -> None:
+    with pytest.raises(PolicyError, match=r"unknown policy section '\[privacy\]'"):
+        Policy.from_sections({"privacy": {"epsilon": 8}})
+    with pytest.raises(PolicyError, match="unknown policy key 'training.epochs'; keys allowed in"):
+        Policy.from_sections({"training": {"epochs": 3}})
+    with pytest.raises(PolicyError, match="must be a table"):
+        Policy.from_sections({"training": 3})
+    with pytest.raises(PolicyError, match="not of the form 'section.key'"):
+        Policy.from_run_config({"rounds": 3})
+
+
+def test_unreadable_and_malformed_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file .*missing.toml"):
+        Policy.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[federation\nrounds = 3")
+    with pytest.raises(PolicyError, match="bad.toml is not valid TOML"):
+        Policy.load(bad)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(PolicyError, match="binary.toml is not UTF-8"):
+        Policy.load(binary)
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text("[training]\nbatch-size = 0\n")
+    with pytest.raises(PolicyError, match=r"wrong.toml: policy key 'training.batch-size'"):
+        Policy.load(wrong)
+
+
+def test_hash_ignores_deployment_paths_but_not_hyper_parameters() -> None:
+    base = Policy()
+    assert base.sha256() == base.with_deploy(ledger_url="sqlite:///x.db").sha256()
+    changed = Policy.from_sections({"training": {"learning-rate": 0.01}})
+    assert changed.sha256() != base.sha256()
+    assert len(base.sha256()) == 64
