@@ -32,7 +32,11 @@ def train(message: Message, context: Context) -> Message:
     except (DataError, PolicyError) as err:
         return _refuse(message, err)
     started = time.perf_counter()
-    weights, result = train_round(setup, arrays_of(message.content["arrays"]), message.content["config"])
+    weights, result = train_round(
+        setup,
+        arrays_of(message.content.array_records["arrays"]),
+        message.content.config_records["config"],
+    )
     content = RecordDict(
         {
             "arrays": record_of(weights),
@@ -56,8 +60,11 @@ def evaluate(message: Message, context: Context) -> Message:
         setup = ClientSetup.from_context(context)
     except (DataError, PolicyError) as err:
         return _refuse(message, err)
-    result = evaluate_global(setup, arrays_of(message.content["arrays"]))
+    result = evaluate_global(setup, arrays_of(message.content.array_records["arrays"]))
     metrics = MetricRecord(
         {"num-examples": result.num_examples, "loss": result.loss, "accuracy": result.accuracy}
     )
-    return Message(RecordDict({"metrics": metrics, "meta": ConfigRecord({"institution": setup.institution})}), reply_to=message)
+    return Message(
+        RecordDict({"metrics": metrics, "meta": ConfigRecord({"institution": setup.institution})}),
+        reply_to=message,
+    )

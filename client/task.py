@@ -35,12 +35,14 @@ class ClientSetup:
         return cls.from_configs(context.run_config, context.node_config)
 
     @classmethod
-    def from_configs(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> ClientSetup:
+    def from_configs(
+        cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]
+    ) -> ClientSetup:
         policy = Policy.from_run_config(run_config)
         for key in ("institution", "data-dir"):
             if not isinstance(node_config.get(key), str) or not node_config[key]:
                 raise PolicyError(
-                    f"SuperNode node config needs {key}=\"...\" (got {node_config.get(key)!r})"
+                    f'SuperNode node config needs {key}="..." (got {node_config.get(key)!r})'
                 )
         threads = node_config.get("torch-threads", 1)
         if isinstance(threads, int) and threads > 0:
@@ -53,13 +55,20 @@ class ClientSetup:
         return cls(policy=policy, institution=str(node_config["institution"]), data=data)
 
 
-def train_round(setup: ClientSetup, global_weights: Arrays, config: Mapping[str, Any]) -> tuple[Arrays, TrainResult]:
+def train_round(
+    setup: ClientSetup, global_weights: Arrays, config: Mapping[str, Any]
+) -> tuple[Arrays, TrainResult]:
     """Train the global weights locally; returns the new weights and the loss."""
     policy = setup.policy
     model = build_model(policy.model, policy.federation.seed)
     set_arrays(model, global_weights)
     server_round = int(config.get("server-round", 0))
-    loader = make_loader(setup.data, policy.training.batch_size, shuffle=True, seed=policy.federation.seed + server_round)
+    loader = make_loader(
+        setup.data,
+        policy.training.batch_size,
+        shuffle=True,
+        seed=policy.federation.seed + server_round,
+    )
     optimizer = local_sgd(model, policy.training.learning_rate, policy.training.momentum)
     result = train(model, loader, optimizer, policy.training.local_epochs)
     return get_arrays(model), result

@@ -82,14 +82,10 @@ def split_holdout(
     return data.subset(train), data.subset(val), data.subset(test)
 
 
-def partition_iid(
-    num_examples: int, num_partitions: int, seed: int
-) -> list[NDArray[np.int64]]:
+def partition_iid(num_examples: int, num_partitions: int, seed: int) -> list[NDArray[np.int64]]:
     """Shuffle and cut into ``num_partitions`` parts whose sizes differ by at most one."""
     if num_partitions < 1 or num_examples < num_partitions:
-        raise ValueError(
-            f"cannot split {num_examples} examples into {num_partitions} partitions"
-        )
+        raise ValueError(f"cannot split {num_examples} examples into {num_partitions} partitions")
     order = np.random.default_rng(seed).permutation(num_examples)
     return [np.sort(part) for part in np.array_split(order, num_partitions)]
 
@@ -253,10 +249,11 @@ def _validate(
         raise DataError(f"{path}: the data set is empty")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers, got dtype {labels.dtype}")
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    int_labels: NDArray[np.int64] = labels.astype(np.int64)
+    bad = np.flatnonzero((int_labels < 0) | (int_labels >= num_classes))
     if bad.size:
         raise DataError(
-            f"{path}: label {labels[bad[0]]} at index {bad[0]} is out of range "
+            f"{path}: label {int_labels[bad[0]]} at index {bad[0]} is out of range "
             f"[0, {num_classes}) ({bad.size} bad labels)"
         )
     if images.dtype == np.uint8:
@@ -271,7 +268,5 @@ def _validate(
             )
         scaled = images.astype(np.float32)
     else:
-        raise DataError(
-            f"{path}: images must be uint8 (0-255) or float (0-1), got {images.dtype}"
-        )
-    return ImageData(scaled[:, None], labels.astype(np.int64), str(path))
+        raise DataError(f"{path}: images must be uint8 (0-255) or float (0-1), got {images.dtype}")
+    return ImageData(scaled[:, None], int_labels, str(path))

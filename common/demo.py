@@ -106,8 +106,7 @@ def _rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundP
             select(Round).where(Round.run_id == run.id).order_by(Round.number)
         ).all()
         return run, [
-            RoundProgress(r.number, r.accuracy, r.loss, r.num_participants, r.seconds)
-            for r in rows
+            RoundProgress(r.number, r.accuracy, r.loss, r.num_participants, r.seconds) for r in rows
         ]
 
 
@@ -175,7 +174,11 @@ def run_demo(
             for progress in rounds[seen:]:
                 if on_round is not None:
                     on_round(progress)
-            if run is None or run.status != "finished" or not status["status"].endswith("completed"):
+            if (
+                run is None
+                or run.status != "finished"
+                or not status["status"].endswith("completed")
+            ):
                 raise FederationError(
                     f"Flower run {flower_run_id} ended as {status['status']} "
                     f"({status.get('status-details', '')}); ledger status "
@@ -191,7 +194,9 @@ def run_demo(
     finally:
         ledger.close()
 
-    model_bytes = len(arrays_to_bytes(get_arrays(build_model(policy.model, policy.federation.seed))))
+    model_bytes = len(
+        arrays_to_bytes(get_arrays(build_model(policy.model, policy.federation.seed)))
+    )
     summary: dict[str, Any] = {
         "engine": "flower-deployment",
         "flower_run_id": flower_run_id,

@@ -7,6 +7,7 @@ group; only groups this object started are ever signalled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -237,10 +238,8 @@ class LocalFederation:
                 self._signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
             # The leader may be gone while its helpers linger: clear the group.
             self._signal_group(process, signal.SIGKILL)
             if process.poll() is None:
@@ -252,10 +251,8 @@ class LocalFederation:
 
     @staticmethod
     def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)  # the group id is the leader's pid
-        except ProcessLookupError:
-            pass
 
     # -- runs --------------------------------------------------------------
 

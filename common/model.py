@@ -26,7 +26,6 @@ __all__ = [
 ]
 
 
-
 class DigitsCNN(nn.Module):
     """Two 3x3 conv blocks with GroupNorm, then a two-layer classifier."""
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
+
+import tomllib
 
 __all__ = [
     "DataConfig",
@@ -46,11 +47,7 @@ def _coerce(key: str, value: Any, kind: type, allowed: str) -> Scalar:
     ok = (
         (kind is bool and isinstance(value, bool))
         or (kind is int and isinstance(value, int) and not isinstance(value, bool))
-        or (
-            kind is float
-            and isinstance(value, (int, float))
-            and not isinstance(value, bool)
-        )
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (kind is str and isinstance(value, str))
     )
     if not ok:
@@ -58,7 +55,7 @@ def _coerce(key: str, value: Any, kind: type, allowed: str) -> Scalar:
             f"policy key '{key}' must be {_KIND_NAMES[kind]} ({allowed}), "
             f"got {value!r} ({type(value).__name__})"
         )
-    return float(value) if kind is float else value  # type: ignore[no-any-return]
+    return float(value) if kind is float else value
 
 
 _KIND_NAMES: dict[type, str] = {
@@ -91,9 +88,7 @@ class _Section:
             meta = f.metadata
             value = _coerce(full, values[key], meta["kind"], meta["allowed"])
             if meta["check"] is not None and not meta["check"](value):
-                raise PolicyError(
-                    f"policy key '{full}' must be {meta['allowed']}, got {value!r}"
-                )
+                raise PolicyError(f"policy key '{full}' must be {meta['allowed']}, got {value!r}")
             kwargs[f.name] = value
         return cls(**kwargs)
 
@@ -140,12 +135,32 @@ class FederationConfig(_Section):
     """
 
     SECTION: ClassVar[str] = "federation"
-    rounds: int = field(default=8, metadata=_spec("rounds", int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"))
-    min_nodes: int = field(default=3, metadata=_spec("min-nodes", int, lambda v: v >= 1, "an integer >= 1"))
-    fraction_train: float = field(default=1.0, metadata=_spec("fraction-train", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"))
-    fraction_evaluate: float = field(default=0.0, metadata=_spec("fraction-evaluate", float, _fraction, "a number in [0, 1]"))
-    round_timeout: float = field(default=600.0, metadata=_spec("round-timeout", float, _positive, "a number of seconds > 0"))
-    poll_interval: float = field(default=0.2, metadata=_spec("poll-interval", float, lambda v: 0.01 <= v <= 10.0, "a number of seconds from 0.01 to 10"))
+    rounds: int = field(
+        default=8,
+        metadata=_spec("rounds", int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
+    )
+    min_nodes: int = field(
+        default=3, metadata=_spec("min-nodes", int, lambda v: v >= 1, "an integer >= 1")
+    )
+    fraction_train: float = field(
+        default=1.0,
+        metadata=_spec("fraction-train", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    )
+    fraction_evaluate: float = field(
+        default=0.0, metadata=_spec("fraction-evaluate", float, _fraction, "a number in [0, 1]")
+    )
+    round_timeout: float = field(
+        default=600.0, metadata=_spec("round-timeout", float, _positive, "a number of seconds > 0")
+    )
+    poll_interval: float = field(
+        default=0.2,
+        metadata=_spec(
+            "poll-interval",
+            float,
+            lambda v: 0.01 <= v <= 10.0,
+            "a number of seconds from 0.01 to 10",
+        ),
+    )
     seed: int = field(default=42, metadata=_spec("seed", int, lambda v: v >= 0, "an integer >= 0"))
 
 
@@ -164,9 +179,19 @@ class ModelConfig(_Section):
     """
 
     SECTION: ClassVar[str] = "model"
-    name: str = field(default="cnn", metadata=_spec("name", str, lambda v: v in ("cnn",), "one of: cnn"))
-    num_classes: int = field(default=10, metadata=_spec("num-classes", int, lambda v: 2 <= v <= 100_000, "an integer from 2 to 100000"))
-    image_size: int = field(default=8, metadata=_spec("image-size", int, lambda v: 4 <= v <= 512, "an integer from 4 to 512"))
+    name: str = field(
+        default="cnn", metadata=_spec("name", str, lambda v: v in ("cnn",), "one of: cnn")
+    )
+    num_classes: int = field(
+        default=10,
+        metadata=_spec(
+            "num-classes", int, lambda v: 2 <= v <= 100_000, "an integer from 2 to 100000"
+        ),
+    )
+    image_size: int = field(
+        default=8,
+        metadata=_spec("image-size", int, lambda v: 4 <= v <= 512, "an integer from 4 to 512"),
+    )
 
 
 @dataclass(frozen=True)
@@ -186,10 +211,24 @@ class TrainingConfig(_Section):
     """
 
     SECTION: ClassVar[str] = "training"
-    local_epochs: int = field(default=2, metadata=_spec("local-epochs", int, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"))
-    batch_size: int = field(default=32, metadata=_spec("batch-size", int, lambda v: 1 <= v <= 65_536, "an integer from 1 to 65536"))
-    learning_rate: float = field(default=0.05, metadata=_spec("learning-rate", float, lambda v: _positive(v) and v <= 10, "a number in (0, 10]"))
-    momentum: float = field(default=0.9, metadata=_spec("momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"))
+    local_epochs: int = field(
+        default=2,
+        metadata=_spec("local-epochs", int, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"),
+    )
+    batch_size: int = field(
+        default=32,
+        metadata=_spec("batch-size", int, lambda v: 1 <= v <= 65_536, "an integer from 1 to 65536"),
+    )
+    learning_rate: float = field(
+        default=0.05,
+        metadata=_spec(
+            "learning-rate", float, lambda v: _positive(v) and v <= 10, "a number in (0, 10]"
+        ),
+    )
+    momentum: float = field(
+        default=0.9,
+        metadata=_spec("momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    )
 
 
 @dataclass(frozen=True)
@@ -211,11 +250,27 @@ class DataConfig(_Section):
     """
 
     SECTION: ClassVar[str] = "data"
-    dataset: str = field(default="digits", metadata=_spec("dataset", str, lambda v: v in ("digits",), "one of: digits"))
-    partition: str = field(default="non-iid", metadata=_spec("partition", str, lambda v: v in ("iid", "non-iid"), "one of: iid, non-iid"))
-    dirichlet_alpha: float = field(default=0.5, metadata=_spec("dirichlet-alpha", float, lambda v: _positive(v) and v <= 1e6, "a number in (0, 1e6]"))
-    validation_fraction: float = field(default=0.1, metadata=_spec("validation-fraction", float, _open_fraction, "a number in (0, 1)"))
-    test_fraction: float = field(default=0.2, metadata=_spec("test-fraction", float, _open_fraction, "a number in (0, 1)"))
+    dataset: str = field(
+        default="digits",
+        metadata=_spec("dataset", str, lambda v: v in ("digits",), "one of: digits"),
+    )
+    partition: str = field(
+        default="non-iid",
+        metadata=_spec("partition", str, lambda v: v in ("iid", "non-iid"), "one of: iid, non-iid"),
+    )
+    dirichlet_alpha: float = field(
+        default=0.5,
+        metadata=_spec(
+            "dirichlet-alpha", float, lambda v: _positive(v) and v <= 1e6, "a number in (0, 1e6]"
+        ),
+    )
+    validation_fraction: float = field(
+        default=0.1,
+        metadata=_spec("validation-fraction", float, _open_fraction, "a number in (0, 1)"),
+    )
+    test_fraction: float = field(
+        default=0.2, metadata=_spec("test-fraction", float, _open_fraction, "a number in (0, 1)")
+    )
 
     def __post_init__(self) -> None:
         if self.validation_fraction + self.test_fraction >= 0.9:
@@ -242,8 +297,12 @@ class DeployConfig(_Section):
 
     SECTION: ClassVar[str] = "deploy"
     ledger_url: str = field(default="", metadata=_spec("ledger-url", str, None, "a SQLAlchemy URL"))
-    server_data_dir: str = field(default="", metadata=_spec("server-data-dir", str, None, "a folder path"))
-    checkpoint_dir: str = field(default="", metadata=_spec("checkpoint-dir", str, None, "a folder path"))
+    server_data_dir: str = field(
+        default="", metadata=_spec("server-data-dir", str, None, "a folder path")
+    )
+    checkpoint_dir: str = field(
+        default="", metadata=_spec("checkpoint-dir", str, None, "a folder path")
+    )
 
 
 _SECTIONS: dict[str, type[_Section]] = {
@@ -306,9 +365,7 @@ class Policy:
         for flat_key, value in run_config.items():
             section, sep, key = flat_key.partition(".")
             if not sep:
-                raise PolicyError(
-                    f"run config key '{flat_key}' is not of the form 'section.key'"
-                )
+                raise PolicyError(f"run config key '{flat_key}' is not of the form 'section.key'")
             tables.setdefault(section, {})[key] = value
         return cls.from_sections(tables)
 

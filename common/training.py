@@ -33,7 +33,9 @@ class EvalResult:
     num_examples: int
 
 
-def make_loader(data: ImageData, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader[tuple[torch.Tensor, ...]]:
+def make_loader(
+    data: ImageData, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> DataLoader[tuple[torch.Tensor, ...]]:
     """A standard ``DataLoader`` over ``data`` (what Opacus expects to wrap)."""
     dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.labels))
     generator = torch.Generator().manual_seed(seed)

@@ -11,9 +11,9 @@ import time
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
-from flwr.supercore.run import Run
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
 __all__ = ["PollingGrid"]
 
@@ -34,7 +34,7 @@ class PollingGrid(Grid):
     def run(self) -> Run:
         return self._grid.run
 
-    def create_message(  # noqa: PLR0913 - mirrors the Grid API
+    def create_message(
         self,
         content: RecordDict,
         message_type: str,

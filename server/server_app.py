@@ -11,10 +11,10 @@ from flwr.serverapp import Grid, ServerApp
 from common.data import ImageData, load_image_data
 from common.model import arrays_sha256, build_model, get_arrays, set_arrays
 from common.policy import Policy
+from common.records import Arrays, arrays_of, record_of
 from common.training import evaluate
 from server.grid import PollingGrid
 from server.ledger import Ledger, finish_run, start_run
-from common.records import Arrays, arrays_of, record_of
 from server.strategy import LedgerFedAvg
 
 __all__ = ["app"]
@@ -26,7 +26,10 @@ app = ServerApp()
 
 def _load_server_split(policy: Policy, name: str) -> ImageData:
     if not policy.deploy.server_data_dir:
-        raise ValueError("run config key 'deploy.server-data-dir' is empty: the server needs its validation and test data")
+        raise ValueError(
+            "run config key 'deploy.server-data-dir' is empty: "
+            "the server needs its validation and test data"
+        )
     return load_image_data(
         Path(policy.deploy.server_data_dir) / f"{name}.npz",
         num_classes=policy.model.num_classes,
@@ -89,5 +92,7 @@ def main(grid: Grid, context: Context) -> None:
     finally:
         if ledger is not None and run_id is not None:
             with ledger.session() as session:
-                finish_run(session, run_id, status, test_accuracy=test_accuracy, test_loss=test_loss)
+                finish_run(
+                    session, run_id, status, test_accuracy=test_accuracy, test_loss=test_loss
+                )
             ledger.close()

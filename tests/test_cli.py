@@ -48,7 +48,10 @@ def test_check_data_reports_counts_or_the_problem(tmp_path: Path) -> None:
 def test_demo_rejects_bad_options_before_starting_anything(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--partition", "sorted", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1
-    assert "'data.partition' must be one of: iid, non-iid, got 'sorted' (from the command-line options)" in result.output
+    assert (
+        "'data.partition' must be one of: iid, non-iid, got 'sorted' (from the command-line options)"
+        in result.output
+    )
     assert not (tmp_path / "w").exists()
     result = runner.invoke(app, ["demo", "--model", "bert", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1 and "'model.name' must be one of: cnn" in result.output
@@ -59,11 +62,27 @@ def test_audit_show_table_and_json(tmp_path: Path) -> None:
     ledger = Ledger(url)
     with ledger.session() as s:
         enrol_participant(s, "university-a", "academia")
-        run_id = start_run(s, policy_sha256="a" * 64, policy_toml="", model="cnn", dataset="digits",
-                           initial_model_sha256="b" * 64, planned_rounds=1, flower_run_id=42).id
-        record_round(s, run_id, number=1, model_sha256_before="b" * 64, model_sha256_after="c" * 64,
-                     loss=0.5, accuracy=0.875, seconds=3.0,
-                     updates=[UpdateFact("university-a", 10, 0.4, "d" * 64, 100, 1.0)])
+        run_id = start_run(
+            s,
+            policy_sha256="a" * 64,
+            policy_toml="",
+            model="cnn",
+            dataset="digits",
+            initial_model_sha256="b" * 64,
+            planned_rounds=1,
+            flower_run_id=42,
+        ).id
+        record_round(
+            s,
+            run_id,
+            number=1,
+            model_sha256_before="b" * 64,
+            model_sha256_after="c" * 64,
+            loss=0.5,
+            accuracy=0.875,
+            seconds=3.0,
+            updates=[UpdateFact("university-a", 10, 0.4, "d" * 64, 100, 1.0)],
+        )
     ledger.close()
     result = runner.invoke(app, ["audit", "show", "--ledger", url], terminal_width=200)
     assert result.exit_code == 0, result.output

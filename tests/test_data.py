@@ -22,7 +22,7 @@ def test_digits_are_the_real_sklearn_set() -> None:
     data = load_digits_data()
     assert data.images.shape == (1797, 1, 8, 8)
     assert data.images.dtype == np.float32
-    assert 0.0 == data.images.min() and data.images.max() == 1.0
+    assert data.images.min() == 0.0 and data.images.max() == 1.0
     assert np.bincount(data.labels).tolist()[:3] == [178, 182, 177]
 
 
@@ -40,7 +40,9 @@ def test_iid_partition_sizes_and_determinism() -> None:
     parts = partition_iid(100, 3, seed=7)
     assert [len(p) for p in parts] == [34, 33, 33]
     assert sorted(np.concatenate(parts).tolist()) == list(range(100))
-    assert all(np.array_equal(a, b) for a, b in zip(parts, partition_iid(100, 3, seed=7), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(parts, partition_iid(100, 3, seed=7), strict=True)
+    )
     assert not np.array_equal(parts[0], partition_iid(100, 3, seed=8)[0])
     with pytest.raises(ValueError, match="cannot split 2 examples into 3"):
         partition_iid(2, 3, seed=0)
@@ -49,9 +51,14 @@ def test_iid_partition_sizes_and_determinism() -> None:
 def _label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:
     """Mean total-variation distance between each part's label mix and the global mix."""
     overall = np.bincount(labels, minlength=10) / len(labels)
-    return float(np.mean([
-        0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum() for p in parts
-    ]))
+    return float(
+        np.mean(
+            [
+                0.5 * np.abs(np.bincount(labels[p], minlength=10) / len(p) - overall).sum()
+                for p in parts
+            ]
+        )
+    )
 
 
 def test_dirichlet_partition_skews_labels_and_is_deterministic() -> None:
@@ -105,18 +112,41 @@ def _npz(path: Path, **arrays: np.ndarray) -> Path:
     [
         ({"images": np.zeros((2, 8, 8))}, "missing array(s) labels; found images"),
         ({"labels": np.zeros(2, int)}, "missing array(s) images; found labels"),
-        ({"images": np.zeros((2, 7, 8)), "labels": np.zeros(2, int)}, "images must have shape (N, 8, 8), got (2, 7, 8)"),
-        ({"images": np.zeros((2, 8, 8)), "labels": np.zeros(3, int)}, "labels must have shape (2,)"),
+        (
+            {"images": np.zeros((2, 7, 8)), "labels": np.zeros(2, int)},
+            "images must have shape (N, 8, 8), got (2, 7, 8)",
+        ),
+        (
+            {"images": np.zeros((2, 8, 8)), "labels": np.zeros(3, int)},
+            "labels must have shape (2,)",
+        ),
         ({"images": np.zeros((0, 8, 8)), "labels": np.zeros(0, int)}, "the data set is empty"),
-        ({"images": np.zeros((2, 8, 8)), "labels": np.array([0, 10])}, "label 10 at index 1 is out of range [0, 10)"),
-        ({"images": np.zeros((2, 8, 8)), "labels": np.array([-1, 0])}, "label -1 at index 0 is out of range"),
-        ({"images": np.zeros((2, 8, 8)), "labels": np.array([0.5, 1.0])}, "labels must be integers"),
-        ({"images": np.full((2, 8, 8), 2.0), "labels": np.zeros(2, int)}, "float images must lie in [0, 1]"),
+        (
+            {"images": np.zeros((2, 8, 8)), "labels": np.array([0, 10])},
+            "label 10 at index 1 is out of range [0, 10)",
+        ),
+        (
+            {"images": np.zeros((2, 8, 8)), "labels": np.array([-1, 0])},
+            "label -1 at index 0 is out of range",
+        ),
+        (
+            {"images": np.zeros((2, 8, 8)), "labels": np.array([0.5, 1.0])},
+            "labels must be integers",
+        ),
+        (
+            {"images": np.full((2, 8, 8), 2.0), "labels": np.zeros(2, int)},
+            "float images must lie in [0, 1]",
+        ),
         ({"images": np.full((2, 8, 8), np.nan), "labels": np.zeros(2, int)}, "NaN or infinite"),
-        ({"images": np.zeros((2, 8, 8), np.int32), "labels": np.zeros(2, int)}, "images must be uint8 (0-255) or float (0-1)"),
+        (
+            {"images": np.zeros((2, 8, 8), np.int32), "labels": np.zeros(2, int)},
+            "images must be uint8 (0-255) or float (0-1)",
+        ),
     ],
 )
-def test_bad_npz_names_file_and_problem(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
+def test_bad_npz_names_file_and_problem(
+    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
     path = _npz(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError) as info:
         load_image_data(path, **LOAD)

@@ -38,13 +38,23 @@ def _gone(pid: int) -> bool:
 
 def test_demo_two_rounds_on_real_processes(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--rounds", "2", "--workdir", str(workdir), "--seed", "3"])
+    result = CliRunner().invoke(
+        app, ["demo", "--rounds", "2", "--workdir", str(workdir), "--seed", "3"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "summary.json").read_text())
-    assert SUMMARY_KEYS <= set(summary)
+    assert set(summary) >= SUMMARY_KEYS
     assert summary["engine"] == "flower-deployment"
-    assert (summary["model"], summary["dataset"], summary["partition"]) == ("cnn", "digits", "non-iid")
-    assert [i["name"] for i in summary["institutions"]] == ["university-a", "university-b", "company-c"]
+    assert (summary["model"], summary["dataset"], summary["partition"]) == (
+        "cnn",
+        "digits",
+        "non-iid",
+    )
+    assert [i["name"] for i in summary["institutions"]] == [
+        "university-a",
+        "university-b",
+        "company-c",
+    ]
     assert [i["kind"] for i in summary["institutions"]] == ["academia", "academia", "industry"]
     assert sum(i["examples"] for i in summary["institutions"]) == 1257
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
@@ -64,11 +74,17 @@ def test_demo_two_rounds_on_real_processes(tmp_path: Path) -> None:
     assert first["model_sha256_before"] == run["initial_model_sha256"]
     assert second["model_sha256_before"] == first["model_sha256_after"]
     for r in run["rounds"]:
-        assert sorted(u["institution"] for u in r["updates"]) == ["company-c", "university-a", "university-b"]
+        assert sorted(u["institution"] for u in r["updates"]) == [
+            "company-c",
+            "university-a",
+            "university-b",
+        ]
         assert sum(u["num_examples"] for u in r["updates"]) == 1257
         assert len({u["update_sha256"] for u in r["updates"]}) == 3
     assert sorted(p.name for p in (workdir / "operator" / "checkpoints").iterdir()) == [
-        "round-0001.safetensors", "round-0002.safetensors"]
+        "round-0001.safetensors",
+        "round-0002.safetensors",
+    ]
 
 
 def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) -> None:
@@ -83,7 +99,9 @@ def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) 
         enrol_participant(s, "lab-x", "academia")
     run_config = tmp_path / "run.toml"
     deployed = policy.with_deploy(ledger_url=url, server_data_dir=str(layout.server_data_dir))
-    run_config.write_text("\n".join(f'"{k}" = {json.dumps(v)}' for k, v in deployed.to_run_config().items()))
+    run_config.write_text(
+        "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in deployed.to_run_config().items())
+    )
     federation = LocalFederation(tmp_path, [NodeSpec("lab-x", bad_dir)])
     with federation:
         pids = [p.pid for p in federation.processes.values()]

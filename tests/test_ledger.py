@@ -30,12 +30,23 @@ def _start(ledger: Ledger) -> int:
     with ledger.session() as s:
         for name, kind in (("uni-a", "academia"), ("co-c", "industry")):
             enrol_participant(s, name, kind)
-        return start_run(s, policy_sha256=H, policy_toml="[federation]\n", model="cnn", dataset="digits",
-                         initial_model_sha256=H, planned_rounds=2, flower_run_id=18_000_000_000_000_000_000).id
+        return start_run(
+            s,
+            policy_sha256=H,
+            policy_toml="[federation]\n",
+            model="cnn",
+            dataset="digits",
+            initial_model_sha256=H,
+            planned_rounds=2,
+            flower_run_id=18_000_000_000_000_000_000,
+        ).id
 
 
 def _facts() -> list[UpdateFact]:
-    return [UpdateFact("uni-a", 100, 0.5, "b" * 64, 1000, 1.5), UpdateFact("co-c", 300, 0.25, "c" * 64, 1000, 2.0)]
+    return [
+        UpdateFact("uni-a", 100, 0.5, "b" * 64, 1000, 1.5),
+        UpdateFact("co-c", 300, 0.25, "c" * 64, 1000, 2.0),
+    ]
 
 
 class LedgerContract:
@@ -51,7 +62,12 @@ class LedgerContract:
         with ledger.engine.connect() as connection:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
             assert diff == []
-            assert set(inspect(connection).get_table_names()) >= {"participants", "runs", "rounds", "round_updates"}
+            assert set(inspect(connection).get_table_names()) >= {
+                "participants",
+                "runs",
+                "rounds",
+                "round_updates",
+            }
 
     def test_reopening_does_not_migrate_twice_or_lose_rows(self, url: str, ledger: Ledger) -> None:
         _start(ledger)
@@ -64,16 +80,31 @@ class LedgerContract:
         with ledger.session() as s:
             first = enrol_participant(s, "uni-a", "academia")
             assert enrol_participant(s, "uni-a", "academia").id == first.id
-        with pytest.raises(LedgerError, match="'uni-a' is enrolled as academia, not industry"), ledger.session() as s:
+        with (
+            pytest.raises(LedgerError, match="'uni-a' is enrolled as academia, not industry"),
+            ledger.session() as s,
+        ):
             enrol_participant(s, "uni-a", "industry")
-        with pytest.raises(LedgerError, match="kind must be one of academia, industry"), ledger.session() as s:
+        with (
+            pytest.raises(LedgerError, match="kind must be one of academia, industry"),
+            ledger.session() as s,
+        ):
             enrol_participant(s, "x", "government")
 
     def test_rounds_are_recorded_with_weighted_loss_and_updates(self, ledger: Ledger) -> None:
         run_id = _start(ledger)
         with ledger.session() as s:
-            record_round(s, run_id, number=1, model_sha256_before=H, model_sha256_after="d" * 64,
-                         loss=0.9, accuracy=0.8, seconds=12.5, updates=_facts())
+            record_round(
+                s,
+                run_id,
+                number=1,
+                model_sha256_before=H,
+                model_sha256_after="d" * 64,
+                loss=0.9,
+                accuracy=0.8,
+                seconds=12.5,
+                updates=_facts(),
+            )
             finish_run(s, run_id, "finished", test_accuracy=0.91, test_loss=0.3)
         with ledger.session() as s:
             report = ledger_report(s)
@@ -84,22 +115,44 @@ class LedgerContract:
         (round_row,) = run["rounds"]
         assert round_row["train_loss"] == pytest.approx((100 * 0.5 + 300 * 0.25) / 400)
         assert round_row["participants"] == 2
-        assert [(u["institution"], u["num_examples"], u["train_seconds"]) for u in round_row["updates"]] == [
-            ("co-c", 300, 2.0), ("uni-a", 100, 1.5)]
+        assert [
+            (u["institution"], u["num_examples"], u["train_seconds"]) for u in round_row["updates"]
+        ] == [("co-c", 300, 2.0), ("uni-a", 100, 1.5)]
         assert [p["name"] for p in report["participants"]] == ["uni-a", "co-c"]
 
     def test_rounds_must_be_consecutive(self, ledger: Ledger) -> None:
         run_id = _start(ledger)
         with pytest.raises(LedgerError, match="round 2 follows round 0"), ledger.session() as s:
-            record_round(s, run_id, number=2, model_sha256_before=H, model_sha256_after=H,
-                         loss=1, accuracy=0, seconds=1, updates=[])
+            record_round(
+                s,
+                run_id,
+                number=2,
+                model_sha256_before=H,
+                model_sha256_after=H,
+                loss=1,
+                accuracy=0,
+                seconds=1,
+                updates=[],
+            )
 
     def test_update_from_unenrolled_institution_rolls_back_the_round(self, ledger: Ledger) -> None:
         run_id = _start(ledger)
         stranger = [UpdateFact("stranger", 1, 0.1, H, 10, 0.1)]
-        with pytest.raises(LedgerError, match="'stranger', who is not enrolled"), ledger.session() as s:
-            record_round(s, run_id, number=1, model_sha256_before=H, model_sha256_after=H,
-                         loss=1, accuracy=0, seconds=1, updates=stranger)
+        with (
+            pytest.raises(LedgerError, match="'stranger', who is not enrolled"),
+            ledger.session() as s,
+        ):
+            record_round(
+                s,
+                run_id,
+                number=1,
+                model_sha256_before=H,
+                model_sha256_after=H,
+                loss=1,
+                accuracy=0,
+                seconds=1,
+                updates=stranger,
+            )
         with ledger.session() as s:
             assert ledger_report(s)["runs"][0]["rounds"] == []
 
@@ -114,9 +167,15 @@ class LedgerContract:
 
     def test_finish_run_checks_status_and_run(self, ledger: Ledger) -> None:
         run_id = _start(ledger)
-        with pytest.raises(LedgerError, match="finished or failed, not 'done'"), ledger.session() as s:
+        with (
+            pytest.raises(LedgerError, match="finished or failed, not 'done'"),
+            ledger.session() as s,
+        ):
             finish_run(s, run_id, "done")
-        with pytest.raises(LedgerError, match="run 999 is not in the ledger"), ledger.session() as s:
+        with (
+            pytest.raises(LedgerError, match="run 999 is not in the ledger"),
+            ledger.session() as s,
+        ):
             finish_run(s, 999, "failed")
 
 

@@ -42,7 +42,9 @@ def test_set_arrays_round_trips_and_rejects_mismatches() -> None:
     assert arrays_sha256(get_arrays(target)) == arrays_sha256(get_arrays(source))
     weights = get_arrays(source)
     weights["classifier.3.bias"] = np.zeros(3, np.float32)
-    with pytest.raises(ValueError, match=r"'classifier.3.bias' has shape \(3,\), the model expects \(10,\)"):
+    with pytest.raises(
+        ValueError, match=r"'classifier.3.bias' has shape \(3,\), the model expects \(10,\)"
+    ):
         set_arrays(target, weights)
     weights.pop("classifier.3.bias")
     with pytest.raises(ValueError, match=r"missing \['classifier.3.bias'\]"):
@@ -54,7 +56,9 @@ def test_training_learns_digits_and_counts_examples_not_batches() -> None:
     train_part, test_part = data.subset(np.arange(0, 1400)), data.subset(np.arange(1400, 1797))
     model = build_model(ModelConfig(), seed=0)
     before = evaluate(model, test_part)
-    result = train(model, make_loader(train_part, 32, shuffle=True), local_sgd(model, 0.05, 0.9), epochs=3)
+    result = train(
+        model, make_loader(train_part, 32, shuffle=True), local_sgd(model, 0.05, 0.9), epochs=3
+    )
     after = evaluate(model, test_part)
     assert result.num_examples == 3 * 1400
     assert result.steps == 3 * 44  # ceil(1400 / 32) batches per epoch

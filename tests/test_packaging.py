@@ -1,6 +1,7 @@
 import importlib
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from common.policy import Policy
 

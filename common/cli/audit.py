@@ -45,7 +45,14 @@ def show(
             title=f"Run {run['id']} (Flower {run['flower_run_id']}): {run['model']} on "
             f"{run['dataset']}, {run['status']}, test accuracy {_pct(run['test_accuracy'])}"
         )
-        for column in ("round", "accuracy", "loss", "participants", "seconds", "global model sha256"):
+        for column in (
+            "round",
+            "accuracy",
+            "loss",
+            "participants",
+            "seconds",
+            "global model sha256",
+        ):
             table.add_column(column)
         for r in run["rounds"]:
             table.add_row(

@@ -21,8 +21,12 @@ app = typer.Typer(help="Commands for a participating institution.", no_args_is_h
 
 @app.command("check-data")
 def check_data(
-    path: Annotated[Path, typer.Argument(help="An .npz file, or a folder (one .npz, or PNGs + labels.csv).")],
-    policy_file: Annotated[Path | None, typer.Option("--policy", help="Policy giving num-classes and image-size.")] = None,
+    path: Annotated[
+        Path, typer.Argument(help="An .npz file, or a folder (one .npz, or PNGs + labels.csv).")
+    ],
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Policy giving num-classes and image-size.")
+    ] = None,
     output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
 ) -> None:
     """Validate local data exactly as the ClientApp will, before any round."""
@@ -33,6 +37,8 @@ def check_data(
         )
     counts = np.bincount(data.labels, minlength=policy.model.num_classes).tolist()
     if output_format == "json":
-        typer.echo(json.dumps({"source": data.source, "examples": len(data), "label_counts": counts}))
+        typer.echo(
+            json.dumps({"source": data.source, "examples": len(data), "label_counts": counts})
+        )
         return
     Console().print(f"[green]ok[/] {data.source}: {len(data)} examples, per label {counts}")

@@ -27,13 +27,25 @@ def _interrupt_on_sigterm() -> None:
 
 
 def demo(
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds (default: the policy's).")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Federated rounds (default: the policy's).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model to train: cnn.")] = None,
-    partition: Annotated[str | None, typer.Option(help="iid or non-iid (Dirichlet label skew).")] = None,
-    workdir: Annotated[Path, typer.Option(help="Folder for data, logs, ledger and summary.json.")] = Path("fedcommons-demo"),
-    ledger_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file in the work folder).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for data split and model (default: the policy's).")] = None,
-    policy_file: Annotated[Path | None, typer.Option("--policy", help="TOML policy file (default: built-in).")] = None,
+    partition: Annotated[
+        str | None, typer.Option(help="iid or non-iid (Dirichlet label skew).")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Folder for data, logs, ledger and summary.json.")
+    ] = Path("fedcommons-demo"),
+    ledger_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file in the work folder).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for data split and model (default: the policy's).")
+    ] = None,
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="TOML policy file (default: built-in).")
+    ] = None,
 ) -> None:
     """Train a CNN across three institutions on real Flower SuperLink/SuperNodes."""
     console = Console()
@@ -68,7 +80,9 @@ def demo(
             console=console,
         )
         with progress:
-            task = progress.add_task("rounds", total=policy.federation.rounds, status="starting Flower…")
+            task = progress.add_task(
+                "rounds", total=policy.federation.rounds, status="starting Flower…"
+            )
 
             def on_round(r: RoundProgress) -> None:
                 progress.update(

@@ -100,9 +100,10 @@ class Ledger:
 
     def _require_schema(self) -> None:
         parsed = make_url(self.url)
-        if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-            if not Path(parsed.database).is_file():
-                raise LedgerError(f"no ledger at {self.url}: the file does not exist")
+        database = parsed.database or ""
+        is_file_db = parsed.drivername.startswith("sqlite") and database not in ("", ":memory:")
+        if is_file_db and not Path(database).is_file():
+            raise LedgerError(f"no ledger at {self.url}: the file does not exist")
         try:
             with self.engine.connect() as connection:
                 found = inspect(connection).has_table("alembic_version")
@@ -143,9 +144,7 @@ def enrol_participant(session: Session, name: str, kind: str) -> Participant:
     existing = session.scalar(select(Participant).where(Participant.name == name))
     if existing is not None:
         if existing.kind != kind:
-            raise LedgerError(
-                f"participant {name!r} is enrolled as {existing.kind}, not {kind}"
-            )
+            raise LedgerError(f"participant {name!r} is enrolled as {existing.kind}, not {kind}")
         return existing
     participant = Participant(name=name, kind=kind)
     session.add(participant)
@@ -209,7 +208,9 @@ def record_round(
         raise LedgerError(f"run {run_id} is not in the ledger")
     last = session.scalar(select(func.max(Round.number)).where(Round.run_id == run_id)) or 0
     if number != last + 1:
-        raise LedgerError(f"run {run_id}: round {number} follows round {last}; rounds must be consecutive")
+        raise LedgerError(
+            f"run {run_id}: round {number} follows round {last}; rounds must be consecutive"
+        )
     total = sum(u.num_examples for u in updates)
     row = Round(
         run_id=run_id,
