@@ -60,7 +60,7 @@ def train(
             loss = criterion(model(images), labels)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(labels)
+            total_loss += loss.item() * len(labels)
             seen += len(labels)
             steps += 1
     return TrainResult(loss=total_loss / max(seen, 1), steps=steps, num_examples=seen)
