@@ -59,7 +59,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common.demo import prepare_data, run_demo
-from common.local_federation import FederationError, LocalFederation
+from common.local_federation import (
+    FederationError,
+    LocalFederation,
+    assemble_app,
+    write_run_config,
+)
 from common.policy import Policy
 from server.ledger import Ledger, ledger_report
 
@@ -86,35 +91,14 @@ def build_plain_app(target: Path, config: dict[str, Any]) -> Path:
     """Assemble the plain app's FAB folder: ``plain_app/``, ``common/``, pyproject."""
     import common
 
-    if target.exists():
-        shutil.rmtree(target)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(
-        Path(common.__file__).resolve().parent, target / "common", ignore=ignore
+    return assemble_app(
+        target,
+        name="plain-fedavg",
+        sources={"plain_app": PLAIN_APP, "common": Path(common.__file__).resolve().parent},
+        serverapp="plain_app.server_app:app",
+        clientapp="plain_app.client_app:app",
+        config=config,
     )
-    shutil.copytree(PLAIN_APP, target / "plain_app", ignore=ignore)
-    values = "\n".join(
-        f'"{key}" = {json.dumps(value)}' for key, value in config.items()
-    )
-    (target / "pyproject.toml").write_text(
-        f"""[project]
-name = "plain-fedavg"
-version = "0.1.0"
-
-[tool.flwr.app]
-publisher = "bench"
-fab-include = ["plain_app/**/*.py", "common/**/*.py"]
-
-[tool.flwr.app.components]
-serverapp = "plain_app.server_app:app"
-clientapp = "plain_app.client_app:app"
-
-[tool.flwr.app.config]
-{values}
-""",
-        encoding="utf-8",
-    )
-    return target
 
 
 def run_plain(workdir: Path, policy: Policy, timeout: float) -> list[RoundTiming]:
@@ -133,11 +117,7 @@ def run_plain(workdir: Path, policy: Policy, timeout: float) -> list[RoundTiming
         "timing-file": str(timing_file),
     }
     app_dir = build_plain_app(workdir / "app", config)
-    run_config = workdir / "run-config.toml"
-    run_config.write_text(
-        "".join(f'"{k}" = {json.dumps(v)}\n' for k, v in config.items()),
-        encoding="utf-8",
-    )
+    run_config = write_run_config(workdir / "run-config.toml", config)
     # Undo LocalFederation's faster SuperExec polling: Flower's default is 1 s.
     env = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
     with LocalFederation(workdir, layout.nodes, env=env) as federation:
@@ -156,9 +136,7 @@ def run_plain(workdir: Path, policy: Policy, timeout: float) -> list[RoundTiming
                     break
                 next_status = time.monotonic() + STATUS_INTERVAL
             if time.monotonic() > deadline:
-                raise FederationError(
-                    f"plain run {run_id} did not finish in {timeout:.0f}s"
-                )
+                raise FederationError(f"plain run {run_id} did not finish in {timeout:.0f}s")
             time.sleep(0.5)
         if not str(status["status"]).endswith("completed"):
             raise FederationError(
@@ -170,10 +148,7 @@ def run_plain(workdir: Path, policy: Policy, timeout: float) -> list[RoundTiming
     timings = []
     for before, line in pairwise(lines):
         if line["train_replies"] != len(layout.nodes):
-            print(
-                f"warning: plain round {line['round']}: "
-                f"{line['train_replies']} train replies"
-            )
+            print(f"warning: plain round {line['round']}: {line['train_replies']} train replies")
         timings.append(
             RoundTiming(
                 round=line["round"],
@@ -269,43 +244,30 @@ def render(results: dict[str, Any], console: Console) -> None:
 
     summary = Table(title="Summary (mean seconds per round)")
     for column in ("variant", "scope", "n", "wall", "client compute", "overhead"):
-        summary.add_column(
-            column, justify="left" if column in ("variant", "scope") else "right"
-        )
+        summary.add_column(column, justify="left" if column in ("variant", "scope") else "right")
     for scope in ("round_1", "mean_rounds_2_to_n", "mean_all_rounds"):
         for variant in ("plain", "fedcommons"):
             m = results[variant][scope]
             if m is not None:
                 cells = [m["wall"], m["compute"], m["overhead"]]
-                summary.add_row(
-                    variant, scope, str(m["rounds"]), *(f"{v:.2f}" for v in cells)
-                )
+                summary.add_row(variant, scope, str(m["rounds"]), *(f"{v:.2f}" for v in cells))
     console.print(summary)
     for scope, ratio in results["ratio_fedcommons_over_plain"].items():
         if ratio is not None:
             console.print(
-                f"(b)/(a) {scope}: wall {ratio['wall']:.3f}, "
-                f"overhead {ratio['overhead']:.3f}"
+                f"(b)/(a) {scope}: wall {ratio['wall']:.3f}, overhead {ratio['overhead']:.3f}"
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--rounds", type=int, default=5, help="federated rounds per variant"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=Path("bench/results/round_latency.json")
-    )
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="default: a temp dir"
-    )
+    parser.add_argument("--rounds", type=int, default=5, help="federated rounds per variant")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/round_latency.json"))
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     args = parser.parse_args(argv)
 
-    workdir = (
-        args.workdir or Path(tempfile.mkdtemp(prefix="round-latency-"))
-    ).resolve()
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="round-latency-"))).resolve()
     if workdir.exists() and any(workdir.iterdir()):
         parser.error(f"--workdir {workdir} is not empty")
     console = Console()
@@ -341,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rounds": args.rounds,
         "definitions": {
-            "wall": "(a) t_r - t_{r-1} of evaluate_fn timestamps; "
-            "(b) ledger rounds.seconds",
+            "wall": "(a) t_r - t_{r-1} of evaluate_fn timestamps; (b) ledger rounds.seconds",
             "compute": "max over clients of train-seconds in that round",
             "overhead": "wall - compute",
             "round_1": "round 1 alone (cold start)",

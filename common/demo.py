@@ -25,7 +25,13 @@ from common.data import (
     split_holdout,
     write_npz,
 )
-from common.local_federation import FederationError, LocalFederation, NodeSpec, build_app_dir
+from common.local_federation import (
+    FederationError,
+    LocalFederation,
+    NodeSpec,
+    build_app_dir,
+    write_run_config,
+)
 from common.model import arrays_to_bytes, build_model, get_arrays
 from common.policy import Policy
 from server.ledger import Ledger, enrol_participant
@@ -145,12 +151,7 @@ def run_demo(
             server_data_dir=str(layout.server_data_dir),
             checkpoint_dir=str(workdir / "operator" / "checkpoints"),
         )
-        run_config = workdir / "run-config.toml"
-        run_config.write_text(
-            "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in run_policy.to_run_config().items())
-            + "\n",
-            encoding="utf-8",
-        )
+        run_config = write_run_config(workdir / "run-config.toml", run_policy.to_run_config())
         app_dir = build_app_dir(workdir / "app")
 
         with LocalFederation(workdir, layout.nodes) as federation:

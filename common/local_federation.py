@@ -23,9 +23,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from common.policy import Policy
+from common.policy import Policy, Scalar
 
-__all__ = ["FederationError", "LocalFederation", "NodeSpec", "build_app_dir", "free_port"]
+__all__ = [
+    "FederationError",
+    "LocalFederation",
+    "NodeSpec",
+    "assemble_app",
+    "build_app_dir",
+    "free_port",
+    "write_run_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,46 +72,85 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
     raise FederationError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
+def write_run_config(path: Path, config: Mapping[str, Scalar]) -> Path:
+    """Write a flat run config as the TOML file ``flwr run --run-config`` reads."""
+    path.write_text(_flat_toml(config), encoding="utf-8")
+    return path
+
+
+def _flat_toml(config: Mapping[str, Scalar]) -> str:
+    return "".join(f'"{key}" = {json.dumps(value)}\n' for key, value in config.items())
+
+
+def assemble_app(
+    target: Path,
+    *,
+    name: str,
+    sources: Mapping[str, Path],
+    serverapp: str,
+    clientapp: str,
+    config: Mapping[str, Scalar],
+) -> Path:
+    """Lay out a Flower App in ``target``: the ``sources`` packages plus a pyproject.
+
+    Parameters
+    ----------
+    target : Path
+        Folder to (re)create.
+    name : str
+        Project name and publisher of the app.
+    sources : mapping of str to Path
+        Package name in the app -> folder it is copied from.
+    serverapp, clientapp : str
+        Component references, e.g. ``"server.server_app:app"``.
+    config : mapping
+        The app's default run config (``flwr run --run-config`` overrides it).
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    for package, source in sources.items():
+        shutil.copytree(
+            source, target / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    include = ", ".join(f'"{package}/**/*.py"' for package in sources)
+    (target / "pyproject.toml").write_text(
+        f"""[project]
+name = "{name}"
+version = "0.1.0"
+
+[tool.flwr.app]
+publisher = "{name}"
+fab-include = [{include}]
+
+[tool.flwr.app.components]
+serverapp = "{serverapp}"
+clientapp = "{clientapp}"
+
+[tool.flwr.app.config]
+{_flat_toml(config)}""",
+        encoding="utf-8",
+    )
+    return target
+
+
 def build_app_dir(target: Path) -> Path:
-    """Assemble the Flower App (``pyproject.toml`` + the three packages) in ``target``.
+    """Assemble the FedCommons Flower App (``pyproject.toml`` + the three packages).
 
     The packages are copied from wherever they are installed, so the demo works
     from a checkout and from a wheel alike; the run config is the default
     policy, which ``flwr run --run-config`` then overrides key by key.
     """
-    if target.exists():
-        shutil.rmtree(target)
     import common
 
     root = Path(common.__file__).resolve().parent.parent
-    for package in PACKAGES:
-        shutil.copytree(
-            root / package,
-            target / package,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        )
-    config = "\n".join(
-        f'"{key}" = {json.dumps(value)}' for key, value in Policy().to_run_config().items()
+    return assemble_app(
+        target,
+        name="fedcommons",
+        sources={package: root / package for package in PACKAGES},
+        serverapp="server.server_app:app",
+        clientapp="client.client_app:app",
+        config=Policy().to_run_config(),
     )
-    (target / "pyproject.toml").write_text(
-        f"""[project]
-name = "fedcommons"
-version = "0.1.0"
-
-[tool.flwr.app]
-publisher = "fedcommons"
-fab-include = ["server/**/*.py", "client/**/*.py", "common/**/*.py"]
-
-[tool.flwr.app.components]
-serverapp = "server.server_app:app"
-clientapp = "client.client_app:app"
-
-[tool.flwr.app.config]
-{config}
-""",
-        encoding="utf-8",
-    )
-    return target
 
 
 class LocalFederation:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from common.cli.app import app
 from common.demo import prepare_data
-from common.local_federation import LocalFederation, NodeSpec, build_app_dir
+from common.local_federation import LocalFederation, NodeSpec, build_app_dir, write_run_config
 from common.policy import Policy
 from server.ledger import Ledger, enrol_participant, ledger_report
 
@@ -97,11 +97,8 @@ def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) 
     ledger = Ledger(url)
     with ledger.session() as s:
         enrol_participant(s, "lab-x", "academia")
-    run_config = tmp_path / "run.toml"
     deployed = policy.with_deploy(ledger_url=url, server_data_dir=str(layout.server_data_dir))
-    run_config.write_text(
-        "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in deployed.to_run_config().items())
-    )
+    run_config = write_run_config(tmp_path / "run.toml", deployed.to_run_config())
     federation = LocalFederation(tmp_path, [NodeSpec("lab-x", bad_dir)])
     with federation:
         pids = [p.pid for p in federation.processes.values()]

@@ -47,9 +47,7 @@ def train_handler(message: Message, context: Context) -> Message:
             "train-seconds": time.perf_counter() - started,
         }
     )
-    content = RecordDict(
-        {"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}
-    )
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content, reply_to=message)
 
 
