@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -10,44 +12,48 @@ from flwr.clientapp import ClientApp
 from client.task import ClientSetup, evaluate_global, train_round
 from common.data import DataError
 from common.policy import PolicyError
+from common.privacy import BudgetExhausted, PrivacyError
+from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, PRIVACY, Refusal
 from common.records import arrays_of, record_of
 
 __all__ = ["app"]
 
 app = ClientApp()
 
-# Error code for input the participant must fix (bad data or configuration).
-BAD_INPUT = 400
 
-
-def _refuse(message: Message, err: Exception) -> Message:
-    return Message(Error(code=BAD_INPUT, reason=str(err)), reply_to=message)
+def _refuse(message: Message, code: int, node_config: Mapping[str, Any], err: Exception) -> Message:
+    institution = node_config.get("institution")
+    refusal = Refusal(institution if isinstance(institution, str) else None, str(err))
+    return Message(Error(code=code, reason=refusal.to_reason()), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Train the received global model on this institution's data."""
+    """Train the received global model on this institution's data, within its budget."""
+    started = time.perf_counter()
     try:
         setup = ClientSetup.from_context(context)
-    except (DataError, PolicyError) as err:
-        return _refuse(message, err)
-    started = time.perf_counter()
-    weights, result = train_round(
-        setup,
-        arrays_of(message.content.array_records["arrays"]),
-        message.content.config_records["config"],
-    )
+        outcome = train_round(
+            setup,
+            arrays_of(message.content.array_records["arrays"]),
+            message.content.config_records["config"],
+        )
+    except BudgetExhausted as err:
+        return _refuse(message, BUDGET_EXHAUSTED, context.node_config, err)
+    except (DataError, PolicyError, PrivacyError) as err:
+        return _refuse(message, BAD_INPUT, context.node_config, err)
     content = RecordDict(
         {
-            "arrays": record_of(weights),
+            "arrays": record_of(outcome.weights),
             "metrics": MetricRecord(
                 {
                     "num-examples": len(setup.data),
-                    "train-loss": result.loss,
+                    "train-loss": outcome.result.loss,
                     "train-seconds": time.perf_counter() - started,
                 }
             ),
-            "meta": ConfigRecord({"institution": setup.institution}),
+            META: ConfigRecord({"institution": setup.institution}),
+            PRIVACY: outcome.charge.to_record(),
         }
     )
     return Message(content, reply_to=message)
@@ -59,12 +65,12 @@ def evaluate(message: Message, context: Context) -> Message:
     try:
         setup = ClientSetup.from_context(context)
     except (DataError, PolicyError) as err:
-        return _refuse(message, err)
+        return _refuse(message, BAD_INPUT, context.node_config, err)
     result = evaluate_global(setup, arrays_of(message.content.array_records["arrays"]))
     metrics = MetricRecord(
         {"num-examples": result.num_examples, "loss": result.loss, "accuracy": result.accuracy}
     )
     return Message(
-        RecordDict({"metrics": metrics, "meta": ConfigRecord({"institution": setup.institution})}),
+        RecordDict({"metrics": metrics, META: ConfigRecord({"institution": setup.institution})}),
         reply_to=message,
     )

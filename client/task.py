@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from flwr.app import Context
+from torch import nn
+from torch.utils.data import DataLoader
 
 from common.data import ImageData, load_image_data
 from common.model import build_model, get_arrays, set_arrays
 from common.policy import Policy, PolicyError
+from common.privacy import BudgetExhausted, epsilon_of, locked_history, plan_round
+from common.protocol import PrivacyCharge
 from common.records import Arrays
-from common.training import EvalResult, TrainResult, evaluate, local_sgd, make_loader, train
+from common.training import (
+    EvalResult,
+    TrainResult,
+    evaluate,
+    local_sgd,
+    make_loader,
+    train,
+    train_private,
+)
 
-__all__ = ["ClientSetup", "evaluate_global", "train_round"]
+__all__ = ["ClientSetup", "RoundOutcome", "evaluate_global", "train_round"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,7 @@ class ClientSetup:
     policy: Policy
     institution: str
     data: ImageData
+    state_dir: Path | None = None
 
     @classmethod
     def from_context(cls, context: Context) -> ClientSetup:
@@ -47,31 +62,121 @@ class ClientSetup:
         threads = node_config.get("torch-threads", 1)
         if isinstance(threads, int) and threads > 0:
             torch.set_num_threads(threads)
+        state_dir = node_config.get("state-dir")
+        if policy.privacy.dp and (not isinstance(state_dir, str) or not state_dir):
+            raise PolicyError(
+                'SuperNode node config needs state-dir="..." (a folder this node keeps): '
+                "DP training stores its privacy accountant there across rounds and runs"
+            )
         data = load_image_data(
             str(node_config["data-dir"]),
             num_classes=policy.model.num_classes,
             image_size=policy.model.image_size,
         )
-        return cls(policy=policy, institution=str(node_config["institution"]), data=data)
+        return cls(
+            policy=policy,
+            institution=str(node_config["institution"]),
+            data=data,
+            state_dir=Path(state_dir) if isinstance(state_dir, str) and state_dir else None,
+        )
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    weights: Arrays
+    result: TrainResult
+    charge: PrivacyCharge
 
 
 def train_round(
     setup: ClientSetup, global_weights: Arrays, config: Mapping[str, Any]
-) -> tuple[Arrays, TrainResult]:
-    """Train the global weights locally; returns the new weights and the loss."""
+) -> RoundOutcome:
+    """Train the global weights locally, with DP-SGD unless the policy turned it off.
+
+    With DP, the dataset's accountant history is restored first and the
+    round is refused (:class:`~common.privacy.BudgetExhausted`) before any
+    model is built or gradient computed if it would push epsilon past the
+    budget; after training, the extended history is saved.
+    """
+    policy, privacy = setup.policy, setup.policy.privacy
+    server_round = int(config.get("server-round", 0))
+    dataset_sha256 = setup.data.sha256()
+    if not privacy.dp:
+        model, optimizer, loader = _prepare(setup, global_weights, server_round, shuffle=True)
+        result = train(model, loader, optimizer, policy.training.local_epochs)
+        charge = PrivacyCharge(
+            False, math.inf, 0.0, 0.0, 0.0, result.steps, "none", 0.0, dataset_sha256, ""
+        )
+        return RoundOutcome(get_arrays(model), result, charge)
+
+    if setup.state_dir is None:
+        raise PolicyError("DP training needs the node's state-dir")
+    plan = plan_round(
+        privacy,
+        policy.training,
+        num_records=len(setup.data),
+        planned_rounds=policy.federation.rounds,
+    )
+    with locked_history(
+        setup.state_dir,
+        institution=setup.institution,
+        dataset_sha256=dataset_sha256,
+        num_records=len(setup.data),
+    ) as state:
+        next_eps = epsilon_of([*state.history, plan.entry], privacy.delta, privacy.accountant)
+        if next_eps > privacy.epsilon:
+            raise BudgetExhausted(
+                institution=setup.institution,
+                dataset_sha256=dataset_sha256,
+                spent=state.epsilon(privacy.delta, privacy.accountant),
+                budget=privacy.epsilon,
+                next_eps=next_eps,
+            )
+        # Opacus replaces the loader's order with Poisson sampling.
+        model, optimizer, loader = _prepare(setup, global_weights, server_round, shuffle=False)
+        result, state.history = train_private(
+            model,
+            loader,
+            optimizer,
+            epochs=policy.training.local_epochs,
+            plan=plan,
+            max_grad_norm=privacy.max_grad_norm,
+            grad_sample_mode=privacy.grad_sample_mode,
+            accountant=privacy.accountant,
+            history=state.history,
+        )
+        state.accountant, state.delta = privacy.accountant, privacy.delta
+        state.epsilon_budget = privacy.epsilon
+        charge = PrivacyCharge(
+            dp=True,
+            epsilon=state.epsilon(),
+            delta=privacy.delta,
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=result.steps,
+            accountant=privacy.accountant,
+            max_grad_norm=privacy.max_grad_norm,
+            dataset_sha256=dataset_sha256,
+            history_sha256=state.sha256,
+        )
+    return RoundOutcome(get_arrays(model), result, charge)
+
+
+def _prepare(
+    setup: ClientSetup, global_weights: Arrays, server_round: int, *, shuffle: bool
+) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[tuple[torch.Tensor, ...]]]:
+    """The global model, this node's optimizer and its data loader for one round."""
     policy = setup.policy
     model = build_model(policy.model, policy.federation.seed)
     set_arrays(model, global_weights)
-    server_round = int(config.get("server-round", 0))
     loader = make_loader(
         setup.data,
         policy.training.batch_size,
-        shuffle=True,
+        shuffle=shuffle,
         seed=policy.federation.seed + server_round,
     )
     optimizer = local_sgd(model, policy.training.learning_rate, policy.training.momentum)
-    result = train(model, loader, optimizer, policy.training.local_epochs)
-    return get_arrays(model), result
+    return model, optimizer, loader
 
 
 def evaluate_global(setup: ClientSetup, global_weights: Arrays) -> EvalResult:

@@ -9,6 +9,7 @@ once at the end).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,16 +35,33 @@ from common.local_federation import (
 )
 from common.model import arrays_to_bytes, build_model, get_arrays
 from common.policy import Policy
+from common.privacy import check_delta
+from common.protocol import BUDGET_EXHAUSTED
 from server.ledger import Ledger, enrol_participant
-from server.ledger.schema import Round, RoundUpdate, Run
+from server.ledger.schema import Charge, Exclusion, Round, RoundUpdate, Run
 
-__all__ = ["DEMO_INSTITUTIONS", "DemoLayout", "RoundProgress", "prepare_data", "run_demo"]
+__all__ = [
+    "DEMO_INSTITUTIONS",
+    "DemoLayout",
+    "PrivacyBudgetExhausted",
+    "RoundProgress",
+    "prepare_data",
+    "run_demo",
+]
 
 DEMO_INSTITUTIONS: tuple[tuple[str, str], ...] = (
     ("university-a", "academia"),
     ("university-b", "academia"),
     ("company-c", "industry"),
 )
+
+
+class PrivacyBudgetExhausted(FederationError):
+    """The run stopped because too few institutions had privacy budget left."""
+
+
+def _json_epsilon(value: float) -> float | str:
+    return "inf" if math.isinf(value) else value
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,8 @@ class RoundProgress:
     loss: float
     participants: int
     seconds: float
+    epsilon: dict[str, float]
+    """Cumulative epsilon per institution after this round (infinite without DP)."""
 
 
 def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
@@ -92,7 +112,9 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
         loaded = load_image_data(
             data_dir, num_classes=policy.model.num_classes, image_size=policy.model.image_size
         )
-        nodes.append(NodeSpec(name, data_dir))
+        if policy.privacy.dp:
+            check_delta(policy.privacy.delta, len(loaded))
+        nodes.append(NodeSpec(name, data_dir, workdir / "institutions" / name / "state"))
         examples[name] = len(loaded)
     for split in ("validation", "test"):
         load_image_data(
@@ -111,9 +133,31 @@ def _rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundP
         rows = session.scalars(
             select(Round).where(Round.run_id == run.id).order_by(Round.number)
         ).all()
+        epsilon: dict[int, dict[str, float]] = {}
+        for charge in session.scalars(select(Charge).where(Charge.run_id == run.id)):
+            epsilon.setdefault(charge.round_number, {})[charge.participant.name] = charge.epsilon
         return run, [
-            RoundProgress(r.number, r.accuracy, r.loss, r.num_participants, r.seconds) for r in rows
+            RoundProgress(
+                r.number,
+                r.accuracy,
+                r.loss,
+                r.num_participants,
+                r.seconds,
+                epsilon.get(r.number, {}),
+            )
+            for r in rows
         ]
+
+
+def _exhausted_budgets(ledger: Ledger, run_id: int) -> list[str]:
+    """The budget refusals recorded for a run, one line each."""
+    with ledger.session() as session:
+        rows = session.scalars(
+            select(Exclusion)
+            .where(Exclusion.run_id == run_id, Exclusion.code == BUDGET_EXHAUSTED)
+            .order_by(Exclusion.id)
+        ).all()
+        return [f"round {e.round_number}: {e.reason}" for e in rows]
 
 
 def _last_lines(text: str, count: int) -> str:
@@ -180,6 +224,13 @@ def run_demo(
                 or run.status != "finished"
                 or not status["status"].endswith("completed")
             ):
+                exhausted = _exhausted_budgets(ledger, run.id) if run is not None else []
+                if exhausted:
+                    raise PrivacyBudgetExhausted(
+                        f"the run stopped: {run.status_reason if run else ''}\n"
+                        "Exhausted privacy budgets (a new budget needs a new dataset "
+                        "or a larger privacy.epsilon):\n  " + "\n  ".join(exhausted)
+                    )
                 raise FederationError(
                     f"Flower run {flower_run_id} ended as {status['status']} "
                     f"({status.get('status-details', '')}); ledger status "
@@ -207,9 +258,20 @@ def run_demo(
         "partition": policy.data.partition,
         "policy_sha256": policy.sha256(),
         "institutions": [
-            {"name": name, "kind": kind, "examples": layout.examples[name]}
+            {
+                "name": name,
+                "kind": kind,
+                "examples": layout.examples[name],
+                "epsilon": _json_epsilon(rounds[-1].epsilon[name])
+                if rounds and name in rounds[-1].epsilon
+                else None,
+            }
             for name, kind in DEMO_INSTITUTIONS
         ],
+        "dp": policy.privacy.dp,
+        "epsilon_budget": policy.privacy.epsilon if policy.privacy.dp else "inf",
+        "delta": policy.privacy.delta if policy.privacy.dp else 0.0,
+        "accountant": policy.privacy.accountant if policy.privacy.dp else "none",
         "rounds": [
             {
                 "round": r.round,
@@ -217,6 +279,7 @@ def run_demo(
                 "loss": r.loss,
                 "participants": r.participants,
                 "seconds": r.seconds,
+                "epsilon": {name: _json_epsilon(eps) for name, eps in r.epsilon.items()},
             }
             for r in rounds
         ],

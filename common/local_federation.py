@@ -47,10 +47,22 @@ class FederationError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One SuperNode: the institution it serves and that institution's data folder."""
+    """One SuperNode: its institution, that institution's data and state folders.
+
+    ``state_dir`` holds what the node keeps between rounds and runs (its
+    privacy accountant); DP training refuses to run without one.
+    """
 
     institution: str
     data_dir: Path
+    state_dir: Path | None = None
+
+    def node_config(self) -> str:
+        """Flower's ``--node-config`` string for this node."""
+        config = f'institution="{self.institution}" data-dir="{self.data_dir.resolve()}"'
+        if self.state_dir is not None:
+            config += f' state-dir="{self.state_dir.resolve()}"'
+        return config + " torch-threads=1"
 
 
 def free_port() -> int:
@@ -260,10 +272,6 @@ class LocalFederation:
         started: list[tuple[int, subprocess.Popen[bytes], str]] = []
         for node in self.nodes:
             port = free_port()
-            node_config = (
-                f'institution="{node.institution}" '
-                f'data-dir="{node.data_dir.resolve()}" torch-threads=1'
-            )
             process = self._spawn(
                 f"supernode-{node.institution}",
                 [
@@ -271,7 +279,7 @@ class LocalFederation:
                     "--insecure",
                     "--superlink", f"127.0.0.1:{self.superlink_port}",
                     "--port", str(port),
-                    "--node-config", node_config,
+                    "--node-config", node.node_config(),
                 ],
             )  # fmt: skip
             started.append((port, process, node.institution))

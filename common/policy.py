@@ -1,7 +1,7 @@
 """The federation policy: one TOML file, parsed once into frozen dataclasses.
 
 A policy file has one table per section (``[federation]``, ``[model]``,
-``[training]``, ``[data]``, ``[deploy]``) with kebab-case keys. The same values
+``[training]``, ``[privacy]``, ``[data]``, ``[deploy]``) with kebab-case keys. The same values
 travel to Flower as a flat run config (``"training.batch-size" = 32``), and
 :meth:`Policy.from_run_config` turns that back into the same dataclasses, so
 the ServerApp and the ClientApp validate exactly what the operator wrote.
@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "Policy",
     "PolicyError",
+    "PrivacyConfig",
     "TrainingConfig",
 ]
 
@@ -231,6 +232,78 @@ class TrainingConfig(_Section):
     )
 
 
+ACCOUNTANTS = ("rdp", "prv")
+GRAD_SAMPLE_MODES = ("hooks", "ghost")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig(_Section):
+    """Sample-level (epsilon, delta) differential privacy on every client (Opacus DP-SGD).
+
+    Parameters
+    ----------
+    dp : bool (default: True)
+        Train with DP-SGD. ``false`` turns DP off; it is recorded in the
+        ledger and reported as epsilon = infinity.
+    epsilon : float (default: 8.0)
+        Budget per institution and dataset, over every round of every run
+        that touches the dataset. A round that would exceed it is refused.
+    delta : float (default: 1e-5)
+        The delta of the guarantee; each client refuses a delta >= 1/N for
+        its N records.
+    max_grad_norm : float (default: 1.0)
+        Per-sample gradient clipping bound.
+    noise_multiplier : float (default: 0.0)
+        Gaussian noise multiplier; 0 derives it once per client from
+        ``epsilon``, ``delta`` and the planned rounds x local epochs.
+    accountant : str (default: "rdp")
+        ``"rdp"`` or ``"prv"``.
+    grad_sample_mode : str (default: "hooks")
+        ``"hooks"`` (per-sample gradients) or ``"ghost"`` (ghost clipping).
+    """
+
+    SECTION: ClassVar[str] = "privacy"
+    dp: bool = field(default=True, metadata=_spec("dp", bool, None, "true or false"))
+    epsilon: float = field(
+        default=8.0,
+        metadata=_spec(
+            "epsilon", float, lambda v: _positive(v) and v <= 1000, "a number in (0, 1000]"
+        ),
+    )
+    delta: float = field(
+        default=1e-5,
+        metadata=_spec("delta", float, lambda v: 0.0 < v < 0.1, "a number in (0, 0.1)"),
+    )
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata=_spec("max-grad-norm", float, _positive, "a number > 0"),
+    )
+    noise_multiplier: float = field(
+        default=0.0,
+        metadata=_spec(
+            "noise-multiplier",
+            float,
+            lambda v: 0.0 <= v <= 1000 and math.isfinite(v),
+            "0 (derive it from the budget) or a number in (0, 1000]",
+        ),
+    )
+    accountant: str = field(
+        default="rdp",
+        metadata=_spec(
+            "accountant", str, lambda v: v in ACCOUNTANTS, f"one of: {', '.join(ACCOUNTANTS)}"
+        ),
+    )
+    grad_sample_mode: str = field(
+        default="hooks",
+        metadata=_spec(
+            "grad-sample-mode",
+            str,
+            lambda v: v in GRAD_SAMPLE_MODES,
+            f"one of: {', '.join(GRAD_SAMPLE_MODES)}",
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class DataConfig(_Section):
     """The embedded demo's data set and how it is split.
@@ -307,7 +380,14 @@ class DeployConfig(_Section):
 
 _SECTIONS: dict[str, type[_Section]] = {
     cls.SECTION: cls
-    for cls in (FederationConfig, ModelConfig, TrainingConfig, DataConfig, DeployConfig)
+    for cls in (
+        FederationConfig,
+        ModelConfig,
+        TrainingConfig,
+        PrivacyConfig,
+        DataConfig,
+        DeployConfig,
+    )
 }
 
 
@@ -318,6 +398,7 @@ class Policy:
     federation: FederationConfig = field(default_factory=FederationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
 

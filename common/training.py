@@ -1,20 +1,37 @@
-"""Pure local training and evaluation, written for Opacus from the start.
+"""Pure local training and evaluation, plain or with Opacus DP-SGD.
 
-``train`` takes a plain ``DataLoader`` and an optimizer built by the caller, so
-``PrivacyEngine.make_private`` can wrap both without changes here.
+``train`` takes a plain ``DataLoader`` and an optimizer built by the caller;
+``train_private`` hands the same objects to ``PrivacyEngine.make_private``
+(Poisson sampling, ``wrap_model=False`` so the caller's module and its
+state-dict keys are unchanged) with the accountant restored from the
+dataset's persistent history, and returns the extended history.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.data import ImageData
+from common.privacy import DPPlan, HistoryEntry, check_model_for_dp
 
-__all__ = ["EvalResult", "TrainResult", "evaluate", "local_sgd", "make_loader", "train"]
+__all__ = [
+    "EvalResult",
+    "TrainResult",
+    "evaluate",
+    "local_sgd",
+    "make_loader",
+    "train",
+    "train_private",
+]
+
+Loader = DataLoader[tuple[torch.Tensor, ...]]
 
 
 @dataclass(frozen=True)
@@ -43,27 +60,107 @@ def make_loader(
 
 
 def train(
-    model: nn.Module,
-    loader: DataLoader[tuple[torch.Tensor, ...]],
-    optimizer: torch.optim.Optimizer,
-    epochs: int,
+    model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, epochs: int
 ) -> TrainResult:
     """Run ``epochs`` passes of cross-entropy training over ``loader``."""
-    criterion = nn.CrossEntropyLoss()
+    return _run_epochs(model, loader, optimizer, nn.CrossEntropyLoss(), epochs)
+
+
+def _run_epochs(
+    model: nn.Module,
+    loader: Loader,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[[torch.Tensor, torch.Tensor], Any],
+    epochs: int,
+) -> TrainResult:
     model.train()
     total_loss, seen, steps = 0.0, 0, 0
     for _ in range(epochs):
         for images, labels in loader:
-            if len(labels) == 0:  # Poisson sampling can draw an empty batch
-                continue
+            # An empty Poisson batch still takes a (pure-noise) DP step: the
+            # accountant charges it, so it is not skipped.
             optimizer.zero_grad()
             loss = criterion(model(images), labels)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(labels)
-            seen += len(labels)
             steps += 1
+            if len(labels):
+                total_loss += float(loss.item()) * len(labels)
+                seen += len(labels)
     return TrainResult(loss=total_loss / max(seen, 1), steps=steps, num_examples=seen)
+
+
+def train_private(
+    model: nn.Module,
+    loader: Loader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    plan: DPPlan,
+    max_grad_norm: float,
+    grad_sample_mode: str,
+    accountant: str,
+    history: Sequence[HistoryEntry],
+) -> tuple[TrainResult, list[HistoryEntry]]:
+    """DP-SGD for ``epochs`` epochs, charged to a restored accountant history.
+
+    Parameters
+    ----------
+    model, loader, optimizer
+        As for :func:`train`; ``loader`` is replaced by Opacus's Poisson sampler.
+    epochs : int
+        Local epochs.
+    plan : DPPlan
+        Noise multiplier, sample rate and steps fixed before training; a
+        loader that would sample at another rate is an error.
+    max_grad_norm : float
+        Per-sample clipping bound.
+    grad_sample_mode : str
+        ``"hooks"`` or ``"ghost"`` (ghost clipping).
+    accountant : str
+        ``"rdp"`` or ``"prv"``.
+    history : sequence of (float, float, int)
+        The dataset's accountant history so far.
+
+    Returns
+    -------
+    (TrainResult, list of (float, float, int))
+        The training result and the history including this round's steps.
+    """
+    check_model_for_dp(model)
+    engine = PrivacyEngine(accountant=accountant)
+    engine.accountant.load_state_dict(
+        {"history": list(history), "mechanism": engine.accountant.mechanism()}
+    )
+    criterion = nn.CrossEntropyLoss()
+    private = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        grad_sample_mode=grad_sample_mode,
+        poisson_sampling=True,
+        wrap_model=False,
+    )
+    if grad_sample_mode == "ghost":
+        hooks, dp_optimizer, dp_criterion, dp_loader = private
+    else:
+        hooks, dp_optimizer, dp_loader = private
+        dp_criterion = criterion
+    try:
+        if abs(1.0 / len(dp_loader) - plan.sample_rate) > 1e-12 or plan.steps != epochs * len(
+            dp_loader
+        ):
+            raise RuntimeError(
+                f"the planned sample rate {plan.sample_rate} and {plan.steps} steps do not match "
+                f"the loader ({len(dp_loader)} batches x {epochs} epochs)"
+            )
+        result = _run_epochs(model, dp_loader, dp_optimizer, dp_criterion, epochs)
+    finally:
+        hooks.cleanup()
+    return result, list(engine.accountant.history)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from common.records import Arrays, arrays_of, record_of
 from common.training import evaluate
 from server.grid import PollingGrid
 from server.ledger import Ledger, finish_run, start_run
-from server.strategy import LedgerFedAvg
+from server.strategy import LedgerFedAvg, RoundFailed
 
 __all__ = ["app"]
 
@@ -72,10 +72,11 @@ def main(grid: Grid, context: Context) -> None:
         evaluator=lambda weights: score(validation, weights),
         checkpoint_dir=Path(policy.deploy.checkpoint_dir) if policy.deploy.checkpoint_dir else None,
         min_nodes=policy.federation.min_nodes,
+        privacy=policy.privacy,
         fraction_train=policy.federation.fraction_train,
         fraction_evaluate=policy.federation.fraction_evaluate,
     )
-    status, test_loss, test_accuracy = "failed", None, None
+    status, test_loss, test_accuracy, reason = "failed", None, None, None
     try:
         result = strategy.start(
             grid=PollingGrid(grid, policy.federation.poll_interval),
@@ -89,10 +90,19 @@ def main(grid: Grid, context: Context) -> None:
         test_loss, test_accuracy = score(test, final)
         status = "finished"
         log.info("test accuracy %.4f, loss %.4f", test_accuracy, test_loss)
+    except RoundFailed as err:
+        reason = str(err)
+        log.error("run stopped: %s", reason)
+        raise
     finally:
         if ledger is not None and run_id is not None:
             with ledger.session() as session:
                 finish_run(
-                    session, run_id, status, test_accuracy=test_accuracy, test_loss=test_loss
+                    session,
+                    run_id,
+                    status,
+                    test_accuracy=test_accuracy,
+                    test_loss=test_loss,
+                    reason=reason,
                 )
             ledger.close()

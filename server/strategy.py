@@ -13,9 +13,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.model import arrays_sha256, arrays_to_bytes
+from common.policy import PrivacyConfig
+from common.protocol import BUDGET_EXHAUSTED, META, PRIVACY, PrivacyCharge, Refusal
 from common.records import Arrays, arrays_of
 from server.checkpoint import save_checkpoint
-from server.ledger import Ledger, UpdateFact, record_round
+from server.ledger import (
+    ChargeFact,
+    ExclusionFact,
+    Ledger,
+    UpdateFact,
+    record_privacy,
+    record_round,
+)
 
 __all__ = ["LedgerFedAvg", "RoundFailed"]
 
@@ -23,7 +32,8 @@ log = logging.getLogger(__name__)
 
 Evaluator = Callable[[Arrays], tuple[float, float]]
 
-META_KEY = "meta"
+REJECTED = 422
+"""Exclusion code: the server rejected a reply (malformed or outside the policy)."""
 
 
 class RoundFailed(RuntimeError):
@@ -45,6 +55,9 @@ class LedgerFedAvg(FedAvg):
         Where each round's global model is saved; ``None`` disables checkpoints.
     min_nodes : int
         Replies needed for a round to count.
+    privacy : PrivacyConfig
+        The run's privacy policy: an update trained without DP when DP is
+        required, or reporting an epsilon past the budget, is rejected.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -57,6 +70,7 @@ class LedgerFedAvg(FedAvg):
         evaluator: Evaluator,
         checkpoint_dir: Path | None,
         min_nodes: int,
+        privacy: PrivacyConfig,
         **kwargs: float | int | str,
     ) -> None:
         super().__init__(
@@ -70,6 +84,7 @@ class LedgerFedAvg(FedAvg):
         self.evaluator = evaluator
         self.checkpoint_dir = checkpoint_dir
         self.min_nodes = min_nodes
+        self.privacy = privacy
         self._round_started = time.monotonic()
         self._model_before = ""
         self._updates: list[UpdateFact] = []
@@ -84,31 +99,84 @@ class LedgerFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        valid = [m for m in replies if not m.has_error()]
-        if len(valid) < self.min_nodes:
-            reasons = "; ".join(
-                f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()
+        """Record every charge and exclusion, then FedAvg the accepted updates.
+
+        Charges are recorded before the round is known to succeed: a client
+        that trained has spent its budget whatever happens next.
+        """
+        accepted: list[Message] = []
+        charges: list[ChargeFact] = []
+        exclusions: list[ExclusionFact] = []
+        for message in replies:
+            node_id = message.metadata.src_node_id
+            if message.has_error():
+                refusal = Refusal.from_reason(message.error.reason or "")
+                exclusions.append(
+                    ExclusionFact(refusal.institution, node_id, message.error.code, refusal.detail)
+                )
+                continue
+            try:
+                institution, charge = self._check_reply(message)
+            except ValueError as err:
+                meta = message.content.config_records.get(META)
+                claimed = meta.get("institution") if meta is not None else None
+                exclusions.append(
+                    ExclusionFact(
+                        claimed if isinstance(claimed, str) else None,
+                        node_id,
+                        REJECTED,
+                        f"update rejected: {err}",
+                    )
+                )
+                continue
+            charges.append(ChargeFact(institution, charge))
+            accepted.append(message)
+        if self.ledger is not None and self.run_id is not None:
+            with self.ledger.session() as session:
+                record_privacy(
+                    session, self.run_id, server_round, charges=charges, exclusions=exclusions
+                )
+        for e in exclusions:
+            log.warning(
+                "round %d: node %d (%s) excluded: %s",
+                server_round,
+                e.node_id,
+                e.institution or "unknown",
+                e.reason,
             )
+        if len(accepted) < self.min_nodes:
             raise RoundFailed(
-                f"round {server_round}: {len(valid)} of the required {self.min_nodes} "
-                f"nodes returned an update" + (f" ({reasons})" if reasons else "")
+                f"round {server_round}: {len(accepted)} of the required {self.min_nodes} "
+                "nodes returned an update"
+                + (f" ({'; '.join(_describe(e) for e in exclusions)})" if exclusions else "")
             )
-        self._updates = [self._fact(m) for m in valid]
-        return super().aggregate_train(server_round, replies)
+        self._updates = [self._fact(m) for m in accepted]
+        return super().aggregate_train(server_round, accepted)
+
+    def _check_reply(self, message: Message) -> tuple[str, PrivacyCharge]:
+        """Who sent a reply and what it charged; ``ValueError`` if it breaks the policy."""
+        content = message.content
+        meta = content.config_records.get(META)
+        if meta is None or not isinstance(meta.get("institution"), str):
+            raise ValueError(f"no '{META}.institution' in the reply")
+        record = content.config_records.get(PRIVACY)
+        if record is None:
+            raise ValueError(f"no '{PRIVACY}' record in the reply")
+        charge = PrivacyCharge.from_record(record)
+        if self.privacy.dp and not charge.dp:
+            raise ValueError("trained without DP, but the policy requires DP")
+        if charge.dp and charge.epsilon > self.privacy.epsilon * (1 + 1e-9):
+            raise ValueError(
+                f"reports epsilon {charge.epsilon:.4f}, past the budget {self.privacy.epsilon}"
+            )
+        return str(meta["institution"]), charge
 
     def _fact(self, message: Message) -> UpdateFact:
         content = message.content
-        meta = content.config_records.get(META_KEY)
-        if meta is None or not isinstance(meta.get("institution"), str):
-            raise RoundFailed(
-                f"node {message.metadata.src_node_id} sent an update without "
-                f"'{META_KEY}.institution'"
-            )
         metrics = content.metric_records["metrics"]
         payload = arrays_to_bytes(arrays_of(content.array_records[self.arrayrecord_key]))
         return UpdateFact(
-            institution=str(meta["institution"]),
+            institution=str(content.config_records[META]["institution"]),
             num_examples=int(metrics[self.weighted_by_key]),  # type: ignore[arg-type]
             train_loss=float(metrics.get("train-loss", float("nan"))),  # type: ignore[arg-type]
             update_sha256=hashlib.sha256(payload).hexdigest(),
@@ -140,3 +208,9 @@ class LedgerFedAvg(FedAvg):
                 )
         log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+
+def _describe(exclusion: ExclusionFact) -> str:
+    who = exclusion.institution or f"node {exclusion.node_id}"
+    kind = "privacy budget" if exclusion.code == BUDGET_EXHAUSTED else "excluded"
+    return f"{who} [{kind}]: {exclusion.reason}"

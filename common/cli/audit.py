@@ -40,6 +40,17 @@ def show(
     for p in report["participants"]:
         people.add_row(p["name"], p["kind"], p["enrolled_at"])
     console.print(people)
+    privacy = Table(title="Privacy spent (cumulative ε per institution and dataset)")
+    for column in ("institution", "dataset", "ε", "δ", "accountant", "rounds charged"):
+        privacy.add_column(column)
+    for row in report["privacy"]:
+        eps = row["epsilon"]
+        privacy.add_row(
+            row["institution"], row["dataset_sha256"][:12] + "…",
+            "∞ (DP off)" if eps == "inf" else f"{eps:.3f}", f"{row['delta']:g}",
+            row["accountant"], str(row["rounds_charged"]),
+        )  # fmt: skip
+    console.print(privacy)
     for run in report["runs"]:
         table = Table(
             title=f"Run {run['id']} (Flower {run['flower_run_id']}): {run['model']} on "
@@ -60,6 +71,14 @@ def show(
                 str(r["participants"]), f"{r['seconds']:.1f}", r["model_sha256_after"][:16] + "…",
             )  # fmt: skip
         console.print(table)
+        if run["status_reason"]:
+            console.print(f"[red]stopped:[/] {run['status_reason']}", highlight=False)
+        for e in run["exclusions"]:
+            console.print(
+                f"  excluded in round {e['round']}: {e['institution'] or 'node ' + e['node_id']} "
+                f"(code {e['code']}): {e['reason']}",
+                highlight=False,
+            )
 
 
 def _pct(value: float | None) -> str:

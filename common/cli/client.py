@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from common.cli.errors import user_errors
 from common.data import load_image_data
 from common.policy import Policy
+from common.privacy import format_epsilon, list_histories
 
 __all__ = ["app"]
 
@@ -42,3 +44,53 @@ def check_data(
         )
         return
     Console().print(f"[green]ok[/] {data.source}: {len(data)} examples, per label {counts}")
+
+
+@app.command("budget")
+def budget(
+    state: Annotated[
+        Path, typer.Option("--state", help="The node's state folder (its node config state-dir).")
+    ],
+    output_format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Privacy budget spent and remaining per dataset, from the node's own accountant."""
+    with user_errors():
+        histories = list_histories(state)
+    rows: list[dict[str, Any]] = []
+    for h in histories:
+        spent = h.epsilon()
+        rows.append(
+            {
+                "institution": h.institution,
+                "dataset_sha256": h.dataset_sha256,
+                "records": h.num_records,
+                "accountant": h.accountant,
+                "delta": h.delta,
+                "epsilon_budget": h.epsilon_budget,
+                "epsilon_spent": spent,
+                "epsilon_remaining": max(h.epsilon_budget - spent, 0.0),
+                "steps": h.steps,
+                "history_sha256": h.sha256,
+                "updated_at": h.updated_at,
+            }
+        )
+    if output_format == "json":
+        typer.echo(json.dumps({"state_dir": str(state), "datasets": rows}, indent=2))
+        return
+    if not rows:
+        Console().print(f"no privacy budget charged yet in {state}")
+        return
+    table = Table(title=f"Privacy budget in {state}")
+    for column in ("institution", "dataset", "records", "ε spent", "ε budget", "remaining", "δ"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["institution"],
+            row["dataset_sha256"][:12] + "…",
+            str(row["records"]),
+            format_epsilon(row["epsilon_spent"]),
+            f"{row['epsilon_budget']:g}",
+            format_epsilon(row["epsilon_remaining"]),
+            f"{row['delta']:g}",
+        )
+    Console().print(table)

@@ -14,7 +14,15 @@ from rich.table import Table
 
 from common.cli.errors import user_errors
 from common.demo import RoundProgress, run_demo
-from common.policy import DataConfig, FederationConfig, ModelConfig, Policy, PolicyError
+from common.policy import (
+    DataConfig,
+    FederationConfig,
+    ModelConfig,
+    Policy,
+    PolicyError,
+    PrivacyConfig,
+)
+from common.privacy import format_epsilon
 
 __all__ = ["demo"]
 
@@ -46,6 +54,13 @@ def demo(
     policy_file: Annotated[
         Path | None, typer.Option("--policy", help="TOML policy file (default: built-in).")
     ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Privacy budget per institution and dataset (default: the policy's, 8). "
+            "DP is turned off only by 'dp = false' in a policy file."
+        ),
+    ] = None,
 ) -> None:
     """Train a CNN across three institutions on real Flower SuperLink/SuperNodes."""
     console = Console()
@@ -57,6 +72,7 @@ def demo(
             (FederationConfig.SECTION, "seed"): seed,
             (ModelConfig.SECTION, "name"): model,
             (DataConfig.SECTION, "partition"): partition,
+            (PrivacyConfig.SECTION, "epsilon"): epsilon,
         }
         for (section, key), value in overrides.items():
             if value is not None:
@@ -67,9 +83,16 @@ def demo(
             raise PolicyError(f"{err} (from the command-line options)") from None
 
         _interrupt_on_sigterm()
+        privacy = policy.privacy
+        guarantee = (
+            f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution"
+            if privacy.dp
+            else "[yellow]DP OFF (policy says dp = false): ε = ∞[/]"
+        )
         console.print(
             f"[bold]FedCommons demo[/]: {policy.model.name} on {policy.data.dataset}, "
-            f"{policy.data.partition}, {policy.federation.rounds} rounds, work folder {workdir}"
+            f"{policy.data.partition}, {policy.federation.rounds} rounds, {guarantee}, "
+            f"work folder {workdir}"
         )
         progress = Progress(
             TextColumn("[bold blue]rounds"),
@@ -85,10 +108,12 @@ def demo(
             )
 
             def on_round(r: RoundProgress) -> None:
+                spent = max(r.epsilon.values(), default=0.0)
                 progress.update(
                     task,
                     completed=r.round,
-                    status=f"accuracy {r.accuracy:.2%}  loss {r.loss:.3f}  ({r.seconds:.1f}s)",
+                    status=f"accuracy {r.accuracy:.2%}  loss {r.loss:.3f}  "
+                    f"max ε {format_epsilon(spent)}  ({r.seconds:.1f}s)",
                 )
 
             try:
@@ -98,10 +123,16 @@ def demo(
                 raise typer.Exit(code=130) from None
 
     table = Table(title="Institutions")
-    for column in ("institution", "kind", "examples"):
+    for column in ("institution", "kind", "examples", "ε spent"):
         table.add_column(column)
     for inst in summary["institutions"]:
-        table.add_row(inst["name"], inst["kind"], str(inst["examples"]))
+        eps = inst["epsilon"]
+        table.add_row(
+            inst["name"],
+            inst["kind"],
+            str(inst["examples"]),
+            "-" if eps is None else format_epsilon(float(eps)),
+        )
     console.print(table)
     rounds_table = Table(title="Rounds (server validation split)")
     for column in ("round", "accuracy", "loss", "participants", "seconds"):

@@ -11,6 +11,7 @@ from rich.console import Console
 from common.data import DataError
 from common.local_federation import FederationError
 from common.policy import PolicyError
+from common.privacy import PrivacyError
 from server.ledger import LedgerError
 
 __all__ = ["err_console", "user_errors"]
@@ -22,6 +23,6 @@ err_console = Console(stderr=True)
 def user_errors() -> Iterator[None]:
     try:
         yield
-    except (PolicyError, DataError, LedgerError, FederationError) as err:
+    except (PolicyError, DataError, PrivacyError, LedgerError, FederationError) as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None

@@ -1,6 +1,8 @@
 """The ledger: who took part, with what, and what each round produced."""
 
 from server.ledger.store import (
+    ChargeFact,
+    ExclusionFact,
     Ledger,
     LedgerError,
     UpdateFact,
@@ -8,11 +10,16 @@ from server.ledger.store import (
     finish_run,
     ledger_report,
     normalise_url,
+    privacy_spent,
+    record_exclusions,
+    record_privacy,
     record_round,
     start_run,
 )
 
 __all__ = [
+    "ChargeFact",
+    "ExclusionFact",
     "Ledger",
     "LedgerError",
     "UpdateFact",
@@ -20,6 +27,9 @@ __all__ = [
     "finish_run",
     "ledger_report",
     "normalise_url",
+    "privacy_spent",
+    "record_exclusions",
+    "record_privacy",
     "record_round",
     "start_run",
 ]

@@ -12,6 +12,7 @@ from typing import Annotated
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -22,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Participant", "Round", "RoundUpdate", "Run"]
+__all__ = ["Base", "Charge", "Exclusion", "Participant", "Round", "RoundUpdate", "Run"]
 
 PARTICIPANT_KINDS = ("academia", "industry")
 
@@ -69,6 +70,8 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     test_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     test_loss: Mapped[float | None] = mapped_column(Float, default=None)
+    # Why a run stopped early (e.g. too few nodes left within their privacy budgets).
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
     started_at: Mapped[Timestamp]
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
@@ -114,3 +117,51 @@ class RoundUpdate(Base):
 
     round: Mapped[Round] = relationship(back_populates="updates")
     participant: Mapped[Participant] = relationship()
+
+
+class Charge(Base):
+    """What one round cost one participant's dataset in privacy (reported by its client).
+
+    ``epsilon`` is cumulative over every round of every run on the dataset,
+    as the client's persistent accountant computes it; infinite when the run
+    trained without DP. Charges are recorded as replies arrive, also for a
+    round that later fails, since the client has spent the budget anyway.
+    """
+
+    __tablename__ = "privacy_charges"
+    __table_args__ = (UniqueConstraint("run_id", "round_number", "participant_id"),)
+
+    id: Mapped[IntPk]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    round_number: Mapped[int] = mapped_column(Integer)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    dataset_sha256: Mapped[Sha256]
+    dp: Mapped[bool] = mapped_column(Boolean)
+    epsilon: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    noise_multiplier: Mapped[float] = mapped_column(Float)
+    sample_rate: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer)
+    accountant: Mapped[str] = mapped_column(String(16))
+    max_grad_norm: Mapped[float] = mapped_column(Float)
+    history_sha256: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant] = relationship()
+
+
+class Exclusion(Base):
+    """A node left out of a round, and why (refused to train, or its update was rejected)."""
+
+    __tablename__ = "exclusions"
+
+    id: Mapped[IntPk]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    round_number: Mapped[int] = mapped_column(Integer)
+    participant_id: Mapped[int | None] = mapped_column(ForeignKey("participants.id"), default=None)
+    node_id: Mapped[str] = mapped_column(String(20))
+    code: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant | None] = relationship()

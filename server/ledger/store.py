@@ -8,6 +8,7 @@ covers one fact.
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +23,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.protocol import PrivacyCharge
 from server.ledger.schema import (
     PARTICIPANT_KINDS,
+    Charge,
+    Exclusion,
     Participant,
     Round,
     RoundUpdate,
@@ -32,6 +36,8 @@ from server.ledger.schema import (
 )
 
 __all__ = [
+    "ChargeFact",
+    "ExclusionFact",
     "Ledger",
     "LedgerError",
     "UpdateFact",
@@ -39,6 +45,9 @@ __all__ = [
     "finish_run",
     "ledger_report",
     "normalise_url",
+    "privacy_spent",
+    "record_exclusions",
+    "record_privacy",
     "record_round",
     "start_run",
 ]
@@ -226,15 +235,10 @@ def record_round(
     session.add(row)
     session.flush()
     for fact in updates:
-        participant = session.scalar(
-            select(Participant).where(Participant.name == fact.institution)
-        )
-        if participant is None:
-            raise LedgerError(f"update from {fact.institution!r}, who is not enrolled")
         session.add(
             RoundUpdate(
                 round_id=row.id,
-                participant_id=participant.id,
+                participant_id=_participant(session, fact.institution, "update").id,
                 num_examples=fact.num_examples,
                 train_loss=fact.train_loss,
                 update_sha256=fact.update_sha256,
@@ -244,6 +248,113 @@ def record_round(
         )
     session.flush()
     return row
+
+
+def _participant(session: Session, name: str, what: str) -> Participant:
+    participant = session.scalar(select(Participant).where(Participant.name == name))
+    if participant is None:
+        raise LedgerError(f"{what} from {name!r}, who is not enrolled")
+    return participant
+
+
+@dataclass(frozen=True)
+class ChargeFact:
+    """One participant's privacy charge for one round, as its client reported it."""
+
+    institution: str
+    charge: PrivacyCharge
+
+
+@dataclass(frozen=True)
+class ExclusionFact:
+    """A node left out of a round; ``institution`` is ``None`` if it never said who it is."""
+
+    institution: str | None
+    node_id: int
+    code: int
+    reason: str
+
+
+def record_privacy(
+    session: Session,
+    run_id: int,
+    round_number: int,
+    *,
+    charges: list[ChargeFact],
+    exclusions: list[ExclusionFact],
+) -> None:
+    """Record a round's privacy charges and exclusions as soon as the replies are in."""
+    for fact in charges:
+        c = fact.charge
+        session.add(
+            Charge(
+                run_id=run_id,
+                round_number=round_number,
+                participant_id=_participant(session, fact.institution, "privacy charge").id,
+                dataset_sha256=c.dataset_sha256,
+                dp=c.dp,
+                epsilon=c.epsilon,
+                delta=c.delta,
+                noise_multiplier=c.noise_multiplier,
+                sample_rate=c.sample_rate,
+                steps=c.steps,
+                accountant=c.accountant,
+                max_grad_norm=c.max_grad_norm,
+                history_sha256=c.history_sha256,
+            )
+        )
+    record_exclusions(session, run_id, round_number, exclusions)
+
+
+def record_exclusions(
+    session: Session, run_id: int, round_number: int, exclusions: list[ExclusionFact]
+) -> None:
+    """Record nodes left out of a round with their reasons."""
+    for fact in exclusions:
+        participant = (
+            session.scalar(select(Participant).where(Participant.name == fact.institution))
+            if fact.institution
+            else None
+        )
+        reason = fact.reason
+        if fact.institution and participant is None:
+            reason = f"(claims to be {fact.institution!r}, not enrolled) {reason}"
+        session.add(
+            Exclusion(
+                run_id=run_id,
+                round_number=round_number,
+                participant_id=participant.id if participant else None,
+                node_id=str(fact.node_id),
+                code=fact.code,
+                reason=reason,
+            )
+        )
+    session.flush()
+
+
+def privacy_spent(session: Session) -> list[dict[str, Any]]:
+    """Cumulative epsilon per (institution, dataset): the latest charge's figure."""
+    charges = session.scalars(select(Charge).order_by(Charge.id)).all()
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in charges:
+        key = (c.participant.name, c.dataset_sha256)
+        rounds = latest.get(key, {}).get("rounds_charged", 0) + 1
+        latest[key] = {
+            "institution": c.participant.name,
+            "dataset_sha256": c.dataset_sha256,
+            "dp": c.dp,
+            "epsilon": _epsilon_json(c.epsilon),
+            "delta": c.delta,
+            "accountant": c.accountant,
+            "rounds_charged": rounds,
+            "last_run_id": c.run_id,
+        }
+    return sorted(latest.values(), key=lambda row: (row["institution"], row["dataset_sha256"]))
+
+
+def _epsilon_json(value: float) -> float | str:
+    """JSON has no infinity: DP-off epsilon is written as the string ``"inf"``."""
+    return "inf" if math.isinf(value) else value
 
 
 RUN_STATUSES = ("running", "finished", "failed")
@@ -256,8 +367,9 @@ def finish_run(
     *,
     test_accuracy: float | None = None,
     test_loss: float | None = None,
+    reason: str | None = None,
 ) -> None:
-    """Close a run with its final status and, if it finished, its test metrics."""
+    """Close a run with its final status, its test metrics if it finished, or why it stopped."""
     if status not in RUN_STATUSES[1:]:
         raise LedgerError(f"a run ends as finished or failed, not {status!r}")
     run = session.get(Run, run_id)
@@ -267,6 +379,7 @@ def finish_run(
     run.ended_at = utcnow()
     run.test_accuracy = test_accuracy
     run.test_loss = test_loss
+    run.status_reason = reason
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -277,7 +390,14 @@ def ledger_report(session: Session) -> dict[str, Any]:
     """Everything an auditor sees, as plain JSON-ready data."""
     participants = session.scalars(select(Participant).order_by(Participant.id)).all()
     runs = session.scalars(select(Run).order_by(Run.id)).all()
+    charges: dict[tuple[int, int], list[Charge]] = {}
+    for c in session.scalars(select(Charge).order_by(Charge.id)):
+        charges.setdefault((c.run_id, c.round_number), []).append(c)
+    exclusions: dict[int, list[Exclusion]] = {}
+    for e in session.scalars(select(Exclusion).order_by(Exclusion.id)):
+        exclusions.setdefault(e.run_id, []).append(e)
     return {
+        "privacy": privacy_spent(session),
         "participants": [
             {"name": p.name, "kind": p.kind, "enrolled_at": _iso(p.enrolled_at)}
             for p in participants
@@ -296,6 +416,36 @@ def ledger_report(session: Session) -> dict[str, Any]:
                 "test_loss": run.test_loss,
                 "started_at": _iso(run.started_at),
                 "ended_at": _iso(run.ended_at),
+                "status_reason": run.status_reason,
+                "exclusions": [
+                    {
+                        "round": e.round_number,
+                        "institution": e.participant.name if e.participant else None,
+                        "node_id": e.node_id,
+                        "code": e.code,
+                        "reason": e.reason,
+                    }
+                    for e in exclusions.get(run.id, [])
+                ],
+                "privacy_charges": [
+                    {
+                        "round": c.round_number,
+                        "institution": c.participant.name,
+                        "dataset_sha256": c.dataset_sha256,
+                        "dp": c.dp,
+                        "epsilon": _epsilon_json(c.epsilon),
+                        "delta": c.delta,
+                        "noise_multiplier": c.noise_multiplier,
+                        "sample_rate": c.sample_rate,
+                        "steps": c.steps,
+                        "accountant": c.accountant,
+                        "max_grad_norm": c.max_grad_norm,
+                        "history_sha256": c.history_sha256,
+                    }
+                    for (run_id, _), round_charges in sorted(charges.items())
+                    if run_id == run.id
+                    for c in round_charges
+                ],
                 "rounds": [
                     {
                         "round": r.number,
