@@ -4,11 +4,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from common.cli.app import app
 from common.data import load_digits_data, write_npz
-from server.ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
+from common.privacy import history_path, locked_history
+from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge
+from server.ledger import (
+    ChargeFact,
+    ExclusionFact,
+    Ledger,
+    UpdateFact,
+    enrol_participant,
+    record_privacy,
+    record_round,
+    start_run,
+)
 
 runner = CliRunner()
 
@@ -83,13 +95,56 @@ def test_audit_show_table_and_json(tmp_path: Path) -> None:
             seconds=3.0,
             updates=[UpdateFact("university-a", 10, 0.4, "d" * 64, 100, 1.0)],
         )
+        charge = PrivacyCharge(True, 3.5, 1e-5, 1.1, 0.1, 20, "rdp", 1.0, "e" * 64, "f" * 64)
+        record_privacy(
+            s,
+            run_id,
+            1,
+            charges=[ChargeFact("university-a", charge)],
+            exclusions=[ExclusionFact(None, 77, BUDGET_EXHAUSTED, "privacy budget exhausted")],
+        )
     ledger.close()
     result = runner.invoke(app, ["audit", "show", "--ledger", url], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "university-a" in result.output and "87.50%" in result.output
+    assert "Privacy spent" in result.output and "3.500" in result.output
+    assert "excluded in round 1: node 77 (code 403): privacy budget exhausted" in result.output
     result = runner.invoke(app, ["audit", "show", "--ledger", url, "--format", "json"])
     report = json.loads(result.output)
     assert report["runs"][0]["rounds"][0]["updates"][0]["update_sha256"] == "d" * 64
+    assert report["privacy"][0]["institution"] == "university-a"
+    assert report["privacy"][0]["epsilon"] == 3.5
+
+
+def test_client_budget_shows_spent_and_remaining(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    result = runner.invoke(app, ["client", "budget", "--state", str(state)])
+    assert result.exit_code == 0 and "no privacy budget charged yet" in result.output
+    with locked_history(
+        state, institution="university-a", dataset_sha256="a" * 64, num_records=420
+    ) as history:
+        history.history = [(1.2, 1 / 14, 56)]
+        history.epsilon_budget = 8.0
+    result = runner.invoke(app, ["client", "budget", "--state", str(state), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)["datasets"]
+    assert row["institution"] == "university-a" and row["steps"] == 56
+    assert 0 < row["epsilon_spent"] < 8.0
+    assert row["epsilon_remaining"] == pytest.approx(8.0 - row["epsilon_spent"])
+    table = runner.invoke(app, ["client", "budget", "--state", str(state)])
+    assert f"{row['epsilon_remaining']:.3f}" in table.output
+
+
+def test_client_budget_refuses_a_missing_folder_or_corrupt_history(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["client", "budget", "--state", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "state folder" in result.output
+    path = history_path(tmp_path, "b" * 64)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    result = runner.invoke(app, ["client", "budget", "--state", str(tmp_path)])
+    assert result.exit_code == 1 and "is not valid JSON" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_audit_show_on_a_missing_ledger_fails_cleanly(tmp_path: Path) -> None:

@@ -17,11 +17,19 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def _node(data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "institution": "uni-a",
+        "data-dir": str(data_dir),
+        "state-dir": str(data_dir.parent / "state"),
+        **extra,
+    }
+
+
 def test_setup_reads_only_the_node_s_own_folder(data_dir: Path) -> None:
-    setup = ClientSetup.from_configs(
-        Policy().to_run_config(), {"institution": "uni-a", "data-dir": str(data_dir)}
-    )
+    setup = ClientSetup.from_configs(Policy().to_run_config(), _node(data_dir))
     assert setup.institution == "uni-a"
+    assert setup.state_dir == data_dir.parent / "state"
     assert len(setup.data) == 200
     assert setup.data.source == str(data_dir / "digits.npz")
 
@@ -38,23 +46,49 @@ def test_bad_local_data_fails_before_training(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", images=np.zeros((3, 8, 8)), labels=np.array([0, 1, 12]))
     with pytest.raises(DataError, match="label 12 at index 2 is out of range"):
         ClientSetup.from_configs(
-            Policy().to_run_config(), {"institution": "u", "data-dir": str(tmp_path)}
+            Policy().to_run_config(),
+            {"institution": "u", "data-dir": str(tmp_path), "state-dir": str(tmp_path)},
         )
 
 
-def test_train_round_moves_the_weights_and_improves_local_loss(data_dir: Path) -> None:
-    policy = Policy()
-    setup = ClientSetup.from_configs(
-        policy.to_run_config(), {"institution": "u", "data-dir": str(data_dir)}
-    )
+def test_dp_needs_a_state_folder_but_dp_off_does_not(data_dir: Path) -> None:
+    node = {"institution": "u", "data-dir": str(data_dir)}
+    with pytest.raises(PolicyError, match='needs state-dir="..." .*privacy accountant'):
+        ClientSetup.from_configs(Policy().to_run_config(), node)
+    off = Policy.from_sections({"privacy": {"dp": False}})
+    assert ClientSetup.from_configs(off.to_run_config(), node).state_dir is None
+
+
+def test_train_round_without_dp_moves_the_weights_and_is_reproducible(data_dir: Path) -> None:
+    policy = Policy.from_sections({"privacy": {"dp": False}})
+    setup = ClientSetup.from_configs(policy.to_run_config(), _node(data_dir))
     start = get_arrays(build_model(policy.model, policy.federation.seed))
     before = evaluate_global(setup, start)
-    weights, result = train_round(setup, start, {"server-round": 1})
+    outcome = train_round(setup, start, {"server-round": 1})
+    weights = outcome.weights
     after = evaluate_global(setup, weights)
-    assert result.num_examples == policy.training.local_epochs * 200
+    assert outcome.result.num_examples == policy.training.local_epochs * 200
     assert after.loss < before.loss
     assert set(weights) == set(start)
     assert any(not np.array_equal(weights[k], start[k]) for k in start)
+    assert outcome.charge.dp is False and outcome.charge.epsilon == float("inf")
+    assert not (data_dir.parent / "state").exists()  # nothing charged, nothing stored
     # the same round on the same data is reproducible
-    again, _ = train_round(setup, start, {"server-round": 1})
+    again = train_round(setup, start, {"server-round": 1}).weights
     assert all(np.array_equal(weights[k], again[k]) for k in start)
+
+
+def test_dp_round_learns_keeps_plain_keys_and_charges_the_budget(data_dir: Path) -> None:
+    policy = Policy.from_sections({"federation": {"rounds": 2}})
+    setup = ClientSetup.from_configs(policy.to_run_config(), _node(data_dir))
+    start = get_arrays(build_model(policy.model, policy.federation.seed))
+    outcome = train_round(setup, start, {"server-round": 1})
+    assert set(outcome.weights) == set(start)  # no "_module." prefix on the wire
+    assert evaluate_global(setup, outcome.weights).loss < evaluate_global(setup, start).loss
+    charge = outcome.charge
+    assert charge.dp and charge.accountant == "rdp" and charge.delta == 1e-5
+    assert charge.sample_rate == pytest.approx(1 / 7)  # 200 records, batch 32: 7 batches
+    assert charge.steps == 14  # 2 local epochs x 7 Poisson batches
+    # the derived noise spends about half the budget in the first of two rounds
+    assert 2.0 < charge.epsilon < 8.0
+    assert charge.dataset_sha256 == setup.data.sha256()

@@ -6,11 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 
+from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge
 from server.ledger import (
+    ChargeFact,
+    ExclusionFact,
     Ledger,
     LedgerError,
     UpdateFact,
@@ -18,10 +23,13 @@ from server.ledger import (
     finish_run,
     ledger_report,
     normalise_url,
+    privacy_spent,
+    record_privacy,
     record_round,
     start_run,
 )
 from server.ledger.schema import Base, Participant
+from server.ledger.store import MIGRATIONS
 
 H = "a" * 64
 
@@ -177,6 +185,101 @@ class LedgerContract:
             ledger.session() as s,
         ):
             finish_run(s, 999, "failed")
+
+    def test_privacy_charges_accumulate_per_institution_and_dataset(self, ledger: Ledger) -> None:
+        run_id = _start(ledger)
+
+        def charge(eps: float, dataset: str = "d" * 64, dp: bool = True) -> PrivacyCharge:
+            return PrivacyCharge(dp, eps, 1e-5, 1.2, 1 / 14, 28, "rdp", 1.0, dataset, "h" * 64)
+
+        with ledger.session() as s:
+            record_privacy(
+                s,
+                run_id,
+                1,
+                charges=[ChargeFact("uni-a", charge(2.5)), ChargeFact("co-c", charge(3.0))],
+                exclusions=[],
+            )
+            record_privacy(
+                s,
+                run_id,
+                2,
+                charges=[ChargeFact("uni-a", charge(4.25))],
+                exclusions=[
+                    ExclusionFact("co-c", 17, BUDGET_EXHAUSTED, "budget exhausted"),
+                    ExclusionFact(None, 18, 400, "node config lacks data-dir"),
+                    ExclusionFact("mallory", 19, 400, "bad data"),
+                ],
+            )
+            record_privacy(
+                s,
+                run_id,
+                3,
+                charges=[ChargeFact("co-c", charge(float("inf"), "e" * 64, dp=False))],
+                exclusions=[],
+            )
+            finish_run(s, run_id, "failed", reason="round 2: 1 of the required 2 nodes")
+        with ledger.session() as s:
+            spent = privacy_spent(s)
+            report = ledger_report(s)
+        assert [(r["institution"], r["dataset_sha256"][0], r["epsilon"], r["rounds_charged"])
+                for r in spent] == [
+            ("co-c", "d", 3.0, 1), ("co-c", "e", "inf", 1), ("uni-a", "d", 4.25, 2),
+        ]  # fmt: skip
+        assert report["privacy"] == spent
+        run = report["runs"][0]
+        assert run["status_reason"] == "round 2: 1 of the required 2 nodes"
+        assert [(e["round"], e["institution"], e["node_id"], e["code"]) for e in run["exclusions"]] == [
+            (2, "co-c", "17", BUDGET_EXHAUSTED), (2, None, "18", 400), (2, None, "19", 400),
+        ]  # fmt: skip
+        assert run["exclusions"][2]["reason"] == "(claims to be 'mallory', not enrolled) bad data"
+        first = run["privacy_charges"][0]
+        assert (first["noise_multiplier"], first["steps"], first["history_sha256"]) == (
+            1.2,
+            28,
+            "h" * 64,
+        )
+
+    def test_charge_from_unenrolled_institution_is_refused(self, ledger: Ledger) -> None:
+        run_id = _start(ledger)
+        fact = ChargeFact("stranger", PrivacyCharge(True, 1, 1e-5, 1, 0.1, 1, "rdp", 1, H, H))
+        with (
+            pytest.raises(LedgerError, match="'stranger', who is not enrolled"),
+            ledger.session() as s,
+        ):
+            record_privacy(s, run_id, 1, charges=[fact], exclusions=[])
+
+    def test_a_v1_ledger_migrates_forward_without_losing_rows(self, url: str) -> None:
+        engine = create_engine(normalise_url(url))  # a ledger as the foundation issue left it
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0001")
+            connection.execute(
+                text(
+                    "INSERT INTO participants (name, kind, enrolled_at) "
+                    "VALUES ('uni-a', 'academia', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO runs (policy_sha256, policy_toml, model, dataset, "
+                    "initial_model_sha256, planned_rounds, status, started_at) VALUES "
+                    f"('{H}', '', 'cnn', 'digits', '{H}', 3, 'finished', CURRENT_TIMESTAMP)"
+                )
+            )
+        engine.dispose()
+        ledger = Ledger(url)  # migrates to head
+        with ledger.session() as s:
+            report = ledger_report(s)
+            version = s.scalar(text("SELECT version_num FROM alembic_version"))
+        ledger.close()
+        assert version == "0002"
+        assert [p["name"] for p in report["participants"]] == ["uni-a"]
+        (run,) = report["runs"]
+        assert (run["planned_rounds"], run["status"], run["status_reason"]) == (3, "finished", None)
+        assert report["privacy"] == [] and run["exclusions"] == []
 
 
 class TestSQLiteLedger(LedgerContract):

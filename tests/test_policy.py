@@ -105,8 +105,8 @@ def test_fractions_must_leave_training_data() -> None:
 
 
 def test_unknown_section_and_key_are_named() -> None:
-    with pytest.raises(PolicyError, match=r"unknown policy section '\[privacy\]'"):
-        Policy.from_sections({"privacy": {"epsilon": 8}})
+    with pytest.raises(PolicyError, match=r"unknown policy section '\[licence\]'"):
+        Policy.from_sections({"licence": {"spdx": "CC-BY-4.0"}})
     with pytest.raises(PolicyError, match="unknown policy key 'training.epochs'; keys allowed in"):
         Policy.from_sections({"training": {"epochs": 3}})
     with pytest.raises(PolicyError, match="must be a table"):
@@ -138,3 +138,38 @@ def test_hash_ignores_deployment_paths_but_not_hyper_parameters() -> None:
     changed = Policy.from_sections({"training": {"learning-rate": 0.01}})
     assert changed.sha256() != base.sha256()
     assert len(base.sha256()) == 64
+
+
+def test_privacy_defaults_are_dp_on_with_epsilon_8() -> None:
+    privacy = Policy().privacy
+    assert (privacy.dp, privacy.epsilon, privacy.delta) == (True, 8.0, 1e-5)
+    assert (privacy.accountant, privacy.grad_sample_mode, privacy.noise_multiplier) == (
+        "rdp",
+        "hooks",
+        0.0,
+    )
+    off = Policy.from_sections({"privacy": {"dp": False}})
+    assert off.privacy.dp is False and off.sha256() != Policy().sha256()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epsilon", 0, "'privacy.epsilon' must be a number in \\(0, 1000\\]"),
+        ("epsilon", -1.0, "'privacy.epsilon' must be a number in"),
+        ("delta", 0.5, "'privacy.delta' must be a number in \\(0, 0.1\\)"),
+        ("delta", 0, "'privacy.delta' must be"),
+        ("max-grad-norm", 0.0, "'privacy.max-grad-norm' must be a number > 0"),
+        ("noise-multiplier", -0.5, "'privacy.noise-multiplier' must be 0 \\(derive it"),
+        ("accountant", "gdp", "'privacy.accountant' must be one of: rdp, prv"),
+        (
+            "grad-sample-mode",
+            "functorch",
+            "'privacy.grad-sample-mode' must be one of: hooks, ghost",
+        ),
+        ("dp", "no", "'privacy.dp' must be true or false"),
+    ],
+)
+def test_bad_privacy_values_are_named(key: str, value: object, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        Policy.from_sections({"privacy": {key: value}})

@@ -7,6 +7,8 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
 from common.model import arrays_sha256, arrays_to_bytes
+from common.policy import PrivacyConfig
+from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
 from common.records import arrays_of, record_of
 from server.checkpoint import latest_checkpoint, load_checkpoint
 from server.ledger import Ledger, enrol_participant, ledger_report, start_run
@@ -25,7 +27,17 @@ def _server_task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def _reply(node: int, institution: str, weights: dict[str, np.ndarray], examples: int) -> Message:
+def _charge(epsilon: float = 2.5, dp: bool = True) -> PrivacyCharge:
+    return PrivacyCharge(dp, epsilon, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
+
+
+def _reply(
+    node: int,
+    institution: str,
+    weights: dict[str, np.ndarray],
+    examples: int,
+    charge: PrivacyCharge | None = None,
+) -> Message:
     request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     content = RecordDict(
         {
@@ -34,9 +46,16 @@ def _reply(node: int, institution: str, weights: dict[str, np.ndarray], examples
                 {"num-examples": examples, "train-loss": 0.5, "train-seconds": 1.25}
             ),
             "meta": ConfigRecord({"institution": institution}),
+            "privacy": (charge or _charge()).to_record(),
         }
     )
     return Message(content, reply_to=request)
+
+
+def _refusal(node: int, institution: str, detail: str, code: int = BUDGET_EXHAUSTED) -> Message:
+    request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
+    reason = Refusal(institution, detail).to_reason()
+    return Message(Error(code=code, reason=reason), reply_to=request)
 
 
 def _strategy(
@@ -48,6 +67,7 @@ def _strategy(
         evaluator=lambda w: (float(w["w"].sum()), 0.75),
         checkpoint_dir=tmp_path / "ckpt",
         min_nodes=min_nodes,
+        privacy=PrivacyConfig(epsilon=8.0),
     )
 
 
@@ -87,8 +107,96 @@ def test_round_fails_below_minimum_with_the_nodes_reasons(tmp_path: Path) -> Non
 def test_update_without_institution_is_refused(tmp_path: Path) -> None:
     reply = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
     del reply.content.config_records["meta"]
-    with pytest.raises(RoundFailed, match="without 'meta.institution'"):
+    with pytest.raises(RoundFailed, match=r"node 10 \[excluded\]: .*no 'meta.institution'"):
         _strategy(tmp_path, min_nodes=1).aggregate_train(1, [reply])
+
+
+@pytest.mark.parametrize(
+    ("charge", "drop_privacy", "message"),
+    [
+        (_charge(dp=False, epsilon=float("inf")), False, "trained without DP, but the policy"),
+        (_charge(epsilon=8.5), False, "reports epsilon 8.5000, past the budget 8.0"),
+        (None, True, "no 'privacy' record in the reply"),
+    ],
+)
+def test_update_outside_the_privacy_policy_is_rejected(
+    tmp_path: Path, charge: PrivacyCharge | None, drop_privacy: bool, message: str
+) -> None:
+    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
+    bad = _reply(11, "inst1", {"w": np.full(2, 9.0, np.float32)}, 5, charge)
+    if drop_privacy:
+        del bad.content.config_records["privacy"]
+    arrays, _ = _strategy(tmp_path, min_nodes=1).aggregate_train(1, [good, bad])
+    assert arrays is not None  # only the good update is averaged
+    np.testing.assert_array_equal(arrays_of(arrays)["w"], np.ones(2, np.float32))
+    with pytest.raises(RoundFailed, match=f"inst1 \\[excluded\\]: update rejected: {message}"):
+        _strategy(tmp_path, min_nodes=2).aggregate_train(1, [good, bad])
+
+
+def _ledger_with_run(tmp_path: Path, names: tuple[str, ...]) -> tuple[Ledger, int]:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with ledger.session() as s:
+        for name in names:
+            enrol_participant(s, name, "academia")
+        run_id = start_run(
+            s,
+            policy_sha256="0" * 64,
+            policy_toml="",
+            model="cnn",
+            dataset="d",
+            initial_model_sha256="1" * 64,
+            planned_rounds=1,
+            flower_run_id=9,
+        ).id
+    return ledger, run_id
+
+
+def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_path: Path) -> None:
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
+    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=2)
+    replies = [
+        _reply(10, "inst0", {"w": np.full(2, 1.0, np.float32)}, 1, _charge(3.0)),
+        _reply(11, "inst1", {"w": np.full(2, 4.0, np.float32)}, 3, _charge(7.9)),
+        _refusal(12, "inst2", "privacy budget exhausted for inst2: epsilon spent 7.99 of 8"),
+    ]
+    arrays, _ = strategy.aggregate_train(2, replies)
+    assert arrays is not None
+    np.testing.assert_allclose(arrays_of(arrays)["w"], np.full(2, 3.25))  # (1*1 + 3*4) / 4
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    (exclusion,) = run["exclusions"]
+    assert exclusion == {
+        "round": 2,
+        "institution": "inst2",
+        "node_id": "12",
+        "code": BUDGET_EXHAUSTED,
+        "reason": "privacy budget exhausted for inst2: epsilon spent 7.99 of 8",
+    }
+    assert [(c["institution"], c["epsilon"], c["round"]) for c in run["privacy_charges"]] == [
+        ("inst0", 3.0, 2),
+        ("inst1", 7.9, 2),
+    ]
+    ledger.close()
+
+
+def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path: Path) -> None:
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"))
+    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=2)
+    replies = [
+        _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 1, _charge(7.5)),
+        _refusal(11, "inst1", "privacy budget exhausted for inst1"),
+    ]
+    with pytest.raises(
+        RoundFailed,
+        match=r"round 4: 1 of the required 2 nodes .*inst1 \[privacy budget\]: privacy budget",
+    ):
+        strategy.aggregate_train(4, replies)
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert [e["institution"] for e in run["exclusions"]] == ["inst1"]
+    # inst0 trained and spent budget even though the round failed: the charge is kept
+    assert [(c["institution"], c["epsilon"]) for c in run["privacy_charges"]] == [("inst0", 7.5)]
+    ledger.close()
 
 
 def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
