@@ -227,9 +227,12 @@ def run_demo(
                 exhausted = _exhausted_budgets(ledger, run.id) if run is not None else []
                 if exhausted:
                     raise PrivacyBudgetExhausted(
-                        f"the run stopped: {run.status_reason if run else ''}\n"
-                        "Exhausted privacy budgets (a new budget needs a new dataset "
-                        "or a larger privacy.epsilon):\n  " + "\n  ".join(exhausted)
+                        f"the run stopped: fewer than {policy.federation.min_nodes} "
+                        "institutions have privacy budget left for another round.\n  "
+                        + "\n  ".join(exhausted)
+                        + "\nA dataset's budget covers every run that uses it; "
+                        "see 'fedcommons client budget --state DIR' and "
+                        "'fedcommons audit show'."
                     )
                 raise FederationError(
                     f"Flower run {flower_run_id} ended as {status['status']} "

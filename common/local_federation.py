@@ -172,6 +172,8 @@ class LocalFederation:
     ----------
     workdir : Path
         Holds ``flwr-home/`` (``FLWR_HOME``), ``superlink.db`` and ``logs/``.
+        ``superlink.db`` is started afresh: a previous federation's nodes,
+        left registered in it, would otherwise be sampled and time out.
     nodes : list of NodeSpec
         One SuperNode is started per entry.
     startup_timeout : float (default: 60.0)
@@ -252,6 +254,8 @@ class LocalFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self.superlink_port = free_port()
+        for stale in self.workdir.glob("superlink.db*"):
+            stale.unlink()
         superlink = self._spawn(
             "superlink",
             [

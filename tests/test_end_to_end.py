@@ -24,8 +24,9 @@ from server.ledger import Ledger, enrol_participant, ledger_report
 
 SUMMARY_KEYS = {
     "engine", "model", "dataset", "partition", "institutions", "rounds", "final_accuracy",
-    "ledger_url", "model_bytes", "update_bytes", "wall_seconds",
+    "ledger_url", "model_bytes", "update_bytes", "wall_seconds", "epsilon_budget", "delta",
 }  # fmt: skip
+INSTITUTIONS = ["company-c", "university-a", "university-b"]
 
 
 def _gone(pid: int) -> bool:
@@ -36,11 +37,12 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_demo_two_rounds_on_real_processes(tmp_path: Path) -> None:
+def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
+    tmp_path: Path,
+) -> None:
     workdir = tmp_path / "demo"
-    result = CliRunner().invoke(
-        app, ["demo", "--rounds", "2", "--workdir", str(workdir), "--seed", "3"]
-    )
+    command = ["demo", "--rounds", "2", "--workdir", str(workdir), "--seed", "3"]
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
@@ -59,8 +61,16 @@ def test_demo_two_rounds_on_real_processes(tmp_path: Path) -> None:
     assert sum(i["examples"] for i in summary["institutions"]) == 1257
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert all(r["participants"] == 3 for r in summary["rounds"])
-    assert summary["final_accuracy"] > 0.5  # 2 rounds from scratch; chance is 0.1
+    assert summary["final_accuracy"] > 0.4  # 2 DP rounds from scratch; chance is 0.1
     assert summary["update_bytes"] == summary["model_bytes"]  # v1 sends the full CNN
+    # DP by default: epsilon per institution grows every round and ends within the budget
+    assert (summary["dp"], summary["epsilon_budget"], summary["delta"]) == (True, 8.0, 1e-5)
+    first_eps, second_eps = (r["epsilon"] for r in summary["rounds"])
+    assert sorted(first_eps) == sorted(second_eps) == INSTITUTIONS
+    for name in INSTITUTIONS:
+        assert 0 < first_eps[name] < second_eps[name] <= 8.0
+        assert second_eps[name] > 7.9  # the derived noise spends the budget over the run
+    assert {i["name"]: i["epsilon"] for i in summary["institutions"]} == second_eps
 
     ledger = Ledger(summary["ledger_url"], migrate=False)
     with ledger.session() as session:
@@ -85,6 +95,38 @@ def test_demo_two_rounds_on_real_processes(tmp_path: Path) -> None:
         "round-0001.safetensors",
         "round-0002.safetensors",
     ]
+    charges = run["privacy_charges"]
+    assert [(c["round"], c["institution"]) for c in charges] == [  # by round, then name
+        (r, name) for r in (1, 2) for name in INSTITUTIONS
+    ]
+    assert all(c["dp"] and c["accountant"] == "rdp" and c["steps"] > 0 for c in charges)
+    assert {c["institution"]: c["epsilon"] for c in charges if c["round"] == 2} == second_eps
+
+    # The same work folder, the same datasets: their budgets are spent, so no one trains.
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 1
+    assert "fewer than 3 institutions have privacy budget left" in again.output
+    for name in INSTITUTIONS:
+        assert f"privacy budget exhausted for {name}" in again.output
+    ledger = Ledger(summary["ledger_url"], migrate=False)
+    with ledger.session() as session:
+        report = ledger_report(session)
+    ledger.close()
+    second = report["runs"][1]
+    assert second["status"] == "failed" and second["rounds"] == []
+    assert "round 1: 0 of the required 3 nodes returned an update" in second["status_reason"]
+    assert second["privacy_charges"] == []  # refused before training: nothing charged
+    assert sorted((e["institution"], e["code"]) for e in second["exclusions"]) == [
+        (name, 403) for name in INSTITUTIONS
+    ]
+    assert {p["institution"]: p["epsilon"] for p in report["privacy"]} == second_eps
+    budget = CliRunner().invoke(
+        app,
+        ["client", "budget", "--state", str(workdir / "institutions/company-c/state"),
+         "--format", "json"],
+    )  # fmt: skip
+    (dataset,) = json.loads(budget.output)["datasets"]
+    assert dataset["epsilon_spent"] == pytest.approx(second_eps["company-c"])
 
 
 def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) -> None:
@@ -99,7 +141,7 @@ def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) 
         enrol_participant(s, "lab-x", "academia")
     deployed = policy.with_deploy(ledger_url=url, server_data_dir=str(layout.server_data_dir))
     run_config = write_run_config(tmp_path / "run.toml", deployed.to_run_config())
-    federation = LocalFederation(tmp_path, [NodeSpec("lab-x", bad_dir)])
+    federation = LocalFederation(tmp_path, [NodeSpec("lab-x", bad_dir, tmp_path / "state")])
     with federation:
         pids = [p.pid for p in federation.processes.values()]
         run_id = federation.submit(build_app_dir(tmp_path / "app"), run_config)
@@ -115,6 +157,10 @@ def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) 
     ledger.close()
     assert run["status"] == "failed" and run["rounds"] == []
     assert "mine.npz: label 42 at index 3 is out of range [0, 10)" in server_log
+    (exclusion,) = run["exclusions"]
+    assert (exclusion["institution"], exclusion["code"]) == ("lab-x", 400)
+    assert "label 42 at index 3 is out of range" in exclusion["reason"]
+    assert "label 42 at index 3" in run["status_reason"]
 
 
 def test_federation_stops_its_processes_when_the_body_fails(tmp_path: Path) -> None:

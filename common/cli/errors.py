@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from common.data import DataError
 from common.local_federation import FederationError
@@ -24,5 +25,5 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (PolicyError, DataError, PrivacyError, LedgerError, FederationError) as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None

@@ -444,7 +444,7 @@ def ledger_report(session: Session) -> dict[str, Any]:
                     }
                     for (run_id, _), round_charges in sorted(charges.items())
                     if run_id == run.id
-                    for c in round_charges
+                    for c in sorted(round_charges, key=lambda c: c.participant.name)
                 ],
                 "rounds": [
                     {
