@@ -25,5 +25,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (PolicyError, DataError, PrivacyError, LedgerError, FederationError) as err:
-        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=1) from None
