@@ -27,29 +27,53 @@ __all__ = [
 
 
 class DigitsCNN(nn.Module):
-    """Two 3x3 conv blocks with GroupNorm, then a two-layer classifier."""
+    """Two 3x3 conv blocks with GroupNorm, then a dense classifier.
 
-    def __init__(self, num_classes: int = 10, image_size: int = 8) -> None:
+    Parameters
+    ----------
+    num_classes : int (default: 10)
+    image_size : int (default: 8)
+        Height and width of the square grey-scale input.
+    channels : int (default: 16)
+        Channels of the first convolution; the second has ``2 * channels``.
+    hidden : int (default: 64)
+        Units of the hidden dense layer; 0 maps features straight to classes.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, image_size: int = 8, channels: int = 16, hidden: int = 64
+    ) -> None:
         super().__init__()
+        if channels < 1 or hidden < 0:
+            raise ValueError(f"channels must be >= 1 and hidden >= 0, got {channels}, {hidden}")
+        wide = 2 * channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.GroupNorm(4, 16),
+            nn.Conv2d(1, channels, 3, padding=1),
+            nn.GroupNorm(_groups(channels), channels),
             nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.GroupNorm(8, 32),
+            nn.Conv2d(channels, wide, 3, padding=1),
+            nn.GroupNorm(_groups(wide), wide),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        side = image_size // 2
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(32 * side * side, 64),
-            nn.ReLU(),
-            nn.Linear(64, num_classes),
-        )
+        flat = wide * (image_size // 2) ** 2
+        head: list[nn.Module] = [nn.Flatten()]
+        if hidden:
+            head += [nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+        else:
+            head += [nn.Linear(flat, num_classes)]
+        self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))  # type: ignore[no-any-return]
+
+
+def _groups(channels: int) -> int:
+    """GroupNorm groups: about four channels a group, dividing ``channels`` exactly."""
+    groups = max(channels // 4, 1)
+    while channels % groups:
+        groups -= 1
+    return groups
 
 
 def build_model(config: ModelConfig, seed: int) -> nn.Module:
@@ -58,7 +82,7 @@ def build_model(config: ModelConfig, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     try:
         if config.name == "cnn":
-            return DigitsCNN(config.num_classes, config.image_size)
+            return DigitsCNN(config.num_classes, config.image_size, config.channels, config.hidden)
         raise ValueError(f"unknown model {config.name!r}")
     finally:
         torch.random.set_rng_state(generator_state)

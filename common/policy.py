@@ -133,6 +133,12 @@ class FederationConfig(_Section):
         Seconds between the ServerApp's polls for replies.
     seed : int (default: 42)
         Seed for model initialisation, partitioning and data order.
+    server_learning_rate : float (default: 1.0)
+        FedAvgM server learning rate applied to the averaged update.
+    server_momentum : float (default: 0.0)
+        FedAvgM server momentum; with 0 and a server learning rate of 1 the
+        strategy is plain FedAvg. Momentum averages the clients' DP noise
+        over rounds.
     """
 
     SECTION: ClassVar[str] = "federation"
@@ -163,6 +169,16 @@ class FederationConfig(_Section):
         ),
     )
     seed: int = field(default=42, metadata=_spec("seed", int, lambda v: v >= 0, "an integer >= 0"))
+    server_learning_rate: float = field(
+        default=1.0,
+        metadata=_spec(
+            "server-learning-rate", float, lambda v: _positive(v) and v <= 10, "a number in (0, 10]"
+        ),
+    )
+    server_momentum: float = field(
+        default=0.0,
+        metadata=_spec("server-momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    )
 
 
 @dataclass(frozen=True)
@@ -177,6 +193,11 @@ class ModelConfig(_Section):
         Number of labels; data labels must lie in ``[0, num_classes)``.
     image_size : int (default: 8)
         Height and width of the input images in pixels.
+    channels : int (default: 16)
+        Channels of the CNN's first convolution (the second has twice as many).
+    hidden : int (default: 64)
+        Units of the CNN's hidden dense layer; 0 for none. A small model
+        keeps DP-SGD's noise, which grows with the parameter count, in check.
     """
 
     SECTION: ClassVar[str] = "model"
@@ -192,6 +213,14 @@ class ModelConfig(_Section):
     image_size: int = field(
         default=8,
         metadata=_spec("image-size", int, lambda v: 4 <= v <= 512, "an integer from 4 to 512"),
+    )
+    channels: int = field(
+        default=16,
+        metadata=_spec("channels", int, lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
+    )
+    hidden: int = field(
+        default=64,
+        metadata=_spec("hidden", int, lambda v: 0 <= v <= 65_536, "an integer from 0 to 65536"),
     )
 
 

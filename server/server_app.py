@@ -75,6 +75,8 @@ def main(grid: Grid, context: Context) -> None:
         privacy=policy.privacy,
         fraction_train=policy.federation.fraction_train,
         fraction_evaluate=policy.federation.fraction_evaluate,
+        server_learning_rate=policy.federation.server_learning_rate,
+        server_momentum=policy.federation.server_momentum,
     )
     status, test_loss, test_accuracy, reason = "failed", None, None, None
     try:

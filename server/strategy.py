@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvgM
 
 from common.model import arrays_sha256, arrays_to_bytes
 from common.policy import PrivacyConfig
@@ -40,8 +40,12 @@ class RoundFailed(RuntimeError):
     """Fewer nodes than the policy's minimum returned a usable update."""
 
 
-class LedgerFedAvg(FedAvg):
+class LedgerFedAvg(FedAvgM):
     """Flower's FedAvg (weighted by ``num-examples``) plus ledger and checkpoints.
+
+    Built on Flower's ``FedAvgM``: with ``server_momentum=0`` and
+    ``server_learning_rate=1`` (the defaults) it is exactly FedAvg; server
+    momentum averages the clients' DP noise over rounds.
 
     Parameters
     ----------
@@ -59,7 +63,8 @@ class LedgerFedAvg(FedAvg):
         The run's privacy policy: an update trained without DP when DP is
         required, or reporting an epsilon past the budget, is rejected.
     **kwargs
-        Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+        Passed to :class:`flwr.serverapp.strategy.FedAvgM` (``fraction_train``,
+        ``server_learning_rate``, ``server_momentum``, ...).
     """
 
     def __init__(

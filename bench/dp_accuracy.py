@@ -1,0 +1,201 @@
+"""Test accuracy versus the privacy budget on the embedded digits federation.
+
+Each cell trains the demo's policy (or ``--policy``) with one epsilon budget
+and one partition, for three institutions, and reports the final accuracy on
+the operator's held-out test split. The federation runs in this process: the
+same data files ``common.demo.prepare_data`` writes, the same client code
+(``client.task.ClientSetup`` and ``train_round``, so DP-SGD, the persistent
+accountant and the budget check are exactly the ClientApp's), and FedAvg's
+example-weighted mean (``np.average(..., weights=num_examples)``, which
+``tests/test_strategy.py`` checks the ServerApp's aggregation against).
+Only Flower's transport is left out, which changes no number; the demo's own
+figure, on real Flower processes, is measured with ``fedcommons demo``.
+
+Usage::
+
+    python bench/dp_accuracy.py                          # the whole table
+    python bench/dp_accuracy.py --epsilon 8 --partition non-iid
+    python bench/dp_accuracy.py --set training.batch-size=64 --set federation.rounds=10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from client.task import ClientSetup, train_round  # noqa: E402
+from common.data import load_image_data  # noqa: E402
+from common.demo import prepare_data  # noqa: E402
+from common.model import build_model, get_arrays, set_arrays  # noqa: E402
+from common.policy import Policy  # noqa: E402
+from common.training import evaluate  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "dp_accuracy.json"
+
+
+def _policy(base: Policy, epsilon: float, partition: str) -> Policy:
+    sections = base.to_sections()
+    sections["data"]["partition"] = partition
+    if math.isinf(epsilon):
+        sections["privacy"]["dp"] = False
+    else:
+        sections["privacy"]["epsilon"] = epsilon
+    return Policy.from_sections(sections)
+
+
+def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
+    """Train one federation from scratch; return test accuracy and epsilon spent."""
+    layout = prepare_data(workdir, policy)
+    run_config = policy.to_run_config()
+    setups = [
+        ClientSetup.from_configs(
+            run_config,
+            {
+                "institution": node.institution,
+                "data-dir": str(node.data_dir),
+                "state-dir": str(node.state_dir),
+            },
+        )
+        for node in layout.nodes
+    ]
+    model = build_model(policy.model, policy.federation.seed)
+    weights = get_arrays(model)
+    validation = load_image_data(
+        layout.server_data_dir / "validation.npz",
+        num_classes=policy.model.num_classes,
+        image_size=policy.model.image_size,
+    )
+    curve = []
+    epsilon: dict[str, float] = {}
+    momentum: dict[str, np.ndarray] = {}
+    fed = policy.federation
+    for server_round in range(1, policy.federation.rounds + 1):
+        outcomes = [train_round(s, weights, {"server-round": server_round}) for s in setups]
+        examples = [len(s.data) for s in setups]
+        averaged = {
+            name: np.average([o.weights[name] for o in outcomes], axis=0, weights=examples).astype(
+                weights[name].dtype
+            )
+            for name in weights
+        }
+        if fed.server_momentum == 0.0 and fed.server_learning_rate == 1.0:
+            weights = averaged
+        else:  # Flower's FedAvgM, as LedgerFedAvg inherits it
+            for name in weights:
+                step = weights[name] - averaged[name]
+                momentum[name] = (
+                    fed.server_momentum * momentum[name] + step if name in momentum else step
+                )
+                weights[name] = weights[name] - fed.server_learning_rate * momentum[name]
+        set_arrays(model, weights)
+        curve.append(round(evaluate(model, validation).accuracy, 4))
+        epsilon = {s.institution: o.charge.epsilon for s, o in zip(setups, outcomes, strict=True)}
+    test = load_image_data(
+        layout.server_data_dir / "test.npz",
+        num_classes=policy.model.num_classes,
+        image_size=policy.model.image_size,
+    )
+    set_arrays(model, weights)
+    return {
+        "test_accuracy": evaluate(model, test).accuracy,
+        "validation_curve": curve,
+        "epsilon_spent": {k: (None if math.isinf(v) else v) for k, v in epsilon.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epsilon", type=float, action="append", help="repeatable; inf = no DP")
+    parser.add_argument("--partition", action="append", choices=["iid", "non-iid"])
+    parser.add_argument("--policy", type=Path, help="base policy (default: the demo's)")
+    parser.add_argument("--set", action="append", default=[], help="section.key=TOML value")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat each cell with seeds 42..")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    base = Policy.load(args.policy) if args.policy else Policy()
+    sections = base.to_sections()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        sections[section][name] = tomllib.loads(f"v = {value}")["v"]
+    base = Policy.from_sections(sections)
+    epsilons = args.epsilon or [1.0, 3.0, 8.0, math.inf]
+    partitions = args.partition or ["iid", "non-iid"]
+
+    console = Console()
+    cells = []
+    for partition in partitions:
+        for epsilon in epsilons:
+            accuracies = []
+            for seed_offset in range(args.seeds):
+                policy = _policy(base, epsilon, partition)
+                seeded = policy.to_sections()
+                seeded["federation"]["seed"] = policy.federation.seed + seed_offset
+                policy = Policy.from_sections(seeded)
+                started = time.perf_counter()
+                with tempfile.TemporaryDirectory() as tmp:
+                    cell = run_cell(policy, Path(tmp))
+                cell.update(
+                    partition=partition,
+                    epsilon_budget=None if math.isinf(epsilon) else epsilon,
+                    seed=policy.federation.seed,
+                    seconds=time.perf_counter() - started,
+                )
+                cells.append(cell)
+                accuracies.append(cell["test_accuracy"])
+                console.print(
+                    f"{partition:8s} eps={epsilon:<5g} seed={policy.federation.seed} "
+                    f"test={cell['test_accuracy']:.4f} curve={cell['validation_curve']} "
+                    f"({cell['seconds']:.0f}s)"
+                )
+    table = Table(title="Test accuracy vs epsilon (3 institutions, digits)")
+    table.add_column("partition")
+    for epsilon in epsilons:
+        table.add_column("no DP" if math.isinf(epsilon) else f"ε = {epsilon:g}", justify="right")
+    for partition in partitions:
+        row = []
+        for epsilon in epsilons:
+            accs = [
+                c["test_accuracy"]
+                for c in cells
+                if c["partition"] == partition
+                and c["epsilon_budget"] == (None if math.isinf(epsilon) else epsilon)
+            ]
+            row.append(f"{np.mean(accs):.3f}" + (f" ±{np.std(accs):.3f}" if len(accs) > 1 else ""))
+        table.add_row(partition, *row)
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python", "bench/dp_accuracy.py", *sys.argv[1:]]),
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()}, {platform.python_version()}",
+                "policy": base.to_sections(),
+                "cells": cells,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
