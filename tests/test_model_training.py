@@ -17,12 +17,22 @@ def test_cnn_forward_gives_logits_per_class_and_gradients_everywhere() -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_cnn_has_no_batchnorm_so_opacus_can_clip_per_sample() -> None:
-    model = build_model(ModelConfig(), seed=0)
+@pytest.mark.parametrize(
+    ("channels", "hidden", "parameters"),
+    [(16, 64, 38_378), (8, 32, 9_850), (8, 0, 3_866), (6, 0, 2_686)],
+)
+def test_cnn_width_is_set_by_the_policy_and_stays_opacus_compatible(
+    channels: int, hidden: int, parameters: int
+) -> None:
+    model = build_model(ModelConfig(channels=channels, hidden=hidden), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     from opacus.validators import ModuleValidator
 
     assert ModuleValidator.validate(model, strict=False) == []
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert all(m.num_channels % m.num_groups == 0 for m in norms)
 
 
 def test_same_seed_same_weights_and_global_rng_untouched() -> None:

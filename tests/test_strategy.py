@@ -251,3 +251,39 @@ def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
     assert number == 1
     np.testing.assert_array_equal(saved["w"], np.full((2, 2), 3.25, np.float32))
     ledger.close()
+
+
+def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None:
+    strategy = LedgerFedAvg(
+        ledger=None,
+        run_id=None,
+        evaluator=lambda w: (0.0, 0.0),
+        checkpoint_dir=None,
+        min_nodes=2,
+        privacy=PrivacyConfig(),
+        server_learning_rate=0.5,
+        server_momentum=0.9,
+    )
+
+    class NoGrid:
+        def get_node_ids(self) -> list[int]:
+            return [10, 11]
+
+    w0 = np.zeros(3, np.float32)
+    list(strategy.configure_train(1, record_of({"w": w0}), ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
+    a = [np.array([1.0, 2.0, 3.0], np.float32), np.array([3.0, 2.0, 1.0], np.float32)]
+    arrays, _ = strategy.aggregate_train(
+        1, [_reply(10, "i0", {"w": a[0]}, 1), _reply(11, "i1", {"w": a[1]}, 3)]
+    )
+    assert arrays is not None
+    step1 = w0 - np.average(a, axis=0, weights=[1, 3])
+    w1 = w0 - 0.5 * step1
+    np.testing.assert_allclose(arrays_of(arrays)["w"], w1, rtol=1e-6)
+    b = [np.ones(3, np.float32), np.full(3, 5.0, np.float32)]
+    list(strategy.configure_train(2, arrays, ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
+    arrays, _ = strategy.aggregate_train(
+        2, [_reply(10, "i0", {"w": b[0]}, 1), _reply(11, "i1", {"w": b[1]}, 1)]
+    )
+    assert arrays is not None
+    velocity = 0.9 * step1 + (w1 - np.average(b, axis=0))
+    np.testing.assert_allclose(arrays_of(arrays)["w"], w1 - 0.5 * velocity, rtol=1e-6)
