@@ -193,9 +193,9 @@ class ModelConfig(_Section):
         Number of labels; data labels must lie in ``[0, num_classes)``.
     image_size : int (default: 8)
         Height and width of the input images in pixels.
-    channels : int (default: 16)
+    channels : int (default: 8)
         Channels of the CNN's first convolution (the second has twice as many).
-    hidden : int (default: 64)
+    hidden : int (default: 0)
         Units of the CNN's hidden dense layer; 0 for none. A small model
         keeps DP-SGD's noise, which grows with the parameter count, in check.
     """
@@ -215,11 +215,11 @@ class ModelConfig(_Section):
         metadata=_spec("image-size", int, lambda v: 4 <= v <= 512, "an integer from 4 to 512"),
     )
     channels: int = field(
-        default=16,
+        default=8,
         metadata=_spec("channels", int, lambda v: 1 <= v <= 1024, "an integer from 1 to 1024"),
     )
     hidden: int = field(
-        default=64,
+        default=0,
         metadata=_spec("hidden", int, lambda v: 0 <= v <= 65_536, "an integer from 0 to 65536"),
     )
 
@@ -230,11 +230,13 @@ class TrainingConfig(_Section):
 
     Parameters
     ----------
-    local_epochs : int (default: 2)
+    local_epochs : int (default: 4)
         Passes over the local data per round.
-    batch_size : int (default: 32)
-        Examples per step.
-    learning_rate : float (default: 0.05)
+    batch_size : int (default: 128)
+        Expected examples per step (DP-SGD samples each record with
+        probability ``1 / ceil(N / batch_size)``). Large batches keep the
+        noise per step small.
+    learning_rate : float (default: 0.2)
         SGD learning rate.
     momentum : float (default: 0.9)
         SGD momentum, in ``[0, 1)``.
@@ -242,15 +244,15 @@ class TrainingConfig(_Section):
 
     SECTION: ClassVar[str] = "training"
     local_epochs: int = field(
-        default=2,
+        default=4,
         metadata=_spec("local-epochs", int, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"),
     )
     batch_size: int = field(
-        default=32,
+        default=128,
         metadata=_spec("batch-size", int, lambda v: 1 <= v <= 65_536, "an integer from 1 to 65536"),
     )
     learning_rate: float = field(
-        default=0.05,
+        default=0.2,
         metadata=_spec(
             "learning-rate", float, lambda v: _positive(v) and v <= 10, "a number in (0, 10]"
         ),

@@ -79,7 +79,7 @@ def test_train_round_without_dp_moves_the_weights_and_is_reproducible(data_dir: 
 
 
 def test_dp_round_learns_keeps_plain_keys_and_charges_the_budget(data_dir: Path) -> None:
-    policy = Policy.from_sections({"federation": {"rounds": 2}})
+    policy = Policy.from_sections({"federation": {"rounds": 2}, "training": {"batch-size": 32}})
     setup = ClientSetup.from_configs(policy.to_run_config(), _node(data_dir))
     start = get_arrays(build_model(policy.model, policy.federation.seed))
     outcome = train_round(setup, start, {"server-round": 1})
@@ -88,7 +88,7 @@ def test_dp_round_learns_keeps_plain_keys_and_charges_the_budget(data_dir: Path)
     charge = outcome.charge
     assert charge.dp and charge.accountant == "rdp" and charge.delta == 1e-5
     assert charge.sample_rate == pytest.approx(1 / 7)  # 200 records, batch 32: 7 batches
-    assert charge.steps == 14  # 2 local epochs x 7 Poisson batches
+    assert charge.steps == 28  # 4 local epochs x 7 Poisson batches
     # the derived noise spends about half the budget in the first of two rounds
     assert 2.0 < charge.epsilon < 8.0
     assert charge.dataset_sha256 == setup.data.sha256()

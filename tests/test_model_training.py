@@ -51,13 +51,13 @@ def test_set_arrays_round_trips_and_rejects_mismatches() -> None:
     set_arrays(target, get_arrays(source))
     assert arrays_sha256(get_arrays(target)) == arrays_sha256(get_arrays(source))
     weights = get_arrays(source)
-    weights["classifier.3.bias"] = np.zeros(3, np.float32)
+    weights["classifier.1.bias"] = np.zeros(3, np.float32)
     with pytest.raises(
-        ValueError, match=r"'classifier.3.bias' has shape \(3,\), the model expects \(10,\)"
+        ValueError, match=r"'classifier.1.bias' has shape \(3,\), the model expects \(10,\)"
     ):
         set_arrays(target, weights)
-    weights.pop("classifier.3.bias")
-    with pytest.raises(ValueError, match=r"missing \['classifier.3.bias'\]"):
+    weights.pop("classifier.1.bias")
+    with pytest.raises(ValueError, match=r"missing \['classifier.1.bias'\]"):
         set_arrays(target, weights)
 
 

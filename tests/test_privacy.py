@@ -43,7 +43,11 @@ def data_dir(tmp_path: Path) -> Path:
 
 def _setup(data_dir: Path, institution: str = "uni-a", **privacy: object) -> ClientSetup:
     policy = Policy.from_sections(
-        {"federation": {"rounds": 3}, "training": {"local-epochs": 1}, "privacy": privacy}
+        {
+            "federation": {"rounds": 3},
+            "training": {"local-epochs": 1, "batch-size": 32},
+            "privacy": privacy,
+        }
     )
     node = {
         "institution": institution,
