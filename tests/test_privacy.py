@@ -120,7 +120,7 @@ def test_history_accumulates_across_runs_and_accountants_agree(data_dir: Path) -
 
 
 def test_derived_noise_spends_exactly_the_budget_over_the_planned_rounds() -> None:
-    privacy, training = PrivacyConfig(epsilon=3.0), TrainingConfig(local_epochs=2)
+    privacy, training = PrivacyConfig(epsilon=3.0), TrainingConfig(local_epochs=2, batch_size=32)
     plan = plan_round(privacy, training, num_records=420, planned_rounds=8)
     assert plan.sample_rate == pytest.approx(1 / 14) and plan.steps == 28
     spent = epsilon_of([(plan.noise_multiplier, plan.sample_rate, 8 * 28)], 1e-5, "rdp")
