@@ -111,18 +111,19 @@ def train_round(
 
     if setup.state_dir is None:
         raise PolicyError("DP training needs the node's state-dir")
-    plan = plan_round(
-        privacy,
-        policy.training,
-        num_records=len(setup.data),
-        planned_rounds=policy.federation.rounds,
-    )
     with locked_history(
         setup.state_dir,
         institution=setup.institution,
         dataset_sha256=dataset_sha256,
         num_records=len(setup.data),
     ) as state:
+        plan = plan_round(
+            privacy,
+            policy.training,
+            num_records=len(setup.data),
+            planned_rounds=policy.federation.rounds,
+            cache=state.derived_noise,
+        )
         next_eps = epsilon_of([*state.history, plan.entry], privacy.delta, privacy.accountant)
         if next_eps > privacy.epsilon:
             raise BudgetExhausted(

@@ -150,20 +150,33 @@ class DPPlan:
 
 
 def plan_round(
-    privacy: PrivacyConfig, training: TrainingConfig, *, num_records: int, planned_rounds: int
+    privacy: PrivacyConfig,
+    training: TrainingConfig,
+    *,
+    num_records: int,
+    planned_rounds: int,
+    cache: dict[str, float] | None = None,
 ) -> DPPlan:
     """The noise, sample rate and steps of one round for a dataset of ``num_records``.
 
     An explicit ``privacy.noise-multiplier`` is used as it is; otherwise the
     multiplier is derived once from the budget so that ``planned_rounds``
-    rounds of ``local-epochs`` epochs spend ``privacy.epsilon`` in full.
+    rounds of ``local-epochs`` epochs spend ``privacy.epsilon`` in full. The
+    derivation (a binary search over the accountant, about a second) is kept
+    in ``cache`` under its inputs, so later rounds look it up.
     """
     check_delta(privacy.delta, num_records)
     batches = math.ceil(num_records / training.batch_size)
     sample_rate = 1.0 / batches
     steps = training.local_epochs * batches
     sigma = privacy.noise_multiplier
-    if sigma == 0.0:
+    key = (
+        f"{privacy.accountant}:eps={privacy.epsilon!r}:delta={privacy.delta!r}:"
+        f"q={sample_rate!r}:steps={steps * planned_rounds}"
+    )
+    if sigma == 0.0 and cache is not None and key in cache:
+        sigma = cache[key]
+    elif sigma == 0.0:
         try:
             sigma = get_noise_multiplier(
                 target_epsilon=privacy.epsilon,
@@ -177,6 +190,8 @@ def plan_round(
                 f"cannot reach epsilon = {privacy.epsilon} in {planned_rounds} rounds "
                 f"of {steps} steps: {err}"
             ) from err
+        if cache is not None:
+            cache[key] = float(sigma)
     return DPPlan(noise_multiplier=float(sigma), sample_rate=sample_rate, steps=steps)
 
 
@@ -212,6 +227,8 @@ class AccountantHistory:
     delta: float = 1e-5
     epsilon_budget: float = 8.0
     updated_at: str = ""
+    derived_noise: dict[str, float] = field(default_factory=dict)
+    """Noise multipliers derived from budgets (see :func:`plan_round`), by their inputs."""
 
     @property
     def sha256(self) -> str:
@@ -239,6 +256,7 @@ class AccountantHistory:
                 "history": [list(e) for e in self.history],
                 "history_sha256": self.sha256,
                 "updated_at": self.updated_at,
+                "derived_noise": self.derived_noise,
             },
             indent=2,
         )
@@ -268,6 +286,7 @@ class AccountantHistory:
                 delta=float(_typed(doc, "delta", (int, float))),
                 epsilon_budget=float(_typed(doc, "epsilon_budget", (int, float))),
                 updated_at=_typed(doc, "updated_at", str),
+                derived_noise=_noise_cache(doc.get("derived_noise", {})),
             )
             recorded = _typed(doc, "history_sha256", str)
         except (KeyError, TypeError, ValueError) as err:
@@ -287,6 +306,15 @@ def _typed(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"'{key}' has the wrong type ({type(value).__name__})")
     return value
+
+
+def _noise_cache(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise TypeError("'derived_noise' must be an object")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"derived noise {key!r} = {value!r} is not a positive number")
+    return {str(k): float(v) for k, v in raw.items()}
 
 
 def _entry(raw: Any) -> HistoryEntry:

@@ -311,3 +311,27 @@ def test_a_failed_round_writes_no_charge(tmp_path: Path) -> None:
         state.history.append((1.0, 0.5, 2))
         raise RuntimeError("boom")
     assert list_histories(tmp_path) == []
+
+
+def test_derived_noise_is_computed_once_and_kept_with_the_history(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import common.privacy
+
+    calls: list[float] = []
+    real = common.privacy.get_noise_multiplier
+
+    def counting(**kwargs: float) -> float:
+        calls.append(kwargs["target_epsilon"])
+        return float(real(**kwargs))
+
+    monkeypatch.setattr(common.privacy, "get_noise_multiplier", counting)
+    setup = _setup(data_dir, epsilon=5.0)
+    weights = _start(setup)
+    first = train_round(setup, weights, {"server-round": 1}).charge
+    second = train_round(setup, weights, {"server-round": 2}).charge
+    assert calls == [5.0]  # derived in round 1, looked up in round 2
+    assert first.noise_multiplier == second.noise_multiplier
+    path = history_path(data_dir.parent / "state", setup.data.sha256())
+    (sigma,) = json.loads(path.read_text())["derived_noise"].values()
+    assert sigma == first.noise_multiplier
