@@ -9,7 +9,6 @@ once at the end).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from common.local_federation import (
 )
 from common.model import arrays_to_bytes, build_model, get_arrays
 from common.policy import Policy
-from common.privacy import check_delta
+from common.privacy import check_delta, epsilon_for_json
 from common.protocol import BUDGET_EXHAUSTED
 from server.ledger import Ledger, enrol_participant
 from server.ledger.schema import Charge, Exclusion, Round, RoundUpdate, Run
@@ -58,10 +57,6 @@ DEMO_INSTITUTIONS: tuple[tuple[str, str], ...] = (
 
 class PrivacyBudgetExhausted(FederationError):
     """The run stopped because too few institutions had privacy budget left."""
-
-
-def _json_epsilon(value: float) -> float | str:
-    return "inf" if math.isinf(value) else value
 
 
 @dataclass(frozen=True)
@@ -265,7 +260,7 @@ def run_demo(
                 "name": name,
                 "kind": kind,
                 "examples": layout.examples[name],
-                "epsilon": _json_epsilon(rounds[-1].epsilon[name])
+                "epsilon": epsilon_for_json(rounds[-1].epsilon[name])
                 if rounds and name in rounds[-1].epsilon
                 else None,
             }
@@ -282,7 +277,7 @@ def run_demo(
                 "loss": r.loss,
                 "participants": r.participants,
                 "seconds": r.seconds,
-                "epsilon": {name: _json_epsilon(eps) for name, eps in r.epsilon.items()},
+                "epsilon": {name: epsilon_for_json(eps) for name, eps in r.epsilon.items()},
             }
             for r in rounds
         ],

@@ -40,6 +40,7 @@ __all__ = [
     "PrivacyStateError",
     "check_delta",
     "check_model_for_dp",
+    "epsilon_for_json",
     "epsilon_of",
     "format_epsilon",
     "history_path",
@@ -86,6 +87,11 @@ class BudgetExhausted(PrivacyError):
 def format_epsilon(value: float) -> str:
     """Epsilon for people: ``"∞"`` when DP is off."""
     return "∞" if math.isinf(value) else f"{value:.3f}"
+
+
+def epsilon_for_json(value: float) -> float | str:
+    """JSON has no infinity: DP-off epsilon is written as the string ``"inf"``."""
+    return "inf" if math.isinf(value) else value
 
 
 def epsilon_of(history: list[HistoryEntry], delta: float, accountant: str) -> float:

@@ -133,7 +133,9 @@ def test_update_outside_the_privacy_policy_is_rejected(
         _strategy(tmp_path, min_nodes=2).aggregate_train(1, [good, bad])
 
 
-def _ledger_with_run(tmp_path: Path, names: tuple[str, ...]) -> tuple[Ledger, int]:
+def _ledger_with_run(
+    tmp_path: Path, names: tuple[str, ...], flower_run_id: int = 9
+) -> tuple[Ledger, int]:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     with ledger.session() as s:
         for name in names:
@@ -146,7 +148,7 @@ def _ledger_with_run(tmp_path: Path, names: tuple[str, ...]) -> tuple[Ledger, in
             dataset="d",
             initial_model_sha256="1" * 64,
             planned_rounds=1,
-            flower_run_id=9,
+            flower_run_id=flower_run_id,
         ).id
     return ledger, run_id
 
@@ -200,20 +202,7 @@ def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path
 
 
 def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    with ledger.session() as s:
-        for name in ("inst0", "inst1"):
-            enrol_participant(s, name, "academia")
-        run_id = start_run(
-            s,
-            policy_sha256="0" * 64,
-            policy_toml="",
-            model="cnn",
-            dataset="d",
-            initial_model_sha256="1" * 64,
-            planned_rounds=1,
-            flower_run_id=2**63 + 5,
-        ).id
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=2**63 + 5)
     strategy = _strategy(tmp_path, ledger, run_id)
     before = {"w": np.zeros((2, 2), np.float32)}
     updates = [{"w": np.full((2, 2), 1.0, np.float32)}, {"w": np.full((2, 2), 4.0, np.float32)}]

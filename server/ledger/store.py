@@ -8,7 +8,6 @@ covers one fact.
 from __future__ import annotations
 
 import contextvars
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.privacy import epsilon_for_json
 from common.protocol import PrivacyCharge
 from server.ledger.schema import (
     PARTICIPANT_KINDS,
@@ -285,22 +285,12 @@ def record_privacy(
 ) -> None:
     """Record a round's privacy charges and exclusions as soon as the replies are in."""
     for fact in charges:
-        c = fact.charge
         session.add(
             Charge(
                 run_id=run_id,
                 round_number=round_number,
                 participant_id=_participant(session, fact.institution, "privacy charge").id,
-                dataset_sha256=c.dataset_sha256,
-                dp=c.dp,
-                epsilon=c.epsilon,
-                delta=c.delta,
-                noise_multiplier=c.noise_multiplier,
-                sample_rate=c.sample_rate,
-                steps=c.steps,
-                accountant=c.accountant,
-                max_grad_norm=c.max_grad_norm,
-                history_sha256=c.history_sha256,
+                **fact.charge.as_dict(),  # the row's columns are the charge's fields
             )
         )
     record_exclusions(session, run_id, round_number, exclusions)
@@ -343,18 +333,13 @@ def privacy_spent(session: Session) -> list[dict[str, Any]]:
             "institution": c.participant.name,
             "dataset_sha256": c.dataset_sha256,
             "dp": c.dp,
-            "epsilon": _epsilon_json(c.epsilon),
+            "epsilon": epsilon_for_json(c.epsilon),
             "delta": c.delta,
             "accountant": c.accountant,
             "rounds_charged": rounds,
             "last_run_id": c.run_id,
         }
     return sorted(latest.values(), key=lambda row: (row["institution"], row["dataset_sha256"]))
-
-
-def _epsilon_json(value: float) -> float | str:
-    """JSON has no infinity: DP-off epsilon is written as the string ``"inf"``."""
-    return "inf" if math.isinf(value) else value
 
 
 RUN_STATUSES = ("running", "finished", "failed")
@@ -433,7 +418,7 @@ def ledger_report(session: Session) -> dict[str, Any]:
                         "institution": c.participant.name,
                         "dataset_sha256": c.dataset_sha256,
                         "dp": c.dp,
-                        "epsilon": _epsilon_json(c.epsilon),
+                        "epsilon": epsilon_for_json(c.epsilon),
                         "delta": c.delta,
                         "noise_multiplier": c.noise_multiplier,
                         "sample_rate": c.sample_rate,
