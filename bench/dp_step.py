@@ -115,7 +115,9 @@ def main() -> None:
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    print(f"{'batch':>5} {'variant':>7} {'ms/step':>8} {'x plain':>7} {'peak MiB':>9} {'x plain':>7}")
+    print(
+        f"{'batch':>5} {'variant':>7} {'ms/step':>8} {'x plain':>7} {'peak MiB':>9} {'x plain':>7}"
+    )
     for row in rows:
         plain = next(
             r for r in rows if r["batch_size"] == row["batch_size"] and r["variant"] == "plain"

@@ -10,11 +10,13 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from client.task import ClientSetup, evaluate_global, train_round
+from common.bert import BertError
 from common.data import DataError
 from common.policy import PolicyError
-from common.privacy import BudgetExhausted, PrivacyError
+from common.privacy import BudgetExhausted
 from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, PRIVACY, Refusal
 from common.records import arrays_of, record_of
+from common.text import TextDataError
 
 __all__ = ["app"]
 
@@ -40,7 +42,9 @@ def train(message: Message, context: Context) -> Message:
         )
     except BudgetExhausted as err:
         return _refuse(message, BUDGET_EXHAUSTED, context.node_config, err)
-    except (DataError, PolicyError, PrivacyError) as err:
+    except ValueError as err:
+        # DataError, TextDataError, BertError, PolicyError, PrivacyError, or
+        # global weights that do not fit this node's model: the input is bad.
         return _refuse(message, BAD_INPUT, context.node_config, err)
     content = RecordDict(
         {
@@ -64,7 +68,7 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received global model on this institution's data."""
     try:
         setup = ClientSetup.from_context(context)
-    except (DataError, PolicyError) as err:
+    except (DataError, TextDataError, BertError, PolicyError) as err:
         return _refuse(message, BAD_INPUT, context.node_config, err)
     result = evaluate_global(setup, arrays_of(message.content.array_records["arrays"]))
     metrics = MetricRecord(

@@ -13,14 +13,15 @@ from flwr.app import Context
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.data import ImageData, load_image_data
-from common.model import build_model, get_arrays, set_arrays
+from common.datasets import LocalData, load_local_data, to_examples
+from common.model import build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy, PolicyError
 from common.privacy import BudgetExhausted, epsilon_of, locked_history, plan_round
 from common.protocol import PrivacyCharge
 from common.records import Arrays
 from common.training import (
     EvalResult,
+    Examples,
     TrainResult,
     evaluate,
     local_sgd,
@@ -42,7 +43,9 @@ class ClientSetup:
 
     policy: Policy
     institution: str
-    data: ImageData
+    data: LocalData
+    examples: Examples
+    """``data`` as the model takes it (text tokenized once per ClientApp)."""
     state_dir: Path | None = None
 
     @classmethod
@@ -68,15 +71,12 @@ class ClientSetup:
                 'SuperNode node config needs state-dir="..." (a folder this node keeps): '
                 "DP training stores its privacy accountant there across rounds and runs"
             )
-        data = load_image_data(
-            str(node_config["data-dir"]),
-            num_classes=policy.model.num_classes,
-            image_size=policy.model.image_size,
-        )
+        data = load_local_data(policy, str(node_config["data-dir"]))
         return cls(
             policy=policy,
             institution=str(node_config["institution"]),
             data=data,
+            examples=to_examples(policy, data),
             state_dir=Path(state_dir) if isinstance(state_dir, str) and state_dir else None,
         )
 
@@ -100,10 +100,20 @@ def train_round(
     """
     policy, privacy = setup.policy, setup.policy.privacy
     server_round = int(config.get("server-round", 0))
+    base = config.get("base-sha256")
+    base_sha256 = base if isinstance(base, str) else None
     dataset_sha256 = setup.data.sha256()
     if not privacy.dp:
-        model, optimizer, loader = _prepare(setup, global_weights, server_round, shuffle=True)
-        result = train(model, loader, optimizer, policy.training.local_epochs)
+        model, optimizer, loader = _prepare(
+            setup, global_weights, server_round, base_sha256, shuffle=True
+        )
+        result = train(
+            model,
+            loader,
+            optimizer,
+            policy.training.local_epochs,
+            max_grad_norm=privacy.max_grad_norm,
+        )
         charge = PrivacyCharge(
             False, math.inf, 0.0, 0.0, 0.0, result.steps, "none", 0.0, dataset_sha256, ""
         )
@@ -134,7 +144,9 @@ def train_round(
                 next_eps=next_eps,
             )
         # Opacus replaces the loader's order with Poisson sampling.
-        model, optimizer, loader = _prepare(setup, global_weights, server_round, shuffle=False)
+        model, optimizer, loader = _prepare(
+            setup, global_weights, server_round, base_sha256, shuffle=False
+        )
         result, state.history = train_private(
             model,
             loader,
@@ -164,23 +176,39 @@ def train_round(
 
 
 def _prepare(
-    setup: ClientSetup, global_weights: Arrays, server_round: int, *, shuffle: bool
+    setup: ClientSetup,
+    global_weights: Arrays,
+    server_round: int,
+    base_sha256: str | None,
+    *,
+    shuffle: bool,
 ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[tuple[torch.Tensor, ...]]]:
-    """The global model, this node's optimizer and its data loader for one round."""
+    """The global model, this node's optimizer and its data loader for one round.
+
+    Only the trainable part arrives; when the server names the frozen base
+    model's hash, this node's own frozen weights must match it.
+    """
     policy = setup.policy
     model = build_model(policy.model, policy.federation.seed)
+    if base_sha256 is not None and (mine := frozen_sha256(model)) != base_sha256:
+        raise PolicyError(
+            f"the frozen base model here (sha256 {mine[:16]}...) is not the server's "
+            f"({base_sha256[:16]}...): both must load the same checkpoint "
+            f"('model.checkpoint' = {policy.model.checkpoint!r})"
+        )
     set_arrays(model, global_weights)
     loader = make_loader(
-        setup.data,
+        setup.examples,
         policy.training.batch_size,
         shuffle=shuffle,
         seed=policy.federation.seed + server_round,
     )
-    optimizer = local_sgd(model, policy.training.learning_rate, policy.training.momentum)
+    learning_rate = policy.training.learning_rate_at(server_round, policy.federation.rounds)
+    optimizer = local_sgd(model, learning_rate, policy.training.momentum)
     return model, optimizer, loader
 
 
 def evaluate_global(setup: ClientSetup, global_weights: Arrays) -> EvalResult:
     model = build_model(setup.policy.model, setup.policy.federation.seed)
     set_arrays(model, global_weights)
-    return evaluate(model, setup.data)
+    return evaluate(model, setup.examples)

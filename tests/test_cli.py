@@ -65,8 +65,8 @@ def test_demo_rejects_bad_options_before_starting_anything(tmp_path: Path) -> No
         in result.output
     )
     assert not (tmp_path / "w").exists()
-    result = runner.invoke(app, ["demo", "--model", "bert", "--workdir", str(tmp_path / "w")])
-    assert result.exit_code == 1 and "'model.name' must be one of: cnn" in result.output
+    result = runner.invoke(app, ["demo", "--model", "gpt", "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1 and "'model.name' must be one of: cnn, bert" in result.output
 
 
 def test_audit_show_table_and_json(tmp_path: Path) -> None:

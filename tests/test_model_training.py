@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from common.data import load_digits_data
-from common.model import arrays_sha256, build_model, get_arrays, set_arrays
+from common.model import DigitsCNN, arrays_sha256, build_model, get_arrays, set_arrays
 from common.policy import ModelConfig
 from common.training import evaluate, local_sgd, make_loader, train
 
@@ -33,6 +33,19 @@ def test_cnn_width_is_set_by_the_policy_and_stays_opacus_compatible(
     assert ModuleValidator.validate(model, strict=False) == []
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     assert all(m.num_channels % m.num_groups == 0 for m in norms)
+
+
+def test_activation_is_set_by_the_policy() -> None:
+    tanh = build_model(ModelConfig(activation="tanh"), seed=0)
+    relu = build_model(ModelConfig(activation="relu"), seed=0)
+    assert sum(isinstance(m, nn.Tanh) for m in tanh.modules()) == 2
+    assert not any(isinstance(m, nn.ReLU) for m in tanh.modules())
+    assert sum(isinstance(m, nn.ReLU) for m in relu.modules()) == 2
+    # Same seed, same weights: only the non-linearity differs, so outputs differ.
+    x = torch.rand(2, 1, 8, 8)
+    assert not torch.allclose(tanh(x), relu(x))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        DigitsCNN(activation="gelu")
 
 
 def test_same_seed_same_weights_and_global_rng_untouched() -> None:
@@ -88,3 +101,14 @@ def test_evaluate_matches_a_hand_computed_accuracy() -> None:
     result = evaluate(model, data, batch_size=7)
     assert result.accuracy == pytest.approx(expected)
     assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_plain_training_clips_the_batch_gradient_to_max_grad_norm() -> None:
+    data = load_digits_data().subset(np.arange(32))
+    model = build_model(ModelConfig(), seed=0)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    train(model, make_loader(data, 32, shuffle=False), optimizer, 1, max_grad_norm=0.01)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # One plain SGD step with lr 1 moves the weights by exactly the clipped gradient.
+    assert float((after - before).norm()) == pytest.approx(0.01, rel=1e-4)

@@ -1,8 +1,9 @@
+import math
 from pathlib import Path
 
 import pytest
 
-from common.policy import Policy, PolicyError
+from common.policy import Policy, PolicyError, TrainingConfig
 
 
 def test_defaults_round_trip_through_toml_and_run_config(tmp_path: Path) -> None:
@@ -33,6 +34,13 @@ def test_policy_file_values_reach_the_dataclasses(tmp_path: Path) -> None:
     ("section", "key", "value", "message"),
     [
         ("federation", "rounds", 0, "'federation.rounds' must be an integer from 1 to 10000"),
+        ("model", "activation", "gelu", "'model.activation' must be one of: tanh, relu"),
+        (
+            "training",
+            "lr-schedule",
+            "step",
+            "'training.lr-schedule' must be one of: constant, cosine",
+        ),
         ("federation", "rounds", "5", "'federation.rounds' must be an integer"),
         ("federation", "rounds", 2.5, "'federation.rounds' must be an integer"),
         ("federation", "min-nodes", 0, "'federation.min-nodes' must be an integer >= 1"),
@@ -173,3 +181,16 @@ def test_privacy_defaults_are_dp_on_with_epsilon_8() -> None:
 def test_bad_privacy_values_are_named(key: str, value: object, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         Policy.from_sections({"privacy": {key: value}})
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_planned_rounds() -> None:
+    cosine = TrainingConfig(learning_rate=0.2, lr_schedule="cosine")
+    rates = [cosine.learning_rate_at(r, 8) for r in range(1, 9)]
+    assert rates[0] == pytest.approx(0.2)
+    # r = 5 of 8 is half-way: 0.1 + 0.9 * (1 + cos(pi / 2)) / 2 = 0.55 of the start.
+    assert rates[4] == pytest.approx(0.2 * 0.55)
+    assert rates[-1] == pytest.approx(0.2 * (0.1 + 0.9 * (1 + math.cos(math.pi * 7 / 8)) / 2))
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert cosine.learning_rate_at(20, 8) == pytest.approx(0.02)  # past the plan: the floor
+    constant = TrainingConfig(learning_rate=0.2, lr_schedule="constant")
+    assert {constant.learning_rate_at(r, 8) for r in range(1, 9)} == {0.2}
