@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from client.task import ClientSetup, train_round  # noqa: E402
-from common.data import load_image_data  # noqa: E402
+from common.datasets import load_local_data, server_split_path, to_examples  # noqa: E402
 from common.demo import prepare_data  # noqa: E402
 from common.model import build_model, get_arrays, set_arrays  # noqa: E402
 from common.policy import Policy  # noqa: E402
@@ -76,10 +76,9 @@ def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
     ]
     model = build_model(policy.model, policy.federation.seed)
     weights = get_arrays(model)
-    validation = load_image_data(
-        layout.server_data_dir / "validation.npz",
-        num_classes=policy.model.num_classes,
-        image_size=policy.model.image_size,
+    validation = to_examples(
+        policy,
+        load_local_data(policy, server_split_path(policy, layout.server_data_dir, "validation")),
     )
     curve = []
     epsilon: dict[str, float] = {}
@@ -105,11 +104,10 @@ def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
                 weights[name] = weights[name] - fed.server_learning_rate * momentum[name]
         set_arrays(model, weights)
         curve.append(round(evaluate(model, validation).accuracy, 4))
+        print(f"  round {server_round}: validation {curve[-1]:.4f}", flush=True)
         epsilon = {s.institution: o.charge.epsilon for s, o in zip(setups, outcomes, strict=True)}
-    test = load_image_data(
-        layout.server_data_dir / "test.npz",
-        num_classes=policy.model.num_classes,
-        image_size=policy.model.image_size,
+    test = to_examples(
+        policy, load_local_data(policy, server_split_path(policy, layout.server_data_dir, "test"))
     )
     set_arrays(model, weights)
     return {

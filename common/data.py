@@ -18,6 +18,7 @@ import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -83,10 +84,22 @@ def load_digits_data() -> ImageData:
     return ImageData(images, bunch.target.astype(np.int64), "sklearn.datasets.load_digits")
 
 
+class _Labelled(Protocol):
+    @property
+    def labels(self) -> NDArray[np.int64]: ...
+
+    def __len__(self) -> int: ...
+
+    def subset(self, index: NDArray[np.int64]) -> Self: ...
+
+
+LabelledT = TypeVar("LabelledT", bound=_Labelled)
+
+
 def split_holdout(
-    data: ImageData, validation_fraction: float, test_fraction: float, seed: int
-) -> tuple[ImageData, ImageData, ImageData]:
-    """Stratified split into (train, validation, test)."""
+    data: LabelledT, validation_fraction: float, test_fraction: float, seed: int
+) -> tuple[LabelledT, LabelledT, LabelledT]:
+    """Stratified split into (train, validation, test) of images or texts."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(data))

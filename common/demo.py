@@ -19,12 +19,12 @@ from sqlalchemy import func, select
 
 from common.data import (
     load_digits_data,
-    load_image_data,
     partition_dirichlet,
     partition_iid,
     split_holdout,
     write_npz,
 )
+from common.datasets import LocalData, load_local_data, server_split_path
 from common.local_federation import (
     FederationError,
     LocalFederation,
@@ -32,20 +32,23 @@ from common.local_federation import (
     build_app_dir,
     write_run_config,
 )
-from common.model import arrays_to_bytes, build_model, get_arrays
-from common.policy import Policy
+from common.model import arrays_to_bytes, build_model, full_arrays, get_arrays
+from common.policy import Policy, Scalar
 from common.privacy import check_delta, epsilon_for_json
 from common.protocol import BUDGET_EXHAUSTED
+from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
 from server.ledger import Ledger, enrol_participant
 from server.ledger.schema import Charge, Exclusion, Round, RoundUpdate, Run
 
 __all__ = [
+    "BERT_DEMO",
     "DEMO_INSTITUTIONS",
     "DemoLayout",
     "PrivacyBudgetExhausted",
     "RoundProgress",
     "prepare_data",
     "run_demo",
+    "with_model",
 ]
 
 DEMO_INSTITUTIONS: tuple[tuple[str, str], ...] = (
@@ -53,6 +56,33 @@ DEMO_INSTITUTIONS: tuple[tuple[str, str], ...] = (
     ("university-b", "academia"),
     ("company-c", "industry"),
 )
+
+
+BERT_DEMO: dict[str, dict[str, Scalar]] = {
+    "model": {
+        "name": "bert",
+        "num-classes": len(STDLIB_TOPICS),
+        "train-layers": 1,
+        "max-length": 64,
+    },
+    "data": {"dataset": "stdlib-docs", "labels": ",".join(STDLIB_TOPICS)},
+    "federation": {"rounds": 4},
+    "training": {"local-epochs": 1, "batch-size": 32, "learning-rate": 0.5},
+}
+"""What ``--model bert`` changes in a CNN policy: the text demo's model, data and training."""
+
+
+def with_model(policy: Policy, model: str) -> Policy:
+    """``policy`` switched to ``model``; switching to BERT applies :data:`BERT_DEMO`."""
+    if model == policy.model.name:
+        return policy
+    sections = policy.to_sections()
+    if model == "bert":
+        for section, values in BERT_DEMO.items():
+            sections[section].update(values)
+    else:
+        sections["model"]["name"] = model
+    return Policy.from_sections(sections)
 
 
 class PrivacyBudgetExhausted(FederationError):
@@ -81,43 +111,52 @@ class RoundProgress:
 
 
 def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
-    """Split the digits and write each party's share to its own folder.
+    """Split the embedded data set and write each party's share to its own folder.
 
-    Every file is read back through the participant loader, so a problem
-    surfaces here, before any process starts.
+    Digits become ``.npz`` files, the standard-library docstrings ``.jsonl``
+    files (the formats a participant would supply). Every file is read back
+    through the participant loader, so a problem surfaces here, before any
+    process starts.
     """
-    data = load_digits_data()
-    train, validation, test = split_holdout(
-        data, policy.data.validation_fraction, policy.data.test_fraction, policy.federation.seed
-    )
+    seed = policy.federation.seed
+    fractions = (policy.data.validation_fraction, policy.data.test_fraction)
+    splits: tuple[LocalData, LocalData, LocalData]
+    if policy.data.dataset == "stdlib-docs":
+        splits = split_holdout(stdlib_docstrings(), *fractions, seed)
+    else:
+        splits = split_holdout(load_digits_data(), *fractions, seed)
+    train, validation, test = splits
     count = len(DEMO_INSTITUTIONS)
     if policy.data.partition == "iid":
-        parts = partition_iid(len(train), count, policy.federation.seed)
+        parts = partition_iid(len(train), count, seed)
     else:
-        parts = partition_dirichlet(
-            train.labels, count, policy.data.dirichlet_alpha, policy.federation.seed
-        )
+        parts = partition_dirichlet(train.labels, count, policy.data.dirichlet_alpha, seed)
     server_dir = workdir / "operator" / "data"
-    write_npz(server_dir / "validation.npz", validation)
-    write_npz(server_dir / "test.npz", test)
+    for split, split_data in (("validation", validation), ("test", test)):
+        _write(server_split_path(policy, server_dir, split), split_data, policy)
     nodes, examples = [], {}
     for (name, _kind), index in zip(DEMO_INSTITUTIONS, parts, strict=True):
         data_dir = workdir / "institutions" / name / "data"
-        write_npz(data_dir / "digits.npz", train.subset(index))
-        loaded = load_image_data(
-            data_dir, num_classes=policy.model.num_classes, image_size=policy.model.image_size
-        )
+        _write(data_dir / f"{policy.data.dataset}{_suffix(policy)}", train.subset(index), policy)
+        loaded = load_local_data(policy, data_dir)
         if policy.privacy.dp:
             check_delta(policy.privacy.delta, len(loaded))
         nodes.append(NodeSpec(name, data_dir, workdir / "institutions" / name / "state"))
         examples[name] = len(loaded)
     for split in ("validation", "test"):
-        load_image_data(
-            server_dir / f"{split}.npz",
-            num_classes=policy.model.num_classes,
-            image_size=policy.model.image_size,
-        )
+        load_local_data(policy, server_split_path(policy, server_dir, split))
     return DemoLayout(nodes, dict(DEMO_INSTITUTIONS), examples, server_dir)
+
+
+def _suffix(policy: Policy) -> str:
+    return server_split_path(policy, ".", "x").suffix
+
+
+def _write(path: Path, data: LocalData, policy: Policy) -> None:
+    if isinstance(data, TextData):
+        write_jsonl(path, data, policy.data.text_column, policy.data.label_column)
+    else:
+        write_npz(path, data)
 
 
 def _rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundProgress]]:
@@ -244,15 +283,16 @@ def run_demo(
     finally:
         ledger.close()
 
-    model_bytes = len(
-        arrays_to_bytes(get_arrays(build_model(policy.model, policy.federation.seed)))
-    )
+    model = build_model(policy.model, policy.federation.seed)
+    model_bytes = len(arrays_to_bytes(full_arrays(model)))  # the whole model
+    trainable_bytes = len(arrays_to_bytes(get_arrays(model)))  # what travels
     summary: dict[str, Any] = {
         "engine": "flower-deployment",
         "flower_run_id": flower_run_id,
         "ledger_run_id": run.id,
         "model": policy.model.name,
         "dataset": policy.data.dataset,
+        "num_classes": policy.model.num_classes,
         "partition": policy.data.partition,
         "policy_sha256": policy.sha256(),
         "institutions": [
@@ -286,6 +326,7 @@ def run_demo(
         "ledger_url": ledger_url,
         "model_bytes": model_bytes,
         "update_bytes": float(update_bytes or 0.0),
+        "trainable_bytes": trainable_bytes,
         "wall_seconds": time.monotonic() - started,
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

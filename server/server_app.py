@@ -8,11 +8,11 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from common.data import ImageData, load_image_data
-from common.model import arrays_sha256, build_model, get_arrays, set_arrays
+from common.datasets import load_local_data, server_split_path, to_examples
+from common.model import arrays_sha256, build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy
 from common.records import Arrays, arrays_of, record_of
-from common.training import evaluate
+from common.training import Examples, evaluate
 from server.grid import PollingGrid
 from server.ledger import Ledger, finish_run, start_run
 from server.strategy import LedgerFedAvg, RoundFailed
@@ -24,17 +24,14 @@ log = logging.getLogger(__name__)
 app = ServerApp()
 
 
-def _load_server_split(policy: Policy, name: str) -> ImageData:
+def _load_server_split(policy: Policy, name: str) -> Examples:
     if not policy.deploy.server_data_dir:
         raise ValueError(
             "run config key 'deploy.server-data-dir' is empty: "
             "the server needs its validation and test data"
         )
-    return load_image_data(
-        Path(policy.deploy.server_data_dir) / f"{name}.npz",
-        num_classes=policy.model.num_classes,
-        image_size=policy.model.image_size,
-    )
+    path = server_split_path(policy, policy.deploy.server_data_dir, name)
+    return to_examples(policy, load_local_data(policy, path))
 
 
 @app.main()
@@ -45,12 +42,13 @@ def main(grid: Grid, context: Context) -> None:
     test = _load_server_split(policy, "test")
     model = build_model(policy.model, policy.federation.seed)
 
-    def score(data: ImageData, weights: Arrays) -> tuple[float, float]:
+    def score(data: Examples, weights: Arrays) -> tuple[float, float]:
         set_arrays(model, weights)
         result = evaluate(model, data)
         return result.loss, result.accuracy
 
-    initial = get_arrays(model)
+    initial = get_arrays(model)  # the trainable part: all that travels
+    base_sha256 = frozen_sha256(model)  # the frozen rest, which every node loads itself
     ledger = Ledger(policy.deploy.ledger_url) if policy.deploy.ledger_url else None
     run_id = None
     if ledger is not None:
@@ -62,6 +60,7 @@ def main(grid: Grid, context: Context) -> None:
                 model=policy.model.name,
                 dataset=policy.data.dataset,
                 initial_model_sha256=arrays_sha256(initial),
+                base_model_sha256=base_sha256,
                 planned_rounds=policy.federation.rounds,
                 flower_run_id=context.run_id,
             ).id
@@ -85,7 +84,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=record_of(initial),
             num_rounds=policy.federation.rounds,
             timeout=policy.federation.round_timeout,
-            train_config=ConfigRecord(),
+            train_config=ConfigRecord({"base-sha256": base_sha256}),
             evaluate_fn=strategy.finish_round,
         )
         final = arrays_of(result.arrays)

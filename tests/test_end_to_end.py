@@ -171,3 +171,56 @@ def test_federation_stops_its_processes_when_the_body_fails(tmp_path: Path) -> N
         raise RuntimeError("boom")
     assert all(_gone(pid) for pid in pids)
     assert federation.processes == {}
+
+
+def test_bert_demo_two_rounds_on_real_processes(tmp_path: Path, tiny_bert: Path) -> None:
+    """``--model bert`` end to end with a tiny BERT: only the trainable part travels."""
+    from common.text import STDLIB_TOPICS
+
+    policy = tmp_path / "bert.toml"
+    policy.write_text(
+        f"""
+[federation]
+rounds = 2
+[model]
+name = "bert"
+num-classes = {len(STDLIB_TOPICS)}
+checkpoint = "{tiny_bert}"
+max-length = 32
+[data]
+dataset = "stdlib-docs"
+labels = "{",".join(STDLIB_TOPICS)}"
+[training]
+local-epochs = 1
+batch-size = 32
+learning-rate = 0.5
+"""
+    )
+    workdir = tmp_path / "demo"
+    command = ["demo", "--model", "bert", "--policy", str(policy), "--workdir", str(workdir)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert (summary["model"], summary["dataset"], summary["num_classes"]) == (
+        "bert",
+        "stdlib-docs",
+        len(STDLIB_TOPICS),
+    )
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert all(r["participants"] == 3 for r in summary["rounds"])
+    # Only the top layer, pooler and classifier travel: a fraction of the model.
+    assert summary["update_bytes"] == summary["trainable_bytes"]
+    assert summary["update_bytes"] < 0.5 * summary["model_bytes"]
+    assert all(0 < i["epsilon"] <= 8.0 for i in summary["institutions"])
+    for name in ("university-a", "university-b", "company-c"):
+        assert (workdir / "institutions" / name / "data" / "stdlib-docs.jsonl").exists()
+    ledger = Ledger(summary["ledger_url"], migrate=False)
+    with ledger.session() as session:
+        report = ledger_report(session)
+    ledger.close()
+    (run,) = report["runs"]
+    assert run["status"] == "finished" and run["model"] == "bert"
+    assert run["base_model_sha256"] is not None and len(run["base_model_sha256"]) == 64
+    assert {u["update_bytes"] for r in run["rounds"] for u in r["updates"]} == {
+        summary["trainable_bytes"]
+    }

@@ -45,6 +45,7 @@ def _start(ledger: Ledger) -> int:
             model="cnn",
             dataset="digits",
             initial_model_sha256=H,
+            base_model_sha256="e" * 64,
             planned_rounds=2,
             flower_run_id=18_000_000_000_000_000_000,
         ).id
@@ -118,6 +119,7 @@ class LedgerContract:
             report = ledger_report(s)
         run = report["runs"][0]
         assert run["flower_run_id"] == "18000000000000000000"
+        assert run["base_model_sha256"] == "e" * 64
         assert (run["status"], run["test_accuracy"], run["test_loss"]) == ("finished", 0.91, 0.3)
         assert run["ended_at"] is not None
         (round_row,) = run["rounds"]
@@ -275,10 +277,11 @@ class LedgerContract:
             report = ledger_report(s)
             version = s.scalar(text("SELECT version_num FROM alembic_version"))
         ledger.close()
-        assert version == "0002"
+        assert version == "0003"
         assert [p["name"] for p in report["participants"]] == ["uni-a"]
         (run,) = report["runs"]
         assert (run["planned_rounds"], run["status"], run["status_reason"]) == (3, "finished", None)
+        assert run["base_model_sha256"] is None  # v3 column, empty for older runs
         assert report["privacy"] == [] and run["exclusions"] == []
 
 

@@ -107,7 +107,9 @@ def test_bad_text_files_name_file_line_and_problem(
 def test_missing_file_and_ambiguous_folder(tmp_path: Path) -> None:
     with pytest.raises(TextDataError, match="nothere.csv: no such file"):
         load_text_data(tmp_path / "nothere.csv", **LOAD)
-    with pytest.raises(TextDataError, match="exactly one .csv or .jsonl file in the folder, found 0"):
+    with pytest.raises(
+        TextDataError, match="exactly one .csv or .jsonl file in the folder, found 0"
+    ):
         load_text_data(tmp_path, **LOAD)
     (tmp_path / "a.csv").write_text("text,label\nx,networking\n")
     (tmp_path / "b.jsonl").write_text('{"text": "x", "label": "networking"}\n')

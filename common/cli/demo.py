@@ -13,11 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.cli.errors import user_errors
-from common.demo import RoundProgress, run_demo
+from common.demo import RoundProgress, run_demo, with_model
 from common.policy import (
+    MODELS,
     DataConfig,
     FederationConfig,
-    ModelConfig,
     Policy,
     PolicyError,
     PrivacyConfig,
@@ -38,7 +38,13 @@ def demo(
     rounds: Annotated[
         int | None, typer.Option(help="Federated rounds (default: the policy's).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model to train: cnn.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="cnn (digits) or bert (pretrained MiniLM on standard-library docstrings; "
+            "switches the data and training settings too)."
+        ),
+    ] = None,
     partition: Annotated[
         str | None, typer.Option(help="iid or non-iid (Dirichlet label skew).")
     ] = None,
@@ -62,15 +68,21 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Train a CNN across three institutions on real Flower SuperLink/SuperNodes."""
+    """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes."""
     console = Console()
     with user_errors():
         policy = Policy.load(policy_file) if policy_file else Policy()
+        if model is not None:
+            if model not in MODELS:
+                raise PolicyError(
+                    f"policy key 'model.name' must be one of: {', '.join(MODELS)}, got {model!r} "
+                    "(from the command-line options)"
+                )
+            policy = with_model(policy, model)
         sections = policy.to_sections()
         overrides = {
             (FederationConfig.SECTION, "rounds"): rounds,
             (FederationConfig.SECTION, "seed"): seed,
-            (ModelConfig.SECTION, "name"): model,
             (DataConfig.SECTION, "partition"): partition,
             (PrivacyConfig.SECTION, "epsilon"): epsilon,
         }

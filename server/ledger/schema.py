@@ -66,6 +66,9 @@ class Run(Base):
     model: Mapped[str] = mapped_column(String(64))
     dataset: Mapped[str] = mapped_column(String(128))
     initial_model_sha256: Mapped[Sha256]
+    # The frozen weights that never travel (sha256 of their safetensors bytes):
+    # the base checkpoint every node loads itself. None for runs before v3.
+    base_model_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     planned_rounds: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="running")
     test_accuracy: Mapped[float | None] = mapped_column(Float, default=None)

@@ -171,6 +171,7 @@ def start_run(
     initial_model_sha256: str,
     planned_rounds: int,
     flower_run_id: int | None,
+    base_model_sha256: str | None = None,
 ) -> Run:
     """Open a run; ``flower_run_id`` links it to Flower's own run record."""
     run = Run(
@@ -179,6 +180,7 @@ def start_run(
         model=model,
         dataset=dataset,
         initial_model_sha256=initial_model_sha256,
+        base_model_sha256=base_model_sha256,
         planned_rounds=planned_rounds,
         flower_run_id=None if flower_run_id is None else str(flower_run_id),
     )
@@ -396,6 +398,7 @@ def ledger_report(session: Session) -> dict[str, Any]:
                 "dataset": run.dataset,
                 "policy_sha256": run.policy_sha256,
                 "initial_model_sha256": run.initial_model_sha256,
+                "base_model_sha256": run.base_model_sha256,
                 "planned_rounds": run.planned_rounds,
                 "test_accuracy": run.test_accuracy,
                 "test_loss": run.test_loss,
