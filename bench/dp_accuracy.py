@@ -40,11 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from client.task import ClientSetup, train_round  # noqa: E402
+from common.data import ImageData  # noqa: E402
 from common.datasets import load_local_data, server_split_path, to_examples  # noqa: E402
-from common.demo import prepare_data  # noqa: E402
+from common.demo import prepare_data, with_model  # noqa: E402
 from common.model import build_model, get_arrays, set_arrays  # noqa: E402
 from common.policy import Policy  # noqa: E402
-from common.training import evaluate  # noqa: E402
+from common.text import TextData  # noqa: E402
+from common.training import evaluate, local_sgd, make_loader, train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dp_accuracy.json"
 
@@ -117,23 +119,81 @@ def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
     }
 
 
+def run_centralized(policy: Policy, workdir: Path) -> dict[str, Any]:
+    """The ceiling: one party holding every institution's training data, no DP.
+
+    Same model, optimizer and schedule as the federation: for each planned
+    round, ``local-epochs`` passes over the pooled data at that round's
+    learning rate, with the batch gradient clipped as ``dp = false`` does.
+    """
+    layout = prepare_data(workdir, policy)
+    parts = [load_local_data(policy, node.data_dir) for node in layout.nodes]
+    pooled = parts[0]
+    for part in parts[1:]:
+        if isinstance(pooled, TextData) and isinstance(part, TextData):
+            pooled = TextData(
+                pooled.texts + part.texts,
+                np.concatenate([pooled.labels, part.labels]),
+                pooled.label_names,
+            )
+        elif isinstance(pooled, ImageData) and isinstance(part, ImageData):
+            pooled = ImageData(
+                np.concatenate([pooled.images, part.images]),
+                np.concatenate([pooled.labels, part.labels]),
+                "pooled",
+            )
+    examples = to_examples(policy, pooled)
+    model = build_model(policy.model, policy.federation.seed)
+    rounds, training = policy.federation.rounds, policy.training
+    for server_round in range(1, rounds + 1):
+        loader = make_loader(examples, training.batch_size, shuffle=True, seed=server_round)
+        lr = training.learning_rate_at(server_round, rounds)
+        train(
+            model,
+            loader,
+            local_sgd(model, lr, training.momentum),
+            training.local_epochs,
+            max_grad_norm=policy.privacy.max_grad_norm,
+        )
+        print(f"  centralized round {server_round} done", flush=True)
+    test = to_examples(
+        policy, load_local_data(policy, server_split_path(policy, layout.server_data_dir, "test"))
+    )
+    return {"test_accuracy": evaluate(model, test).accuracy, "examples": len(pooled)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epsilon", type=float, action="append", help="repeatable; inf = no DP")
     parser.add_argument("--partition", action="append", choices=["iid", "non-iid"])
     parser.add_argument("--policy", type=Path, help="base policy (default: the demo's)")
+    parser.add_argument(
+        "--model", choices=["cnn", "bert"], help="switch the policy as `demo --model` does"
+    )
     parser.add_argument("--set", action="append", default=[], help="section.key=TOML value")
+    parser.add_argument(
+        "--centralized", action="store_true", help="only the pooled, non-private ceiling"
+    )
     parser.add_argument("--seeds", type=int, default=1, help="repeat each cell with seeds 42..")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     base = Policy.load(args.policy) if args.policy else Policy()
+    if args.model:
+        base = with_model(base, args.model)
     sections = base.to_sections()
     for item in args.set:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
         sections[section][name] = tomllib.loads(f"v = {value}")["v"]
     base = Policy.from_sections(sections)
+    if args.centralized:
+        for partition in args.partition or ["non-iid"]:
+            policy = _policy(base, math.inf, partition)
+            with tempfile.TemporaryDirectory() as tmp:
+                cell = run_centralized(policy, Path(tmp))
+            print(f"centralized, no DP ({partition}, pooled): test={cell['test_accuracy']:.4f}")
+        return
     epsilons = args.epsilon or [1.0, 3.0, 8.0, math.inf]
     partitions = args.partition or ["iid", "non-iid"]
 

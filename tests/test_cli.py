@@ -57,6 +57,29 @@ def test_check_data_reports_counts_or_the_problem(tmp_path: Path) -> None:
     assert "bad.npz: missing array(s) labels" in result.output
 
 
+def test_check_data_reads_text_under_a_bert_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "bert.toml"
+    policy.write_text(
+        '[model]\nname = "bert"\nnum-classes = 2\n'
+        '[data]\ndataset = "stdlib-docs"\nlabels = "networking, mathematics"\n'
+        'text-column = "doc"\nlabel-column = "topic"\n'
+    )
+    good = tmp_path / "good.csv"
+    good.write_text("doc,topic\nOpen a socket.,networking\nReturn a sine.,mathematics\n")
+    args = ["client", "check-data", str(good), "--policy", str(policy), "--format", "json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["examples"], report["label_counts"]) == (2, [1, 1])
+    assert len(report["sha256"]) == 64
+    bad = tmp_path / "bad.csv"
+    bad.write_text("doc,topic\nOpen a socket.,networking\nMake tea.,cooking\n")
+    result = runner.invoke(app, ["client", "check-data", str(bad), "--policy", str(policy)])
+    assert result.exit_code == 1
+    assert "bad.csv, line 3: unknown label 'cooking'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_demo_rejects_bad_options_before_starting_anything(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--partition", "sorted", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1

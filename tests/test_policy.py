@@ -194,3 +194,20 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_planned_rounds() -> N
     assert cosine.learning_rate_at(20, 8) == pytest.approx(0.02)  # past the plan: the floor
     constant = TrainingConfig(learning_rate=0.2, lr_schedule="constant")
     assert {constant.learning_rate_at(r, 8) for r in range(1, 9)} == {0.2}
+
+
+def test_bert_policies_need_text_data_and_a_label_per_class() -> None:
+    bert = {"model": {"name": "bert", "num-classes": 2}, "data": {"dataset": "stdlib-docs"}}
+    with pytest.raises(
+        PolicyError, match="'data.labels' names 0 labels but 'model.num-classes' is 2"
+    ):
+        Policy.from_sections(bert)
+    with pytest.raises(PolicyError, match="'data.labels' must be distinct, non-empty names"):
+        Policy.from_sections({**bert, "data": {"dataset": "stdlib-docs", "labels": "a,,b"}})
+    with pytest.raises(PolicyError, match="'data.labels' must be distinct"):
+        Policy.from_sections({**bert, "data": {"dataset": "stdlib-docs", "labels": "a, a"}})
+    with pytest.raises(PolicyError, match="the bert model trains on text"):
+        Policy.from_sections({"model": {"name": "bert", "num-classes": 2}})
+    ok = Policy.from_sections({**bert, "data": {"dataset": "stdlib-docs", "labels": " a , b "}})
+    assert ok.data.label_names == ("a", "b")
+    assert Policy.from_run_config(ok.to_run_config()) == ok

@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli.errors import user_errors
-from common.data import load_image_data
+from common.data import ImageData
+from common.datasets import load_local_data
 from common.policy import Policy
 from common.privacy import format_epsilon, list_histories
 
@@ -24,26 +25,39 @@ app = typer.Typer(help="Commands for a participating institution.", no_args_is_h
 @app.command("check-data")
 def check_data(
     path: Annotated[
-        Path, typer.Argument(help="An .npz file, or a folder (one .npz, or PNGs + labels.csv).")
+        Path,
+        typer.Argument(
+            help="Images: an .npz file, or a folder (one .npz, or PNGs + labels.csv). "
+            "Text (model.name = bert): a .csv or .jsonl file, or a folder holding one."
+        ),
     ],
     policy_file: Annotated[
-        Path | None, typer.Option("--policy", help="Policy giving num-classes and image-size.")
+        Path | None,
+        typer.Option(
+            "--policy", help="Policy giving the model, num-classes and image size or labels."
+        ),
     ] = None,
     output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
 ) -> None:
     """Validate local data exactly as the ClientApp will, before any round."""
     with user_errors():
         policy = Policy.load(policy_file) if policy_file else Policy()
-        data = load_image_data(
-            path, num_classes=policy.model.num_classes, image_size=policy.model.image_size
-        )
+        data = load_local_data(policy, path)
     counts = np.bincount(data.labels, minlength=policy.model.num_classes).tolist()
+    source = data.source if isinstance(data, ImageData) else str(path)
     if output_format == "json":
         typer.echo(
-            json.dumps({"source": data.source, "examples": len(data), "label_counts": counts})
+            json.dumps(
+                {
+                    "source": source,
+                    "examples": len(data),
+                    "label_counts": counts,
+                    "sha256": data.sha256(),
+                }
+            )
         )
         return
-    Console().print(f"[green]ok[/] {data.source}: {len(data)} examples, per label {counts}")
+    Console().print(f"[green]ok[/] {source}: {len(data)} examples, per label {counts}")
 
 
 @app.command("budget")

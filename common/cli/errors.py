@@ -9,10 +9,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from common.bert import BertError
 from common.data import DataError
 from common.local_federation import FederationError
 from common.policy import PolicyError
 from common.privacy import PrivacyError
+from common.text import TextDataError
 from server.ledger import LedgerError
 
 __all__ = ["err_console", "user_errors"]
@@ -24,7 +26,15 @@ err_console = Console(stderr=True)
 def user_errors() -> Iterator[None]:
     try:
         yield
-    except (PolicyError, DataError, PrivacyError, LedgerError, FederationError) as err:
+    except (
+        PolicyError,
+        DataError,
+        TextDataError,
+        BertError,
+        PrivacyError,
+        LedgerError,
+        FederationError,
+    ) as err:
         err_console.print(
             f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
         )
