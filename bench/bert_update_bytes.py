@@ -12,14 +12,13 @@ Usage::
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from record import write_record  # noqa: E402  (bench/record.py)
 
 from common.demo import BERT_DEMO  # noqa: E402
 from common.model import arrays_to_bytes, build_model, full_arrays, get_arrays  # noqa: E402
@@ -53,19 +52,7 @@ def main() -> None:
         )
         print(f"{label:55s} {trainable:>10,d} params {update:>12,d} B / {whole:,d} B = "
               f"{update / whole:.4f}")  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "command": "python bench/bert_update_bytes.py",
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, Python {platform.python_version()}",
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    write_record(RESULTS, rows=rows)
 
 
 if __name__ == "__main__":

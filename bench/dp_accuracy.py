@@ -21,13 +21,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from record import write_record  # noqa: E402  (bench/record.py)
 
 from client.task import ClientSetup, train_round  # noqa: E402
 from common.data import ImageData  # noqa: E402
@@ -239,20 +238,7 @@ def main() -> None:
             row.append(f"{np.mean(accs):.3f}" + (f" ±{np.std(accs):.3f}" if len(accs) > 1 else ""))
         table.add_row(partition, *row)
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join(["python", "bench/dp_accuracy.py", *sys.argv[1:]]),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, {platform.python_version()}",
-                "policy": base.to_sections(),
-                "cells": cells,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    write_record(args.out, policy=base.to_sections(), cells=cells)
 
 
 if __name__ == "__main__":

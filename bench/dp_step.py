@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from record import write_record  # bench/record.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "dp_step.json"
@@ -153,19 +153,7 @@ def main() -> None:
             f"{row['time_ratio']:>7.2f} {row['peak_added_mib']:>9.1f} "
             f"{row['memory_ratio'] or float('nan'):>7.2f}"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join(["python", "bench/dp_step.py", *sys.argv[1:]]),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, Python {platform.python_version()}",
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    write_record(args.out, rows=rows)
 
 
 if __name__ == "__main__":

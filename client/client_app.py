@@ -10,13 +10,9 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from client.task import ClientSetup, evaluate_global, train_round
-from common.bert import BertError
-from common.data import DataError
-from common.policy import PolicyError
 from common.privacy import BudgetExhausted
 from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, PRIVACY, Refusal
 from common.records import arrays_of, record_of
-from common.text import TextDataError
 
 __all__ = ["app"]
 
@@ -68,7 +64,7 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received global model on this institution's data."""
     try:
         setup = ClientSetup.from_context(context)
-    except (DataError, TextDataError, BertError, PolicyError) as err:
+    except ValueError as err:  # bad data, policy or checkpoint, as for train
         return _refuse(message, BAD_INPUT, context.node_config, err)
     result = evaluate_global(setup, arrays_of(message.content.array_records["arrays"]))
     metrics = MetricRecord(

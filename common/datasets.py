@@ -16,7 +16,7 @@ from common.policy import Policy
 from common.text import TextData, load_text_data
 from common.training import Examples
 
-__all__ = ["LocalData", "load_local_data", "server_split_path", "to_examples"]
+__all__ = ["LocalData", "data_suffix", "load_local_data", "server_split_path", "to_examples"]
 
 LocalData = ImageData | TextData
 
@@ -35,10 +35,14 @@ def load_local_data(policy: Policy, path: str | Path) -> LocalData:
     )
 
 
+def data_suffix(policy: Policy) -> str:
+    """The file type the policy's model reads: ``.jsonl`` text or ``.npz`` images."""
+    return ".jsonl" if policy.model.name == "bert" else ".npz"
+
+
 def server_split_path(policy: Policy, folder: str | Path, split: str) -> Path:
     """Where the operator keeps a held-out split (``validation`` or ``test``)."""
-    suffix = ".jsonl" if policy.model.name == "bert" else ".npz"
-    return Path(folder) / f"{split}{suffix}"
+    return Path(folder) / f"{split}{data_suffix(policy)}"
 
 
 def to_examples(policy: Policy, data: LocalData) -> Examples:

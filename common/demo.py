@@ -24,7 +24,7 @@ from common.data import (
     split_holdout,
     write_npz,
 )
-from common.datasets import LocalData, load_local_data, server_split_path
+from common.datasets import LocalData, data_suffix, load_local_data, server_split_path
 from common.local_federation import (
     FederationError,
     LocalFederation,
@@ -137,7 +137,9 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
     nodes, examples = [], {}
     for (name, _kind), index in zip(DEMO_INSTITUTIONS, parts, strict=True):
         data_dir = workdir / "institutions" / name / "data"
-        _write(data_dir / f"{policy.data.dataset}{_suffix(policy)}", train.subset(index), policy)
+        _write(
+            data_dir / f"{policy.data.dataset}{data_suffix(policy)}", train.subset(index), policy
+        )
         loaded = load_local_data(policy, data_dir)
         if policy.privacy.dp:
             check_delta(policy.privacy.delta, len(loaded))
@@ -146,10 +148,6 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
     for split in ("validation", "test"):
         load_local_data(policy, server_split_path(policy, server_dir, split))
     return DemoLayout(nodes, dict(DEMO_INSTITUTIONS), examples, server_dir)
-
-
-def _suffix(policy: Policy) -> str:
-    return server_split_path(policy, ".", "x").suffix
 
 
 def _write(path: Path, data: LocalData, policy: Policy) -> None:
