@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, cast
 
@@ -80,7 +81,7 @@ class PrivacyCharge:
         return ConfigRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})
 
     @classmethod
-    def from_record(cls, record: ConfigRecord) -> PrivacyCharge:
+    def from_record(cls, record: Mapping[str, Any]) -> PrivacyCharge:
         """Validate a reply's ``privacy`` record; raises ``ValueError`` naming the bad key."""
         kinds: dict[str, tuple[type, ...]] = {
             "bool": (bool,),
