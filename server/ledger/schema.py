@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Charge", "Exclusion", "Participant", "Round", "RoundUpdate", "Run"]
+__all__ = ["Base", "Charge", "Dataset", "Exclusion", "Participant", "Round", "RoundUpdate", "Run"]
 
 PARTICIPANT_KINDS = ("academia", "industry")
 
@@ -49,8 +49,38 @@ class Participant(Base):
     id: Mapped[IntPk]
     name: Mapped[str] = mapped_column(String(128), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
+    # Set by admission (ledger v4): the Ed25519 key its updates are signed with
+    # (base64 of the raw bytes), that key's id (sha256 of the raw bytes) and
+    # the OpenSSH public key of its Flower SuperNode.
     public_key: Mapped[str | None] = mapped_column(Text, default=None)
+    signing_key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    supernode_public_key: Mapped[str | None] = mapped_column(Text, default=None)
     enrolled_at: Mapped[Timestamp]
+    admitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    datasets: Mapped[list[Dataset]] = relationship(
+        back_populates="participant", order_by="Dataset.id"
+    )
+
+
+class Dataset(Base):
+    """A participant's dataset as its enrolment request declared it: a manifest, never data."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("participant_id", "sha256"),)
+
+    id: Mapped[IntPk]
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    sha256: Mapped[Sha256]
+    records: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    schema_json: Mapped[str] = mapped_column(Text)
+    licence: Mapped[str] = mapped_column(String(256))
+    # sha256 of the signed enrolment request the manifest came from.
+    request_sha256: Mapped[Sha256]
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant] = relationship(back_populates="datasets")
 
 
 class Run(Base):
@@ -117,6 +147,16 @@ class RoundUpdate(Base):
     update_sha256: Mapped[Sha256]
     update_bytes: Mapped[int] = mapped_column(BigInteger)
     train_seconds: Mapped[float] = mapped_column(Float)
+    # The sealed update (ledger v4): hashes of what travelled and of what it
+    # decrypted to, and the participant's Ed25519 signature (base64) with its key id.
+    ciphertext_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    plaintext_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    signature: Mapped[str | None] = mapped_column(Text, default=None)
+    signer_key_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Time spent serialising, encrypting and signing (reported by the client)
+    # and verifying and decrypting (measured by the server).
+    seal_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    open_seconds: Mapped[float | None] = mapped_column(Float, default=None)
 
     round: Mapped[Round] = relationship(back_populates="updates")
     participant: Mapped[Participant] = relationship()

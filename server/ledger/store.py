@@ -8,9 +8,10 @@ covers one fact.
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.identity import EnrolmentRequest
 from common.privacy import epsilon_for_json
 from common.protocol import PrivacyCharge
 from server.ledger.schema import (
     PARTICIPANT_KINDS,
     Charge,
+    Dataset,
     Exclusion,
     Participant,
     Round,
@@ -41,6 +44,8 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "UpdateFact",
+    "admit_participant",
+    "admitted_keys",
     "enrol_participant",
     "finish_run",
     "ledger_report",
@@ -161,6 +166,54 @@ def enrol_participant(session: Session, name: str, kind: str) -> Participant:
     return participant
 
 
+def admit_participant(
+    session: Session, request: EnrolmentRequest, request_sha256: str
+) -> Participant:
+    """Record a verified enrolment request: the participant, its keys, its dataset and licence.
+
+    Admitting the same request again changes nothing; a participant already
+    admitted with another signing key is refused (a key change is not a
+    re-enrolment), and so is one enrolled earlier as another kind.
+    """
+    participant = enrol_participant(session, request.institution, request.kind)
+    if participant.public_key is not None and participant.public_key != request.signing_public_key:
+        raise LedgerError(
+            f"{request.institution!r} is already admitted with signing key "
+            f"{participant.signing_key_id}; this request names {request.signing_key_id}"
+        )
+    participant.public_key = request.signing_public_key
+    participant.signing_key_id = request.signing_key_id
+    participant.supernode_public_key = request.supernode_public_key
+    if participant.admitted_at is None:
+        participant.admitted_at = utcnow()
+    manifest = request.dataset
+    dataset = session.scalar(
+        select(Dataset).where(
+            Dataset.participant_id == participant.id, Dataset.sha256 == manifest["sha256"]
+        )
+    )
+    if dataset is None:
+        session.add(
+            Dataset(
+                participant_id=participant.id,
+                sha256=manifest["sha256"],
+                records=int(manifest["records"]),
+                format=str(manifest.get("format", "")),
+                schema_json=json.dumps(manifest["schema"], sort_keys=True),
+                licence=request.licence,
+                request_sha256=request_sha256,
+            )
+        )
+    session.flush()
+    return participant
+
+
+def admitted_keys(session: Session) -> dict[str, str]:
+    """Admitted participants and their signing keys (base64), by institution name."""
+    rows = session.scalars(select(Participant).where(Participant.public_key.is_not(None)))
+    return {p.name: str(p.public_key) for p in rows}
+
+
 def start_run(
     session: Session,
     *,
@@ -199,6 +252,12 @@ class UpdateFact:
     update_sha256: str
     update_bytes: int
     train_seconds: float
+    ciphertext_sha256: str | None = None
+    plaintext_sha256: str | None = None
+    signature: str | None = None
+    signer_key_id: str | None = None
+    seal_seconds: float | None = None
+    open_seconds: float | None = None
 
 
 def record_round(
@@ -237,15 +296,13 @@ def record_round(
     session.add(row)
     session.flush()
     for fact in updates:
+        values = asdict(fact)  # the row's columns are the fact's fields, bar the name
+        name = values.pop("institution")
         session.add(
             RoundUpdate(
                 round_id=row.id,
-                participant_id=_participant(session, fact.institution, "update").id,
-                num_examples=fact.num_examples,
-                train_loss=fact.train_loss,
-                update_sha256=fact.update_sha256,
-                update_bytes=fact.update_bytes,
-                train_seconds=fact.train_seconds,
+                participant_id=_participant(session, name, "update").id,
+                **values,
             )
         )
     session.flush()
@@ -386,7 +443,26 @@ def ledger_report(session: Session) -> dict[str, Any]:
     return {
         "privacy": privacy_spent(session),
         "participants": [
-            {"name": p.name, "kind": p.kind, "enrolled_at": _iso(p.enrolled_at)}
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "enrolled_at": _iso(p.enrolled_at),
+                "admitted_at": _iso(p.admitted_at),
+                "signing_key_id": p.signing_key_id,
+                "public_key": p.public_key,
+                "supernode_public_key": p.supernode_public_key,
+                "datasets": [
+                    {
+                        "sha256": d.sha256,
+                        "records": d.records,
+                        "format": d.format,
+                        "schema": json.loads(d.schema_json),
+                        "licence": d.licence,
+                        "request_sha256": d.request_sha256,
+                    }
+                    for d in p.datasets
+                ],
+            }
             for p in participants
         ],
         "runs": [
@@ -452,6 +528,12 @@ def ledger_report(session: Session) -> dict[str, Any]:
                                 "update_sha256": u.update_sha256,
                                 "update_bytes": u.update_bytes,
                                 "train_seconds": u.train_seconds,
+                                "ciphertext_sha256": u.ciphertext_sha256,
+                                "plaintext_sha256": u.plaintext_sha256,
+                                "signature": u.signature,
+                                "signer_key_id": u.signer_key_id,
+                                "seal_seconds": u.seal_seconds,
+                                "open_seconds": u.open_seconds,
                             }
                             for u in sorted(r.updates, key=lambda u: u.participant.name)
                         ],
