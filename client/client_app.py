@@ -9,10 +9,13 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.sealing import seal_update
 from client.task import ClientSetup, evaluate_global, train_round
+from common.envelope import ENVELOPE, envelope_record
+from common.model import arrays_sha256
 from common.privacy import BudgetExhausted
-from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, PRIVACY, Refusal
-from common.records import arrays_of, record_of
+from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, Refusal
+from common.records import arrays_of
 
 __all__ = ["app"]
 
@@ -31,29 +34,40 @@ def train(message: Message, context: Context) -> Message:
     started = time.perf_counter()
     try:
         setup = ClientSetup.from_context(context)
-        outcome = train_round(
-            setup,
-            arrays_of(message.content.array_records["arrays"]),
-            message.content.config_records["config"],
+        global_weights = arrays_of(message.content.array_records["arrays"])
+        config = message.content.config_records["config"]
+        outcome = train_round(setup, global_weights, config)
+        sealing = time.perf_counter()
+        envelope = seal_update(
+            setup.identity(),
+            institution=setup.institution,
+            weights=outcome.weights,
+            charge=outcome.charge,
+            num_examples=len(setup.data),
+            run_id=context.run_id,
+            server_round=int(config.get("server-round", 0)),  # type: ignore[arg-type]
+            model_sha256=arrays_sha256(global_weights),
+            config=config,
         )
+        seal_seconds = time.perf_counter() - sealing
     except BudgetExhausted as err:
         return _refuse(message, BUDGET_EXHAUSTED, context.node_config, err)
     except ValueError as err:
-        # DataError, TextDataError, BertError, PolicyError, PrivacyError, or
-        # global weights that do not fit this node's model: the input is bad.
+        # DataError, TextDataError, BertError, PolicyError, PrivacyError,
+        # KeyFileError, or global weights that do not fit this node's model.
         return _refuse(message, BAD_INPUT, context.node_config, err)
+    # Only the sealed update leaves: the weights and the privacy charge are
+    # inside the envelope (the charge in its signed header).
     content = RecordDict(
         {
-            "arrays": record_of(outcome.weights),
+            ENVELOPE: envelope_record(envelope),
             "metrics": MetricRecord(
                 {
-                    "num-examples": len(setup.data),
                     "train-loss": outcome.result.loss,
                     "train-seconds": time.perf_counter() - started,
+                    "seal-seconds": seal_seconds,
                 }
             ),
-            META: ConfigRecord({"institution": setup.institution}),
-            PRIVACY: outcome.charge.to_record(),
         }
     )
     return Message(content, reply_to=message)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.datasets import LocalData, load_local_data, to_examples
+from common.identity import ParticipantState
 from common.model import build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy, PolicyError
 from common.privacy import BudgetExhausted, epsilon_of, locked_history, plan_round
@@ -47,6 +48,15 @@ class ClientSetup:
     examples: Examples
     """``data`` as the model takes it (text tokenized once per ClientApp)."""
     state_dir: Path | None = None
+
+    def identity(self) -> ParticipantState:
+        """This node's enrolment (keys, pinned consortium) in its state folder."""
+        if self.state_dir is None:
+            raise PolicyError(
+                'SuperNode node config needs state-dir="..." (the folder '
+                "'fedcommons client enroll' created): it holds this node's signing key"
+            )
+        return ParticipantState(self.state_dir)
 
     @classmethod
     def from_context(cls, context: Context) -> ClientSetup:

@@ -8,6 +8,8 @@ once at the end).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -25,11 +27,13 @@ from common.data import (
     write_npz,
 )
 from common.datasets import LocalData, data_suffix, load_local_data, server_split_path
+from common.identity import ParticipantState, enrol
 from common.local_federation import (
     FederationError,
     LocalFederation,
     NodeSpec,
     build_app_dir,
+    free_port,
     write_run_config,
 )
 from common.model import arrays_to_bytes, build_model, full_arrays, get_arrays
@@ -37,7 +41,8 @@ from common.policy import Policy, Scalar
 from common.privacy import check_delta, epsilon_for_json
 from common.protocol import BUDGET_EXHAUSTED
 from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
-from server.ledger import Ledger, enrol_participant
+from server.consortium import OperatorFiles, admit, init_consortium
+from server.ledger import Ledger
 from server.ledger.schema import Charge, Exclusion, Round, RoundUpdate, Run
 
 __all__ = [
@@ -150,6 +155,49 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
     return DemoLayout(nodes, dict(DEMO_INSTITUTIONS), examples, server_dir)
 
 
+DEMO_LICENCE = "CC-BY-4.0"
+"""The licence the demo's institutions declare (its digits and docstrings are open data)."""
+
+
+def _consortium(folder: Path, ledger_url: str) -> OperatorFiles:
+    """The demo operator's consortium in ``folder``: created once, then reused."""
+    files = OperatorFiles(folder.resolve())
+    if files.consortium_file.exists():
+        return files
+    return init_consortium(
+        folder,
+        name="FedCommons demo",
+        superlink=f"127.0.0.1:{free_port()}",
+        hosts=["127.0.0.1", "localhost"],
+        ledger_url=ledger_url,
+    )
+
+
+def _enrol_institutions(
+    layout: DemoLayout, operator: OperatorFiles, policy: Policy
+) -> list[NodeSpec]:
+    """Enrol each institution from its state folder (its keys are kept across demos).
+
+    A new request is signed whenever the institution's data changed since
+    its last one (another seed, partition or model), with the same keys.
+    """
+    nodes = []
+    for node in layout.nodes:
+        state = ParticipantState(node.state_dir or node.data_dir.parent / "state")
+        enrol(
+            state.root,
+            institution=node.institution,
+            kind=layout.kinds[node.institution],
+            data_path=node.data_dir,
+            licence=DEMO_LICENCE,
+            consortium_file=operator.consortium_file,
+            policy=policy,
+            reuse_keys=True,
+        )
+        nodes.append(dataclasses.replace(node, state_dir=state.root, auth_key=state.supernode_key))
+    return nodes
+
+
 def _write(path: Path, data: LocalData, policy: Policy) -> None:
     if isinstance(data, TextData):
         write_jsonl(path, data, policy.data.text_column, policy.data.label_column)
@@ -203,8 +251,16 @@ def run_demo(
     ledger_url: str | None = None,
     on_round: Callable[[RoundProgress], None] | None = None,
     status_interval: float = 2.0,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Run the whole demo and return (and write) ``summary.json``.
+
+    The operator's consortium (keys, CA, SuperLink certificate) is created in
+    ``workdir/operator`` and each institution enrols from its own state
+    folder; the operator admits every request, which registers its SuperNode
+    with the SuperLink. Both are reused when the demo runs again in the same
+    folder. ``insecure`` turns TLS and SuperNode authentication off (updates
+    stay encrypted and signed).
 
     Raises
     ------
@@ -217,20 +273,39 @@ def run_demo(
     ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
     layout = prepare_data(workdir, policy)
 
+    operator = _consortium(workdir / "operator", ledger_url)
+    nodes = _enrol_institutions(layout, operator, policy)
     ledger = Ledger(ledger_url)
+    consortium = operator.consortium()
+
+    def admit_institutions(federation: LocalFederation) -> None:
+        """The operator admits each request; with TLS, that registers its SuperNode."""
+        for node in nodes:
+            admit(
+                ledger,
+                consortium,
+                ParticipantState(node.state_dir or Path()).request,
+                register=None
+                if insecure
+                else functools.partial(federation.register_node, name=node.institution),
+            )
+
     try:
-        with ledger.session() as session:
-            for name, kind in DEMO_INSTITUTIONS:
-                enrol_participant(session, name, kind)
         run_policy = policy.with_deploy(
             ledger_url=ledger_url,
             server_data_dir=str(layout.server_data_dir),
             checkpoint_dir=str(workdir / "operator" / "checkpoints"),
+            aggregator_key=str(operator.aggregator_key),
         )
         run_config = write_run_config(workdir / "run-config.toml", run_policy.to_run_config())
         app_dir = build_app_dir(workdir / "app")
 
-        with LocalFederation(workdir, layout.nodes) as federation:
+        with LocalFederation(
+            workdir,
+            nodes,
+            tls=None if insecure else operator.tls,
+            on_superlink=admit_institutions,
+        ) as federation:
             flower_run_id = federation.submit(app_dir, run_config)
             seen = 0
             next_status = 0.0
@@ -273,11 +348,14 @@ def run_demo(
                     + _last_lines(federation.run_log(flower_run_id), 25)
                 )
         with ledger.session() as session:
-            update_bytes = session.scalar(
-                select(func.avg(RoundUpdate.update_bytes))
+            update_bytes, crypto_seconds = session.execute(
+                select(
+                    func.avg(RoundUpdate.update_bytes),
+                    func.sum(RoundUpdate.seal_seconds + RoundUpdate.open_seconds),
+                )
                 .join(Round, Round.id == RoundUpdate.round_id)
                 .where(Round.run_id == run.id)
-            )
+            ).one()
     finally:
         ledger.close()
 
@@ -322,6 +400,14 @@ def run_demo(
         "final_accuracy": run.test_accuracy,
         "final_validation_accuracy": rounds[-1].accuracy if rounds else None,
         "ledger_url": ledger_url,
+        "tls": not insecure,
+        "node_auth": not insecure,
+        "superlink_db": str(federation.superlink_db),
+        "encrypted_updates": True,
+        # Every update's sealing (client) plus opening (server), summed as if
+        # nothing ran in parallel, over the rounds' wall time: an upper bound.
+        "crypto_seconds": float(crypto_seconds or 0.0),
+        "crypto_share": float(crypto_seconds or 0.0) / max(sum(r.seconds for r in rounds), 1e-9),
         "model_bytes": model_bytes,
         "update_bytes": float(update_bytes or 0.0),
         "trainable_bytes": trainable_bytes,

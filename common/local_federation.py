@@ -17,13 +17,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from common.policy import Policy, Scalar
+from common.tls import TlsFiles
 
 __all__ = [
     "FederationError",
@@ -31,7 +32,9 @@ __all__ = [
     "NodeSpec",
     "assemble_app",
     "build_app_dir",
+    "flwr_json",
     "free_port",
+    "write_connection",
     "write_run_config",
 ]
 
@@ -56,6 +59,8 @@ class NodeSpec:
     institution: str
     data_dir: Path
     state_dir: Path | None = None
+    auth_key: Path | None = None
+    """The SuperNode's authentication key (OpenSSH ECDSA); needed when the SuperLink has TLS."""
 
     def node_config(self) -> str:
         """Flower's ``--node-config`` string for this node."""
@@ -82,6 +87,50 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeo
                 return
         time.sleep(0.1)
     raise FederationError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def flwr_json(
+    *args: str, env: Mapping[str, str], cwd: Path | None = None, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Run ``flwr ARGS --format json``; its reply, or :class:`FederationError` if it fails."""
+    try:
+        completed = subprocess.run(
+            ["flwr", *args, "--format", "json"],
+            capture_output=True,
+            env=dict(env),
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise FederationError(f"flwr {' '.join(args)} could not run: {err}") from err
+    text = completed.stdout.decode(errors="replace")
+    try:
+        reply: dict[str, Any] = json.loads(text[text.index("{") :])
+    except ValueError:
+        raise FederationError(
+            f"flwr {' '.join(args)} gave no JSON (exit {completed.returncode}): "
+            f"{text.strip()} {completed.stderr.decode(errors='replace').strip()}"
+        ) from None
+    if not reply.get("success", False):
+        raise FederationError(f"flwr {' '.join(args)} failed: {reply.get('error-message', reply)}")
+    return reply
+
+
+def write_connection(flwr_home: Path, name: str, address: str, ca_certificate: Path | None) -> Path:
+    """Write the ``flwr`` CLI's ``config.toml``: one connection, verified by ``ca_certificate``.
+
+    Without a CA certificate the connection is plaintext (``insecure = true``).
+    """
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    tls = (
+        f'root-certificates = "{ca_certificate.resolve()}"\n'
+        if ca_certificate is not None
+        else "insecure = true\n"
+    )
+    path = flwr_home / "config.toml"
+    path.write_text(f'[superlink.{name}]\naddress = "{address}"\n{tls}', encoding="utf-8")
+    return path
 
 
 def write_run_config(path: Path, config: Mapping[str, Scalar]) -> Path:
@@ -180,6 +229,14 @@ class LocalFederation:
         Seconds each process may take to start listening.
     env : mapping, optional
         Extra environment variables for every process.
+    tls : TlsFiles, optional
+        The SuperLink's certificate, key and CA. With them the SuperLink
+        serves TLS and admits only registered SuperNodes (each node needs its
+        ``auth_key``); without them everything is plaintext and any node may
+        join, which is only for tests and benchmarks of Flower itself.
+    on_superlink : callable, optional
+        Called with this object once the SuperLink listens and before any
+        SuperNode starts: register the nodes' keys here (:meth:`register_node`).
     """
 
     def __init__(
@@ -189,9 +246,21 @@ class LocalFederation:
         *,
         startup_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
+        tls: TlsFiles | None = None,
+        on_superlink: Callable[[LocalFederation], None] | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a federation needs at least one node")
+        if tls is not None:
+            tls.check()
+            for node in nodes:
+                if node.auth_key is None:
+                    raise ValueError(
+                        f"node {node.institution!r} has no auth_key: with TLS, the "
+                        "SuperLink admits registered SuperNodes only"
+                    )
+        self.tls = tls
+        self.on_superlink = on_superlink
         self.workdir = workdir.resolve()
         self.nodes = nodes
         self.startup_timeout = startup_timeout
@@ -200,6 +269,7 @@ class LocalFederation:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
         self.superlink_port = 0
+        self.superlink_db = self.workdir / "superlink.db"
         bin_dir = Path(sys.executable).parent
         self.env = {
             **os.environ,
@@ -256,39 +326,84 @@ class LocalFederation:
         self.superlink_port = free_port()
         for stale in self.workdir.glob("superlink.db*"):
             stale.unlink()
+        security = (
+            [
+                "--ssl-ca-certfile", str(self.tls.ca_certificate),
+                "--ssl-certfile", str(self.tls.certificate),
+                "--ssl-keyfile", str(self.tls.private_key),
+                "--enable-supernode-auth",
+            ]
+            if self.tls is not None
+            else ["--insecure"]
+        )  # fmt: skip
+        if self.tls is None:
+            log.warning("starting the SuperLink WITHOUT TLS and SuperNode authentication")
         superlink = self._spawn(
             "superlink",
             [
                 "flower-superlink",
-                "--insecure",
+                *security,
                 "--host", "127.0.0.1",
                 "--port", str(self.superlink_port),
-                "--database", str(self.workdir / "superlink.db"),
+                "--database", str(self.superlink_db),
                 "--disable-runtime-dependency-installation",
             ],
         )  # fmt: skip
         _wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
-        (self.flwr_home / "config.toml").write_text(
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{self.superlink_port}"\n'
-            "insecure = true\n",
-            encoding="utf-8",
+        write_connection(
+            self.flwr_home,
+            CONNECTION,
+            f"127.0.0.1:{self.superlink_port}",
+            self.tls.ca_certificate if self.tls is not None else None,
         )
+        if self.on_superlink is not None:
+            self.on_superlink(self)
         started: list[tuple[int, subprocess.Popen[bytes], str]] = []
         for node in self.nodes:
             port = free_port()
-            process = self._spawn(
-                f"supernode-{node.institution}",
-                [
-                    "flower-supernode",
-                    "--insecure",
-                    "--superlink", f"127.0.0.1:{self.superlink_port}",
-                    "--port", str(port),
-                    "--node-config", node.node_config(),
-                ],
-            )  # fmt: skip
+            process = self.start_node(node, port)
             started.append((port, process, node.institution))
         for port, process, name in started:
             _wait_for_port(port, process, f"SuperNode {name}", self.startup_timeout)
+
+    def start_node(
+        self,
+        node: NodeSpec,
+        port: int,
+        *,
+        ca_certificate: Path | Literal["default"] | None = "default",
+    ) -> subprocess.Popen[bytes]:
+        """Start one SuperNode (its ClientAppIo API on ``port``) and return its process.
+
+        ``ca_certificate`` overrides the CA the node trusts (``None``: the
+        system's roots), for tests of a node that lacks the consortium CA.
+        """
+        if ca_certificate == "default":
+            ca_certificate = self.tls.ca_certificate if self.tls is not None else None
+        security: list[str] = []
+        if self.tls is None:
+            security.append("--insecure")
+        elif ca_certificate is not None:
+            security += ["--root-certificates", str(ca_certificate)]
+        if node.auth_key is not None and self.tls is not None:
+            security += ["--auth-supernode-private-key", str(node.auth_key)]
+        return self._spawn(
+            f"supernode-{node.institution}",
+            [
+                "flower-supernode",
+                *security,
+                "--superlink", f"127.0.0.1:{self.superlink_port}",
+                "--port", str(port),
+                "--node-config", node.node_config(),
+            ],
+        )  # fmt: skip
+
+    def register_node(self, public_key: Path, name: str | None = None) -> int:
+        """Add a SuperNode's public key to the SuperLink's allow-list; return its node id."""
+        args = ["supernode", "register", str(public_key), CONNECTION]
+        if name:
+            args += ["--name", name]
+        return int(self.flwr(*args)["node-id"])
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every process group this object started (SIGTERM, then SIGKILL)."""
@@ -317,27 +432,7 @@ class LocalFederation:
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """Call the ``flwr`` CLI against this federation and parse its JSON reply."""
-        completed = subprocess.run(
-            ["flwr", *args, "--format", "json"],
-            capture_output=True,
-            env=self.env,
-            cwd=self.workdir,
-            timeout=timeout,
-            check=False,
-        )
-        text = completed.stdout.decode(errors="replace")
-        try:
-            reply: dict[str, Any] = json.loads(text[text.index("{") :])
-        except ValueError:
-            raise FederationError(
-                f"flwr {' '.join(args)} gave no JSON (exit {completed.returncode}): "
-                f"{text.strip()} {completed.stderr.decode(errors='replace').strip()}"
-            ) from None
-        if not reply.get("success", False):
-            raise FederationError(
-                f"flwr {' '.join(args)} failed: {reply.get('error-message', reply)}"
-            )
-        return reply
+        return flwr_json(*args, env=self.env, cwd=self.workdir, timeout=timeout)
 
     def submit(self, app_dir: Path, run_config: Path) -> int:
         """Submit the app with ``flwr run`` and return the run id."""

@@ -492,6 +492,10 @@ class DeployConfig(_Section):
         Folder with the server's ``validation.npz`` and ``test.npz``.
     checkpoint_dir : str (default: "")
         Folder for per-round global-model checkpoints; empty disables them.
+    aggregator_key : str (default: "")
+        The aggregator's X25519 private key file (``fedcommons operator init``
+        writes it): updates are encrypted to it. If it is passphrase-protected,
+        the ServerApp reads the passphrase from ``$FEDCOMMONS_KEY_PASSPHRASE``.
     """
 
     SECTION: ClassVar[str] = "deploy"
@@ -501,6 +505,9 @@ class DeployConfig(_Section):
     )
     checkpoint_dir: str = field(
         default="", metadata=_spec("checkpoint-dir", str, None, "a folder path")
+    )
+    aggregator_key: str = field(
+        default="", metadata=_spec("aggregator-key", str, None, "a key file path")
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ from numpy.typing import NDArray
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+from common.envelope import Envelope
+
+__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint", "save_envelopes"]
 
 Arrays = dict[str, NDArray[np.generic]]
 
@@ -27,6 +30,22 @@ def save_checkpoint(directory: Path, server_round: int, arrays: Arrays, model_sh
     )
     os.replace(partial, path)
     return path
+
+
+def save_envelopes(directory: Path, server_round: int, envelopes: Mapping[str, Envelope]) -> Path:
+    """Keep a round's accepted sealed updates as evidence: ``round-NNNN-updates/NAME.json``.
+
+    They are ciphertext (only the aggregator key opens them); with them an
+    auditor can re-check each update's signature against the ledger's hashes.
+    """
+    folder = directory / f"round-{server_round:04d}-updates"
+    folder.mkdir(parents=True, exist_ok=True)
+    for participant, envelope in envelopes.items():
+        path = folder / f"{participant}.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(envelope.to_json(), encoding="ascii")
+        os.replace(partial, path)
+    return folder
 
 
 def load_checkpoint(path: Path) -> tuple[int, Arrays]:

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load
 
 from common.envelope import Envelope, EnvelopeError, UpdateHeader, decrypt, verify_signature
+from common.keys import key_id
 from common.records import Arrays
 
 __all__ = ["OpenedUpdate", "TensorSpec", "UpdateGate", "expected_tensors"]
@@ -56,6 +57,7 @@ class OpenedUpdate:
     signature: str
     """Base64 of the Ed25519 signature."""
     signer_key_id: str
+    """Id of the participant's registered key, which verified the signature."""
 
 
 class UpdateGate:
@@ -125,7 +127,7 @@ class UpdateGate:
             plaintext_sha256=hashlib.sha256(plaintext).hexdigest(),
             ciphertext_sha256=envelope.ciphertext_sha256(),
             signature=base64.b64encode(envelope.signature).decode(),
-            signer_key_id=envelope.signer_key_id,
+            signer_key_id=key_id(public),  # the registered key that verified it
         )
 
     def _check_binding(self, header: UpdateHeader) -> None:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.datasets import load_local_data, server_split_path, to_examples
+from common.envelope import AGGREGATOR_KEY
+from common.keys import decode_ed25519_public, encode_public, load_x25519_key, passphrase_from_env
 from common.model import arrays_sha256, build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy
 from common.records import Arrays, arrays_of, record_of
 from common.training import Examples, evaluate
 from server.grid import PollingGrid
-from server.ledger import Ledger, finish_run, start_run
+from server.intake import UpdateGate, expected_tensors
+from server.ledger import Ledger, admitted_keys, finish_run, start_run
 from server.strategy import LedgerFedAvg, RoundFailed
 
 __all__ = ["app"]
@@ -34,6 +38,15 @@ def _load_server_split(policy: Policy, name: str) -> Examples:
     return to_examples(policy, load_local_data(policy, path))
 
 
+def _aggregator_key(policy: Policy) -> X25519PrivateKey:
+    if not policy.deploy.aggregator_key:
+        raise ValueError(
+            "run config key 'deploy.aggregator-key' is empty: updates are encrypted to "
+            "the aggregator, so the server needs its private key ('fedcommons operator init')"
+        )
+    return load_x25519_key(Path(policy.deploy.aggregator_key), passphrase=passphrase_from_env())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the policy's rounds of FedAvg and record them."""
@@ -49,21 +62,36 @@ def main(grid: Grid, context: Context) -> None:
 
     initial = get_arrays(model)  # the trainable part: all that travels
     base_sha256 = frozen_sha256(model)  # the frozen rest, which every node loads itself
-    ledger = Ledger(policy.deploy.ledger_url) if policy.deploy.ledger_url else None
-    run_id = None
-    if ledger is not None:
-        with ledger.session() as session:
-            run_id = start_run(
-                session,
-                policy_sha256=policy.sha256(),
-                policy_toml=policy.to_toml(),
-                model=policy.model.name,
-                dataset=policy.data.dataset,
-                initial_model_sha256=arrays_sha256(initial),
-                base_model_sha256=base_sha256,
-                planned_rounds=policy.federation.rounds,
-                flower_run_id=context.run_id,
-            ).id
+    aggregator = _aggregator_key(policy)
+    if not policy.deploy.ledger_url:
+        raise ValueError(
+            "run config key 'deploy.ledger-url' is empty: only participants admitted "
+            "in the ledger may contribute, so the server needs it"
+        )
+    ledger = Ledger(policy.deploy.ledger_url)
+    with ledger.session() as session:
+        participants = {
+            name: decode_ed25519_public(key, f"{name}'s signing key in the ledger")
+            for name, key in admitted_keys(session).items()
+        }
+        run_id = start_run(
+            session,
+            policy_sha256=policy.sha256(),
+            policy_toml=policy.to_toml(),
+            model=policy.model.name,
+            dataset=policy.data.dataset,
+            initial_model_sha256=arrays_sha256(initial),
+            base_model_sha256=base_sha256,
+            planned_rounds=policy.federation.rounds,
+            flower_run_id=context.run_id,
+        ).id
+    gate = UpdateGate(
+        run_id=str(context.run_id),
+        aggregator_key=aggregator,
+        participants=participants,
+        expected=expected_tensors(initial),
+        base_model_sha256=base_sha256,
+    )
 
     strategy = LedgerFedAvg(
         ledger=ledger,
@@ -72,6 +100,7 @@ def main(grid: Grid, context: Context) -> None:
         checkpoint_dir=Path(policy.deploy.checkpoint_dir) if policy.deploy.checkpoint_dir else None,
         min_nodes=policy.federation.min_nodes,
         privacy=policy.privacy,
+        gate=gate,
         fraction_train=policy.federation.fraction_train,
         fraction_evaluate=policy.federation.fraction_evaluate,
         server_learning_rate=policy.federation.server_learning_rate,
@@ -84,7 +113,12 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=record_of(initial),
             num_rounds=policy.federation.rounds,
             timeout=policy.federation.round_timeout,
-            train_config=ConfigRecord({"base-sha256": base_sha256}),
+            train_config=ConfigRecord(
+                {
+                    "base-sha256": base_sha256,
+                    AGGREGATOR_KEY: encode_public(aggregator.public_key()),
+                }
+            ),
             evaluate_fn=strategy.finish_round,
         )
         final = arrays_of(result.arrays)
@@ -96,14 +130,13 @@ def main(grid: Grid, context: Context) -> None:
         log.error("run stopped: %s", reason)
         raise
     finally:
-        if ledger is not None and run_id is not None:
-            with ledger.session() as session:
-                finish_run(
-                    session,
-                    run_id,
-                    status,
-                    test_accuracy=test_accuracy,
-                    test_loss=test_loss,
-                    reason=reason,
-                )
-            ledger.close()
+        with ledger.session() as session:
+            finish_run(
+                session,
+                run_id,
+                status,
+                test_accuracy=test_accuracy,
+                test_loss=test_loss,
+                reason=reason,
+            )
+        ledger.close()

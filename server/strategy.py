@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM
 
+from common.envelope import ENVELOPE, Envelope, EnvelopeError, UpdateHeader, envelope_of
 from common.model import arrays_sha256, arrays_to_bytes
 from common.policy import PrivacyConfig
-from common.protocol import BUDGET_EXHAUSTED, META, PRIVACY, PrivacyCharge, Refusal
-from common.records import Arrays, arrays_of
-from server.checkpoint import save_checkpoint
+from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
+from common.records import Arrays, arrays_of, record_of
+from server.checkpoint import save_checkpoint, save_envelopes
+from server.intake import UpdateGate
 from server.ledger import (
     ChargeFact,
     ExclusionFact,
@@ -62,6 +64,9 @@ class LedgerFedAvg(FedAvgM):
     privacy : PrivacyConfig
         The run's privacy policy: an update trained without DP when DP is
         required, or reporting an epsilon past the budget, is rejected.
+    gate : UpdateGate
+        Verifies and decrypts each sealed update (:mod:`server.intake`); an
+        update it rejects is left out and the reason recorded.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvgM` (``fraction_train``,
         ``server_learning_rate``, ``server_momentum``, ...).
@@ -76,6 +81,7 @@ class LedgerFedAvg(FedAvgM):
         checkpoint_dir: Path | None,
         min_nodes: int,
         privacy: PrivacyConfig,
+        gate: UpdateGate,
         **kwargs: float | int | str,
     ) -> None:
         super().__init__(
@@ -90,15 +96,18 @@ class LedgerFedAvg(FedAvgM):
         self.checkpoint_dir = checkpoint_dir
         self.min_nodes = min_nodes
         self.privacy = privacy
+        self.gate = gate
         self._round_started = time.monotonic()
         self._model_before = ""
         self._updates: list[UpdateFact] = []
+        self._envelopes: dict[str, Envelope] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._round_started = time.monotonic()
         self._model_before = arrays_sha256(arrays_of(arrays))
+        self.gate.begin_round(server_round, self._model_before)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -112,6 +121,7 @@ class LedgerFedAvg(FedAvgM):
         accepted: list[Message] = []
         charges: list[ChargeFact] = []
         exclusions: list[ExclusionFact] = []
+        self._updates, self._envelopes = [], {}
         for message in replies:
             node_id = message.metadata.src_node_id
             if message.has_error():
@@ -121,21 +131,53 @@ class LedgerFedAvg(FedAvgM):
                 )
                 continue
             try:
-                institution, charge = self._check_reply(message)
-            except ValueError as err:
-                meta = message.content.config_records.get(META)
-                claimed = meta.get("institution") if meta is not None else None
+                envelope = envelope_of(message.content.config_records.get(ENVELOPE))
+                started = time.perf_counter()
+                opened = self.gate.open(envelope)
+                open_seconds = time.perf_counter() - started
+                self._check_charge(opened.header.privacy)
+            except EnvelopeError as err:
                 exclusions.append(
                     ExclusionFact(
-                        claimed if isinstance(claimed, str) else None,
+                        _claimed(message),
                         node_id,
                         REJECTED,
-                        f"update rejected: {err}",
+                        f"update rejected ({err.reason}): {err.detail}",
                     )
                 )
                 continue
-            charges.append(ChargeFact(institution, charge))
+            header = opened.header
+            charges.append(ChargeFact(header.participant, header.privacy))
+            metrics = message.content.metric_records.get("metrics", MetricRecord())
+            train_loss = _number(metrics, "train-loss")
+            # From here on FedAvg sees the decrypted update, weighted by the
+            # example count the participant signed.
+            message.content = RecordDict(
+                {
+                    self.arrayrecord_key: record_of(opened.arrays),
+                    "metrics": MetricRecord(
+                        {self.weighted_by_key: header.num_examples, "train-loss": train_loss}
+                    ),
+                }
+            )
             accepted.append(message)
+            self._envelopes[header.participant] = envelope
+            self._updates.append(
+                UpdateFact(
+                    institution=header.participant,
+                    num_examples=header.num_examples,
+                    train_loss=train_loss,
+                    update_sha256=arrays_sha256(opened.arrays),
+                    update_bytes=len(arrays_to_bytes(opened.arrays)),
+                    train_seconds=_number(metrics, "train-seconds"),
+                    ciphertext_sha256=opened.ciphertext_sha256,
+                    plaintext_sha256=opened.plaintext_sha256,
+                    signature=opened.signature,
+                    signer_key_id=opened.signer_key_id,
+                    seal_seconds=_number(metrics, "seal-seconds"),
+                    open_seconds=open_seconds,
+                )
+            )
         if self.ledger is not None and self.run_id is not None:
             with self.ledger.session() as session:
                 record_privacy(
@@ -155,39 +197,17 @@ class LedgerFedAvg(FedAvgM):
                 "nodes returned an update"
                 + (f" ({'; '.join(_describe(e) for e in exclusions)})" if exclusions else "")
             )
-        self._updates = [self._fact(m) for m in accepted]
         return super().aggregate_train(server_round, accepted)
 
-    def _check_reply(self, message: Message) -> tuple[str, PrivacyCharge]:
-        """Who sent a reply and what it charged; ``ValueError`` if it breaks the policy."""
-        content = message.content
-        meta = content.config_records.get(META)
-        if meta is None or not isinstance(meta.get("institution"), str):
-            raise ValueError(f"no '{META}.institution' in the reply")
-        record = content.config_records.get(PRIVACY)
-        if record is None:
-            raise ValueError(f"no '{PRIVACY}' record in the reply")
-        charge = PrivacyCharge.from_record(record)
+    def _check_charge(self, charge: PrivacyCharge) -> None:
+        """Reject an update whose signed privacy charge breaks the policy."""
         if self.privacy.dp and not charge.dp:
-            raise ValueError("trained without DP, but the policy requires DP")
+            raise EnvelopeError("privacy", "trained without DP, but the policy requires DP")
         if charge.dp and charge.epsilon > self.privacy.epsilon * (1 + 1e-9):
-            raise ValueError(
-                f"reports epsilon {charge.epsilon:.4f}, past the budget {self.privacy.epsilon}"
+            raise EnvelopeError(
+                "privacy",
+                f"reports epsilon {charge.epsilon:.4f}, past the budget {self.privacy.epsilon}",
             )
-        return str(meta["institution"]), charge
-
-    def _fact(self, message: Message) -> UpdateFact:
-        content = message.content
-        metrics = content.metric_records["metrics"]
-        payload = arrays_to_bytes(arrays_of(content.array_records[self.arrayrecord_key]))
-        return UpdateFact(
-            institution=str(content.config_records[META]["institution"]),
-            num_examples=int(metrics[self.weighted_by_key]),  # type: ignore[arg-type]
-            train_loss=float(metrics.get("train-loss", float("nan"))),  # type: ignore[arg-type]
-            update_sha256=hashlib.sha256(payload).hexdigest(),
-            update_bytes=len(payload),
-            train_seconds=float(metrics.get("train-seconds", float("nan"))),  # type: ignore[arg-type]
-        )
 
     def finish_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate, checkpoint and record a round (Flower's ``evaluate_fn``)."""
@@ -198,6 +218,7 @@ class LedgerFedAvg(FedAvgM):
         model_after = arrays_sha256(weights)
         if self.checkpoint_dir is not None:
             save_checkpoint(self.checkpoint_dir, server_round, weights, model_after)
+            save_envelopes(self.checkpoint_dir, server_round, self._envelopes)
         if self.ledger is not None and self.run_id is not None:
             with self.ledger.session() as session:
                 record_round(
@@ -213,6 +234,21 @@ class LedgerFedAvg(FedAvgM):
                 )
         log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+
+def _claimed(message: Message) -> str | None:
+    """Who an unusable update claims to be from (unverified; for the record only)."""
+    record = message.content.config_records.get(ENVELOPE)
+    header = record.get("header") if record is not None else None
+    if isinstance(header, bytes):
+        with contextlib.suppress(EnvelopeError):
+            return UpdateHeader.parse(header).participant
+    return None
+
+
+def _number(metrics: MetricRecord, key: str) -> float:
+    value = metrics.get(key, float("nan"))
+    return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
 def _describe(exclusion: ExclusionFact) -> str:

@@ -7,6 +7,10 @@ started).
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import functools
+import hashlib
 import json
 import os
 import time
@@ -14,17 +18,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load as load_safetensors
 from typer.testing import CliRunner
 
 from common.cli.app import app
+from common.data import load_digits_data, write_npz
 from common.demo import prepare_data
-from common.local_federation import LocalFederation, NodeSpec, build_app_dir, write_run_config
+from common.envelope import Envelope, UpdateHeader, decrypt
+from common.identity import ParticipantState, enrol
+from common.keys import load_x25519_key
+from common.local_federation import (
+    LocalFederation,
+    NodeSpec,
+    build_app_dir,
+    free_port,
+    write_run_config,
+)
 from common.policy import Policy
-from server.ledger import Ledger, enrol_participant, ledger_report
+from server.checkpoint import load_checkpoint
+from server.consortium import OperatorFiles, admit, init_consortium
+from server.ledger import Ledger, ledger_report
 
 SUMMARY_KEYS = {
     "engine", "model", "dataset", "partition", "institutions", "rounds", "final_accuracy",
     "ledger_url", "model_bytes", "update_bytes", "wall_seconds", "epsilon_budget", "delta",
+    "tls", "node_auth", "superlink_db",
 }  # fmt: skip
 INSTITUTIONS = ["company-c", "university-a", "university-b"]
 
@@ -92,7 +110,9 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
         assert sum(u["num_examples"] for u in r["updates"]) == 1257
         assert len({u["update_sha256"] for u in r["updates"]}) == 3
     assert sorted(p.name for p in (workdir / "operator" / "checkpoints").iterdir()) == [
+        "round-0001-updates",
         "round-0001.safetensors",
+        "round-0002-updates",
         "round-0002.safetensors",
     ]
     charges = run["privacy_charges"]
@@ -101,6 +121,12 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
     ]
     assert all(c["dp"] and c["accountant"] == "rdp" and c["steps"] > 0 for c in charges)
     assert {c["institution"]: c["epsilon"] for c in charges if c["round"] == 2} == second_eps
+
+    # TLS, SuperNode authentication and sealed updates, all on by default
+    assert (summary["tls"], summary["node_auth"], summary["encrypted_updates"]) == (True,) * 3
+    superlink_log = (workdir / "logs" / "superlink.log").read_text()
+    assert "SuperNode authentication is disabled" not in superlink_log
+    _check_sealed_updates(workdir, report, Path(summary["superlink_db"]))
 
     # The same work folder, the same datasets: their budgets are spent, so no one trains.
     again = CliRunner().invoke(app, command)
@@ -129,19 +155,131 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
     assert dataset["epsilon_spent"] == pytest.approx(second_eps["company-c"])
 
 
+def _chunks(data: bytes, size: int = 64) -> list[bytes]:
+    """``data`` cut in ``size``-byte pieces, leaving out low-entropy ones (runs of zeros)."""
+    pieces = [data[i : i + size] for i in range(0, len(data) - size + 1, size)]
+    return [p for p in pieces if len(set(p)) >= 24]
+
+
+def _found(pieces: list[bytes], haystack: bytes) -> float:
+    return sum(p in haystack for p in pieces) / len(pieces)
+
+
+def _check_sealed_updates(workdir: Path, report: dict, superlink_db: Path) -> None:
+    """The ledger's evidence matches the kept envelopes, and the SuperLink held only ciphertext.
+
+    The SuperLink's SQLite files (database and write-ahead log, free pages
+    included) are scanned for 64-byte pieces of what each update decrypts to.
+    A long value spans SQLite pages, so not every piece of a stored value is
+    contiguous; the positive control shows the scan finds what Flower did
+    relay in plaintext: the global model sent in round 2.
+    """
+    aggregator = load_x25519_key(workdir / "operator" / "keys" / "aggregator.pem")
+    keys = {p["name"]: p["signing_key_id"] for p in report["participants"]}
+    database = b"".join(p.read_bytes() for p in sorted(superlink_db.parent.glob("superlink.db*")))
+    assert len(database) > 100_000
+    run = report["runs"][0]
+    for number, round_row in enumerate(run["rounds"], start=1):
+        for update in round_row["updates"]:
+            kept = workdir / "operator" / "checkpoints" / f"round-{number:04d}-updates"
+            envelope = Envelope.from_json((kept / f"{update['institution']}.json").read_text())
+            plaintext = decrypt(envelope, UpdateHeader.parse(envelope.header), aggregator)
+            assert update["ciphertext_sha256"] == envelope.ciphertext_sha256()
+            assert update["plaintext_sha256"] == hashlib.sha256(plaintext).hexdigest()
+            assert update["signer_key_id"] == keys[update["institution"]]
+            assert base64.b64decode(update["signature"]) == envelope.signature
+            tensors = [c for a in load_safetensors(plaintext).values() for c in _chunks(a.tobytes())]
+            assert len(tensors) > 100
+            assert _found(tensors, database) == 0.0, update["institution"]
+            assert _found(_chunks(envelope.ciphertext), database) > 0.9
+    _, relayed = load_checkpoint(workdir / "operator" / "checkpoints" / "round-0001.safetensors")
+    assert _found([c for a in relayed.values() for c in _chunks(a.tobytes())], database) > 0.9
+
+
+def _enrolled_node(folder: Path, operator: OperatorFiles, name: str, data_dir: Path) -> NodeSpec:
+    state = ParticipantState(folder / f"{name}-state")
+    enrol(
+        state.root,
+        institution=name,
+        kind="academia",
+        data_path=data_dir,
+        licence="CC-BY-4.0",
+        consortium_file=operator.consortium_file,
+    )
+    return NodeSpec(name, data_dir, state.root, state.supernode_key)
+
+
+def _admit_all(ledger: Ledger, operator: OperatorFiles, nodes: list[NodeSpec]):  # noqa: ANN202
+    def on_superlink(federation: LocalFederation) -> None:
+        for node in nodes:
+            assert node.state_dir is not None
+            admit(
+                ledger,
+                operator.consortium(),
+                ParticipantState(node.state_dir).request,
+                register=functools.partial(federation.register_node, name=node.institution),
+            )
+
+    return on_superlink
+
+
+def test_unregistered_node_and_node_without_the_ca_are_refused(tmp_path: Path) -> None:
+    """Only admitted SuperNodes that trust the consortium CA get in."""
+    operator = init_consortium(
+        tmp_path / "operator", name="t", superlink="127.0.0.1:1", hosts=["127.0.0.1"]
+    )
+    data_dir = tmp_path / "data"
+    write_npz(data_dir / "d.npz", load_digits_data().subset(np.arange(40)))
+    node = _enrolled_node(tmp_path, operator, "lab-a", data_dir)
+    rogue = _enrolled_node(tmp_path, operator, "lab-rogue", data_dir)  # enrolled, never admitted
+    ledger = Ledger(operator.policy().deploy.ledger_url)
+    federation = LocalFederation(
+        tmp_path / "fed",
+        [node],
+        tls=operator.tls,
+        on_superlink=_admit_all(ledger, operator, [node]),
+    )
+    with federation:
+        unregistered = federation.start_node(rogue, free_port())
+        # the admitted key, but a node that does not trust the consortium CA
+        no_ca = federation.start_node(
+            dataclasses.replace(node, institution="lab-a-no-ca"), free_port(), ca_certificate=None
+        )
+        pids = [p.pid for p in federation.processes.values()]
+        assert unregistered.wait(timeout=60) != 0
+        assert no_ca.wait(timeout=60) != 0
+        nodes = federation.flwr("supernode", "list", "local")["nodes"]
+    ledger.close()
+    assert [n["status"] for n in nodes] == ["online"]  # lab-a only
+    logs = tmp_path / "fed" / "logs"
+    assert "Failed to activate SuperNode" in (logs / "supernode-lab-rogue.log").read_text()
+    assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in (logs / "supernode-lab-a-no-ca.log").read_text()
+    assert all(_gone(pid) for pid in pids)
+
+
 def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) -> None:
     policy = Policy.from_sections({"federation": {"rounds": 1, "min-nodes": 1}})
     layout = prepare_data(tmp_path, policy)
+    operator = init_consortium(
+        tmp_path / "consortium", name="t", superlink="127.0.0.1:1", hosts=["127.0.0.1"]
+    )
     bad_dir = tmp_path / "bad-node"
-    bad_dir.mkdir()
+    write_npz(bad_dir / "mine.npz", load_digits_data().subset(np.arange(40)))
+    node = _enrolled_node(tmp_path, operator, "lab-x", bad_dir)
+    # the data went bad after enrolment: the node finds out before training
     np.savez(bad_dir / "mine.npz", images=np.zeros((4, 8, 8)), labels=np.array([0, 1, 2, 42]))
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = operator.policy().deploy.ledger_url
     ledger = Ledger(url)
-    with ledger.session() as s:
-        enrol_participant(s, "lab-x", "academia")
-    deployed = policy.with_deploy(ledger_url=url, server_data_dir=str(layout.server_data_dir))
+    deployed = policy.with_deploy(
+        ledger_url=url,
+        server_data_dir=str(layout.server_data_dir),
+        aggregator_key=str(operator.aggregator_key),
+    )
     run_config = write_run_config(tmp_path / "run.toml", deployed.to_run_config())
-    federation = LocalFederation(tmp_path, [NodeSpec("lab-x", bad_dir, tmp_path / "state")])
+    federation = LocalFederation(
+        tmp_path, [node], tls=operator.tls, on_superlink=_admit_all(ledger, operator, [node])
+    )
     with federation:
         pids = [p.pid for p in federation.processes.values()]
         run_id = federation.submit(build_app_dir(tmp_path / "app"), run_config)

@@ -1,18 +1,35 @@
-"""The server strategy on real Flower messages: FedAvg maths, ledger and checkpoints."""
+"""The server strategy on real Flower messages carrying real sealed updates.
 
+FedAvg maths, the ledger, checkpoints and the envelope checks, with real
+X25519/AES-GCM/Ed25519 envelopes built as the ClientApp builds them.
+"""
+
+import base64
+import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 
+from common.envelope import ENVELOPE, Envelope, UpdateHeader, envelope_record, seal
+from common.keys import key_id
 from common.model import arrays_sha256, arrays_to_bytes
 from common.policy import PrivacyConfig
 from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
-from common.records import arrays_of, record_of
+from common.records import Arrays, arrays_of, record_of
 from server.checkpoint import latest_checkpoint, load_checkpoint
+from server.intake import UpdateGate
 from server.ledger import Ledger, enrol_participant, ledger_report, start_run
 from server.strategy import LedgerFedAvg, RoundFailed
+
+RUN = 7
+AGGREGATOR = X25519PrivateKey.generate()
+SIGNERS = {name: Ed25519PrivateKey.generate() for name in ("inst0", "inst1", "inst2", "i0", "i1")}
+BASE = "f" * 64
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +39,7 @@ def _server_task_identity():
     from flwr.supercore.task_identity import TaskIdentity
 
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 7, 1, 3
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN, 1, 3
     yield
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
@@ -31,25 +48,68 @@ def _charge(epsilon: float = 2.5, dp: bool = True) -> PrivacyCharge:
     return PrivacyCharge(dp, epsilon, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
 
 
-def _reply(
-    node: int,
+class NoGrid:  # configure_train only needs node ids from the grid
+    def get_node_ids(self) -> list[int]:
+        return [10, 11, 12]
+
+
+def _begin(strategy: LedgerFedAvg, server_round: int, model: Arrays) -> None:
+    """Start a round as Flower does: configure_train tells the gate what was sent."""
+    list(strategy.configure_train(server_round, record_of(model), ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
+
+
+def _envelope(
     institution: str,
-    weights: dict[str, np.ndarray],
+    weights: Arrays,
     examples: int,
+    *,
+    server_round: int,
+    model: Arrays,
     charge: PrivacyCharge | None = None,
-) -> Message:
+) -> Envelope:
+    header = UpdateHeader(
+        run_id=str(RUN),
+        round=server_round,
+        participant=institution,
+        model_sha256=arrays_sha256(model),
+        base_model_sha256=BASE,
+        num_examples=examples,
+        privacy=charge or _charge(),
+    )
+    return seal(
+        arrays_to_bytes(weights),
+        header,
+        aggregator=AGGREGATOR.public_key(),
+        signer=SIGNERS[institution],
+    )
+
+
+def _message(node: int, envelope: Envelope) -> Message:
     request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     content = RecordDict(
         {
-            "arrays": record_of(weights),
-            "metrics": MetricRecord(
-                {"num-examples": examples, "train-loss": 0.5, "train-seconds": 1.25}
-            ),
-            "meta": ConfigRecord({"institution": institution}),
-            "privacy": (charge or _charge()).to_record(),
+            ENVELOPE: envelope_record(envelope),
+            "metrics": MetricRecord({"train-loss": 0.5, "train-seconds": 1.25}),
         }
     )
     return Message(content, reply_to=request)
+
+
+def _reply(
+    node: int,
+    institution: str,
+    weights: Arrays,
+    examples: int,
+    charge: PrivacyCharge | None = None,
+    *,
+    server_round: int = 1,
+    model: Arrays | None = None,
+) -> Message:
+    model = model if model is not None else {k: np.zeros_like(v) for k, v in weights.items()}
+    envelope = _envelope(
+        institution, weights, examples, server_round=server_round, model=model, charge=charge
+    )
+    return _message(node, envelope)
 
 
 def _refusal(node: int, institution: str, detail: str, code: int = BUDGET_EXHAUSTED) -> Message:
@@ -58,17 +118,37 @@ def _refusal(node: int, institution: str, detail: str, code: int = BUDGET_EXHAUS
     return Message(Error(code=code, reason=reason), reply_to=request)
 
 
+def _gate(expected: Arrays) -> UpdateGate:
+    return UpdateGate(
+        run_id=str(RUN),
+        aggregator_key=AGGREGATOR,
+        participants={name: key.public_key() for name, key in SIGNERS.items()},
+        expected={k: (tuple(v.shape), v.dtype.name) for k, v in expected.items()},
+        base_model_sha256=BASE,
+    )
+
+
 def _strategy(
-    tmp_path: Path, ledger: Ledger | None = None, run_id: int | None = None, min_nodes: int = 2
+    tmp_path: Path,
+    ledger: Ledger | None = None,
+    run_id: int | None = None,
+    min_nodes: int = 2,
+    *,
+    model: Arrays,
+    server_round: int = 1,
 ) -> LedgerFedAvg:
-    return LedgerFedAvg(
+    """A strategy whose round ``server_round`` has begun with global ``model``."""
+    strategy = LedgerFedAvg(
         ledger=ledger,
         run_id=run_id,
         evaluator=lambda w: (float(w["w"].sum()), 0.75),
         checkpoint_dir=tmp_path / "ckpt",
         min_nodes=min_nodes,
         privacy=PrivacyConfig(epsilon=8.0),
+        gate=_gate(model),
     )
+    _begin(strategy, server_round, model)
+    return strategy
 
 
 def test_aggregate_is_weighted_by_examples(tmp_path: Path) -> None:
@@ -85,7 +165,8 @@ def test_aggregate_is_weighted_by_examples(tmp_path: Path) -> None:
         _reply(i + 10, f"inst{i}", u, n)
         for i, (u, n) in enumerate(zip(updates, examples, strict=True))
     ]
-    arrays, metrics = _strategy(tmp_path).aggregate_train(1, replies)
+    zeros = {k: np.zeros_like(v) for k, v in updates[0].items()}
+    arrays, metrics = _strategy(tmp_path, model=zeros).aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     result = arrays_of(arrays)
     for name in ("w", "b"):
@@ -97,18 +178,41 @@ def test_aggregate_is_weighted_by_examples(tmp_path: Path) -> None:
 def test_round_fails_below_minimum_with_the_nodes_reasons(tmp_path: Path) -> None:
     request = Message(RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
     failed = Message(Error(code=400, reason="bad.npz: the data set is empty"), reply_to=request)
-    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
+    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5, server_round=3)
+    strategy = _strategy(tmp_path, model={"w": np.zeros(2, np.float32)}, server_round=3)
     with pytest.raises(
         RoundFailed, match=r"round 3: 1 of the required 2 nodes .*bad.npz: the data set is empty"
     ):
-        _strategy(tmp_path).aggregate_train(3, [good, failed])
+        strategy.aggregate_train(3, [good, failed])
 
 
-def test_update_without_institution_is_refused(tmp_path: Path) -> None:
-    reply = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
-    del reply.content.config_records["meta"]
-    with pytest.raises(RoundFailed, match=r"node 10 \[excluded\]: .*no 'meta.institution'"):
-        _strategy(tmp_path, min_nodes=1).aggregate_train(1, [reply])
+def test_a_rejected_envelope_leaves_out_that_update_only_and_the_ledger_says_why(
+    tmp_path: Path,
+) -> None:
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
+    model = {"w": np.zeros(2, np.float32)}
+    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
+    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
+    sealed = _envelope("inst1", {"w": np.full(2, 9.0, np.float32)}, 5, server_round=1, model=model)
+    flipped = sealed.ciphertext[:-1] + bytes([sealed.ciphertext[-1] ^ 1])
+    tampered = _message(11, dataclasses.replace(sealed, ciphertext=flipped))
+    bare = _message(12, sealed)
+    del bare.content.config_records[ENVELOPE]
+    arrays, _ = strategy.aggregate_train(1, [good, tampered, bare])
+    assert arrays is not None  # only the good update is averaged
+    np.testing.assert_array_equal(arrays_of(arrays)["w"], np.ones(2, np.float32))
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert [(e["institution"], e["node_id"], e["code"]) for e in run["exclusions"]] == [
+        ("inst1", "11", 422),
+        (None, "12", 422),
+    ]
+    assert run["exclusions"][0]["reason"].startswith("update rejected (bad-signature): ")
+    assert run["exclusions"][1]["reason"] == (
+        "update rejected (malformed): the reply has no 'envelope' record"
+    )
+    assert [c["institution"] for c in run["privacy_charges"]] == ["inst0"]
+    ledger.close()
 
 
 @pytest.mark.parametrize(
@@ -116,21 +220,24 @@ def test_update_without_institution_is_refused(tmp_path: Path) -> None:
     [
         (_charge(dp=False, epsilon=float("inf")), False, "trained without DP, but the policy"),
         (_charge(epsilon=8.5), False, "reports epsilon 8.5000, past the budget 8.0"),
-        (None, True, "no 'privacy' record in the reply"),
     ],
 )
 def test_update_outside_the_privacy_policy_is_rejected(
-    tmp_path: Path, charge: PrivacyCharge | None, drop_privacy: bool, message: str
+    tmp_path: Path, charge: PrivacyCharge, drop_privacy: bool, message: str
 ) -> None:
-    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
-    bad = _reply(11, "inst1", {"w": np.full(2, 9.0, np.float32)}, 5, charge)
-    if drop_privacy:
-        del bad.content.config_records["privacy"]
-    arrays, _ = _strategy(tmp_path, min_nodes=1).aggregate_train(1, [good, bad])
+    model = {"w": np.zeros(2, np.float32)}
+
+    def replies() -> list[Message]:
+        good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
+        return [good, _reply(11, "inst1", {"w": np.full(2, 9.0, np.float32)}, 5, charge)]
+
+    arrays, _ = _strategy(tmp_path, min_nodes=1, model=model).aggregate_train(1, replies())
     assert arrays is not None  # only the good update is averaged
     np.testing.assert_array_equal(arrays_of(arrays)["w"], np.ones(2, np.float32))
-    with pytest.raises(RoundFailed, match=f"inst1 \\[excluded\\]: update rejected: {message}"):
-        _strategy(tmp_path, min_nodes=2).aggregate_train(1, [good, bad])
+    with pytest.raises(
+        RoundFailed, match=f"inst1 \\[excluded\\]: update rejected \\(privacy\\): {message}"
+    ):
+        _strategy(tmp_path, min_nodes=2, model=model).aggregate_train(1, replies())
 
 
 def _ledger_with_run(
@@ -155,10 +262,12 @@ def _ledger_with_run(
 
 def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_path: Path) -> None:
     ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
-    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=2)
+    strategy = _strategy(
+        tmp_path, ledger, run_id, min_nodes=2, model={"w": np.zeros(2, np.float32)}, server_round=2
+    )
     replies = [
-        _reply(10, "inst0", {"w": np.full(2, 1.0, np.float32)}, 1, _charge(3.0)),
-        _reply(11, "inst1", {"w": np.full(2, 4.0, np.float32)}, 3, _charge(7.9)),
+        _reply(10, "inst0", {"w": np.full(2, 1.0, np.float32)}, 1, _charge(3.0), server_round=2),
+        _reply(11, "inst1", {"w": np.full(2, 4.0, np.float32)}, 3, _charge(7.9), server_round=2),
         _refusal(12, "inst2", "privacy budget exhausted for inst2: epsilon spent 7.99 of 8"),
     ]
     arrays, _ = strategy.aggregate_train(2, replies)
@@ -183,9 +292,11 @@ def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_pat
 
 def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path: Path) -> None:
     ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"))
-    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=2)
+    strategy = _strategy(
+        tmp_path, ledger, run_id, min_nodes=2, model={"w": np.zeros(2, np.float32)}, server_round=4
+    )
     replies = [
-        _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 1, _charge(7.5)),
+        _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 1, _charge(7.5), server_round=4),
         _refusal(11, "inst1", "privacy budget exhausted for inst1"),
     ]
     with pytest.raises(
@@ -203,18 +314,15 @@ def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path
 
 def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
     ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=2**63 + 5)
-    strategy = _strategy(tmp_path, ledger, run_id)
     before = {"w": np.zeros((2, 2), np.float32)}
+    strategy = _strategy(tmp_path, ledger, run_id, model=before)
     updates = [{"w": np.full((2, 2), 1.0, np.float32)}, {"w": np.full((2, 2), 4.0, np.float32)}]
-
-    class NoGrid:  # configure_train only needs node ids from the grid
-        def get_node_ids(self) -> list[int]:
-            return [10, 11]
-
-    list(strategy.configure_train(1, record_of(before), ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
-    arrays, _ = strategy.aggregate_train(
-        1, [_reply(10, "inst0", updates[0], 1), _reply(11, "inst1", updates[1], 3)]
-    )
+    envelopes = [
+        _envelope(name, update, n, server_round=1, model=before)
+        for name, update, n in (("inst0", updates[0], 1), ("inst1", updates[1], 3))
+    ]
+    replies = [_message(10, envelopes[0]), _message(11, envelopes[1])]
+    arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     metrics = strategy.finish_round(1, arrays)
     assert metrics["loss"] == pytest.approx(4 * 3.25)  # the evaluator sums w = 3.25 everywhere
@@ -234,6 +342,22 @@ def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
         len(arrays_to_bytes(u)) for u in updates
     ]
     assert [u["num_examples"] for u in round_row["updates"]] == [1, 3]
+    # the sealed-update evidence: what travelled, what it decrypted to, who signed it
+    assert [u["ciphertext_sha256"] for u in round_row["updates"]] == [
+        e.ciphertext_sha256() for e in envelopes
+    ]
+    assert [u["plaintext_sha256"] for u in round_row["updates"]] == [
+        hashlib.sha256(arrays_to_bytes(u)).hexdigest() for u in updates
+    ]
+    assert [u["signer_key_id"] for u in round_row["updates"]] == [
+        key_id(SIGNERS[n].public_key()) for n in ("inst0", "inst1")
+    ]
+    assert [base64.b64decode(u["signature"]) for u in round_row["updates"]] == [
+        e.signature for e in envelopes
+    ]
+    # ... and the envelopes themselves, kept beside the checkpoint
+    kept = tmp_path / "ckpt" / "round-0001-updates"
+    assert Envelope.from_json((kept / "inst1.json").read_text()) == envelopes[1]
     checkpoint = latest_checkpoint(tmp_path / "ckpt")
     assert checkpoint is not None and checkpoint.name == "round-0001.safetensors"
     number, saved = load_checkpoint(checkpoint)
@@ -250,16 +374,12 @@ def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None
         checkpoint_dir=None,
         min_nodes=2,
         privacy=PrivacyConfig(),
+        gate=_gate({"w": np.zeros(3, np.float32)}),
         server_learning_rate=0.5,
         server_momentum=0.9,
     )
-
-    class NoGrid:
-        def get_node_ids(self) -> list[int]:
-            return [10, 11]
-
     w0 = np.zeros(3, np.float32)
-    list(strategy.configure_train(1, record_of({"w": w0}), ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
+    _begin(strategy, 1, {"w": w0})
     a = [np.array([1.0, 2.0, 3.0], np.float32), np.array([3.0, 2.0, 1.0], np.float32)]
     arrays, _ = strategy.aggregate_train(
         1, [_reply(10, "i0", {"w": a[0]}, 1), _reply(11, "i1", {"w": a[1]}, 3)]
@@ -269,9 +389,14 @@ def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None
     w1 = w0 - 0.5 * step1
     np.testing.assert_allclose(arrays_of(arrays)["w"], w1, rtol=1e-6)
     b = [np.ones(3, np.float32), np.full(3, 5.0, np.float32)]
-    list(strategy.configure_train(2, arrays, ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
+    sent = arrays_of(arrays)
+    _begin(strategy, 2, sent)
     arrays, _ = strategy.aggregate_train(
-        2, [_reply(10, "i0", {"w": b[0]}, 1), _reply(11, "i1", {"w": b[1]}, 1)]
+        2,
+        [
+            _reply(10, "i0", {"w": b[0]}, 1, server_round=2, model=sent),
+            _reply(11, "i1", {"w": b[1]}, 1, server_round=2, model=sent),
+        ],
     )
     assert arrays is not None
     velocity = 0.9 * step1 + (w1 - np.average(b, axis=0))

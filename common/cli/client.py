@@ -12,8 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli.errors import user_errors
+from common.cli.operator import ask_passphrase
 from common.data import ImageData
 from common.datasets import load_local_data
+from common.identity import ParticipantState, enrol
+from common.keys import PASSPHRASE_ENV
 from common.policy import Policy
 from common.privacy import format_epsilon, list_histories
 
@@ -108,3 +111,50 @@ def budget(
             f"{row['delta']:g}",
         )
     Console().print(table)
+
+
+@app.command("enroll")
+def enroll(
+    state: Annotated[
+        Path, typer.Option("--state", help="This node's own folder (its node config state-dir).")
+    ],
+    institution: Annotated[str, typer.Option(help="Institution name, e.g. university-a.")],
+    kind: Annotated[str, typer.Option(help="academia or industry.")],
+    data: Annotated[Path, typer.Option(help="The local data (validated; never leaves).")],
+    licence: Annotated[
+        str, typer.Option(help="Licence the data are offered under, e.g. CC-BY-4.0.")
+    ],
+    consortium: Annotated[Path, typer.Option(help="The operator's consortium.json.")] = Path(
+        "consortium.json"
+    ),
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Policy saying how to read the data.")
+    ] = None,
+    encrypt_key: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt-key",
+            help=f"Encrypt the signing key with a passphrase (from ${PASSPHRASE_ENV}, or "
+            "asked); the SuperNode then needs the same variable set.",
+        ),
+    ] = False,
+) -> None:
+    """Create this node's keys and a signed enrolment request for the operator."""
+    with user_errors():
+        policy = Policy.load(policy_file) if policy_file else Policy()
+        request = enrol(
+            state,
+            institution=institution,
+            kind=kind,
+            data_path=data,
+            licence=licence,
+            consortium_file=consortium,
+            policy=policy,
+            passphrase=ask_passphrase(encrypt_key),
+        )
+    files = ParticipantState(state)
+    Console().print(
+        f"[green]enrolment request written[/]: {request}\n"
+        f"send it to the operator ('fedcommons operator admit {request.name}');\n"
+        f"keys (keep secret, mode 0600): {files.signing_key}, {files.supernode_key}"
+    )

@@ -67,8 +67,21 @@ def demo(
             "DP is turned off only by 'dp = false' in a policy file."
         ),
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Turn OFF TLS and SuperNode authentication (not recommended; updates stay "
+            "encrypted and signed).",
+        ),
+    ] = False,
 ) -> None:
-    """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes."""
+    """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes.
+
+    The operator's consortium is created and the three institutions enrol
+    and are admitted first; the SuperLink then runs with TLS and admits only
+    their registered SuperNodes, and every update is encrypted and signed.
+    """
     console = Console()
     with user_errors():
         policy = Policy.load(policy_file) if policy_file else Policy()
@@ -94,6 +107,11 @@ def demo(
         except PolicyError as err:
             raise PolicyError(f"{err} (from the command-line options)") from None
 
+        if insecure:
+            console.print(
+                "[bold yellow]WARNING: --insecure: the SuperLink runs WITHOUT TLS and accepts "
+                "any SuperNode. Use it only to debug on one machine.[/]"
+            )
         _interrupt_on_sigterm()
         privacy = policy.privacy
         guarantee = (
@@ -129,7 +147,9 @@ def demo(
                 )
 
             try:
-                summary = run_demo(workdir, policy, ledger_url=ledger_url, on_round=on_round)
+                summary = run_demo(
+                    workdir, policy, ledger_url=ledger_url, on_round=on_round, insecure=insecure
+                )
             except KeyboardInterrupt:
                 console.print("[yellow]interrupted: every Flower process started was stopped[/]")
                 raise typer.Exit(code=130) from None

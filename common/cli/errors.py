@@ -11,6 +11,8 @@ from rich.markup import escape
 
 from common.bert import BertError
 from common.data import DataError
+from common.identity import EnrolmentError
+from common.keys import KeyFileError
 from common.local_federation import FederationError
 from common.policy import PolicyError
 from common.privacy import PrivacyError
@@ -34,6 +36,9 @@ def user_errors() -> Iterator[None]:
         PrivacyError,
         LedgerError,
         FederationError,
+        KeyFileError,
+        EnrolmentError,
+        FileExistsError,
     ) as err:
         err_console.print(
             f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
