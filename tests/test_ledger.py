@@ -277,7 +277,7 @@ class LedgerContract:
             report = ledger_report(s)
             version = s.scalar(text("SELECT version_num FROM alembic_version"))
         ledger.close()
-        assert version == "0004"
+        assert version == "0005"
         assert [p["name"] for p in report["participants"]] == ["uni-a"]
         (run,) = report["runs"]
         assert (run["planned_rounds"], run["status"], run["status_reason"]) == (3, "finished", None)

@@ -11,10 +11,43 @@ from rich.table import Table
 
 from common.cli.errors import user_errors
 from server.ledger import Ledger, ledger_report
+from server.ledger.verify import LedgerTampered, verify_ledger
 
 __all__ = ["app"]
 
 app = typer.Typer(help="Read-only views of the ledger.", no_args_is_help=True)
+
+
+@app.command("verify")
+def verify(
+    ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """Recompute every entry, the hash chain and the Merkle tree; check every fact row.
+
+    Read-only. Exit 0 and one "intact" line if everything holds; exit 1 and
+    the first bad entry otherwise.
+    """
+    with user_errors():
+        ledger = Ledger(ledger_url, migrate=False)
+        try:
+            report = verify_ledger(ledger)
+        except LedgerTampered as err:
+            if output_format == "json":
+                typer.echo(
+                    json.dumps(
+                        {"intact": False, "seq": err.seq, "kind": err.kind, "detail": err.detail}
+                    )
+                )
+            else:
+                Console(stderr=True).print(f"[bold red]NOT INTACT[/] {err}", highlight=False)
+            raise typer.Exit(code=1) from None
+        finally:
+            ledger.close()
+    if output_format == "json":
+        typer.echo(json.dumps({"intact": True, **report.__dict__}))
+        return
+    typer.echo(report.summary())
 
 
 @app.command("show")

@@ -23,7 +23,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Charge", "Dataset", "Exclusion", "Participant", "Round", "RoundUpdate", "Run"]
+__all__ = [
+    "Base",
+    "Charge",
+    "Dataset",
+    "Exclusion",
+    "LedgerEntry",
+    "LedgerHead",
+    "Participant",
+    "Round",
+    "RoundUpdate",
+    "Run",
+]
 
 PARTICIPANT_KINDS = ("academia", "industry")
 
@@ -41,12 +52,47 @@ class Base(DeclarativeBase):
     pass
 
 
+class LedgerEntry(Base):
+    """One fact, append-only: canonical JSON, its RFC 6962 leaf hash, and the hash chain.
+
+    ``leaf_hash`` = SHA-256(0x00 ‖ payload); ``chain_hash`` = SHA-256(prev_hash ‖
+    leaf_hash) over the raw 32-byte digests; the first entry's ``prev_hash``
+    is 64 zeros. Database triggers refuse UPDATE and DELETE on this table.
+    """
+
+    __tablename__ = "ledger_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    leaf_hash: Mapped[Sha256]
+    prev_hash: Mapped[Sha256]
+    chain_hash: Mapped[Sha256]
+    created_at: Mapped[Timestamp]
+
+
+class LedgerHead(Base):
+    """A single row: how many entries there are and the last chain hash.
+
+    Every append updates it first, which takes the row's (PostgreSQL) or the
+    database's (SQLite) write lock: appends are serialised and cannot fork.
+    """
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chain_hash: Mapped[Sha256]
+
+
 class Participant(Base):
     """An enrolled institution; ``public_key`` is filled in by enrolment later."""
 
     __tablename__ = "participants"
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     # Set by admission (ledger v4): the Ed25519 key its updates are signed with
@@ -70,6 +116,8 @@ class Dataset(Base):
     __table_args__ = (UniqueConstraint("participant_id", "sha256"),)
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
     sha256: Mapped[Sha256]
     records: Mapped[int] = mapped_column(Integer)
@@ -89,6 +137,8 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # Flower run ids are unsigned 64-bit: kept as text, they fit every backend.
     flower_run_id: Mapped[str | None] = mapped_column(String(20), default=None, index=True)
     policy_sha256: Mapped[Sha256]
@@ -118,6 +168,8 @@ class Round(Base):
     __table_args__ = (UniqueConstraint("run_id", "number"),)
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     number: Mapped[int] = mapped_column(Integer)
     model_sha256_before: Mapped[Sha256]
@@ -140,6 +192,8 @@ class RoundUpdate(Base):
     __table_args__ = (UniqueConstraint("round_id", "participant_id"),)
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
     num_examples: Mapped[int] = mapped_column(Integer)
@@ -175,6 +229,8 @@ class Charge(Base):
     __table_args__ = (UniqueConstraint("run_id", "round_number", "participant_id"),)
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     round_number: Mapped[int] = mapped_column(Integer)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
@@ -199,6 +255,8 @@ class Exclusion(Base):
     __tablename__ = "exclusions"
 
     id: Mapped[IntPk]
+    # The ledger entry that records this row as it is now (ledger v5).
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     round_number: Mapped[int] = mapped_column(Integer)
     participant_id: Mapped[int | None] = mapped_column(ForeignKey("participants.id"), default=None)

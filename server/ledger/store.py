@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.identity import EnrolmentRequest
 from common.privacy import epsilon_for_json
 from common.protocol import PrivacyCharge
+from server.ledger.entries import record_row, row_facts
 from server.ledger.schema import (
     PARTICIPANT_KINDS,
     Charge,
@@ -161,8 +162,7 @@ def enrol_participant(session: Session, name: str, kind: str) -> Participant:
             raise LedgerError(f"participant {name!r} is enrolled as {existing.kind}, not {kind}")
         return existing
     participant = Participant(name=name, kind=kind)
-    session.add(participant)
-    session.flush()
+    record_row(session, participant, "participant")
     return participant
 
 
@@ -176,6 +176,7 @@ def admit_participant(
     re-enrolment), and so is one enrolled earlier as another kind.
     """
     participant = enrol_participant(session, request.institution, request.kind)
+    before = row_facts(participant)
     if participant.public_key is not None and participant.public_key != request.signing_public_key:
         raise LedgerError(
             f"{request.institution!r} is already admitted with signing key "
@@ -186,6 +187,8 @@ def admit_participant(
     participant.supernode_public_key = request.supernode_public_key
     if participant.admitted_at is None:
         participant.admitted_at = utcnow()
+    if row_facts(participant) != before:
+        record_row(session, participant, "participant")
     manifest = request.dataset
     dataset = session.scalar(
         select(Dataset).where(
@@ -193,18 +196,16 @@ def admit_participant(
         )
     )
     if dataset is None:
-        session.add(
-            Dataset(
-                participant_id=participant.id,
-                sha256=manifest["sha256"],
-                records=int(manifest["records"]),
-                format=str(manifest.get("format", "")),
-                schema_json=json.dumps(manifest["schema"], sort_keys=True),
-                licence=request.licence,
-                request_sha256=request_sha256,
-            )
+        dataset = Dataset(
+            participant_id=participant.id,
+            sha256=manifest["sha256"],
+            records=int(manifest["records"]),
+            format=str(manifest.get("format", "")),
+            schema_json=json.dumps(manifest["schema"], sort_keys=True),
+            licence=request.licence,
+            request_sha256=request_sha256,
         )
-    session.flush()
+        record_row(session, dataset, "dataset")
     return participant
 
 
@@ -237,8 +238,7 @@ def start_run(
         planned_rounds=planned_rounds,
         flower_run_id=None if flower_run_id is None else str(flower_run_id),
     )
-    session.add(run)
-    session.flush()
+    record_row(session, run, "run")
     return run
 
 
@@ -293,19 +293,14 @@ def record_round(
         num_participants=len(updates),
         seconds=seconds,
     )
-    session.add(row)
-    session.flush()
+    record_row(session, row, "round")
     for fact in updates:
         values = asdict(fact)  # the row's columns are the fact's fields, bar the name
         name = values.pop("institution")
-        session.add(
-            RoundUpdate(
-                round_id=row.id,
-                participant_id=_participant(session, name, "update").id,
-                **values,
-            )
+        update = RoundUpdate(
+            round_id=row.id, participant_id=_participant(session, name, "update").id, **values
         )
-    session.flush()
+        record_row(session, update, "update")
     return row
 
 
@@ -344,14 +339,13 @@ def record_privacy(
 ) -> None:
     """Record a round's privacy charges and exclusions as soon as the replies are in."""
     for fact in charges:
-        session.add(
-            Charge(
-                run_id=run_id,
-                round_number=round_number,
-                participant_id=_participant(session, fact.institution, "privacy charge").id,
-                **fact.charge.as_dict(),  # the row's columns are the charge's fields
-            )
+        charge = Charge(
+            run_id=run_id,
+            round_number=round_number,
+            participant_id=_participant(session, fact.institution, "privacy charge").id,
+            **fact.charge.as_dict(),  # the row's columns are the charge's fields
         )
+        record_row(session, charge, "privacy-charge")
     record_exclusions(session, run_id, round_number, exclusions)
 
 
@@ -368,17 +362,15 @@ def record_exclusions(
         reason = fact.reason
         if fact.institution and participant is None:
             reason = f"(claims to be {fact.institution!r}, not enrolled) {reason}"
-        session.add(
-            Exclusion(
-                run_id=run_id,
-                round_number=round_number,
-                participant_id=participant.id if participant else None,
-                node_id=str(fact.node_id),
-                code=fact.code,
-                reason=reason,
-            )
+        exclusion = Exclusion(
+            run_id=run_id,
+            round_number=round_number,
+            participant_id=participant.id if participant else None,
+            node_id=str(fact.node_id),
+            code=fact.code,
+            reason=reason,
         )
-    session.flush()
+        record_row(session, exclusion, "exclusion")
 
 
 def privacy_spent(session: Session) -> list[dict[str, Any]]:
@@ -424,6 +416,7 @@ def finish_run(
     run.test_accuracy = test_accuracy
     run.test_loss = test_loss
     run.status_reason = reason
+    record_row(session, run, "run")
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,0 +1,133 @@
+"""Appending facts to the hash-chained, append-only ``ledger_entries``.
+
+Every fact row (a participant, a dataset, a run, a round, an update, a
+privacy charge, an exclusion) is recorded with :func:`record_row`: the row
+is flushed, its columns become the canonical JSON payload of a new entry,
+and the row keeps that entry's ``seq``. A row that changes later (a run that
+finishes, a participant that is admitted) gets a new entry and points at
+it, so every row always equals the payload of the entry it names, which is
+what :mod:`server.ledger.verify` checks.
+
+Canonical JSON: sorted keys, no spaces, ASCII, and no floats: a float is
+written as the string of its shortest round-tripping decimal form
+(``repr``), so every backend and language reads back the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import inspect, update
+from sqlalchemy.orm import Session
+
+from server.ledger.schema import Base, LedgerEntry, LedgerHead, utcnow
+
+__all__ = [
+    "ZERO_HASH",
+    "canonical_payload",
+    "chain_hash",
+    "entry_leaf_hash",
+    "record_row",
+    "row_facts",
+]
+
+ZERO_HASH = "0" * 64
+"""``prev_hash`` of the first entry."""
+
+SKIPPED_COLUMNS = frozenset({"id", "entry_seq"})
+"""Columns a row's payload leaves out: its key (named apart) and its entry reference."""
+
+
+def _plain(value: Any) -> Any:
+    """A JSON value without floats (see the module docstring)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return "inf" if value == math.inf else "-inf" if value == -math.inf else repr(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    raise TypeError(f"a ledger payload cannot hold {type(value).__name__}: {value!r}")
+
+
+def canonical_payload(doc: dict[str, Any]) -> str:
+    """``doc`` as canonical JSON text (sorted keys, no floats, ASCII)."""
+    return json.dumps(
+        _plain(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
+
+
+def entry_leaf_hash(payload: str) -> str:
+    """RFC 6962 leaf hash of a payload: SHA-256(0x00 ‖ payload), hex."""
+    return hashlib.sha256(b"\x00" + payload.encode("ascii")).hexdigest()
+
+
+def chain_hash(prev_hash: str, leaf_hash: str) -> str:
+    """SHA-256(prev ‖ leaf) over the raw digests, hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(leaf_hash)).hexdigest()
+
+
+def row_facts(row: Base) -> dict[str, Any]:
+    """The facts a row states: every column but its key, entry reference and timestamps.
+
+    Timestamps are left out because SQLite does not keep their time zone;
+    the entry's own ``at`` records when the fact was written.
+    """
+    values = {}
+    for column in inspect(type(row)).columns:
+        if column.key in SKIPPED_COLUMNS:
+            continue
+        value = getattr(row, column.key)
+        if isinstance(value, datetime):
+            continue
+        values[column.key] = value
+    return values
+
+
+def append_entry(session: Session, kind: str, doc: dict[str, Any]) -> LedgerEntry:
+    """Append one entry, serialised with every other writer through ``ledger_head``."""
+    size, prev = session.execute(
+        update(LedgerHead)
+        .where(LedgerHead.id == 1)
+        .values(size=LedgerHead.size + 1)
+        .returning(LedgerHead.size, LedgerHead.chain_hash)
+    ).one()
+    at = utcnow()
+    payload = canonical_payload({**doc, "kind": kind, "at": at.isoformat(timespec="microseconds")})
+    leaf = entry_leaf_hash(payload)
+    entry = LedgerEntry(
+        seq=size - 1,
+        kind=kind,
+        payload=payload,
+        leaf_hash=leaf,
+        prev_hash=prev,
+        chain_hash=chain_hash(prev, leaf),
+        created_at=at,
+    )
+    session.add(entry)
+    session.execute(
+        update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=entry.chain_hash)
+    )
+    session.flush()
+    return entry
+
+
+def record_row(session: Session, row: Base, kind: str) -> LedgerEntry:
+    """Flush ``row`` and append the entry that states it; the row then names that entry."""
+    if row not in session:
+        session.add(row)
+    session.flush()
+    table = type(row).__tablename__
+    entry = append_entry(
+        session,
+        kind,
+        {"table": table, "id": row.id, "row": row_facts(row)},  # type: ignore[attr-defined]
+    )
+    row.entry_seq = entry.seq  # type: ignore[attr-defined]
+    session.flush()
+    return entry

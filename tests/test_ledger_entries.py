@@ -1,0 +1,268 @@
+"""Append-only entries, the hash chain and ``audit verify``, on SQLite and PostgreSQL.
+
+Tampering is done with raw SQL, after dropping the triggers that otherwise
+refuse it, exactly as an operator with database access could.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DatabaseError
+from typer.testing import CliRunner
+
+from common.cli.app import app
+from common.merkle import leaf_hash, root
+from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge
+from server.ledger import (
+    ChargeFact,
+    ExclusionFact,
+    Ledger,
+    UpdateFact,
+    enrol_participant,
+    finish_run,
+    record_privacy,
+    record_round,
+    start_run,
+)
+from server.ledger.entries import canonical_payload, entry_leaf_hash, record_row
+from server.ledger.schema import Participant
+from server.ledger.verify import LedgerTampered, verify_ledger
+
+H = "a" * 64
+CHARGE = PrivacyCharge(True, 2.5, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
+
+
+def _populate(ledger: Ledger) -> None:
+    """Two participants, one run with a round, charges, an exclusion and the finish."""
+    with ledger.session() as s:
+        for name, kind in (("uni-a", "academia"), ("co-c", "industry")):
+            enrol_participant(s, name, kind)
+        participant = s.query(Participant).filter_by(name="uni-a").one()
+        participant.public_key = "cHVibGljIGtleSBvZiB1bmktYQ=="
+        record_row(s, participant, "participant")
+        run_id = start_run(
+            s,
+            policy_sha256=H,
+            policy_toml="[federation]\n",
+            model="cnn",
+            dataset="digits",
+            initial_model_sha256=H,
+            planned_rounds=1,
+            flower_run_id=7,
+        ).id
+    with ledger.session() as s:
+        record_privacy(
+            s,
+            run_id,
+            1,
+            charges=[ChargeFact("uni-a", CHARGE)],
+            exclusions=[ExclusionFact("co-c", 12, BUDGET_EXHAUSTED, "budget exhausted")],
+        )
+    with ledger.session() as s:
+        record_round(
+            s,
+            run_id,
+            number=1,
+            model_sha256_before=H,
+            model_sha256_after="b" * 64,
+            loss=0.7,
+            accuracy=0.81,
+            seconds=12.5,
+            updates=[UpdateFact("uni-a", 100, 0.5, "c" * 64, 1000, 1.5, "d" * 64)],
+        )
+    with ledger.session() as s:
+        finish_run(s, run_id, "finished", test_accuracy=0.8, test_loss=0.71)
+
+
+def _entries(ledger: Ledger) -> list[tuple[int, str, str]]:
+    with ledger.engine.connect() as c:
+        rows = c.execute(text("SELECT seq, kind, payload FROM ledger_entries ORDER BY seq"))
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+def _seq_of(ledger: Ledger, kind: str) -> int:
+    return next(seq for seq, k, _ in _entries(ledger) if k == kind)
+
+
+def _tamper(ledger: Ledger, *statements: str) -> None:
+    """Drop the append-only triggers and run raw SQL, as a rogue operator could."""
+    with ledger.engine.begin() as c:
+        if ledger.engine.dialect.name == "postgresql":
+            c.execute(text("DROP TRIGGER IF EXISTS ledger_entries_append_only ON ledger_entries"))
+        else:
+            c.execute(text("DROP TRIGGER IF EXISTS ledger_entries_no_update"))
+            c.execute(text("DROP TRIGGER IF EXISTS ledger_entries_no_delete"))
+        for statement in statements:
+            c.execute(text(statement))
+
+
+def _caught(ledger: Ledger) -> LedgerTampered:
+    with pytest.raises(LedgerTampered) as err:
+        verify_ledger(ledger)
+    return err.value
+
+
+class EntriesContract:
+    """Subclasses provide ``url`` (a fresh database)."""
+
+    @pytest.fixture
+    def ledger(self, url: str) -> Iterator[Ledger]:
+        ledger = Ledger(url)
+        _populate(ledger)
+        yield ledger
+        ledger.close()
+
+    def test_every_fact_is_an_entry_and_the_ledger_verifies(self, ledger: Ledger) -> None:
+        entries = _entries(ledger)
+        kinds = [k for _, k, _ in entries]
+        assert kinds == [
+            "participant",
+            "participant",
+            "participant",  # uni-a again, with its key
+            "run",
+            "privacy-charge",
+            "exclusion",
+            "round",
+            "update",
+            "run",  # finished
+        ]
+        assert [seq for seq, _, _ in entries] == list(range(len(entries)))
+        report = verify_ledger(ledger)
+        assert report.entries == len(entries) and report.rows_checked == 8
+        assert report.tree_root == root([leaf_hash(p.encode()) for _, _, p in entries]).hex()
+        finished = json.loads(entries[-1][2])
+        assert finished["row"]["status"] == "finished"
+        assert finished["row"]["test_accuracy"] == "0.8"  # no floats in payloads
+        for _, _, payload in entries:
+            assert canonical_payload(json.loads(payload)) == payload
+
+    def test_the_database_refuses_updates_and_deletes(self, ledger: Ledger) -> None:
+        for statement in (
+            "UPDATE ledger_entries SET kind = 'x' WHERE seq = 1",
+            "DELETE FROM ledger_entries WHERE seq = 8",
+        ):
+            with pytest.raises(DatabaseError, match="append-only"), ledger.engine.begin() as c:
+                c.execute(text(statement))
+        assert verify_ledger(ledger).entries == 9
+
+    def test_one_changed_payload_byte_is_named(self, ledger: Ledger) -> None:
+        seq = _seq_of(ledger, "round")
+        _tamper(
+            ledger,
+            f"UPDATE ledger_entries SET payload = REPLACE(payload, '\"0.81\"', '\"0.91\"') "
+            f"WHERE seq = {seq}",
+        )
+        err = _caught(ledger)
+        assert (err.seq, err.kind) == (seq, "round")
+        assert "leaf hash does not match the payload" in str(err)
+
+    def test_a_changed_hash_is_named(self, ledger: Ledger) -> None:
+        _tamper(ledger, f"UPDATE ledger_entries SET leaf_hash = '{'f' * 64}' WHERE seq = 4")
+        assert _caught(ledger).seq == 4
+
+    def test_a_rewritten_entry_with_fixed_hashes_breaks_the_chain(self, ledger: Ledger) -> None:
+        seq = _seq_of(ledger, "privacy-charge")
+        payload = _entries(ledger)[seq][2]
+        forged = payload.replace('"epsilon":"2.5"', '"epsilon":"0.5"')
+        assert forged != payload
+        _tamper(
+            ledger,
+            f"UPDATE ledger_entries SET payload = '{forged}', "
+            f"leaf_hash = '{entry_leaf_hash(forged)}' WHERE seq = {seq}",
+        )
+        err = _caught(ledger)
+        assert err.seq == seq and "chain hash does not match" in str(err)
+
+    def test_a_deleted_middle_entry_is_named(self, ledger: Ledger) -> None:
+        _tamper(ledger, "DELETE FROM ledger_entries WHERE seq = 5")
+        err = _caught(ledger)
+        assert err.seq == 5 and "missing" in str(err)
+
+    def test_a_deleted_tail_is_caught_by_the_head_or_the_rows(self, ledger: Ledger) -> None:
+        _tamper(ledger, "DELETE FROM ledger_entries WHERE seq = 8")
+        assert "the head says 9 entries, the table holds 8" in str(_caught(ledger))
+        # the head rewritten too: the finished run now names a missing entry
+        with ledger.engine.connect() as c:
+            chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 7")).scalar()
+        _tamper(ledger, f"UPDATE ledger_head SET size = 8, chain_hash = '{chain}'")
+        err = _caught(ledger)
+        assert err.seq == 8 and "runs row 1 names a missing entry" in str(err)
+
+    def test_two_swapped_entries_are_named(self, ledger: Ledger) -> None:
+        _tamper(
+            ledger,
+            "UPDATE ledger_entries SET seq = 100 WHERE seq = 4",
+            "UPDATE ledger_entries SET seq = 4 WHERE seq = 5",
+            "UPDATE ledger_entries SET seq = 5 WHERE seq = 100",
+        )
+        err = _caught(ledger)
+        assert err.seq == 4 and "prev_hash" in str(err)
+
+    def test_a_replaced_public_key_in_the_typed_table_is_named(self, ledger: Ledger) -> None:
+        _tamper(ledger, "UPDATE participants SET public_key = 'bWFsbG9yeQ==' WHERE name = 'uni-a'")
+        err = _caught(ledger)
+        assert err.seq == 2 and err.kind == "participant"
+        assert "participants row 1 differs from its entry in public_key" in str(err)
+
+    def test_a_deleted_fact_row_is_named(self, ledger: Ledger) -> None:
+        _tamper(ledger, "DELETE FROM exclusions")
+        err = _caught(ledger)
+        assert err.kind == "exclusion" and "exclusions row 1 was deleted" in str(err)
+
+    def test_a_row_pointed_back_at_an_older_entry_is_named(self, ledger: Ledger) -> None:
+        _tamper(ledger, "UPDATE runs SET entry_seq = 3, status = 'running', test_accuracy = NULL")
+        assert "runs row 1 names entry 3, not this later one" in str(_caught(ledger))
+
+    def test_two_concurrent_writers_make_one_valid_chain(self, ledger: Ledger, url: str) -> None:
+        before = verify_ledger(ledger).entries
+        errors: list[BaseException] = []
+
+        def writer(prefix: str) -> None:
+            other = Ledger(url, migrate=False)
+            try:
+                for i in range(40):
+                    with other.session() as s:
+                        enrol_participant(s, f"{prefix}-{i}", "academia")
+            except BaseException as err:  # noqa: BLE001  (reported below)
+                errors.append(err)
+            finally:
+                other.close()
+
+        threads = [threading.Thread(target=writer, args=(p,)) for p in ("x", "y")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        report = verify_ledger(ledger)
+        assert report.entries == before + 80
+
+    def test_audit_verify_command(self, ledger: Ledger, url: str) -> None:
+        runner = CliRunner()
+        result = runner.invoke(app, ["audit", "verify", "--ledger", url])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("intact: 9 entries, 8 fact rows match their entries")
+        _tamper(ledger, "UPDATE ledger_entries SET kind = 'round' WHERE seq = 0")
+        result = runner.invoke(app, ["audit", "verify", "--ledger", url, "--format", "json"])
+        assert result.exit_code == 1
+        doc = json.loads(result.output)
+        assert doc["intact"] is False and doc["seq"] == 0
+        assert "kind column says 'round', payload 'participant'" in doc["detail"]
+
+
+class TestSQLiteEntries(EntriesContract):
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+class TestPostgresEntries(EntriesContract):
+    @pytest.fixture
+    def url(self, postgres_url: str) -> str:
+        return postgres_url
