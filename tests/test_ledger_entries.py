@@ -6,12 +6,14 @@ refuse it, exactly as an operator with database access could.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 from typer.testing import CliRunner
@@ -30,7 +32,8 @@ from server.ledger import (
     record_round,
     start_run,
 )
-from server.ledger.entries import canonical_payload, entry_leaf_hash, record_row
+from server.ledger.checkpoints import sign_checkpoint
+from server.ledger.entries import canonical_payload, chain_hash, entry_leaf_hash, record_row
 from server.ledger.schema import Participant
 from server.ledger.verify import LedgerTampered, verify_ledger
 
@@ -94,12 +97,14 @@ def _tamper(ledger: Ledger, *statements: str) -> None:
     """Drop the append-only triggers and run raw SQL, as a rogue operator could."""
     with ledger.engine.begin() as c:
         if ledger.engine.dialect.name == "postgresql":
-            c.execute(text("DROP TRIGGER IF EXISTS ledger_entries_append_only ON ledger_entries"))
+            for table in ("ledger_entries", "ledger_checkpoints"):
+                c.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
         else:
-            c.execute(text("DROP TRIGGER IF EXISTS ledger_entries_no_update"))
-            c.execute(text("DROP TRIGGER IF EXISTS ledger_entries_no_delete"))
+            for table in ("ledger_entries", "ledger_checkpoints"):
+                c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_update"))
+                c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_delete"))
         for statement in statements:
-            c.execute(text(statement))
+            c.exec_driver_sql(statement)  # raw: JSON colons are not bind parameters
 
 
 def _caught(ledger: Ledger) -> LedgerTampered:
@@ -134,7 +139,7 @@ class EntriesContract:
         ]
         assert [seq for seq, _, _ in entries] == list(range(len(entries)))
         report = verify_ledger(ledger)
-        assert report.entries == len(entries) and report.rows_checked == 8
+        assert report.entries == len(entries) and report.rows_checked == 7
         assert report.tree_root == root([leaf_hash(p.encode()) for _, _, p in entries]).hex()
         finished = json.loads(entries[-1][2])
         assert finished["row"]["status"] == "finished"
@@ -247,13 +252,73 @@ class EntriesContract:
         runner = CliRunner()
         result = runner.invoke(app, ["audit", "verify", "--ledger", url])
         assert result.exit_code == 0, result.output
-        assert result.output.startswith("intact: 9 entries, 8 fact rows match their entries")
+        assert result.output.startswith("intact: 9 entries, 7 fact rows match their entries")
         _tamper(ledger, "UPDATE ledger_entries SET kind = 'round' WHERE seq = 0")
         result = runner.invoke(app, ["audit", "verify", "--ledger", url, "--format", "json"])
         assert result.exit_code == 1
         doc = json.loads(result.output)
         assert doc["intact"] is False and doc["seq"] == 0
         assert "kind column says 'round', payload 'participant'" in doc["detail"]
+
+    def test_signed_checkpoints_catch_a_deleted_tail_and_rewritten_history(
+        self, ledger: Ledger
+    ) -> None:
+        operator = Ed25519PrivateKey.generate()
+        with ledger.session() as s:
+            enrol_participant(s, "late-lab", "industry")  # entry 9
+            checkpoint = sign_checkpoint(s, operator, note="after round 1")
+        assert (checkpoint.tree_size, checkpoint.note) == (10, "after round 1")
+        checkpoint.verify(operator.public_key())
+        report = verify_ledger(ledger, operator.public_key())
+        assert (report.checkpoints, report.signatures_checked) == (1, True)
+        assert checkpoint.root == report.tree_root
+        with pytest.raises(LedgerTampered, match="names signing key"):
+            verify_ledger(ledger, Ed25519PrivateKey.generate().public_key())
+
+        # rewrite history consistently (payload, row, every later hash, the head)
+        entries = _entries(ledger)
+        seq = next(q for q, k, _ in entries if k == "privacy-charge")
+        forged = entries[seq][2].replace('"epsilon":"2.5"', '"epsilon":"0.5"')
+        statements = [
+            f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {seq}",
+            "UPDATE privacy_charges SET epsilon = 0.5",
+        ]
+        previous = "0" * 64
+        for q, _, payload in entries:
+            leaf = entry_leaf_hash(forged if q == seq else payload)
+            previous_new = chain_hash(previous, leaf)
+            statements.append(
+                f"UPDATE ledger_entries SET leaf_hash = '{leaf}', prev_hash = '{previous}', "
+                f"chain_hash = '{previous_new}' WHERE seq = {q}"
+            )
+            previous = previous_new
+        statements.append(f"UPDATE ledger_head SET chain_hash = '{previous}'")
+        _tamper(ledger, *statements)
+        err = _caught(ledger)
+        assert "no longer have the root the checkpoint" in str(err) and err.seq == 9
+
+    def test_a_tail_deleted_below_a_checkpoint_is_caught(self, ledger: Ledger) -> None:
+        with ledger.session() as s:
+            enrol_participant(s, "late-lab", "industry")  # entry 9, participants row 3
+            sign_checkpoint(s, Ed25519PrivateKey.generate(), note="n")
+        with ledger.engine.connect() as c:
+            chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 8")).scalar()
+        _tamper(
+            ledger,
+            "DELETE FROM ledger_entries WHERE seq = 9",
+            "DELETE FROM participants WHERE name = 'late-lab'",
+            f"UPDATE ledger_head SET size = 9, chain_hash = '{chain}'",
+        )
+        assert "covers 10 entries, but only 9 remain" in str(_caught(ledger))
+
+    def test_a_forged_checkpoint_signature_is_caught(self, ledger: Ledger) -> None:
+        operator = Ed25519PrivateKey.generate()
+        with ledger.session() as s:
+            sign_checkpoint(s, operator, note="n")
+        forged = base64.b64encode(operator.sign(b"something else")).decode()
+        _tamper(ledger, f"UPDATE ledger_checkpoints SET signature = '{forged}'")
+        with pytest.raises(LedgerTampered, match="does not verify"):
+            verify_ledger(ledger, operator.public_key())
 
 
 class TestSQLiteEntries(EntriesContract):

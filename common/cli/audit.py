@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Console
 from rich.table import Table
 
 from common.cli.errors import user_errors
+from common.identity import Consortium
+from common.keys import decode_ed25519_public
 from server.ledger import Ledger, ledger_report
 from server.ledger.verify import LedgerTampered, verify_ledger
 
@@ -21,6 +25,13 @@ app = typer.Typer(help="Read-only views of the ledger.", no_args_is_help=True)
 @app.command("verify")
 def verify(
     ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    operator_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The operator's checkpoint key: base64, or the consortium.json that holds it. "
+            "Without it, checkpoint signatures are not checked."
+        ),
+    ] = None,
     output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
 ) -> None:
     """Recompute every entry, the hash chain and the Merkle tree; check every fact row.
@@ -29,9 +40,10 @@ def verify(
     the first bad entry otherwise.
     """
     with user_errors():
+        operator = _operator_key(operator_key) if operator_key else None
         ledger = Ledger(ledger_url, migrate=False)
         try:
-            report = verify_ledger(ledger)
+            report = verify_ledger(ledger, operator)
         except LedgerTampered as err:
             if output_format == "json":
                 typer.echo(
@@ -48,6 +60,13 @@ def verify(
         typer.echo(json.dumps({"intact": True, **report.__dict__}))
         return
     typer.echo(report.summary())
+
+
+def _operator_key(value: str) -> Ed25519PublicKey:
+    path = Path(value)
+    if path.suffix == ".json" or path.is_file():
+        return Consortium.load(path).operator_key
+    return decode_ed25519_public(value, "--operator-key")
 
 
 @app.command("show")

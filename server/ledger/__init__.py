@@ -7,6 +7,7 @@ from server.ledger.store import (
     LedgerError,
     UpdateFact,
     admit_participant,
+    admitted_datasets,
     admitted_keys,
     enrol_participant,
     finish_run,
@@ -16,6 +17,7 @@ from server.ledger.store import (
     record_exclusions,
     record_privacy,
     record_round,
+    refuse_admission,
     start_run,
 )
 
@@ -26,6 +28,7 @@ __all__ = [
     "LedgerError",
     "UpdateFact",
     "admit_participant",
+    "admitted_datasets",
     "admitted_keys",
     "enrol_participant",
     "finish_run",
@@ -35,5 +38,6 @@ __all__ = [
     "record_exclusions",
     "record_privacy",
     "record_round",
+    "refuse_admission",
     "start_run",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "Charge",
     "Dataset",
     "Exclusion",
+    "LedgerCheckpoint",
     "LedgerEntry",
     "LedgerHead",
     "Participant",
@@ -69,6 +70,22 @@ class LedgerEntry(Base):
     prev_hash: Mapped[Sha256]
     chain_hash: Mapped[Sha256]
     created_at: Mapped[Timestamp]
+
+
+class LedgerCheckpoint(Base):
+    """A signed tree head: the operator's Ed25519 signature over size, root and time.
+
+    ``body`` is the exact canonical JSON that was signed; append-only like the entries.
+    """
+
+    __tablename__ = "ledger_checkpoints"
+
+    id: Mapped[IntPk]
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root_hash: Mapped[Sha256]
+    body: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[Sha256]
+    signature: Mapped[str] = mapped_column(Text)
 
 
 class LedgerHead(Base):
@@ -124,6 +141,8 @@ class Dataset(Base):
     format: Mapped[str] = mapped_column(String(16))
     schema_json: Mapped[str] = mapped_column(Text)
     licence: Mapped[str] = mapped_column(String(256))
+    # The licence's structured terms (canonical JSON; ledger v5).
+    licence_terms: Mapped[str | None] = mapped_column(Text, default=None)
     # sha256 of the signed enrolment request the manifest came from.
     request_sha256: Mapped[Sha256]
     recorded_at: Mapped[Timestamp]

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.identity import EnrolmentRequest
 from common.privacy import epsilon_for_json
 from common.protocol import PrivacyCharge
-from server.ledger.entries import record_row, row_facts
+from server.ledger.entries import append_entry, record_row, row_facts
 from server.ledger.schema import (
     PARTICIPANT_KINDS,
     Charge,
@@ -46,6 +46,7 @@ __all__ = [
     "LedgerError",
     "UpdateFact",
     "admit_participant",
+    "admitted_datasets",
     "admitted_keys",
     "enrol_participant",
     "finish_run",
@@ -55,6 +56,7 @@ __all__ = [
     "record_exclusions",
     "record_privacy",
     "record_round",
+    "refuse_admission",
     "start_run",
 ]
 
@@ -202,11 +204,36 @@ def admit_participant(
             records=int(manifest["records"]),
             format=str(manifest.get("format", "")),
             schema_json=json.dumps(manifest["schema"], sort_keys=True),
-            licence=request.licence,
+            licence=request.licence_terms.id,
+            licence_terms=json.dumps(request.licence, sort_keys=True),
             request_sha256=request_sha256,
         )
         record_row(session, dataset, "dataset")
     return participant
+
+
+def refuse_admission(
+    session: Session, request: EnrolmentRequest, request_sha256: str, reason: str
+) -> None:
+    """Record that a verified request was refused, and why (an entry, no participant row)."""
+    append_entry(
+        session,
+        "admission-refused",
+        {
+            "institution": request.institution,
+            "kind": request.kind,
+            "dataset_sha256": request.dataset["sha256"],
+            "licence": request.licence,
+            "request_sha256": request_sha256,
+            "reason": reason,
+        },
+    )
+
+
+def admitted_datasets(session: Session) -> dict[tuple[str, str], dict[str, Any]]:
+    """Licence terms of every admitted dataset, by (institution, dataset sha256)."""
+    rows = session.scalars(select(Dataset).where(Dataset.licence_terms.is_not(None)))
+    return {(d.participant.name, d.sha256): json.loads(str(d.licence_terms)) for d in rows}
 
 
 def admitted_keys(session: Session) -> dict[str, str]:
@@ -451,6 +478,7 @@ def ledger_report(session: Session) -> dict[str, Any]:
                         "format": d.format,
                         "schema": json.loads(d.schema_json),
                         "licence": d.licence,
+                        "licence_terms": json.loads(d.licence_terms) if d.licence_terms else None,
                         "request_sha256": d.request_sha256,
                     }
                     for d in p.datasets

@@ -9,9 +9,12 @@ Checks, in order:
 4. ``ledger_head`` agrees with the last entry;
 5. every fact row equals the payload of the entry it names (so editing a
    typed table, such as a participant's public key, is caught), and every row
-   an entry states still exists.
+   an entry states still exists;
+6. every signed checkpoint is well formed, covers no more entries than
+   there are (a deleted tail is caught), has the RFC 6962 root of the first
+   ``tree_size`` entries, and, given the operator's public key, carries the
+   operator's signature.
 
-The Merkle tree head (RFC 6962) over all leaves is computed and returned.
 Nothing is written: the checks only read.
 """
 
@@ -21,10 +24,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from common.merkle import TreeBuilder
 from common.merkle import root as merkle_root
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
+from server.ledger.checkpoints import Checkpoint, CheckpointError
 from server.ledger.entries import (
     ZERO_HASH,
     canonical_payload,
@@ -37,6 +43,7 @@ from server.ledger.schema import (
     Charge,
     Dataset,
     Exclusion,
+    LedgerCheckpoint,
     LedgerEntry,
     LedgerHead,
     Participant,
@@ -78,6 +85,8 @@ class VerifyReport:
     rows_checked: int
     rows_before_entries: int
     """Fact rows written before the ledger had entries (v4 and older); not covered."""
+    checkpoints: int = 0
+    signatures_checked: bool = False
 
     def summary(self) -> str:
         legacy = (
@@ -85,9 +94,15 @@ class VerifyReport:
             if self.rows_before_entries
             else ""
         )
+        signed = (
+            "operator signatures verified"
+            if self.signatures_checked
+            else "signatures NOT checked (no --operator-key)"
+        )
         return (
             f"intact: {self.entries} entries, {self.rows_checked} fact rows match their "
-            f"entries, tree root {self.tree_root}{legacy}"
+            f"entries, {self.checkpoints} checkpoints ({signed}), tree root "
+            f"{self.tree_root}{legacy}"
         )
 
 
@@ -193,12 +208,58 @@ def _check_rows(session: Session, entries: dict[int, LedgerEntry]) -> tuple[int,
     return checked, legacy
 
 
+def _check_checkpoints(
+    session: Session, leaves: list[bytes], operator: Ed25519PublicKey | None
+) -> int:
+    rows = session.scalars(select(LedgerCheckpoint).order_by(LedgerCheckpoint.id)).all()
+    checkpoints = []
+    for row in rows:
+        try:
+            checkpoint = Checkpoint.from_row(row)
+            if operator is not None:
+                checkpoint.verify(operator)
+        except CheckpointError as err:
+            raise LedgerTampered(None, None, str(err)) from None
+        if checkpoint.tree_size > len(leaves):
+            raise LedgerTampered(
+                len(leaves),
+                None,
+                f"a checkpoint signed at {checkpoint.at} covers {checkpoint.tree_size} entries, "
+                f"but only {len(leaves)} remain: entries were deleted",
+            )
+        checkpoints.append(checkpoint)
+    wanted: dict[int, list[Checkpoint]] = {}
+    for checkpoint in checkpoints:
+        wanted.setdefault(checkpoint.tree_size, []).append(checkpoint)
+    tree, built = TreeBuilder(), 0
+    for size in sorted(wanted):
+        while built < size:
+            built = tree.append(leaves[built])
+        for checkpoint in wanted[size]:
+            if tree.root().hex() != checkpoint.root:
+                raise LedgerTampered(
+                    size - 1 if size else None,
+                    None,
+                    f"the first {size} entries no longer have the root the checkpoint of "
+                    f"{checkpoint.at} signed: history was rewritten",
+                )
+    return len(checkpoints)
+
+
 def _plain_row(row: Base) -> Any:
     return json.loads(canonical_payload(row_facts(row)))
 
 
-def verify_ledger(ledger: Ledger) -> VerifyReport:
-    """Check ``ledger`` (see the module docstring); :class:`LedgerTampered` names what failed."""
+def verify_ledger(ledger: Ledger, operator: Ed25519PublicKey | None = None) -> VerifyReport:
+    """Check ``ledger`` (see the module docstring); :class:`LedgerTampered` names what failed.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger, opened without migrating it.
+    operator : Ed25519PublicKey, optional
+        The operator's checkpoint key; without it signatures are not checked.
+    """
     if not inspect(ledger.engine).has_table("ledger_entries"):
         raise LedgerError(
             f"{ledger.url} has no ledger_entries table: its schema predates v5 "
@@ -208,6 +269,7 @@ def verify_ledger(ledger: Ledger) -> VerifyReport:
         try:
             leaves, entries, last_chain = _check_entries(session)
             checked, legacy = _check_rows(session, entries)
+            checkpoints = _check_checkpoints(session, leaves, operator)
         finally:
             session.rollback()  # read-only: nothing to keep
     return VerifyReport(
@@ -216,4 +278,6 @@ def verify_ledger(ledger: Ledger) -> VerifyReport:
         chain_hash=last_chain,
         rows_checked=checked,
         rows_before_entries=legacy,
+        checkpoints=checkpoints,
+        signatures_checked=operator is not None,
     )

@@ -27,6 +27,7 @@ FACT_TABLES = (
     "exclusions",
 )
 APPEND_ONLY = "ledger entries are append-only"
+APPEND_ONLY_TABLES = ("ledger_entries", "ledger_checkpoints")
 
 
 def upgrade() -> None:
@@ -40,6 +41,15 @@ def upgrade() -> None:
         sa.Column("chain_hash", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.create_table(
+        "ledger_checkpoints",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("tree_size", sa.BigInteger(), nullable=False),
+        sa.Column("root_hash", sa.String(64), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("key_id", sa.String(64), nullable=False),
+        sa.Column("signature", sa.Text(), nullable=False),
+    )
     head = op.create_table(
         "ledger_head",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
@@ -50,37 +60,46 @@ def upgrade() -> None:
     for table in FACT_TABLES:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("entry_seq", sa.BigInteger(), nullable=True))
+    with op.batch_alter_table("datasets") as batch:
+        batch.add_column(sa.Column("licence_terms", sa.Text(), nullable=True))
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
-            "CREATE FUNCTION ledger_entries_append_only() RETURNS trigger AS $$ "
+            "CREATE FUNCTION ledger_append_only() RETURNS trigger AS $$ "
             f"BEGIN RAISE EXCEPTION '{APPEND_ONLY}'; END $$ LANGUAGE plpgsql"
         )
-        op.execute(
-            "CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE "
-            "ON ledger_entries FOR EACH ROW EXECUTE FUNCTION ledger_entries_append_only()"
-        )
-        op.execute(
-            "CREATE TRIGGER ledger_entries_no_truncate BEFORE TRUNCATE "
-            "ON ledger_entries FOR EACH STATEMENT EXECUTE FUNCTION ledger_entries_append_only()"
-        )
-    else:
-        for action in ("UPDATE", "DELETE"):
+    for table in APPEND_ONLY_TABLES:
+        if op.get_bind().dialect.name == "postgresql":
             op.execute(
-                f"CREATE TRIGGER ledger_entries_no_{action.lower()} BEFORE {action} "
-                f"ON ledger_entries BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
+                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE "
+                f"ON {table} FOR EACH ROW EXECUTE FUNCTION ledger_append_only()"
             )
+            op.execute(
+                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE "
+                f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only()"
+            )
+        else:
+            for action in ("UPDATE", "DELETE"):
+                op.execute(
+                    f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} "
+                    f"ON {table} BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
+                )
 
 
 def downgrade() -> None:
+    for table in APPEND_ONLY_TABLES:
+        if op.get_bind().dialect.name == "postgresql":
+            op.execute(f"DROP TRIGGER {table}_no_truncate ON {table}")
+            op.execute(f"DROP TRIGGER {table}_append_only ON {table}")
+        else:
+            for action in ("update", "delete"):
+                op.execute(f"DROP TRIGGER {table}_no_{action}")
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER ledger_entries_no_truncate ON ledger_entries")
-        op.execute("DROP TRIGGER ledger_entries_append_only ON ledger_entries")
-        op.execute("DROP FUNCTION ledger_entries_append_only()")
-    else:
-        for action in ("update", "delete"):
-            op.execute(f"DROP TRIGGER ledger_entries_no_{action}")
+        op.execute("DROP FUNCTION ledger_append_only()")
+    with op.batch_alter_table("datasets") as batch:
+        batch.drop_column("licence_terms")
     for table in FACT_TABLES:
         with op.batch_alter_table(table) as batch:
             batch.drop_column("entry_seq")
     op.drop_table("ledger_head")
+    op.drop_table("ledger_checkpoints")
     op.drop_table("ledger_entries")
