@@ -39,6 +39,7 @@ from common.keys import (
     write_private_key,
     write_supernode_key,
 )
+from common.licences import Licence, LicenceError, parse_licence
 from common.policy import Policy
 
 __all__ = [
@@ -212,7 +213,8 @@ class EnrolmentRequest:
 
     institution: str
     kind: str
-    licence: str
+    licence: dict[str, Any]
+    """The licence terms (:meth:`common.licences.Licence.to_dict`)."""
     dataset: dict[str, Any]
     signing_public_key: str
     supernode_public_key: str
@@ -226,6 +228,10 @@ class EnrolmentRequest:
     @property
     def signing_key_id(self) -> str:
         return key_id(self.signing_key)
+
+    @property
+    def licence_terms(self) -> Licence:
+        return Licence.from_dict(self.licence)
 
 
 def enrol(
@@ -251,7 +257,8 @@ def enrol(
     data_path : Path
         Its data, validated and summarised here; the data never leave.
     licence : str
-        The licence the data are offered under (an SPDX id or custom terms).
+        The licence the data are offered under: an SPDX id with built-in
+        terms (:data:`common.licences.SPDX`) or a TOML file of custom terms.
     consortium_file : Path
         The operator's ``consortium.json``; a copy is kept in ``state_dir``.
     policy : Policy, optional
@@ -269,6 +276,7 @@ def enrol(
         raise EnrolmentError(f"kind must be one of {PARTICIPANT_KINDS}, not {kind!r}")
     if not licence.strip():
         raise EnrolmentError("declare the licence the data are offered under (e.g. CC-BY-4.0)")
+    terms = parse_licence(licence.strip())
     consortium = Consortium.load(consortium_file)
     manifest = dataset_manifest(policy or Policy(), data_path)
     state = ParticipantState(state_dir)
@@ -295,7 +303,7 @@ def enrol(
         "consortium_id": consortium.id,
         "institution": institution,
         "kind": kind,
-        "licence": licence.strip(),
+        "licence": terms.to_dict(),
         "dataset": manifest,
         "signing_public_key": encode_public(signing.public_key()),
         "supernode_public_key": _openssh(supernode),
@@ -332,9 +340,15 @@ def read_request(path: Path, consortium: Consortium) -> EnrolmentRequest:
     if doc.get("version") != REQUEST_VERSION:
         raise EnrolmentError(f"{path}: unsupported request version {doc.get('version')!r}")
     signature_text = _field(doc, "signature", str, path)
-    values = _strings(doc, [f.name for f in fields(EnrolmentRequest) if f.name != "dataset"], path)
+    names = [f.name for f in fields(EnrolmentRequest) if f.name not in ("dataset", "licence")]
+    values = _strings(doc, names, path)
     dataset = _field(doc, "dataset", dict, path)
-    request = EnrolmentRequest(dataset=dataset, **values)
+    licence = _field(doc, "licence", dict, path)
+    request = EnrolmentRequest(dataset=dataset, licence=licence, **values)
+    try:
+        _ = request.licence_terms
+    except LicenceError as err:
+        raise EnrolmentError(f"{path}: {err}") from err
     try:
         check_institution(request.institution)
     except EnrolmentError as err:

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import tomllib
 
+from common.licences import PURPOSES
+
 __all__ = [
     "DataConfig",
     "DeployConfig",
@@ -144,6 +146,10 @@ class FederationConfig(_Section):
         FedAvgM server momentum; with 0 and a server learning rate of 1 the
         strategy is plain FedAvg. Momentum averages the clients' DP noise
         over rounds.
+    purpose : str (default: "research")
+        What the run is for (``research``, ``education`` or ``commercial``):
+        data whose licence does not allow it is refused at admission and its
+        updates from then on.
     """
 
     SECTION: ClassVar[str] = "federation"
@@ -183,6 +189,10 @@ class FederationConfig(_Section):
     server_momentum: float = field(
         default=0.0,
         metadata=_spec("server-momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    )
+    purpose: str = field(
+        default="research",
+        metadata=_spec("purpose", str, lambda v: v in PURPOSES, f"one of: {', '.join(PURPOSES)}"),
     )
 
 
@@ -496,6 +506,9 @@ class DeployConfig(_Section):
         The aggregator's X25519 private key file (``fedcommons operator init``
         writes it): updates are encrypted to it. If it is passphrase-protected,
         the ServerApp reads the passphrase from ``$FEDCOMMONS_KEY_PASSPHRASE``.
+    operator_key : str (default: "")
+        The operator's Ed25519 private key file: after every round the server
+        signs a ledger checkpoint with it. Empty: no checkpoints are signed.
     """
 
     SECTION: ClassVar[str] = "deploy"
@@ -508,6 +521,9 @@ class DeployConfig(_Section):
     )
     aggregator_key: str = field(
         default="", metadata=_spec("aggregator-key", str, None, "a key file path")
+    )
+    operator_key: str = field(
+        default="", metadata=_spec("operator-key", str, None, "a key file path")
     )
 
 

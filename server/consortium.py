@@ -22,17 +22,18 @@ import hashlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from common.identity import Consortium, EnrolmentRequest, read_request
+from common.identity import Consortium, EnrolmentError, EnrolmentRequest, read_request
 from common.keys import encode_public, load_x25519_key, write_private_key
 from common.local_federation import write_connection
 from common.policy import Policy
 from common.tls import TlsFiles, write_tls
-from server.ledger import Ledger, admit_participant
+from server.ledger import Ledger, admit_participant, refuse_admission
 
 __all__ = ["CONNECTION", "OperatorFiles", "admit", "init_consortium"]
 
@@ -135,7 +136,9 @@ def init_consortium(
     url = ledger_url or files.default_ledger_url
     Ledger(url).close()
     configured = (policy or Policy()).with_deploy(
-        ledger_url=url, aggregator_key=str(files.aggregator_key)
+        ledger_url=url,
+        aggregator_key=str(files.aggregator_key),
+        operator_key=str(files.signing_key),
     )
     files.policy_file.write_text(configured.to_toml(), encoding="utf-8")
     write_connection(files.flwr_home, CONNECTION, superlink, tls.ca_certificate)
@@ -147,16 +150,32 @@ Register = Callable[[Path], object]
 
 
 def admit(
-    ledger: Ledger, consortium: Consortium, request_path: Path, *, register: Register | None
+    ledger: Ledger,
+    consortium: Consortium,
+    request_path: Path,
+    *,
+    register: Register | None,
+    purpose: str,
+    today: date | None = None,
 ) -> EnrolmentRequest:
-    """Verify an enrolment request, record it in the ledger, allow its SuperNode in.
+    """Verify an enrolment request, check its licence, record it, allow its SuperNode in.
 
-    The request is verified first, so a tampered request changes nothing.
+    The request is verified first, so a tampered request changes nothing. A
+    licence that does not allow ``purpose`` (today) is refused: the refusal
+    is a ledger entry with its reason, and :class:`EnrolmentError` says why.
     The ledger commits before the SuperNode key is registered: a failed
     registration can be retried by admitting the same request again.
     """
     request = read_request(request_path, consortium)
     request_sha256 = hashlib.sha256(request_path.read_bytes()).hexdigest()
+    refusal = request.licence_terms.refusal(purpose, today or date.today())
+    if refusal is not None:
+        with ledger.session() as session:
+            refuse_admission(session, request, request_sha256, f"{refusal} ({purpose} run)")
+        raise EnrolmentError(
+            f"{request.institution} is not admitted: {refusal}, and this consortium's runs "
+            f"are for {purpose}"
+        )
     with ledger.session() as session:
         admit_participant(session, request, request_sha256)
     if register is not None:

@@ -11,14 +11,21 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.datasets import load_local_data, server_split_path, to_examples
 from common.envelope import AGGREGATOR_KEY
-from common.keys import decode_ed25519_public, encode_public, load_x25519_key, passphrase_from_env
+from common.keys import (
+    decode_ed25519_public,
+    encode_public,
+    load_ed25519_key,
+    load_x25519_key,
+    passphrase_from_env,
+)
+from common.licences import Licence
 from common.model import arrays_sha256, build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy
 from common.records import Arrays, arrays_of, record_of
 from common.training import Examples, evaluate
 from server.grid import PollingGrid
 from server.intake import UpdateGate, expected_tensors
-from server.ledger import Ledger, admitted_keys, finish_run, start_run
+from server.ledger import Ledger, admitted_datasets, admitted_keys, finish_run, start_run
 from server.strategy import LedgerFedAvg, RoundFailed
 
 __all__ = ["app"]
@@ -74,6 +81,9 @@ def main(grid: Grid, context: Context) -> None:
             name: decode_ed25519_public(key, f"{name}'s signing key in the ledger")
             for name, key in admitted_keys(session).items()
         }
+        licences = {
+            key: Licence.from_dict(terms) for key, terms in admitted_datasets(session).items()
+        }
         run_id = start_run(
             session,
             policy_sha256=policy.sha256(),
@@ -93,6 +103,11 @@ def main(grid: Grid, context: Context) -> None:
         base_model_sha256=base_sha256,
     )
 
+    operator_key = (
+        load_ed25519_key(Path(policy.deploy.operator_key), passphrase=passphrase_from_env())
+        if policy.deploy.operator_key
+        else None
+    )
     strategy = LedgerFedAvg(
         ledger=ledger,
         run_id=run_id,
@@ -101,6 +116,9 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=policy.federation.min_nodes,
         privacy=policy.privacy,
         gate=gate,
+        checkpoint_signer=operator_key,
+        licences=licences,
+        purpose=policy.federation.purpose,
         fraction_train=policy.federation.fraction_train,
         fraction_evaluate=policy.federation.fraction_evaluate,
         server_learning_rate=policy.federation.server_learning_rate,

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM
 
 from common.envelope import ENVELOPE, Envelope, EnvelopeError, UpdateHeader, envelope_of
+from common.licences import Licence
 from common.model import arrays_sha256, arrays_to_bytes
 from common.policy import PrivacyConfig
 from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
@@ -24,9 +27,11 @@ from server.ledger import (
     ExclusionFact,
     Ledger,
     UpdateFact,
+    record_exclusions,
     record_privacy,
     record_round,
 )
+from server.ledger.checkpoints import sign_checkpoint
 
 __all__ = ["LedgerFedAvg", "RoundFailed"]
 
@@ -36,6 +41,8 @@ Evaluator = Callable[[Arrays], tuple[float, float]]
 
 REJECTED = 422
 """Exclusion code: the server rejected a reply (malformed or outside the policy)."""
+LICENCE = 451
+"""Exclusion code: the node's data licence does not allow the run's purpose (any more)."""
 
 
 class RoundFailed(RuntimeError):
@@ -67,6 +74,19 @@ class LedgerFedAvg(FedAvgM):
     gate : UpdateGate
         Verifies and decrypts each sealed update (:mod:`server.intake`); an
         update it rejects is left out and the reason recorded.
+    checkpoint_signer : Ed25519PrivateKey, optional
+        The operator's key: after each recorded round it signs a ledger
+        checkpoint (the Merkle tree head). ``None`` signs none.
+    licences : mapping, optional
+        Licence terms of every admitted dataset, by (institution, dataset
+        sha256). Every round, an update must come from an admitted dataset
+        whose licence allows ``purpose`` on ``today()``; a node whose
+        licences no longer do is not asked to train (an exclusion with code
+        451). ``None`` checks no licences.
+    purpose : str (default: "research")
+        The run's purpose (``federation.purpose``).
+    today : callable (default: ``date.today``)
+        The date licences are checked against.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvgM` (``fraction_train``,
         ``server_learning_rate``, ``server_momentum``, ...).
@@ -82,6 +102,10 @@ class LedgerFedAvg(FedAvgM):
         min_nodes: int,
         privacy: PrivacyConfig,
         gate: UpdateGate,
+        checkpoint_signer: Ed25519PrivateKey | None = None,
+        licences: Mapping[tuple[str, str], Licence] | None = None,
+        purpose: str = "research",
+        today: Callable[[], date] = date.today,
         **kwargs: float | int | str,
     ) -> None:
         super().__init__(
@@ -97,6 +121,11 @@ class LedgerFedAvg(FedAvgM):
         self.min_nodes = min_nodes
         self.privacy = privacy
         self.gate = gate
+        self.checkpoint_signer = checkpoint_signer
+        self.licences = dict(licences) if licences is not None else None
+        self.purpose = purpose
+        self.today = today
+        self._institution_of: dict[int, str] = {}  # learnt from verified updates
         self._round_started = time.monotonic()
         self._model_before = ""
         self._updates: list[UpdateFact] = []
@@ -108,7 +137,57 @@ class LedgerFedAvg(FedAvgM):
         self._round_started = time.monotonic()
         self._model_before = arrays_sha256(arrays_of(arrays))
         self.gate.begin_round(server_round, self._model_before)
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        kept, excluded = [], []
+        for message in messages:
+            institution = self._institution_of.get(message.metadata.dst_node_id)
+            reason = self._licence_block(institution) if institution else None
+            if reason is None:
+                kept.append(message)
+            else:
+                excluded.append(
+                    ExclusionFact(institution, message.metadata.dst_node_id, LICENCE, reason)
+                )
+        if excluded:
+            for e in excluded:
+                log.warning(
+                    "round %d: %s not asked to train: %s", server_round, e.institution, e.reason
+                )
+            if self.ledger is not None and self.run_id is not None:
+                with self.ledger.session() as session:
+                    record_exclusions(session, self.run_id, server_round, excluded)
+        return kept
+
+    def _licence_block(self, institution: str) -> str | None:
+        """Why none of ``institution``'s datasets may be used today; ``None`` if one may."""
+        if self.licences is None:
+            return None
+        reasons = [
+            licence.refusal(self.purpose, self.today())
+            for (name, _), licence in self.licences.items()
+            if name == institution
+        ]
+        if not reasons:
+            return f"{institution} has no admitted dataset"
+        if any(r is None for r in reasons):
+            return None
+        return "; ".join(r for r in reasons if r)
+
+    def _check_licence(self, header: UpdateHeader) -> None:
+        """Reject an update from a dataset not admitted, or whose licence no longer allows it."""
+        if self.licences is None:
+            return
+        dataset = header.privacy.dataset_sha256
+        licence = self.licences.get((header.participant, dataset))
+        if licence is None:
+            raise EnvelopeError(
+                "unknown-dataset",
+                f"{header.participant} trained on dataset {dataset[:16]}..., which it did not "
+                "declare at admission",
+            )
+        refusal = licence.refusal(self.purpose, self.today())
+        if refusal is not None:
+            raise EnvelopeError("licence", f"{refusal} ({self.purpose} run)")
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -135,7 +214,9 @@ class LedgerFedAvg(FedAvgM):
                 started = time.perf_counter()
                 opened = self.gate.open(envelope)
                 open_seconds = time.perf_counter() - started
+                self._institution_of[node_id] = opened.header.participant
                 self._check_charge(opened.header.privacy)
+                self._check_licence(opened.header)
             except EnvelopeError as err:
                 exclusions.append(
                     ExclusionFact(
@@ -232,6 +313,12 @@ class LedgerFedAvg(FedAvgM):
                     seconds=time.monotonic() - self._round_started,
                     updates=self._updates,
                 )
+                if self.checkpoint_signer is not None:
+                    sign_checkpoint(
+                        session,
+                        self.checkpoint_signer,
+                        note=f"run {self.run_id} round {server_round}",
+                    )
         log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 

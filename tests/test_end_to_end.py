@@ -124,6 +124,14 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
 
     # TLS, SuperNode authentication and sealed updates, all on by default
     assert (summary["tls"], summary["node_auth"], summary["encrypted_updates"]) == (True,) * 3
+    # the ledger verifies with the operator's key; one signed checkpoint per round
+    assert summary["ledger_verified"] is True and summary["ledger_checkpoints"] == 2
+    licences = {p["name"]: p["datasets"][-1]["licence"] for p in report["participants"]}
+    assert licences == {
+        "university-a": "CC-BY-4.0",
+        "university-b": "CC-BY-NC-4.0",
+        "company-c": "custom:company-c-research",
+    }
     superlink_log = (workdir / "logs" / "superlink.log").read_text()
     assert "SuperNode authentication is disabled" not in superlink_log
     _check_sealed_updates(workdir, report, Path(summary["superlink_db"]))
@@ -218,6 +226,7 @@ def _admit_all(ledger: Ledger, operator: OperatorFiles, nodes: list[NodeSpec]): 
                 operator.consortium(),
                 ParticipantState(node.state_dir).request,
                 register=functools.partial(federation.register_node, name=node.institution),
+                purpose="research",
             )
 
     return on_superlink

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from common.cli.app import app
@@ -23,6 +24,7 @@ from common.identity import (
     enrol,
     read_request,
 )
+from common.licences import SPDX
 from common.keys import (
     PASSPHRASE_ENV,
     KeyFileError,
@@ -169,7 +171,7 @@ def test_enrolment_writes_keys_and_a_signed_manifest_never_the_data(
     for key in (state.signing_key, state.supernode_key):
         assert key.stat().st_mode & 0o777 == 0o600
     request = read_request(request_path, operator.consortium())
-    assert (request.institution, request.kind, request.licence) == (
+    assert (request.institution, request.kind, request.licence_terms.id) == (
         "university-a",
         "academia",
         "CC-BY-4.0",
@@ -186,10 +188,14 @@ def test_enrolment_writes_keys_and_a_signed_manifest_never_the_data(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("licence", "CC0-1.0"), ("institution", "university-b"), ("kind", "industry")],
+    [
+        ("licence", SPDX["CC0-1.0"].to_dict()),
+        ("institution", "university-b"),
+        ("kind", "industry"),
+    ],
 )
 def test_a_tampered_request_is_refused(
-    operator: OperatorFiles, data_file: Path, tmp_path: Path, field: str, value: str
+    operator: OperatorFiles, data_file: Path, tmp_path: Path, field: str, value: object
 ) -> None:
     path = _enrol(operator, data_file, tmp_path / "state")
     doc = json.loads(path.read_text())
@@ -250,7 +256,7 @@ def test_bad_enrolment_input_fails_before_any_key_is_written(
             institution="u",
             kind="academia",
             data_path=data_file,
-            licence="MIT",
+            licence="CC0-1.0",
             consortium_file=tmp_path / "nowhere.json",
         )
     assert not state.exists()
@@ -300,9 +306,11 @@ def test_admission_records_keys_manifest_and_licence_and_registers_the_node(
         operator.consortium(),
         path,
         register=lambda key: registered.append(key.read_text()),
+        purpose="commercial",
     )
     assert registered == [request.supernode_public_key + "\n"]
-    admit(ledger, operator.consortium(), path, register=None)  # again: nothing changes
+    # again: nothing changes
+    admit(ledger, operator.consortium(), path, register=None, purpose="commercial")
     with ledger.session() as s:
         report = ledger_report(s)
         keys = admitted_keys(s)
@@ -318,13 +326,13 @@ def test_admission_records_keys_manifest_and_licence_and_registers_the_node(
     # someone else's request under the same name, with another key: refused
     impostor = _enrol(operator, data_file, tmp_path / "impostor")
     with pytest.raises(LedgerError, match="already admitted with signing key"):
-        admit(ledger, operator.consortium(), impostor, register=None)
+        admit(ledger, operator.consortium(), impostor, register=None, purpose="research")
     # a tampered request changes nothing in the ledger
     doc = json.loads(path.read_text())
     doc["licence"] = "proprietary"
     path.write_text(json.dumps(doc))
-    with pytest.raises(EnrolmentError):
-        admit(ledger, operator.consortium(), path, register=None)
+    with pytest.raises(EnrolmentError, match="'licence' must be a dict"):
+        admit(ledger, operator.consortium(), path, register=None, purpose="research")
     with ledger.session() as s:
         assert ledger_report(s)["participants"][0]["datasets"][0]["licence"] == "CC-BY-4.0"
     ledger.close()
@@ -428,3 +436,43 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
     state.signing_key.chmod(0o644)
     with pytest.raises(KeyFileError, match="has mode 0644"):
         sealed({AGGREGATOR_KEY: pinned})
+
+
+def test_admission_refuses_a_licence_that_forbids_the_purpose_and_records_why(
+    operator: OperatorFiles, data_file: Path, tmp_path: Path
+) -> None:
+    path = _enrol(operator, data_file, tmp_path / "state", licence="CC-BY-NC-4.0")
+    ledger = Ledger(operator.policy().deploy.ledger_url)
+    with pytest.raises(EnrolmentError, match="not admitted: licence CC-BY-NC-4.0 allows "
+                       "research, education, not commercial use"):  # fmt: skip
+        admit(ledger, operator.consortium(), path, register=None, purpose="commercial")
+    with ledger.engine.connect() as c:
+        kind, payload = c.execute(
+            text("SELECT kind, payload FROM ledger_entries ORDER BY seq DESC LIMIT 1")
+        ).one()
+    assert kind == "admission-refused"
+    assert json.loads(payload)["reason"].endswith("not commercial use (commercial run)")
+    with ledger.session() as s:
+        assert ledger_report(s)["participants"] == []
+    admit(ledger, operator.consortium(), path, register=None, purpose="research")
+    with ledger.session() as s:
+        (participant,) = ledger_report(s)["participants"]
+    assert participant["datasets"][0]["licence_terms"]["commercial"] is False
+    ledger.close()
+
+
+def test_enrolment_refuses_an_unknown_or_expired_licence(
+    operator: OperatorFiles, data_file: Path, tmp_path: Path
+) -> None:
+    from common.licences import LicenceError
+
+    with pytest.raises(LicenceError, match="unknown licence 'GPL-3.0'"):
+        _enrol(operator, data_file, tmp_path / "a", licence="GPL-3.0")
+    terms = tmp_path / "old.toml"
+    terms.write_text(
+        'commercial = false\nderivatives = true\nshare-alike = false\n'
+        'purposes = ["research"]\nexpires = 2001-01-01\n'
+    )
+    with pytest.raises(LicenceError, match="expired on 2001-01-01"):
+        _enrol(operator, data_file, tmp_path / "b", licence=str(terms))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

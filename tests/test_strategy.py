@@ -7,6 +7,7 @@ X25519/AES-GCM/Ed25519 envelopes built as the ClientApp builds them.
 import base64
 import dataclasses
 import hashlib
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 
 from common.envelope import ENVELOPE, Envelope, UpdateHeader, envelope_record, seal
 from common.keys import key_id
+from common.licences import SPDX, with_expiry
 from common.model import arrays_sha256, arrays_to_bytes
 from common.policy import PrivacyConfig
 from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
@@ -401,3 +403,67 @@ def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None
     assert arrays is not None
     velocity = 0.9 * step1 + (w1 - np.average(b, axis=0))
     np.testing.assert_allclose(arrays_of(arrays)["w"], w1 - 0.5 * velocity, rtol=1e-6)
+
+
+def test_a_licence_that_expires_mid_run_excludes_that_institution_from_then_on(
+    tmp_path: Path,
+) -> None:
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
+    day = [date(2026, 11, 30)]
+    model = {"w": np.zeros(2, np.float32)}
+    strategy = LedgerFedAvg(
+        ledger=ledger,
+        run_id=run_id,
+        evaluator=lambda w: (0.0, 0.5),
+        checkpoint_dir=None,
+        min_nodes=1,
+        privacy=PrivacyConfig(epsilon=8.0),
+        gate=_gate(model),
+        licences={
+            ("inst0", "d" * 64): with_expiry(SPDX["CC-BY-4.0"], date(2026, 12, 1)),
+            ("inst1", "d" * 64): SPDX["CC-BY-NC-4.0"],
+        },
+        purpose="research",
+        today=lambda: day[0],
+    )
+    _begin(strategy, 1, model)
+    replies = [
+        _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5),
+        _reply(11, "inst1", {"w": np.ones(2, np.float32)}, 5),
+        # inst2 trained on a dataset it never declared
+        _message(
+            12,
+            _envelope(
+                "inst2",
+                {"w": np.ones(2, np.float32)},
+                5,
+                server_round=1,
+                model=model,
+                charge=dataclasses.replace(_charge(), dataset_sha256="9" * 64),
+            ),
+        ),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    day[0] = date(2026, 12, 2)  # inst0's licence has expired
+    sent = arrays_of(arrays)
+    messages = list(
+        strategy.configure_train(2, record_of(sent), ConfigRecord(), NoGrid())  # type: ignore[arg-type]
+    )
+    # neither inst0 (licence expired) nor inst2 (nothing admitted) is asked to train
+    assert [m.metadata.dst_node_id for m in messages] == [11]
+    late = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5, server_round=2, model=sent)
+    arrays, _ = strategy.aggregate_train(
+        2, [late, _reply(11, "inst1", {"w": np.ones(2, np.float32)}, 5, server_round=2, model=sent)]
+    )
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    ledger.close()
+    assert [(e["round"], e["institution"], e["code"], e["reason"]) for e in run["exclusions"]] == [
+        (1, "inst2", 422, "update rejected (unknown-dataset): inst2 trained on dataset "
+         "9999999999999999..., which it did not declare at admission"),
+        (2, "inst0", 451, "licence CC-BY-4.0 expired on 2026-12-01"),
+        (2, "inst2", 451, "inst2 has no admitted dataset"),
+        (2, "inst0", 422, "update rejected (licence): licence CC-BY-4.0 expired on 2026-12-01 "
+         "(research run)"),
+    ]  # fmt: skip

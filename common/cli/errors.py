@@ -13,6 +13,7 @@ from common.bert import BertError
 from common.data import DataError
 from common.identity import EnrolmentError
 from common.keys import KeyFileError
+from common.licences import LicenceError
 from common.local_federation import FederationError
 from common.policy import PolicyError
 from common.privacy import PrivacyError
@@ -38,6 +39,7 @@ def user_errors() -> Iterator[None]:
         FederationError,
         KeyFileError,
         EnrolmentError,
+        LicenceError,
         FileExistsError,
     ) as err:
         err_console.print(

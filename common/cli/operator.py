@@ -133,17 +133,22 @@ def admit_request(
 
     with user_errors():
         consortium = files.consortium()
-        ledger = Ledger(files.policy().deploy.ledger_url or files.default_ledger_url)
+        policy = files.policy()
+        ledger = Ledger(policy.deploy.ledger_url or files.default_ledger_url)
         try:
             admitted = admit(
-                ledger, consortium, request, register=register_key if register else None
+                ledger,
+                consortium,
+                request,
+                register=register_key if register else None,
+                purpose=policy.federation.purpose,
             )
         finally:
             ledger.close()
     result = {
         "institution": admitted.institution,
         "kind": admitted.kind,
-        "licence": admitted.licence,
+        "licence": admitted.licence_terms.id,
         "signing_key_id": admitted.signing_key_id,
         "dataset_sha256": admitted.dataset["sha256"],
         "records": admitted.dataset["records"],
@@ -155,6 +160,6 @@ def admit_request(
     Console().print(
         f"[green]admitted[/] {admitted.institution} ({admitted.kind}), dataset "
         f"{str(admitted.dataset['sha256'])[:12]}… ({admitted.dataset['records']} records, "
-        f"{admitted.licence}), signing key {admitted.signing_key_id[:12]}…"
+        f"{admitted.licence_terms.id}), signing key {admitted.signing_key_id[:12]}…"
         + ("; SuperNode key registered" if register else "; SuperNode key NOT registered")
     )
