@@ -12,13 +12,13 @@ import binascii
 import json
 from dataclasses import asdict, dataclass
 
-from common.merkle import root as merkle_root
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.keys import key_id
+from common.merkle import root as merkle_root
 from server.ledger.entries import canonical_payload
 from server.ledger.schema import LedgerCheckpoint, LedgerEntry, LedgerHead, utcnow
 

@@ -24,12 +24,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from common.merkle import TreeBuilder
-from common.merkle import root as merkle_root
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
+from common.merkle import TreeBuilder
+from common.merkle import root as merkle_root
 from server.ledger.checkpoints import Checkpoint, CheckpointError
 from server.ledger.entries import (
     ZERO_HASH,
