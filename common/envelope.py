@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import ConfigRecord
 
+from common.canonical import canonical_json
 from common.keys import key_id
 from common.protocol import PrivacyCharge
 
@@ -102,9 +103,7 @@ class UpdateHeader:
             k: ("inf" if isinstance(v, float) and math.isinf(v) else v)
             for k, v in self.privacy.as_dict().items()
         }
-        return json.dumps(
-            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        ).encode()
+        return canonical_json(doc)
 
     @classmethod
     def parse(cls, data: bytes) -> UpdateHeader:

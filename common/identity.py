@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
+from common.canonical import canonical_json
 from common.data import ImageData
 from common.datasets import data_suffix, load_local_data
 from common.keys import (
@@ -60,13 +61,6 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 class EnrolmentError(ValueError):
     """A consortium file or an enrolment request is malformed, tampered or refused."""
-
-
-def canonical_json(doc: Any) -> bytes:
-    """Sorted keys, no spaces, no NaN: the bytes that are signed."""
-    return json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

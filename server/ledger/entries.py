@@ -16,14 +16,13 @@ written as the string of its shortest round-tripping decimal form
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import inspect, update
 from sqlalchemy.orm import Session
 
+from common.canonical import canonical_json
 from server.ledger.schema import Base, LedgerEntry, LedgerHead, utcnow
 
 __all__ = [
@@ -42,24 +41,9 @@ SKIPPED_COLUMNS = frozenset({"id", "entry_seq"})
 """Columns a row's payload leaves out: its key (named apart) and its entry reference."""
 
 
-def _plain(value: Any) -> Any:
-    """A JSON value without floats (see the module docstring)."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return "inf" if value == math.inf else "-inf" if value == -math.inf else repr(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    raise TypeError(f"a ledger payload cannot hold {type(value).__name__}: {value!r}")
-
-
 def canonical_payload(doc: dict[str, Any]) -> str:
-    """``doc`` as canonical JSON text (sorted keys, no floats, ASCII)."""
-    return json.dumps(
-        _plain(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    )
+    """``doc`` as a ledger payload: canonical JSON text without floats."""
+    return canonical_json(doc, floats_as_strings=True).decode("ascii")
 
 
 def entry_leaf_hash(payload: str) -> str:
