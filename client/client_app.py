@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.receipts import accept_receipts, record_sent
 from client.sealing import seal_update
 from client.task import ClientSetup, evaluate_global, train_round
 from common.envelope import ENVELOPE, envelope_record
+from common.identity import ParticipantState
 from common.model import arrays_sha256
 from common.privacy import BudgetExhausted
-from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, Refusal
+from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, RECEIPT_REJECTED, Refusal
+from common.receipts import RECEIPTS, ReceiptError
 from common.records import arrays_of
 
 __all__ = ["app"]
@@ -34,6 +38,9 @@ def train(message: Message, context: Context) -> Message:
     started = time.perf_counter()
     try:
         setup = ClientSetup.from_context(context)
+        receipts = message.content.config_records.get(RECEIPTS)
+        if receipts is not None:  # for the rounds before: checked before anything else
+            accept_receipts(setup.identity(), setup.institution, receipts)
         global_weights = arrays_of(message.content.array_records["arrays"])
         config = message.content.config_records["config"]
         outcome = train_round(setup, global_weights, config)
@@ -50,6 +57,9 @@ def train(message: Message, context: Context) -> Message:
             config=config,
         )
         seal_seconds = time.perf_counter() - sealing
+        record_sent(setup.identity(), envelope)
+    except ReceiptError as err:
+        return _refuse(message, RECEIPT_REJECTED, context.node_config, err)
     except BudgetExhausted as err:
         return _refuse(message, BUDGET_EXHAUSTED, context.node_config, err)
     except ValueError as err:
@@ -71,6 +81,25 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     return Message(content, reply_to=message)
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    """Verify and store the receipts the server sends after the last round."""
+    receipts = message.content.config_records.get(RECEIPTS)
+    state_dir = context.node_config.get("state-dir")
+    institution = context.node_config.get("institution")
+    if receipts is None or not isinstance(state_dir, str) or not isinstance(institution, str):
+        reason = "a query without receipts, or a node config without state-dir and institution"
+        return _refuse(message, BAD_INPUT, context.node_config, ValueError(reason))
+    try:
+        stored = accept_receipts(ParticipantState(Path(state_dir)), institution, receipts)
+    except ReceiptError as err:
+        return _refuse(message, RECEIPT_REJECTED, context.node_config, err)
+    return Message(
+        RecordDict({"metrics": MetricRecord({"receipts-stored": len(stored)})}),
+        reply_to=message,
+    )
 
 
 @app.evaluate()

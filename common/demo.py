@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from common.data import (
 )
 from common.datasets import LocalData, data_suffix, load_local_data, server_split_path
 from common.identity import ParticipantState, enrol
+from common.keys import load_ed25519_key, passphrase_from_env
 from common.local_federation import (
     FederationError,
     LocalFederation,
@@ -40,11 +42,13 @@ from common.model import arrays_to_bytes, build_model, full_arrays, get_arrays
 from common.policy import Policy, Scalar
 from common.privacy import check_delta, epsilon_for_json
 from common.protocol import BUDGET_EXHAUSTED
+from common.receipts import read_receipts
 from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
 from server.consortium import OperatorFiles, admit, init_consortium
 from server.ledger import Ledger
 from server.ledger.schema import Charge, Exclusion, Round, RoundUpdate, Run
 from server.ledger.verify import verify_ledger
+from server.release import release_model
 
 __all__ = [
     "BERT_DEMO",
@@ -259,6 +263,18 @@ def _exhausted_budgets(ledger: Ledger, run_id: int) -> list[str]:
         return [f"round {e.round_number}: {e.reason}" for e in rows]
 
 
+def _collect_receipts(folder: Path, nodes: list[NodeSpec]) -> Path:
+    """Copy each institution's receipts into ``folder/NAME``, as they would hand them over."""
+    for node in nodes:
+        if node.state_dir is None:
+            continue
+        target = folder / node.institution
+        target.mkdir(parents=True, exist_ok=True)
+        for receipt in sorted((node.state_dir / "receipts").glob("run-*.json")):
+            shutil.copyfile(receipt, target / receipt.name)
+    return folder
+
+
 def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
 
@@ -377,7 +393,17 @@ def run_demo(
                 .join(Round, Round.id == RoundUpdate.round_id)
                 .where(Round.run_id == run.id)
             ).one()
-        verified = verify_ledger(ledger, consortium.operator_key)
+        # The operator releases the final model with its card (a ledger entry, signed).
+        release = release_model(
+            ledger,
+            run.id,
+            workdir / "releases" / f"run-{run.id}",
+            signer=load_ed25519_key(operator.signing_key, passphrase=passphrase_from_env()),
+        )
+        # As an auditor would: the receipts each participant got, against the ledger.
+        receipts_dir = _collect_receipts(workdir / "receipts", nodes)
+        held = [(str(path), receipt) for path, receipt in read_receipts(receipts_dir)]
+        verified = verify_ledger(ledger, consortium.operator_key, held)
     finally:
         ledger.close()
 
@@ -426,13 +452,17 @@ def run_demo(
         "node_auth": not insecure,
         "superlink_db": str(federation.superlink_db),
         "encrypted_updates": True,
-        # Every update's sealing (client) plus opening (server), summed as if
-        # nothing ran in parallel, over the rounds' wall time: an upper bound.
-        # audit verify with the operator's key: entries, chain, rows, signed checkpoints
+        # audit verify with the operator's key and every participant's receipts:
+        # entries, chain, rows, signed checkpoints, receipts
         "ledger_verified": True,
         "ledger_entries": verified.entries,
         "ledger_checkpoints": verified.checkpoints,
         "ledger_root": verified.tree_root,
+        "release_dir": str(release.out_dir),
+        "receipts_dir": str(receipts_dir),
+        "receipts": verified.receipts,
+        # Every update's sealing (client) plus opening (server), summed as if
+        # nothing ran in parallel, over the rounds' wall time: an upper bound.
         "crypto_seconds": float(crypto_seconds or 0.0),
         "crypto_share": float(crypto_seconds or 0.0) / max(sum(r.seconds for r in rounds), 1e-9),
         "model_bytes": model_bytes,

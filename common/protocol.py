@@ -32,6 +32,9 @@ BAD_INPUT = 400
 BUDGET_EXHAUSTED = 403
 """Error code: the round would push the dataset's epsilon past its budget."""
 
+RECEIPT_REJECTED = 409
+"""Error code: a receipt from the server did not verify, so this node stops contributing."""
+
 META = "meta"
 PRIVACY = "privacy"
 

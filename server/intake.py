@@ -33,6 +33,7 @@ from safetensors.numpy import load
 
 from common.envelope import Envelope, EnvelopeError, UpdateHeader, decrypt, verify_signature
 from common.keys import key_id
+from common.model import arrays_to_bytes
 from common.records import Arrays
 
 __all__ = ["OpenedUpdate", "TensorSpec", "UpdateGate", "expected_tensors"]
@@ -58,6 +59,10 @@ class OpenedUpdate:
     """Base64 of the Ed25519 signature."""
     signer_key_id: str
     """Id of the participant's registered key, which verified the signature."""
+    arrays_sha256: str
+    """:func:`common.model.arrays_sha256` of ``arrays``: the update's canonical identity."""
+    arrays_bytes: int
+    """Size of ``arrays`` serialised canonically (what travelled, before sealing)."""
 
 
 class UpdateGate:
@@ -121,6 +126,7 @@ class UpdateGate:
         self._seen.add(header.participant)
         plaintext = decrypt(envelope, header, self.aggregator_key)
         arrays = self._tensors(plaintext)
+        canonical = arrays_to_bytes(arrays)  # serialised once, for its hash and size
         return OpenedUpdate(
             header=header,
             arrays=arrays,
@@ -128,6 +134,8 @@ class UpdateGate:
             ciphertext_sha256=envelope.ciphertext_sha256(),
             signature=base64.b64encode(envelope.signature).decode(),
             signer_key_id=key_id(public),  # the registered key that verified it
+            arrays_sha256=hashlib.sha256(canonical).hexdigest(),
+            arrays_bytes=len(canonical),
         )
 
     def _check_binding(self, header: UpdateHeader) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -125,9 +126,10 @@ def main(grid: Grid, context: Context) -> None:
         server_momentum=policy.federation.server_momentum,
     )
     status, test_loss, test_accuracy, reason = "failed", None, None, None
+    polling = PollingGrid(grid, policy.federation.poll_interval)
     try:
         result = strategy.start(
-            grid=PollingGrid(grid, policy.federation.poll_interval),
+            grid=polling,
             initial_arrays=record_of(initial),
             num_rounds=policy.federation.rounds,
             timeout=policy.federation.round_timeout,
@@ -139,6 +141,15 @@ def main(grid: Grid, context: Context) -> None:
             ),
             evaluate_fn=strategy.finish_round,
         )
+        # The last round's receipts: the only ones no train message carried.
+        delivering = time.monotonic()
+        delivered = strategy.deliver_receipts(polling, policy.federation.round_timeout)
+        if delivered:
+            log.info(
+                "last round's receipts (%.1f s): %s",
+                time.monotonic() - delivering,
+                ", ".join(f"{k} {v}" for k, v in sorted(delivered.items())),
+            )
         final = arrays_of(result.arrays)
         test_loss, test_accuracy = score(test, final)
         status = "finished"

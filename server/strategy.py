@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from pathlib import Path
+from typing import overload
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM
+from sqlalchemy.orm import Session
 
 from common.envelope import ENVELOPE, Envelope, EnvelopeError, UpdateHeader, envelope_of
 from common.licences import Licence
-from common.model import arrays_sha256, arrays_to_bytes
+from common.model import arrays_sha256
 from common.policy import PrivacyConfig
 from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
+from common.receipts import RECEIPTS, Checkpoint, Receipt
 from common.records import Arrays, arrays_of, record_of
 from server.checkpoint import save_checkpoint, save_envelopes
 from server.intake import UpdateGate
@@ -31,7 +35,7 @@ from server.ledger import (
     record_privacy,
     record_round,
 )
-from server.ledger.checkpoints import sign_checkpoint
+from server.ledger.checkpoints import LedgerTree, round_receipts, sign_checkpoint
 
 __all__ = ["LedgerFedAvg", "RoundFailed"]
 
@@ -76,7 +80,10 @@ class LedgerFedAvg(FedAvgM):
         update it rejects is left out and the reason recorded.
     checkpoint_signer : Ed25519PrivateKey, optional
         The operator's key: after each recorded round it signs a ledger
-        checkpoint (the Merkle tree head). ``None`` signs none.
+        checkpoint (the Merkle tree head), and every participant whose update
+        the round accepted gets a receipt (:class:`common.receipts.Receipt`)
+        with its next message: the next round's train message, or the query
+        :meth:`deliver_receipts` sends after the last round. ``None`` signs none.
     licences : mapping, optional
         Licence terms of every admitted dataset, by (institution, dataset
         sha256). Every round, an update must come from an admitted dataset
@@ -130,6 +137,10 @@ class LedgerFedAvg(FedAvgM):
         self._model_before = ""
         self._updates: list[UpdateFact] = []
         self._envelopes: dict[str, Envelope] = {}
+        self._tree = LedgerTree()
+        self._pending: dict[str, list[Receipt]] = {}  # receipts not yet delivered, by name
+        self._heads: dict[str, Checkpoint] = {}  # the last head each participant was given
+        self._carrying: dict[int, int] = {}  # node id -> receipts its train message carries
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -139,10 +150,15 @@ class LedgerFedAvg(FedAvgM):
         self.gate.begin_round(server_round, self._model_before)
         messages = list(super().configure_train(server_round, arrays, config, grid))
         kept, excluded = [], []
+        self._carrying = {}
         for message in messages:
             institution = self._institution_of.get(message.metadata.dst_node_id)
             reason = self._licence_block(institution) if institution else None
             if reason is None:
+                receipts = self._pending.get(institution or "", [])
+                if receipts:
+                    message.content = _with_receipts(message.content, receipts)
+                    self._carrying[message.metadata.dst_node_id] = len(receipts)
                 kept.append(message)
             else:
                 excluded.append(
@@ -203,6 +219,7 @@ class LedgerFedAvg(FedAvgM):
         self._updates, self._envelopes = [], {}
         for message in replies:
             node_id = message.metadata.src_node_id
+            self._delivered(node_id, self._carrying.pop(node_id, 0))
             if message.has_error():
                 refusal = Refusal.from_reason(message.error.reason or "")
                 exclusions.append(
@@ -217,6 +234,9 @@ class LedgerFedAvg(FedAvgM):
                 self._institution_of[node_id] = opened.header.participant
                 self._check_charge(opened.header.privacy)
                 self._check_licence(opened.header)
+                metrics = message.content.metric_records.get("metrics", MetricRecord())
+                train_loss = _metric(metrics, "train-loss")
+                train_seconds = _metric(metrics, "train-seconds")
             except EnvelopeError as err:
                 exclusions.append(
                     ExclusionFact(
@@ -229,8 +249,6 @@ class LedgerFedAvg(FedAvgM):
                 continue
             header = opened.header
             charges.append(ChargeFact(header.participant, header.privacy))
-            metrics = message.content.metric_records.get("metrics", MetricRecord())
-            train_loss = _number(metrics, "train-loss")
             # From here on FedAvg sees the decrypted update, weighted by the
             # example count the participant signed.
             message.content = RecordDict(
@@ -248,14 +266,14 @@ class LedgerFedAvg(FedAvgM):
                     institution=header.participant,
                     num_examples=header.num_examples,
                     train_loss=train_loss,
-                    update_sha256=arrays_sha256(opened.arrays),
-                    update_bytes=len(arrays_to_bytes(opened.arrays)),
-                    train_seconds=_number(metrics, "train-seconds"),
+                    update_sha256=opened.arrays_sha256,
+                    update_bytes=opened.arrays_bytes,
+                    train_seconds=train_seconds,
                     ciphertext_sha256=opened.ciphertext_sha256,
                     plaintext_sha256=opened.plaintext_sha256,
                     signature=opened.signature,
                     signer_key_id=opened.signer_key_id,
-                    seal_seconds=_number(metrics, "seal-seconds"),
+                    seal_seconds=_metric(metrics, "seal-seconds", required=False),
                     open_seconds=open_seconds,
                 )
             )
@@ -302,7 +320,7 @@ class LedgerFedAvg(FedAvgM):
             save_envelopes(self.checkpoint_dir, server_round, self._envelopes)
         if self.ledger is not None and self.run_id is not None:
             with self.ledger.session() as session:
-                record_round(
+                round_row = record_round(
                     session,
                     self.run_id,
                     number=server_round,
@@ -314,13 +332,85 @@ class LedgerFedAvg(FedAvgM):
                     updates=self._updates,
                 )
                 if self.checkpoint_signer is not None:
-                    sign_checkpoint(
+                    checkpoint = sign_checkpoint(
                         session,
                         self.checkpoint_signer,
                         note=f"run {self.run_id} round {server_round}",
+                        tree=self._tree,
                     )
+                    self._queue_receipts(session, round_row.id, server_round, checkpoint)
         log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+    def _queue_receipts(
+        self, session: Session, round_id: int, server_round: int, checkpoint: Checkpoint
+    ) -> None:
+        """A receipt for each update the round accepted, to go out with the next message."""
+        for receipt in round_receipts(
+            session,
+            self._tree,
+            checkpoint,
+            round_id=round_id,
+            server_round=server_round,
+            flower_run_id=self.gate.run_id,
+            previous=self._heads,
+        ):
+            self._pending.setdefault(receipt.participant, []).append(receipt)
+            self._heads[receipt.participant] = checkpoint
+
+    def _delivered(self, node_id: int, count: int) -> None:
+        """The node answered a message carrying ``count`` receipts: they are delivered.
+
+        A node that could not verify one refuses the round (code 409), which
+        is recorded as its exclusion; sending the same receipt again would
+        not change that.
+        """
+        name = self._institution_of.get(node_id)
+        if count and name in self._pending:
+            del self._pending[name][:count]
+
+    def deliver_receipts(self, grid: Grid, timeout: float | None) -> dict[str, str]:
+        """Send the receipts still pending (the last round's) in one query per node.
+
+        Returns
+        -------
+        dict
+            Per participant, ``"stored"`` or why its node refused them.
+        """
+        nodes = {name: node for node, name in self._institution_of.items()}
+        messages, carrying = [], {}
+        for name, receipts in self._pending.items():
+            if receipts and name in nodes:
+                messages.append(
+                    Message(
+                        _with_receipts(RecordDict(), receipts),
+                        dst_node_id=nodes[name],
+                        message_type=MessageType.QUERY,
+                    )
+                )
+                carrying[nodes[name]] = len(receipts)
+        outcome = {
+            name: "not delivered (no reply)" for name in self._pending if self._pending[name]
+        }
+        if not messages:
+            return {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node_id = reply.metadata.src_node_id
+            name = self._institution_of.get(node_id, f"node {node_id}")
+            self._delivered(node_id, carrying.get(node_id, 0))
+            if reply.has_error():
+                outcome[name] = Refusal.from_reason(reply.error.reason or "").detail
+                log.warning("%s refused its receipts: %s", name, outcome[name])
+            else:
+                outcome[name] = "stored"
+        return outcome
+
+
+def _with_receipts(content: RecordDict, receipts: list[Receipt]) -> RecordDict:
+    """A copy of ``content`` that also carries ``receipts`` (JSON, in order)."""
+    copy = RecordDict(dict(content))
+    copy[RECEIPTS] = ConfigRecord({"receipts": [r.to_json() for r in receipts]})
+    return copy
 
 
 def _claimed(message: Message) -> str | None:
@@ -333,9 +423,25 @@ def _claimed(message: Message) -> str | None:
     return None
 
 
-def _number(metrics: MetricRecord, key: str) -> float:
-    value = metrics.get(key, float("nan"))
-    return float(value) if isinstance(value, (int, float)) else float("nan")
+@overload
+def _metric(metrics: MetricRecord, key: str) -> float: ...
+@overload
+def _metric(metrics: MetricRecord, key: str, *, required: bool) -> float | None: ...
+def _metric(metrics: MetricRecord, key: str, *, required: bool = True) -> float | None:
+    """A finite number the node reported (unsigned: for the record only).
+
+    The ledger cannot hold NaN (SQLite stores it as NULL), so a missing or
+    non-finite value is ``None`` where the metric is optional and makes the
+    reply malformed where it is required.
+    """
+    value = metrics.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if required:
+        raise EnvelopeError(
+            "malformed", f"the reply's metric {key!r} is missing or not a finite number"
+        )
+    return None
 
 
 def _describe(exclusion: ExclusionFact) -> str:

@@ -38,6 +38,7 @@ from common.policy import Policy
 from server.checkpoint import load_checkpoint
 from server.consortium import OperatorFiles, admit, init_consortium
 from server.ledger import Ledger, ledger_report
+from server.model_card import verify_card
 
 SUMMARY_KEYS = {
     "engine", "model", "dataset", "partition", "institutions", "rounds", "final_accuracy",
@@ -124,8 +125,34 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
 
     # TLS, SuperNode authentication and sealed updates, all on by default
     assert (summary["tls"], summary["node_auth"], summary["encrypted_updates"]) == (True,) * 3
-    # the ledger verifies with the operator's key; one signed checkpoint per round
-    assert summary["ledger_verified"] is True and summary["ledger_checkpoints"] == 2
+    # the ledger verifies with the operator's key; one signed checkpoint per round and
+    # one after the release of the final model
+    assert summary["ledger_verified"] is True and summary["ledger_checkpoints"] == 3
+    release_dir = Path(summary["release_dir"])
+    assert release_dir == (workdir / "releases" / f"run-{run['id']}").resolve()
+    card = json.loads((release_dir / "model-card.json").read_bytes())
+    verify_card(card, OperatorFiles((workdir / "operator").resolve()).consortium().operator_key)
+    assert card["model"]["sha256"] == run["rounds"][-1]["model_sha256_after"]
+    assert sorted(c["institution"] for c in card["contributors"]) == INSTITUTIONS
+    assert card["obligations"]["non_commercial"] is True
+    assert "university-b (CC-BY-NC-4.0)" in card["obligations"]["non_commercial_from"]
+    assert card["obligations"]["purposes"] == ["research"]  # company-c's terms
+    assert {p["institution"]: p["epsilon"] for p in card["privacy"]} == second_eps
+    card_text = (release_dir / "model-card.md").read_text()
+    assert "**Non-commercial use only**, required by university-b (CC-BY-NC-4.0)" in card_text
+    # every participant verified and kept a receipt for each of its updates, and an
+    # auditor holding them finds them consistent with the ledger
+    receipts_dir = Path(summary["receipts_dir"])
+    assert summary["receipts"] == 6
+    for name in INSTITUTIONS:
+        assert sorted(p.name for p in (receipts_dir / name).glob("*.json")) == [
+            f"run-{summary['flower_run_id']}-round-{r:04d}.json" for r in (1, 2)
+        ]
+    consortium_file = workdir / "operator" / "consortium.json"
+    audit_command = ["audit", "verify", "--ledger", summary["ledger_url"]]
+    audit_command += ["--receipts", str(receipts_dir), "--operator-key", str(consortium_file)]
+    audit = CliRunner().invoke(app, audit_command)
+    assert audit.exit_code == 0 and "6 receipts consistent" in audit.output, audit.output
     licences = {p["name"]: p["datasets"][-1]["licence"] for p in report["participants"]}
     assert licences == {
         "university-a": "CC-BY-4.0",
@@ -180,13 +207,16 @@ def _check_sealed_updates(workdir: Path, report: dict, superlink_db: Path) -> No
     included) are scanned for 64-byte pieces of what each update decrypts to.
     A long value spans SQLite pages, so not every piece of a stored value is
     contiguous; the positive control shows the scan finds what Flower did
-    relay in plaintext: the global model sent in round 2.
+    relay in plaintext: the global model sent in round 2. SQLite reuses the
+    pages freed by earlier messages, so an earlier round's ciphertext may be
+    overwritten by later messages; each participant's latest one is there.
     """
     aggregator = load_x25519_key(workdir / "operator" / "keys" / "aggregator.pem")
     keys = {p["name"]: p["signing_key_id"] for p in report["participants"]}
     database = b"".join(p.read_bytes() for p in sorted(superlink_db.parent.glob("superlink.db*")))
     assert len(database) > 100_000
     run = report["runs"][0]
+    ciphertext_found: dict[str, list[float]] = {}
     for number, round_row in enumerate(run["rounds"], start=1):
         for update in round_row["updates"]:
             kept = workdir / "operator" / "checkpoints" / f"round-{number:04d}-updates"
@@ -199,7 +229,10 @@ def _check_sealed_updates(workdir: Path, report: dict, superlink_db: Path) -> No
             tensors = [c for a in load_safetensors(plaintext).values() for c in _chunks(a.tobytes())]
             assert len(tensors) > 100
             assert _found(tensors, database) == 0.0, update["institution"]
-            assert _found(_chunks(envelope.ciphertext), database) > 0.9
+            ciphertext_found.setdefault(update["institution"], []).append(
+                _found(_chunks(envelope.ciphertext), database)
+            )
+    assert all(found[-1] > 0.9 for found in ciphertext_found.values()), ciphertext_found
     _, relayed = load_checkpoint(workdir / "operator" / "checkpoints" / "round-0001.safetensors")
     assert _found([c for a in relayed.values() for c in _chunks(a.tobytes())], database) > 0.9
 

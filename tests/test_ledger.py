@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import DatabaseError
 
 from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge
 from server.ledger import (
@@ -30,6 +31,7 @@ from server.ledger import (
 )
 from server.ledger.schema import Base, Participant
 from server.ledger.store import MIGRATIONS
+from server.ledger.verify import verify_ledger
 
 H = "a" * 64
 
@@ -258,31 +260,103 @@ class LedgerContract:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "0001")
-            connection.execute(
-                text(
-                    "INSERT INTO participants (name, kind, enrolled_at) "
-                    "VALUES ('uni-a', 'academia', CURRENT_TIMESTAMP)"
-                )
-            )
-            connection.execute(
-                text(
-                    "INSERT INTO runs (policy_sha256, policy_toml, model, dataset, "
-                    "initial_model_sha256, planned_rounds, status, started_at) VALUES "
-                    f"('{H}', '', 'cnn', 'digits', '{H}', 3, 'finished', CURRENT_TIMESTAMP)"
-                )
-            )
+            for statement in V1_ROWS:
+                connection.execute(text(statement))
         engine.dispose()
+
         ledger = Ledger(url)  # migrates to head
         with ledger.session() as s:
             report = ledger_report(s)
             version = s.scalar(text("SELECT version_num FROM alembic_version"))
-        ledger.close()
-        assert version == "0005"
-        assert [p["name"] for p in report["participants"]] == ["uni-a"]
+            counts = {
+                table: s.scalar(text(f"SELECT COUNT(*) FROM {table}"))
+                for table in (
+                    "datasets", "privacy_charges", "exclusions", "ledger_entries",
+                    "ledger_checkpoints", "releases",
+                )
+            }  # fmt: skip
+            head = s.execute(text("SELECT id, size, chain_hash FROM ledger_head")).all()
+        assert version == "0006"
+        assert counts == dict.fromkeys(counts, 0)
+        assert [tuple(row) for row in head] == [(1, 0, "0" * 64)]
+        assert [(p["name"], p["kind"], p["public_key"]) for p in report["participants"]] == [
+            ("uni-a", "academia", None), ("co-c", "industry", "b2xkIGtleQ=="),
+        ]  # fmt: skip
         (run,) = report["runs"]
         assert (run["planned_rounds"], run["status"], run["status_reason"]) == (3, "finished", None)
+        assert (run["flower_run_id"], run["test_accuracy"]) == ("77", 0.875)
         assert run["base_model_sha256"] is None  # v3 column, empty for older runs
         assert report["privacy"] == [] and run["exclusions"] == []
+        assert [(r["round"], r["accuracy"], r["participants"]) for r in run["rounds"]] == [
+            (1, 0.5, 2), (2, 0.75, 2),
+        ]  # fmt: skip
+        assert [(u["institution"], u["num_examples"], u["update_sha256"], u["signature"])
+                for u in run["rounds"][1]["updates"]] == [
+            ("co-c", 300, "c" * 64, None), ("uni-a", 100, "b" * 64, None),
+        ]  # fmt: skip
+        # the old rows verify as predating the entries: 2 + 1 + 2 + 4
+        report_before = verify_ledger(ledger)
+        assert (report_before.entries, report_before.rows_checked) == (0, 0)
+        assert report_before.rows_before_entries == 9
+
+        # new facts append normally, also about the old run and participants
+        with ledger.session() as s:
+            enrol_participant(s, "late-lab", "academia")
+            record_round(
+                s,
+                1,
+                number=3,
+                model_sha256_before=H,
+                model_sha256_after="d" * 64,
+                loss=0.3,
+                accuracy=0.9,
+                seconds=4.0,
+                updates=[UpdateFact("uni-a", 100, 0.2, "e" * 64, 1000, 1.0)],
+            )
+        after = verify_ledger(ledger)
+        assert (after.entries, after.rows_checked, after.rows_before_entries) == (3, 3, 9)
+        assert [k for _, k in _kinds(ledger)] == ["participant", "round", "update"]
+        # and the append-only triggers hold on the upgraded database
+        for statement in (
+            "UPDATE ledger_entries SET kind = 'x' WHERE seq = 0",
+            "DELETE FROM ledger_entries WHERE seq = 2",
+        ):
+            with pytest.raises(DatabaseError, match="append-only"), ledger.engine.begin() as c:
+                c.execute(text(statement))
+        assert verify_ledger(ledger).entries == 3
+        ledger.close()
+
+
+def _kinds(ledger: Ledger) -> list[tuple[int, str]]:
+    with ledger.engine.connect() as c:
+        rows = c.execute(text("SELECT seq, kind FROM ledger_entries ORDER BY seq"))
+        return [(int(seq), str(kind)) for seq, kind in rows]
+
+
+V1_ROWS = (
+    "INSERT INTO participants (name, kind, enrolled_at) "
+    "VALUES ('uni-a', 'academia', CURRENT_TIMESTAMP)",
+    "INSERT INTO participants (name, kind, public_key, enrolled_at) "
+    "VALUES ('co-c', 'industry', 'b2xkIGtleQ==', CURRENT_TIMESTAMP)",
+    "INSERT INTO runs (flower_run_id, policy_sha256, policy_toml, model, dataset, "
+    "initial_model_sha256, planned_rounds, status, test_accuracy, test_loss, started_at, "
+    f"ended_at) VALUES ('77', '{H}', '', 'cnn', 'digits', '{H}', 3, 'finished', 0.875, 0.4, "
+    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    *(
+        "INSERT INTO rounds (run_id, number, model_sha256_before, model_sha256_after, loss, "
+        f"accuracy, train_loss, num_participants, seconds, finished_at) VALUES (1, {n}, '{H}', "
+        f"'{H}', 0.5, {0.25 + 0.25 * n}, 0.6, 2, 9.5, CURRENT_TIMESTAMP)"
+        for n in (1, 2)
+    ),
+    *(
+        "INSERT INTO round_updates (round_id, participant_id, num_examples, train_loss, "
+        f"update_sha256, update_bytes, train_seconds) VALUES ({r}, {p}, {e}, 0.5, '{h * 64}', "
+        "1000, 1.5)"
+        for r in (1, 2)
+        for p, e, h in ((1, 100, "b"), (2, 300, "c"))
+    ),
+)
+"""A v1 ledger's rows, in the foundation issue's schema (migration 0001)."""
 
 
 class TestSQLiteLedger(LedgerContract):

@@ -22,10 +22,12 @@ from common.licences import SPDX, with_expiry
 from common.model import arrays_sha256, arrays_to_bytes
 from common.policy import PrivacyConfig
 from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
+from common.receipts import RECEIPTS, Receipt, ReceiptBook, read_receipts
 from common.records import Arrays, arrays_of, record_of
 from server.checkpoint import latest_checkpoint, load_checkpoint
 from server.intake import UpdateGate
 from server.ledger import Ledger, enrol_participant, ledger_report, start_run
+from server.ledger.verify import verify_ledger
 from server.strategy import LedgerFedAvg, RoundFailed
 
 RUN = 7
@@ -460,7 +462,9 @@ def test_a_licence_that_expires_mid_run_excludes_that_institution_from_then_on(
         (run,) = ledger_report(s)["runs"]
     ledger.close()
     # Flower samples nodes in random order: compare the exclusions sorted
-    found = sorted((e["round"], e["code"], e["institution"], e["reason"]) for e in run["exclusions"])
+    found = sorted(
+        (e["round"], e["code"], e["institution"], e["reason"]) for e in run["exclusions"]
+    )
     assert found == sorted(
         [
             (1, 422, "inst2", "update rejected (unknown-dataset): inst2 trained on dataset "
@@ -471,3 +475,111 @@ def test_a_licence_that_expires_mid_run_excludes_that_institution_from_then_on(
              "2026-12-01 (research run)"),
         ]
     )  # fmt: skip
+
+
+class QueryGrid:
+    """Answers query messages as each node's ClientApp would: verify and store the receipts."""
+
+    def __init__(self, books: dict[int, tuple[str, ReceiptBook]], operator: Ed25519PrivateKey):
+        self.books, self.operator = books, operator
+        self.sent: list[Message] = []
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None) -> list[Message]:
+        replies = []
+        for message in messages:
+            self.sent.append(message)
+            name, book = self.books[message.metadata.dst_node_id]
+            record = message.content.config_records[RECEIPTS]
+            for text in record["receipts"]:  # type: ignore[union-attr]
+                book.accept(Receipt.from_json(str(text)), self.operator.public_key(), name)
+            replies.append(Message(RecordDict(), reply_to=message))
+        return replies
+
+
+def test_every_contributor_gets_a_receipt_for_every_round(tmp_path: Path) -> None:
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=RUN)
+    operator = Ed25519PrivateKey.generate()
+    model = {"w": np.zeros(2, np.float32)}
+    strategy = LedgerFedAvg(
+        ledger=ledger,
+        run_id=run_id,
+        evaluator=lambda w: (0.0, 0.5),
+        checkpoint_dir=None,
+        min_nodes=2,
+        privacy=PrivacyConfig(epsilon=8.0),
+        gate=_gate(model),
+        checkpoint_signer=operator,
+    )
+    nodes = {10: "inst0", 11: "inst1"}
+    books = {node: (name, ReceiptBook(tmp_path / name)) for node, name in nodes.items()}
+    for server_round in (1, 2):
+        messages = list(
+            strategy.configure_train(server_round, record_of(model), ConfigRecord(), NoGrid())  # type: ignore[arg-type]
+        )
+        carried = {m.metadata.dst_node_id: m.content.config_records.get(RECEIPTS) for m in messages}
+        if server_round == 1:
+            assert set(carried.values()) == {None}  # nothing recorded yet
+        else:  # round 1's receipt rides on round 2's train message, one per node
+            for node, record in carried.items():
+                if node not in nodes:
+                    continue
+                (text,) = record["receipts"]  # type: ignore[index]
+                receipt = Receipt.from_json(str(text))
+                assert (receipt.participant, receipt.round) == (nodes[node], 1)
+                name, book = books[node]
+                book.accept(receipt, operator.public_key(), name)
+            assert "arrays" in messages[0].content.array_records  # the model still travels
+        envelopes = {
+            node: _envelope(
+                name, {"w": np.ones(2, np.float32)}, 5, server_round=server_round, model=model
+            )
+            for node, name in nodes.items()
+        }
+        for node, envelope in envelopes.items():
+            books[node][1].record_sent(envelope)
+        arrays, _ = strategy.aggregate_train(
+            server_round, [_message(node, e) for node, e in envelopes.items()]
+        )
+        assert arrays is not None
+        model = arrays_of(arrays)
+        strategy.finish_round(server_round, arrays)
+    # the last round's receipts go out in one query per node after the run
+    grid = QueryGrid(books, operator)
+    assert strategy.deliver_receipts(grid, timeout=5.0) == {"inst0": "stored", "inst1": "stored"}  # type: ignore[arg-type]
+    assert {m.metadata.message_type for m in grid.sent} == {MessageType.QUERY}
+    assert strategy.deliver_receipts(grid, timeout=5.0) == {}  # type: ignore[arg-type]
+    held = []
+    for _, book in books.values():
+        stored = sorted(p.name for p in book.folder.glob("*.json"))
+        assert stored == [f"run-{RUN}-round-0001.json", f"run-{RUN}-round-0002.json"]
+        held += [(str(p), r) for p, r in read_receipts(book.folder)]
+    report = verify_ledger(ledger, operator.public_key(), held)
+    assert (report.receipts, report.checkpoints) == (4, 2)
+    ledger.close()
+
+
+@pytest.mark.parametrize("metrics", [{}, {"train-loss": float("nan"), "train-seconds": 1.0}])
+def test_a_reply_without_finite_metrics_is_rejected_not_recorded(
+    tmp_path: Path, metrics: dict[str, float]
+) -> None:
+    """SQLite cannot store NaN, so a missing or NaN train-loss never reaches the ledger."""
+    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"))
+    model = {"w": np.zeros(2, np.float32)}
+    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
+    odd = _message(
+        11, _envelope("inst1", {"w": np.ones(2, np.float32)}, 5, server_round=1, model=model)
+    )
+    odd.content = RecordDict({**odd.content, "metrics": MetricRecord(metrics)})
+    arrays, _ = strategy.aggregate_train(
+        1, [_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5), odd]
+    )
+    assert arrays is not None
+    strategy.finish_round(1, arrays)
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert [e["reason"] for e in run["exclusions"]] == [
+        "update rejected (malformed): the reply's metric 'train-loss' is missing or not a "
+        "finite number"
+    ]
+    assert verify_ledger(ledger).rows_checked > 0
+    ledger.close()

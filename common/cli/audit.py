@@ -14,6 +14,7 @@ from rich.table import Table
 from common.cli.errors import user_errors
 from common.identity import Consortium
 from common.keys import decode_ed25519_public
+from common.receipts import read_receipts
 from server.ledger import Ledger, ledger_report
 from server.ledger.verify import LedgerTampered, verify_ledger
 
@@ -32,18 +33,28 @@ def verify(
             "Without it, checkpoint signatures are not checked."
         ),
     ] = None,
+    receipts: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipts",
+            help="A folder of participants' receipts (*.json, searched recursively): each "
+            "must still agree with the ledger.",
+        ),
+    ] = None,
     output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
 ) -> None:
-    """Recompute every entry, the hash chain and the Merkle tree; check every fact row.
+    """Recompute every entry, the hash chain and the Merkle tree; check every fact row,
+    checkpoint and receipt.
 
     Read-only. Exit 0 and one "intact" line if everything holds; exit 1 and
     the first bad entry otherwise.
     """
     with user_errors():
         operator = _operator_key(operator_key) if operator_key else None
+        held = [(str(path), r) for path, r in read_receipts(receipts)] if receipts else []
         ledger = Ledger(ledger_url, migrate=False)
         try:
-            report = verify_ledger(ledger, operator)
+            report = verify_ledger(ledger, operator, held)
         except LedgerTampered as err:
             if output_format == "json":
                 typer.echo(
@@ -129,6 +140,12 @@ def show(
             console.print(
                 f"  excluded in round {e['round']}: {e['institution'] or 'node ' + e['node_id']} "
                 f"(code {e['code']}): {e['reason']}",
+                highlight=False,
+            )
+        for release in run["releases"]:
+            console.print(
+                f"  released model {release['model_sha256'][:16]}… (card "
+                f"{release['card_sha256'][:16]}…) to {release['out']}",
                 highlight=False,
             )
 

@@ -17,8 +17,10 @@ from common.licences import LicenceError
 from common.local_federation import FederationError
 from common.policy import PolicyError
 from common.privacy import PrivacyError
+from common.receipts import ReceiptError
 from common.text import TextDataError
 from server.ledger import LedgerError
+from server.release import ReleaseError
 
 __all__ = ["err_console", "user_errors"]
 
@@ -40,6 +42,8 @@ def user_errors() -> Iterator[None]:
         KeyFileError,
         EnrolmentError,
         LicenceError,
+        ReceiptError,
+        ReleaseError,
         FileExistsError,
     ) as err:
         err_console.print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -12,11 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli.errors import user_errors
-from common.keys import PASSPHRASE_ENV, passphrase_from_env
+from common.keys import PASSPHRASE_ENV, load_ed25519_key, passphrase_from_env
 from common.local_federation import flwr_json
 from common.policy import Policy
 from server.consortium import CONNECTION, OperatorFiles, admit, init_consortium
 from server.ledger import Ledger
+from server.release import release_model
 
 __all__ = ["app"]
 
@@ -162,4 +164,91 @@ def admit_request(
         f"{str(admitted.dataset['sha256'])[:12]}… ({admitted.dataset['records']} records, "
         f"{admitted.licence_terms.id}), signing key {admitted.signing_key_id[:12]}…"
         + ("; SuperNode key registered" if register else "; SuperNode key NOT registered")
+    )
+
+
+@app.command("release")
+def release(
+    run_id: Annotated[
+        int, typer.Option("--run", help="The ledger's run id ('fedcommons audit show').")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="A new or empty folder for the release.")],
+    ledger_url: Annotated[
+        str | None,
+        typer.Option("--ledger", help="SQLAlchemy URL (default: the policy's deploy.ledger-url)."),
+    ] = None,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="A policy whose deploy section names the ledger and the operator key "
+            "(default: DIR/policy.toml unless --ledger is given).",
+        ),
+    ] = None,
+    folder: Annotated[
+        Path, typer.Option("--dir", help="The consortium folder ('operator init').")
+    ] = Path("."),
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints",
+            help="Folder of the run's round checkpoints (default: its deploy.checkpoint-dir).",
+        ),
+    ] = None,
+    operator_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--operator-key",
+            help=f"The operator's Ed25519 key (PEM; passphrase from ${PASSPHRASE_ENV}) to sign "
+            "a checkpoint covering the release (default: the policy's deploy.operator-key).",
+        ),
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="text or json")] = "text",
+) -> None:
+    """Write a finished run's final model, its model card (JSON and Markdown), and record it."""
+    with user_errors():
+        files = OperatorFiles(folder.resolve())
+        policy = None
+        if policy_file is not None:
+            policy = Policy.load(policy_file)
+        elif ledger_url is None:
+            policy = files.policy()
+        url = ledger_url or (policy.deploy.ledger_url if policy else "") or files.default_ledger_url
+        key_file = operator_key or (
+            Path(policy.deploy.operator_key) if policy and policy.deploy.operator_key else None
+        )
+        signer = load_ed25519_key(key_file, passphrase=passphrase_from_env()) if key_file else None
+        ledger = Ledger(url, migrate=False)  # refuses a ledger that is not there
+        try:
+            ledger.upgrade()
+            released = release_model(ledger, run_id, out, checkpoint_dir=checkpoints, signer=signer)
+        finally:
+            ledger.close()
+    owed = released.card["obligations"]
+    result = {
+        "run_id": released.run_id,
+        "out": str(released.out_dir),
+        "model_sha256": released.model_sha256,
+        "card_sha256": released.card_sha256,
+        "entry_seq": released.entry_seq,
+        "checkpoint": asdict(released.checkpoint) if released.checkpoint else None,
+        "obligations": owed,
+    }
+    if output_format == "json":
+        typer.echo(json.dumps(result))
+        return
+    console = Console()
+    console.print(
+        f"[green]released[/] run {released.run_id} into {released.out_dir}: model "
+        f"{released.model_sha256[:12]}…, card {released.card_sha256[:12]}… "
+        f"(ledger entry {released.entry_seq}"
+        + (", covered by a new signed checkpoint)" if released.checkpoint else ")"),
+        highlight=False,
+    )
+    console.print(
+        "obligations: "
+        + ("non-commercial use only" if owed["non_commercial"] else "commercial use allowed")
+        + (f"; share-alike ({', '.join(owed['share_alike'])})" if owed["share_alike"] else "")
+        + f"; credit {len(owed['attribution'])} contributor(s) (see model-card.md)",
+        highlight=False,
     )

@@ -1,121 +1,122 @@
-"""Signed checkpoints: the operator's Ed25519 signature over the Merkle tree head.
+"""Signing and reading checkpoints: the operator's signature over the Merkle tree head.
 
-A checkpoint says "the first ``tree_size`` entries have RFC 6962 root
-``root``, as of ``at``". Once signed and handed out, any rewrite of those
-entries, or a deletion below that size, no longer matches it.
+A checkpoint (:class:`common.receipts.Checkpoint`) says "the first
+``tree_size`` entries have RFC 6962 root ``root``, as of ``at``". Once signed
+and handed out, any rewrite of those entries, or a deletion below that size,
+no longer matches it.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from common.keys import key_id
-from common.merkle import root as merkle_root
-from server.ledger.entries import canonical_payload
-from server.ledger.schema import LedgerCheckpoint, LedgerEntry, LedgerHead, utcnow
+from common.merkle import TreeBuilder, consistency_proof, inclusion_proof
+from common.receipts import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, Receipt
+from server.ledger.schema import (
+    LedgerCheckpoint,
+    LedgerEntry,
+    LedgerHead,
+    Participant,
+    RoundUpdate,
+    utcnow,
+)
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "sign_checkpoint"]
-
-CHECKPOINT_FORMAT = "fedcommons-checkpoint/v1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is malformed or whose signature does not verify."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A signed tree head, as stored and as handed to participants."""
-
-    tree_size: int
-    root: str
-    at: str
-    note: str
-    key_id: str
-    signature: str
-    """Base64 Ed25519 signature over :meth:`body`."""
-
-    def body(self) -> bytes:
-        return canonical_payload(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "tree_size": self.tree_size,
-                "root": self.root,
-                "at": self.at,
-                "note": self.note,
-            }
-        ).encode("ascii")
-
-    def verify(self, operator: Ed25519PublicKey) -> None:
-        """Raise :class:`CheckpointError` unless ``operator`` signed this checkpoint."""
-        if key_id(operator) != self.key_id:
-            raise CheckpointError(
-                f"checkpoint at size {self.tree_size} names signing key {self.key_id[:16]}..., "
-                f"not the operator key {key_id(operator)[:16]}..."
-            )
-        try:
-            operator.verify(base64.b64decode(self.signature, validate=True), self.body())
-        except (InvalidSignature, binascii.Error, ValueError):
-            raise CheckpointError(
-                f"the signature of the checkpoint at size {self.tree_size} does not verify"
-            ) from None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_row(cls, row: LedgerCheckpoint) -> Checkpoint:
-        try:
-            doc = json.loads(row.body)
-            checkpoint = cls(
-                tree_size=int(doc["tree_size"]),
-                root=str(doc["root"]),
-                at=str(doc["at"]),
-                note=str(doc["note"]),
-                key_id=row.key_id,
-                signature=row.signature,
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"checkpoint {row.id} has a malformed body: {err}") from None
-        if checkpoint.body().decode() != row.body or doc.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"checkpoint {row.id}'s body is not in canonical form")
-        if (checkpoint.tree_size, checkpoint.root) != (row.tree_size, row.root_hash):
-            raise CheckpointError(f"checkpoint {row.id}'s columns disagree with its signed body")
-        return checkpoint
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "LedgerTree",
+    "checkpoint_from_row",
+    "round_receipts",
+    "sign_checkpoint",
+]
 
 
-def sign_checkpoint(session: Session, signer: Ed25519PrivateKey, note: str) -> Checkpoint:
-    """Sign the current tree head and store it; appends wait until it is stored."""
+class LedgerTree:
+    """The entries' leaf hashes, read once and extended as the ledger grows.
+
+    A signer that checkpoints every round reads only the entries appended
+    since its last checkpoint, and keeps the leaves to build inclusion proofs.
+    """
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+        self._builder = TreeBuilder()
+
+    def sync(self, session: Session) -> int:
+        """Read the entries appended since the last call; return the tree size."""
+        for leaf in session.scalars(
+            select(LedgerEntry.leaf_hash)
+            .where(LedgerEntry.seq >= len(self.leaves))
+            .order_by(LedgerEntry.seq)
+        ):
+            self.leaves.append(bytes.fromhex(leaf))
+            self._builder.append(self.leaves[-1])
+        return len(self.leaves)
+
+    def root(self) -> bytes:
+        return self._builder.root()
+
+    def inclusion(self, seq: int, size: int) -> list[str]:
+        """Hex inclusion proof of entry ``seq`` in the tree of the first ``size`` entries."""
+        return [h.hex() for h in inclusion_proof(self.leaves, seq, size)]
+
+    def consistency(self, old_size: int, new_size: int) -> list[str]:
+        """Hex consistency proof from the tree of ``old_size`` entries to ``new_size``."""
+        return [h.hex() for h in consistency_proof(self.leaves, old_size, new_size)]
+
+
+def checkpoint_from_row(row: LedgerCheckpoint) -> Checkpoint:
+    """The checkpoint a stored row holds; :class:`CheckpointError` if the row is inconsistent."""
+    try:
+        doc = json.loads(row.body)
+        checkpoint = Checkpoint(
+            tree_size=int(doc["tree_size"]),
+            root=str(doc["root"]),
+            at=str(doc["at"]),
+            note=str(doc["note"]),
+            key_id=row.key_id,
+            signature=row.signature,
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {row.id} has a malformed body: {err}") from None
+    if checkpoint.body().decode() != row.body or doc.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {row.id}'s body is not in canonical form")
+    if (checkpoint.tree_size, checkpoint.root) != (row.tree_size, row.root_hash):
+        raise CheckpointError(f"checkpoint {row.id}'s columns disagree with its signed body")
+    return checkpoint
+
+
+def sign_checkpoint(
+    session: Session, signer: Ed25519PrivateKey, note: str, tree: LedgerTree | None = None
+) -> Checkpoint:
+    """Sign the current tree head and store it; appends wait until it is stored.
+
+    Parameters
+    ----------
+    tree : LedgerTree, optional
+        The leaves read so far, extended here; without it all leaves are read.
+    """
     size = session.execute(
         update(LedgerHead)
         .where(LedgerHead.id == 1)
         .values(size=LedgerHead.size)  # takes the append lock without changing anything
         .returning(LedgerHead.size)
     ).scalar_one()
-    leaves = [
-        bytes.fromhex(h)
-        for h in session.scalars(select(LedgerEntry.leaf_hash).order_by(LedgerEntry.seq))
-    ]
-    if len(leaves) != size:
-        raise CheckpointError(f"the head says {size} entries but {len(leaves)} are stored")
-    unsigned = Checkpoint(
+    tree = tree if tree is not None else LedgerTree()
+    if tree.sync(session) != size:
+        raise CheckpointError(f"the head says {size} entries but {len(tree.leaves)} are stored")
+    checkpoint = Checkpoint.sign(
+        signer,
         tree_size=size,
-        root=merkle_root(leaves).hex(),
+        root=tree.root().hex(),
         at=utcnow().isoformat(timespec="seconds"),
         note=note,
-        key_id=key_id(signer.public_key()),
-        signature="",
-    )
-    checkpoint = Checkpoint(
-        **{**asdict(unsigned), "signature": base64.b64encode(signer.sign(unsigned.body())).decode()}
     )
     session.add(
         LedgerCheckpoint(
@@ -128,3 +129,53 @@ def sign_checkpoint(session: Session, signer: Ed25519PrivateKey, note: str) -> C
     )
     session.flush()
     return checkpoint
+
+
+def round_receipts(
+    session: Session,
+    tree: LedgerTree,
+    checkpoint: Checkpoint,
+    *,
+    round_id: int,
+    server_round: int,
+    flower_run_id: str,
+    previous: Mapping[str, Checkpoint],
+) -> list[Receipt]:
+    """A receipt for every update recorded in round ``round_id``, under ``checkpoint``.
+
+    Parameters
+    ----------
+    tree : LedgerTree
+        Synced at least up to ``checkpoint.tree_size`` (as :func:`sign_checkpoint` leaves it).
+    previous : mapping
+        The last checkpoint each participant was given, if any: its receipt
+        then carries a consistency proof from that head.
+    """
+    size = checkpoint.tree_size
+    rows = session.execute(
+        select(Participant.name, LedgerEntry.seq, LedgerEntry.payload)
+        .join(RoundUpdate, RoundUpdate.participant_id == Participant.id)
+        .join(LedgerEntry, LedgerEntry.seq == RoundUpdate.entry_seq)
+        .where(RoundUpdate.round_id == round_id)
+        .order_by(LedgerEntry.seq)
+    )
+    receipts = []
+    for name, seq, payload in rows:
+        if seq >= size:
+            raise CheckpointError(f"{name}'s update (entry {seq}) is not under the checkpoint")
+        before = previous.get(name)
+        receipts.append(
+            Receipt(
+                participant=name,
+                run_id=flower_run_id,
+                round=server_round,
+                seq=seq,
+                payload=payload,
+                inclusion=tree.inclusion(seq, size),
+                checkpoint=checkpoint,
+                previous_size=before.tree_size if before else None,
+                previous_root=before.root if before else None,
+                consistency=tree.consistency(before.tree_size, size) if before else None,
+            )
+        )
+    return receipts

@@ -16,10 +16,11 @@ written as the string of its shortest round-tripping decimal form
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import inspect, update
+from sqlalchemy import insert, inspect, update
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
@@ -27,8 +28,11 @@ from server.ledger.schema import Base, LedgerEntry, LedgerHead, utcnow
 
 __all__ = [
     "ZERO_HASH",
+    "append_entries",
+    "append_entry",
     "canonical_payload",
     "chain_hash",
+    "column_facts",
     "entry_leaf_hash",
     "record_row",
     "row_facts",
@@ -56,21 +60,44 @@ def chain_hash(prev_hash: str, leaf_hash: str) -> str:
     return hashlib.sha256(bytes.fromhex(prev_hash) + bytes.fromhex(leaf_hash)).hexdigest()
 
 
+def column_facts(columns: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The facts among a row's ``(column key, value)`` pairs (see :func:`row_facts`).
+
+    Shared by :func:`row_facts` (an ORM object) and the verifier, which reads
+    the same columns as plain result rows.
+    """
+    return {
+        key: value
+        for key, value in columns
+        if key not in SKIPPED_COLUMNS and not isinstance(value, datetime)
+    }
+
+
 def row_facts(row: Base) -> dict[str, Any]:
     """The facts a row states: every column but its key, entry reference and timestamps.
 
     Timestamps are left out because SQLite does not keep their time zone;
     the entry's own ``at`` records when the fact was written.
     """
-    values = {}
-    for column in inspect(type(row)).columns:
-        if column.key in SKIPPED_COLUMNS:
-            continue
-        value = getattr(row, column.key)
-        if isinstance(value, datetime):
-            continue
-        values[column.key] = value
-    return values
+    return column_facts(
+        (column.key, getattr(row, column.key)) for column in inspect(type(row)).columns
+    )
+
+
+def _entry_values(seq: int, kind: str, doc: dict[str, Any], prev: str) -> dict[str, Any]:
+    """The columns of entry ``seq`` stating ``doc``, chained after ``prev``, written now."""
+    at = utcnow()
+    payload = canonical_payload({**doc, "kind": kind, "at": at.isoformat(timespec="microseconds")})
+    leaf = entry_leaf_hash(payload)
+    return {
+        "seq": seq,
+        "kind": kind,
+        "payload": payload,
+        "leaf_hash": leaf,
+        "prev_hash": prev,
+        "chain_hash": chain_hash(prev, leaf),
+        "created_at": at,
+    }
 
 
 def append_entry(session: Session, kind: str, doc: dict[str, Any]) -> LedgerEntry:
@@ -81,24 +108,53 @@ def append_entry(session: Session, kind: str, doc: dict[str, Any]) -> LedgerEntr
         .values(size=LedgerHead.size + 1)
         .returning(LedgerHead.size, LedgerHead.chain_hash)
     ).one()
-    at = utcnow()
-    payload = canonical_payload({**doc, "kind": kind, "at": at.isoformat(timespec="microseconds")})
-    leaf = entry_leaf_hash(payload)
-    entry = LedgerEntry(
-        seq=size - 1,
-        kind=kind,
-        payload=payload,
-        leaf_hash=leaf,
-        prev_hash=prev,
-        chain_hash=chain_hash(prev, leaf),
-        created_at=at,
-    )
+    entry = LedgerEntry(**_entry_values(size - 1, kind, doc, prev))
     session.add(entry)
     session.execute(
         update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=entry.chain_hash)
     )
     session.flush()
     return entry
+
+
+def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int]:
+    """Append several entries, taking the ``ledger_head`` lock once; return their seqs.
+
+    Each entry is exactly the one :func:`append_entry` would write for the
+    same ``(kind, doc)`` at that position (payload, ``seq``, leaf hash,
+    ``prev_hash`` and chain hash): the batch only saves the per-entry lock,
+    head update and ORM flush. The rows go in with one multi-row INSERT, so
+    the append-only triggers apply as for single appends; no
+    :class:`~sqlalchemy.orm.Session` objects are created for them.
+
+    Parameters
+    ----------
+    session : Session
+        The caller's transaction; the head stays locked until it ends.
+    items : Sequence[tuple[str, dict]]
+        ``(kind, doc)`` pairs, in the order they are to be appended.
+
+    Returns
+    -------
+    list[int]
+        The seq of each entry, in the order of ``items``.
+    """
+    if not items:
+        return []
+    size, prev = session.execute(
+        update(LedgerHead)
+        .where(LedgerHead.id == 1)
+        .values(size=LedgerHead.size + len(items))
+        .returning(LedgerHead.size, LedgerHead.chain_hash)
+    ).one()
+    first = size - len(items)
+    rows = []
+    for seq, (kind, doc) in enumerate(items, start=first):
+        rows.append(_entry_values(seq, kind, doc, prev))
+        prev = rows[-1]["chain_hash"]
+    session.execute(insert(LedgerEntry), rows)
+    session.execute(update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=prev))
+    return list(range(first, size))
 
 
 def record_row(session: Session, row: Base, kind: str) -> LedgerEntry:

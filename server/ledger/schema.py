@@ -32,6 +32,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerHead",
     "Participant",
+    "Release",
     "Round",
     "RoundUpdate",
     "Run",
@@ -285,3 +286,28 @@ class Exclusion(Base):
     recorded_at: Mapped[Timestamp]
 
     participant: Mapped[Participant | None] = relationship()
+
+
+class Release(Base):
+    """A released model (ledger v6): what was released, its card, and the checkpoint behind it.
+
+    ``card_sha256`` is the SHA-256 of the model card's JSON bytes;
+    ``checkpoint_tree_size`` and ``checkpoint_root`` name the signed
+    checkpoint that covers the run's final round, which the card proves.
+    """
+
+    __tablename__ = "releases"
+
+    id: Mapped[IntPk]
+    # The ledger entry that records this row.
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    model_sha256: Mapped[Sha256]
+    card_sha256: Mapped[Sha256]
+    checkpoint_tree_size: Mapped[int] = mapped_column(BigInteger)
+    checkpoint_root: Mapped[Sha256]
+    # Where the release was written (the operator's path).
+    out: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[Timestamp]
+
+    run: Mapped[Run] = relationship()

@@ -33,6 +33,7 @@ from server.ledger.schema import (
     Dataset,
     Exclusion,
     Participant,
+    Release,
     Round,
     RoundUpdate,
     Run,
@@ -460,6 +461,9 @@ def ledger_report(session: Session) -> dict[str, Any]:
     exclusions: dict[int, list[Exclusion]] = {}
     for e in session.scalars(select(Exclusion).order_by(Exclusion.id)):
         exclusions.setdefault(e.run_id, []).append(e)
+    releases: dict[int, list[Release]] = {}
+    for release in session.scalars(select(Release).order_by(Release.id)):
+        releases.setdefault(release.run_id, []).append(release)
     return {
         "privacy": privacy_spent(session),
         "participants": [
@@ -560,6 +564,17 @@ def ledger_report(session: Session) -> dict[str, Any]:
                         ],
                     }
                     for r in run.rounds
+                ],
+                "releases": [
+                    {
+                        "model_sha256": r.model_sha256,
+                        "card_sha256": r.card_sha256,
+                        "checkpoint_tree_size": r.checkpoint_tree_size,
+                        "checkpoint_root": r.checkpoint_root,
+                        "out": r.out,
+                        "created_at": _iso(r.created_at),
+                    }
+                    for r in releases.get(run.id, [])
                 ],
             }
             for run in runs

@@ -1,0 +1,482 @@
+"""Receipts: built from a real ledger, verified and stored by participants, checked by auditors.
+
+The ledger is a real SQLite file or PostgreSQL database; updates are real
+sealed envelopes and checkpoints real Ed25519 signatures. Tampering is raw
+SQL with the append-only triggers dropped, as a rogue operator could do it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from common.cli.app import app
+from common.envelope import Envelope, UpdateHeader, seal
+from common.keys import encode_public
+from common.protocol import PrivacyCharge
+from common.receipts import Checkpoint, Receipt, ReceiptBook, ReceiptError, read_receipts
+from server.ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
+from server.ledger.checkpoints import LedgerTree, round_receipts, sign_checkpoint
+from server.ledger.entries import chain_hash, entry_leaf_hash
+from server.ledger.verify import LedgerTampered, verify_ledger
+
+H = "a" * 64
+NAMES = ("uni-a", "co-c")
+OPERATOR = Ed25519PrivateKey.generate()
+AGGREGATOR = X25519PrivateKey.generate()
+SIGNERS = {name: Ed25519PrivateKey.generate() for name in NAMES}
+CHARGE = PrivacyCharge(True, 2.5, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
+
+
+def _envelope(name: str, server_round: int, salt: bytes = b"") -> Envelope:
+    header = UpdateHeader(
+        run_id="7",
+        round=server_round,
+        participant=name,
+        model_sha256=H,
+        base_model_sha256=H,
+        num_examples=10,
+        privacy=CHARGE,
+    )
+    return seal(
+        b"safetensors bytes of the update" + salt,
+        header,
+        aggregator=AGGREGATOR.public_key(),
+        signer=SIGNERS[name],
+    )
+
+
+@dataclass
+class World:
+    """A ledger with two recorded rounds, their receipts and each node's receipts folder."""
+
+    ledger: Ledger
+    envelopes: dict[tuple[str, int], Envelope]
+    receipts: dict[tuple[str, int], Receipt]
+    books: dict[str, ReceiptBook]
+    tree: LedgerTree
+    heads: dict[str, Checkpoint]
+
+
+def _record(world: World, number: int, loss: float = 0.7) -> None:
+    envelopes = {name: _envelope(name, number) for name in NAMES}
+    with world.ledger.session() as s:
+        run_id = 1
+        row = record_round(
+            s,
+            run_id,
+            number=number,
+            model_sha256_before=H,
+            model_sha256_after="b" * 64,
+            loss=loss,
+            accuracy=0.81,
+            seconds=12.5,
+            updates=[
+                UpdateFact(
+                    name,
+                    10,
+                    0.5,
+                    "c" * 64,
+                    1000,
+                    1.5,
+                    ciphertext_sha256=e.ciphertext_sha256(),
+                    signature=base64.b64encode(e.signature).decode(),
+                )
+                for name, e in envelopes.items()
+            ],
+        )
+        checkpoint = sign_checkpoint(s, OPERATOR, f"round {number}", tree=world.tree)
+        receipts = round_receipts(
+            s,
+            world.tree,
+            checkpoint,
+            round_id=row.id,
+            server_round=number,
+            flower_run_id="7",
+            previous=world.heads,
+        )
+    for receipt in receipts:
+        world.heads[receipt.participant] = checkpoint
+        world.receipts[(receipt.participant, number)] = receipt
+    for name, envelope in envelopes.items():
+        world.envelopes[(name, number)] = envelope
+        world.books[name].record_sent(envelope)
+
+
+def _world(url: str, folder: Path, loss: float = 0.7) -> World:
+    ledger = Ledger(url)
+    with ledger.session() as s:
+        for name in NAMES:
+            enrol_participant(s, name, "academia")
+        start_run(
+            s,
+            policy_sha256=H,
+            policy_toml="[federation]\n",
+            model="cnn",
+            dataset="digits",
+            initial_model_sha256=H,
+            planned_rounds=2,
+            flower_run_id=7,
+        )
+    world = World(
+        ledger, {}, {}, {n: ReceiptBook(folder / n / "receipts") for n in NAMES}, LedgerTree(), {}
+    )
+    _record(world, 1, loss)
+    _record(world, 2, loss)
+    return world
+
+
+def _accept_all(world: World) -> list[tuple[str, Receipt]]:
+    for (name, _), receipt in sorted(world.receipts.items()):
+        world.books[name].accept(receipt, OPERATOR.public_key(), name)
+    return [(str(p), r) for name in NAMES for p, r in read_receipts(world.books[name].folder)]
+
+
+def _tamper(ledger: Ledger, *statements: str) -> None:
+    """Drop the append-only triggers and run raw SQL."""
+    with ledger.engine.begin() as c:
+        for table in ("ledger_entries", "ledger_checkpoints"):
+            if ledger.engine.dialect.name == "postgresql":
+                c.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
+            else:
+                c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_update"))
+                c.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_delete"))
+        for statement in statements:
+            c.exec_driver_sql(statement)
+
+
+def _rehash_from(ledger: Ledger) -> list[str]:
+    """Statements recomputing every leaf, chain hash and the head from the payloads."""
+    with ledger.engine.connect() as c:
+        rows = c.execute(text("SELECT seq, payload FROM ledger_entries ORDER BY seq")).all()
+    statements, previous = [], "0" * 64
+    for seq, payload in rows:
+        leaf = entry_leaf_hash(payload)
+        chained = chain_hash(previous, leaf)
+        statements.append(
+            f"UPDATE ledger_entries SET leaf_hash = '{leaf}', prev_hash = '{previous}', "
+            f"chain_hash = '{chained}' WHERE seq = {seq}"
+        )
+        previous = chained
+    return [*statements, f"UPDATE ledger_head SET size = {len(rows)}, chain_hash = '{previous}'"]
+
+
+class ReceiptsContract:
+    """Subclasses provide ``url`` (a fresh database)."""
+
+    @pytest.fixture
+    def world(self, url: str, tmp_path: Path) -> Iterator[World]:
+        world = _world(url, tmp_path)
+        yield world
+        world.ledger.close()
+
+    def test_participants_verify_and_keep_their_receipts(self, world: World) -> None:
+        held = _accept_all(world)
+        assert len(held) == 4
+        stored = sorted(p.name for p in world.books["uni-a"].folder.glob("*.json"))
+        assert stored == ["run-7-round-0001.json", "run-7-round-0002.json"]
+        first, second = world.receipts[("uni-a", 1)], world.receipts[("uni-a", 2)]
+        assert first.previous_size is None
+        # the second receipt extends the head the participant already holds
+        assert (second.previous_size, second.previous_root) == (
+            first.checkpoint.tree_size,
+            first.checkpoint.root,
+        )
+        assert (
+            first.update()["ciphertext_sha256"] == world.envelopes[("uni-a", 1)].ciphertext_sha256()
+        )
+        # delivered twice (a lost reply): stored once, unchanged
+        path = world.books["uni-a"].accept(second, OPERATOR.public_key(), "uni-a")
+        assert Receipt.from_json(path.read_text()) == second
+        report = verify_ledger(world.ledger, OPERATOR.public_key(), held)
+        assert report.receipts == 4 and report.tree_root == second.checkpoint.root
+        assert "4 receipts consistent" in report.summary()
+
+    def test_a_deleted_tail_is_caught_through_receipts(self, world: World) -> None:
+        held = _accept_all(world)
+        with world.ledger.engine.connect() as c:
+            tail = c.execute(text("SELECT entry_seq FROM rounds WHERE number = 2")).scalar_one()
+        # delete round 2 everywhere: its entries, rows and checkpoints, and fix the head
+        _tamper(
+            world.ledger,
+            f"DELETE FROM ledger_entries WHERE seq >= {tail}",
+            "DELETE FROM round_updates WHERE round_id = (SELECT id FROM rounds WHERE number = 2)",
+            "DELETE FROM rounds WHERE number = 2",
+            "DELETE FROM ledger_checkpoints",
+        )
+        _tamper(world.ledger, *_rehash_from(world.ledger))
+        assert verify_ledger(world.ledger).entries == tail  # nothing else can tell
+        with pytest.raises(LedgerTampered) as err:
+            verify_ledger(world.ledger, OPERATOR.public_key(), held)
+        assert err.value.seq == tail
+        assert f"but only {tail} remain: entries were deleted" in str(err.value)
+        assert "receipt" in str(err.value)
+
+    def test_rewritten_history_is_caught_through_receipts(self, world: World) -> None:
+        held = _accept_all(world)
+        with world.ledger.engine.connect() as c:
+            seq, payload = c.execute(
+                text("SELECT seq, payload FROM ledger_entries WHERE kind = 'round' ORDER BY seq")
+            ).first()  # type: ignore[misc]
+        forged = payload.replace('"loss":"0.7"', '"loss":"0.1"')
+        assert forged != payload
+        _tamper(
+            world.ledger,
+            f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {seq}",
+            "UPDATE rounds SET loss = 0.1 WHERE number = 1",
+            "DELETE FROM ledger_checkpoints",
+        )
+        _tamper(world.ledger, *_rehash_from(world.ledger))
+        assert verify_ledger(world.ledger).checkpoints == 0  # consistent without the receipts
+        with pytest.raises(LedgerTampered, match="history was rewritten after the participant"):
+            verify_ledger(world.ledger, OPERATOR.public_key(), held)
+
+    def test_a_rewritten_update_entry_is_named_by_its_receipt(self, world: World) -> None:
+        held = _accept_all(world)
+        receipt = world.receipts[("co-c", 2)]
+        forged = receipt.payload.replace('"num_examples":10,', '"num_examples":1000,')
+        _tamper(
+            world.ledger,
+            f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {receipt.seq}",
+            f"UPDATE round_updates SET num_examples = 1000 WHERE entry_seq = {receipt.seq}",
+            "DELETE FROM ledger_checkpoints",
+        )
+        _tamper(world.ledger, *_rehash_from(world.ledger))
+        with pytest.raises(LedgerTampered) as err:
+            verify_ledger(world.ledger, OPERATOR.public_key(), held)
+        assert err.value.seq == receipt.seq and "co-c's receipt" in str(err.value)
+
+    def test_audit_verify_with_receipts(self, world: World, url: str, tmp_path: Path) -> None:
+        _accept_all(world)
+        auditor = tmp_path / "collected"
+        for name in NAMES:
+            for path in world.books[name].folder.glob("*.json"):
+                (auditor / name).mkdir(parents=True, exist_ok=True)
+                (auditor / name / path.name).write_bytes(path.read_bytes())
+        key = encode_public(OPERATOR.public_key())
+        command = ["audit", "verify", "--ledger", url, "--operator-key", key]
+        runner = CliRunner()
+        result = runner.invoke(app, [*command, "--receipts", str(auditor)])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("intact: ") and "4 receipts consistent" in result.output
+        with world.ledger.engine.connect() as c:
+            last = c.execute(text("SELECT max(seq) FROM ledger_entries")).scalar_one()
+        _tamper(
+            world.ledger,
+            f"DELETE FROM ledger_entries WHERE seq = {last}",
+            "DELETE FROM ledger_checkpoints",
+            f"DELETE FROM round_updates WHERE entry_seq = {last}",
+        )
+        _tamper(world.ledger, *_rehash_from(world.ledger))
+        assert runner.invoke(app, command).exit_code == 0  # without receipts: looks intact
+        result = runner.invoke(app, [*command, "--receipts", str(auditor), "--format", "json"])
+        assert result.exit_code == 1
+        doc = json.loads(result.output)
+        assert doc["intact"] is False and doc["seq"] == last
+        assert "entries were deleted" in doc["detail"]
+
+
+class TestSQLiteReceipts(ReceiptsContract):
+    @pytest.fixture
+    def url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+class TestPostgresReceipts(ReceiptsContract):
+    @pytest.fixture
+    def url(self, postgres_url: str) -> str:
+        return postgres_url
+
+
+# What a participant refuses (one backend is enough: these never touch the ledger again).
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    world = _world(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
+    yield world
+    world.ledger.close()
+
+
+def _flip(hex_digest: str) -> str:
+    return f"{int(hex_digest[0], 16) ^ 1:x}{hex_digest[1:]}"
+
+
+TAMPERED = {
+    "a flipped inclusion hash": (
+        lambda r: dataclasses.replace(r, inclusion=[_flip(r.inclusion[0]), *r.inclusion[1:]]),
+        "is not in the signed tree",
+    ),
+    "a missing inclusion hash": (
+        lambda r: dataclasses.replace(r, inclusion=r.inclusion[:-1]),
+        "is not in the signed tree",
+    ),
+    "another entry index": (
+        lambda r: dataclasses.replace(r, seq=r.seq - 1),
+        "is not in the signed tree",
+    ),
+    "a changed entry": (
+        lambda r: dataclasses.replace(
+            r, payload=r.payload.replace('"train_loss":"0.5"', '"train_loss":"0.1"')
+        ),
+        "is not in the signed tree",
+    ),
+    "another root": (
+        lambda r: dataclasses.replace(
+            r, checkpoint=dataclasses.replace(r.checkpoint, root=_flip(r.checkpoint.root))
+        ),
+        "does not verify",
+    ),
+    "another tree size": (
+        lambda r: dataclasses.replace(
+            r, checkpoint=dataclasses.replace(r.checkpoint, tree_size=r.checkpoint.tree_size + 1)
+        ),
+        "does not verify",
+    ),
+    "a checkpoint signed by someone else": (
+        lambda r: dataclasses.replace(
+            r,
+            checkpoint=Checkpoint.sign(
+                Ed25519PrivateKey.generate(),
+                tree_size=r.checkpoint.tree_size,
+                root=r.checkpoint.root,
+                at=r.checkpoint.at,
+                note=r.checkpoint.note,
+            ),
+        ),
+        "names signing key",
+    ),
+    "a forged signature": (
+        lambda r: dataclasses.replace(
+            r,
+            checkpoint=dataclasses.replace(
+                r.checkpoint,
+                signature=base64.b64encode(OPERATOR.sign(b"something else")).decode(),
+            ),
+        ),
+        "does not verify",
+    ),
+    "a flipped consistency hash": (
+        lambda r: dataclasses.replace(r, consistency=[_flip(r.consistency[0]), *r.consistency[1:]]),
+        "does not extend the one of size",
+    ),
+    "another previous root": (
+        lambda r: dataclasses.replace(r, previous_root=_flip(r.previous_root)),
+        "does not extend the one of size",
+    ),
+    "a non-canonical entry": (
+        lambda r: dataclasses.replace(r, payload=r.payload.replace(",", ", ", 1)),
+        "not canonical JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_receipt_is_refused_and_not_stored(world: World, case: str) -> None:
+    mutate, message = TAMPERED[case]
+    book = world.books["uni-a"]
+    book.accept(world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
+    bad = mutate(world.receipts[("uni-a", 2)])
+    with pytest.raises(ReceiptError, match=message):
+        book.accept(bad, OPERATOR.public_key(), "uni-a")
+    assert not (book.folder / "run-7-round-0002.json").exists()
+
+
+def test_a_receipt_must_be_for_this_node_and_its_own_update(world: World, tmp_path: Path) -> None:
+    receipt = world.receipts[("uni-a", 1)]
+    with pytest.raises(ReceiptError, match="a receipt for 'uni-a' was sent to 'co-c'"):
+        world.books["co-c"].accept(receipt, OPERATOR.public_key(), "co-c")
+    fresh = ReceiptBook(tmp_path / "wiped" / "receipts")
+    with pytest.raises(ReceiptError, match="no record of sending an update then"):
+        fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
+    fresh.record_sent(_envelope("uni-a", 1, salt=b" resealed"))  # not what the ledger holds
+    with pytest.raises(ReceiptError, match=r"another update than the one this node sent \(ciph"):
+        fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
+
+
+def test_a_forked_ledger_is_refused(world: World, tmp_path: Path) -> None:
+    """The operator shows this node one ledger in round 1 and another in round 2."""
+    book = world.books["uni-a"]
+    book.accept(world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
+    fork = _world(f"sqlite:///{tmp_path / 'fork.db'}", tmp_path / "fork", loss=0.2)
+    try:
+        forked = fork.receipts[("uni-a", 2)]  # valid on its own, in a ledger of the same size
+        book.record_sent(fork.envelopes[("uni-a", 2)])
+        with pytest.raises(ReceiptError, match="another root than the one this node holds"):
+            book.accept(forked, OPERATOR.public_key(), "uni-a")
+        first = fork.receipts[("uni-a", 1)]
+        book.record_sent(fork.envelopes[("uni-a", 1)])
+        with pytest.raises(ReceiptError, match="already holds another receipt"):
+            book.accept(first, OPERATOR.public_key(), "uni-a")
+    finally:
+        fork.ledger.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not JSON"),
+        ('{"format": "something/v1"}', "is not a FedCommons receipt"),
+        ("[1, 2]", "is not a FedCommons receipt"),
+    ],
+)
+def test_a_file_that_is_no_receipt_is_named(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "bad.json").write_text(content)
+    with pytest.raises(ReceiptError, match=message) as err:
+        list(read_receipts(tmp_path / "r"))
+    assert "bad.json" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seq": 10_000}, "outside the checkpoint"),
+        ({"seq": "3"}, "seq is missing or has the wrong type"),
+        ({"round": True}, "round is missing or has the wrong type"),
+        ({"participant": None}, "participant is missing"),
+        ({"inclusion": ["zz"]}, "inclusion proof must be a list of hex SHA-256 digests"),
+        ({"consistency": "abc"}, "consistency is missing or has the wrong type"),
+        ({"previous_root": "short"}, "previous_root is not a hex SHA-256 digest"),
+        ({"checkpoint": {"tree_size": 3}}, "checkpoint lacks at, key_id, note, root, signature"),
+        ({"checkpoint": "x"}, "checkpoint is not a JSON object"),
+    ],
+)
+def test_malformed_receipt_fields_are_named(
+    world: World, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    doc = {**world.receipts[("uni-a", 2)].to_dict(), **change}
+    folder = tmp_path / "given"
+    folder.mkdir()
+    (folder / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(ReceiptError, match=message):
+        list(read_receipts(folder))
+
+
+def test_a_missing_or_empty_receipts_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ReceiptError, match="no receipts folder at"):
+        list(read_receipts(tmp_path / "nowhere"))
+    with pytest.raises(ReceiptError, match="holds no receipts"):
+        list(read_receipts(tmp_path))
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "verify",
+            "--ledger",
+            f"sqlite:///{tmp_path / 'l.db'}",
+            "--receipts",
+            str(tmp_path),
+        ],
+    )
+    assert result.exit_code == 1 and "holds no receipts" in result.output
