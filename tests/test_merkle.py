@@ -18,10 +18,13 @@ and cross-checked against the direct recursive reference below.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from common.merkle import (
     EMPTY_ROOT,
+    MerkleLog,
     ProofError,
     TreeBuilder,
     consistency_proof,
@@ -480,3 +483,120 @@ def test_inclusion_proof_rejects_bad_arguments(index: int, size: int | None) -> 
 def test_consistency_proof_rejects_bad_arguments(old: int, new: int | None) -> None:
     with pytest.raises(ValueError):
         consistency_proof(LEAVES, old, new)
+
+
+# --------------------------------------------------------------------------
+# MerkleLog: the cached tree gives exactly the leaf-list functions' results.
+
+MANY = [leaf_hash(i.to_bytes(4, "big")) for i in range(4097)]
+
+
+def _log(leaves: list[bytes]) -> MerkleLog:
+    log = MerkleLog()
+    for n, leaf in enumerate(leaves, start=1):
+        assert log.append(leaf) == n
+    return log
+
+
+def test_merkle_log_known_answers() -> None:
+    log = _log(LEAVES)
+    for size in range(9):
+        assert log.root(size).hex() == ROOTS[size]
+    for height, row in enumerate(NODE_HASHES):
+        assert [h.hex() for h in log._levels[height]] == row
+    for (index, size), expected in PUBLISHED_INCLUSION.items():
+        assert _hexes(log.inclusion_proof(index, size)) == expected
+    for (index, size), table in TABLE_INCLUSION.items():
+        assert _hexes(log.inclusion_proof(index, size)) == table
+    for (old, new), expected in PUBLISHED_CONSISTENCY.items():
+        assert _hexes(log.consistency_proof(old, new)) == expected
+    assert _hexes(log.inclusion_proof(5)) == PUBLISHED_INCLUSION[(5, 8)]
+    assert _hexes(log.consistency_proof(6)) == PUBLISHED_CONSISTENCY[(6, 8)]
+    assert log.root().hex() == ROOTS[8]
+
+
+def test_merkle_log_root_at_every_size_while_appending() -> None:
+    log = MerkleLog()
+    assert log.size == len(log) == 0 and log.root() == EMPTY_ROOT
+    for n in range(1, 300):
+        log.append(MANY[n - 1])
+        assert log.size == len(log) == n
+        assert log.root() == root(MANY[:n]), n
+    assert list(log.leaves) == MANY[:299]
+
+
+@pytest.mark.parametrize("appended", [64, 70])
+def test_merkle_log_every_proof_up_to_size_64(appended: int) -> None:
+    """Every (index, size) and (old, new) pair, also for trees smaller than the log."""
+    log = _log(MANY[:appended])
+    for n in range(1, 65):
+        assert log.root(n) == root(MANY[:n])
+        for i in range(n):
+            assert log.inclusion_proof(i, n) == inclusion_proof(MANY, i, n), (i, n)
+        for m in range(n + 1):
+            assert log.consistency_proof(m, n) == consistency_proof(MANY, m, n), (m, n)
+
+
+def test_merkle_log_proofs_grow_with_the_log() -> None:
+    """Proofs asked for between appends, at the current size and at every earlier one."""
+    log = MerkleLog()
+    for n in range(1, 34):
+        log.append(MANY[n - 1])
+        for i in range(n):
+            assert log.inclusion_proof(i) == inclusion_proof(MANY[:n], i)
+        for m in range(n + 1):
+            assert log.consistency_proof(m) == consistency_proof(MANY[:n], m)
+
+
+@pytest.mark.parametrize("size", [1000, 1024, 4095, 4096, 4097])
+def test_merkle_log_matches_on_larger_trees(size: int) -> None:
+    log = MerkleLog(MANY)  # 4097 leaves; the tree of the first ``size`` is asked for
+    head = root(MANY[:size])
+    assert log.root(size) == head
+    rng = random.Random(size)
+    indices = {0, 1, size // 3, size // 2, size - 2, size - 1}
+    indices |= {rng.randrange(size) for _ in range(40)}
+    for i in sorted(indices):
+        proof = log.inclusion_proof(i, size)
+        assert proof == inclusion_proof(MANY, i, size), i
+        verify_inclusion(MANY[i], i, size, proof, head)
+    olds = {0, 1, 2, 3, size // 2, size - 1, size}
+    olds |= {rng.randrange(1, size + 1) for _ in range(40)}
+    olds |= {1 << b for b in range(size.bit_length()) if 1 << b <= size}
+    for m in sorted(olds):
+        proof = log.consistency_proof(m, size)
+        assert proof == consistency_proof(MANY, m, size), m
+        verify_consistency(m, size, root(MANY[:m]), head, proof)
+
+
+def test_merkle_log_keeps_about_two_hashes_per_leaf() -> None:
+    log = MerkleLog(MANY)
+    assert [len(level) for level in log._levels] == [4097 >> h for h in range(13)]
+    assert sum(len(level) for level in log._levels) < 2 * log.size
+
+
+@pytest.mark.parametrize(
+    ("index", "size"), [(8, None), (-1, None), (3, 3), (0, 0), (0, 9), (0, -1)]
+)
+def test_merkle_log_inclusion_proof_rejects_bad_arguments(index: int, size: int | None) -> None:
+    with pytest.raises(ValueError):
+        _log(LEAVES).inclusion_proof(index, size)
+
+
+@pytest.mark.parametrize(("old", "new"), [(5, 4), (-1, 8), (0, 9), (9, None), (0, -1)])
+def test_merkle_log_consistency_proof_rejects_bad_arguments(old: int, new: int | None) -> None:
+    with pytest.raises(ValueError):
+        _log(LEAVES).consistency_proof(old, new)
+
+
+@pytest.mark.parametrize("size", [-1, 9])
+def test_merkle_log_root_rejects_bad_sizes(size: int) -> None:
+    with pytest.raises(ValueError, match=r"outside 0\.\.8"):
+        _log(LEAVES).root(size)
+
+
+def test_empty_merkle_log() -> None:
+    log = MerkleLog()
+    assert log.root(0) == EMPTY_ROOT and log.consistency_proof(0) == []
+    with pytest.raises(ValueError):
+        log.inclusion_proof(0)

@@ -9,13 +9,13 @@ no longer matches it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from common.merkle import TreeBuilder, consistency_proof, inclusion_proof
+from common.merkle import MerkleLog
 from common.receipts import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, Receipt
 from server.ledger.schema import (
     LedgerCheckpoint,
@@ -41,34 +41,46 @@ class LedgerTree:
     """The entries' leaf hashes, read once and extended as the ledger grows.
 
     A signer that checkpoints every round reads only the entries appended
-    since its last checkpoint, and keeps the leaves to build inclusion proofs.
+    since its last checkpoint. The leaves go into a :class:`~common.merkle.MerkleLog`,
+    which keeps every complete subtree head, so a tree head or a proof for
+    any size read so far costs O(log n) hashes rather than a pass over all
+    the leaves.
     """
 
     def __init__(self) -> None:
-        self.leaves: list[bytes] = []
-        self._builder = TreeBuilder()
+        self._log = MerkleLog()
+
+    @property
+    def leaves(self) -> Sequence[bytes]:
+        """The leaf hashes read so far, in seq order (a live view: do not modify it)."""
+        return self._log.leaves
+
+    @property
+    def size(self) -> int:
+        """Number of entries read so far."""
+        return self._log.size
 
     def sync(self, session: Session) -> int:
         """Read the entries appended since the last call; return the tree size."""
         for leaf in session.scalars(
             select(LedgerEntry.leaf_hash)
-            .where(LedgerEntry.seq >= len(self.leaves))
+            .where(LedgerEntry.seq >= self._log.size)
             .order_by(LedgerEntry.seq)
         ):
-            self.leaves.append(bytes.fromhex(leaf))
-            self._builder.append(self.leaves[-1])
-        return len(self.leaves)
+            self._log.append(bytes.fromhex(leaf))
+        return self._log.size
 
-    def root(self) -> bytes:
-        return self._builder.root()
+    def root(self, size: int | None = None) -> bytes:
+        """Head of the tree of the first ``size`` entries (default: all read so far)."""
+        return self._log.root(size)
 
     def inclusion(self, seq: int, size: int) -> list[str]:
         """Hex inclusion proof of entry ``seq`` in the tree of the first ``size`` entries."""
-        return [h.hex() for h in inclusion_proof(self.leaves, seq, size)]
+        return [h.hex() for h in self._log.inclusion_proof(seq, size)]
 
     def consistency(self, old_size: int, new_size: int) -> list[str]:
         """Hex consistency proof from the tree of ``old_size`` entries to ``new_size``."""
-        return [h.hex() for h in consistency_proof(self.leaves, old_size, new_size)]
+        return [h.hex() for h in self._log.consistency_proof(old_size, new_size)]
 
 
 def checkpoint_from_row(row: LedgerCheckpoint) -> Checkpoint:
