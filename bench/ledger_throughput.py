@@ -34,8 +34,12 @@ Three measurements, in one run:
 
 (c) RFC 6962 proofs with :mod:`common.merkle`: size (hashes and bytes) of an
     inclusion proof and of a consistency proof (from half the tree), and the
-    median time to build one from the leaves and to verify it, for trees of
-    ``--proof-sizes`` leaves.
+    median time to build one from the leaf list (``inclusion_proof``,
+    ``consistency_proof``), to build it from a :class:`~common.merkle.MerkleLog`
+    (the cached tree the server's ``LedgerTree`` keeps) and to verify it, for
+    trees of ``--proof-sizes`` leaves; also the time and memory to append the
+    largest tree's leaves to a ``MerkleLog``. ``--only-proofs`` runs this part
+    alone and writes ``bench/results/ledger_proofs.json`` instead.
 
 Goals (issue 6): >= 5,000 appends/s on SQLite; a 1M-entry verify in < 60 s.
 Rows are written to ``bench/results/ledger.json``.
@@ -43,6 +47,8 @@ Rows are written to ``bench/results/ledger.json``.
 Usage::
 
     python bench/ledger_throughput.py [--entries 20000] [--batch 1000] [--single 1000]
+    python bench/ledger_throughput.py --only-proofs [--proof-sizes 1000 100000 1000000]
+    python bench/ledger_throughput.py --only-verify [--verify-sizes 100000 1000000]
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from common.keys import key_id  # noqa: E402
 from common.merkle import (  # noqa: E402
+    MerkleLog,
     TreeBuilder,
     consistency_proof,
     inclusion_proof,
@@ -129,6 +136,8 @@ from server.ledger.store import Ledger  # noqa: E402
 from server.ledger.verify import verify_ledger  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ledger.json"
+PROOF_RESULTS = ROOT / "bench" / "results" / "ledger_proofs.json"
+VERIFY_RESULTS = ROOT / "bench" / "results" / "ledger_verify.json"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 APPEND_GOAL = 5_000.0
 """Entries per second on SQLite (issue 6)."""
@@ -635,8 +644,13 @@ def _median_s(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def proof_figures(leaves: list[bytes], size: int) -> dict[str, Any]:
-    """Inclusion proof of leaf ``size // 3`` and consistency proof from ``size // 2``."""
+def proof_figures(leaves: list[bytes], log: MerkleLog, size: int) -> dict[str, Any]:
+    """Inclusion proof of leaf ``size // 3`` and consistency proof from ``size // 2``.
+
+    ``log`` holds at least ``size`` leaves (the same as ``leaves``); its
+    proofs are for the tree of the first ``size``, as a server's for an older
+    checkpoint would be.
+    """
     index, old = size // 3, size // 2
     head, old_head = root(leaves[:size]), root(leaves[:old])
     repeats = 3 if size >= 500_000 else 11
@@ -648,6 +662,11 @@ def proof_figures(leaves: list[bytes], size: int) -> dict[str, Any]:
     check = _median_s(lambda: verify_inclusion(leaves[index], index, size, proof, head), 1001)
     build_c = _median_s(lambda: consistency_proof(leaves, old, size), repeats)
     check_c = _median_s(lambda: verify_consistency(old, size, old_head, head, consistency), 1001)
+    assert log.root(size) == head and log.root(old) == old_head
+    assert log.inclusion_proof(index, size) == proof
+    assert log.consistency_proof(old, size) == consistency
+    cached = _median_s(lambda: log.inclusion_proof(index, size), 1001)
+    cached_c = _median_s(lambda: log.consistency_proof(old, size), 1001)
     return {
         "tree_size": size,
         "leaf_index": index,
@@ -661,15 +680,58 @@ def proof_figures(leaves: list[bytes], size: int) -> dict[str, Any]:
         "consistency_build_ms": build_c * 1e3,
         "consistency_verify_us": check_c * 1e6,
         "build_repeats": repeats,
+        "cached_inclusion_build_us": cached * 1e6,
+        "cached_consistency_build_us": cached_c * 1e6,
+        "cached_inclusion_ratio": cached / build,
+        "cached_consistency_ratio": cached_c / build_c,
+        "cached_build_repeats": 1001,
     }
 
 
-def measure_proofs(sizes: list[int]) -> list[dict[str, Any]]:
-    """Inclusion and consistency proofs for trees of ``sizes`` leaves."""
+def measure_merkle_log(leaves: list[bytes]) -> tuple[dict[str, Any], MerkleLog]:
+    """Time appending ``leaves`` to a fresh :class:`MerkleLog`, and the memory it then holds.
+
+    The memory is the process's resident size added by the append (the leaf
+    hashes themselves are already held by ``leaves`` and shared, so this is
+    the cache of interior heads and the lists' slots), measured in the same
+    run as the time; a second, untimed count adds up the objects' sizes.
+    """
+    before = _rss_kib()
+    start = time.perf_counter()
+    log = MerkleLog()
+    for leaf in leaves:
+        log.append(leaf)
+    seconds = time.perf_counter() - start
+    added = _rss_kib() - before
+    levels = log._levels
+    interior = sum(len(level) for level in levels[1:])
+    counted = sum(sys.getsizeof(level) for level in levels) + sum(
+        sys.getsizeof(node) for level in levels[1:] for node in level
+    )
+    row = {
+        "leaves": len(leaves),
+        "append_seconds": seconds,
+        "appends_per_s": len(leaves) / seconds,
+        "interior_heads": interior,
+        "rss_added_mib": added / 1024,
+        "counted_mib_without_leaf_objects": counted / 2**20,
+        "counted_mib_with_leaf_objects": (counted + len(leaves) * sys.getsizeof(leaves[0])) / 2**20,
+    }
+    print(f"  MerkleLog: {len(leaves):,d} appends in {seconds:.2f} s "
+          f"({row['appends_per_s']:,.0f}/s), {interior:,d} interior heads; "
+          f"RSS +{row['rss_added_mib']:.0f} MiB; counted "
+          f"{row['counted_mib_without_leaf_objects']:.0f} MiB without the leaf objects, "
+          f"{row['counted_mib_with_leaf_objects']:.0f} MiB with them", flush=True)  # fmt: skip
+    return row, log
+
+
+def measure_proofs(sizes: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Inclusion and consistency proofs for trees of ``sizes`` leaves; the cached tree's cost."""
     leaves = [leaf_hash(i.to_bytes(8, "big")) for i in range(max(sizes))]
+    log_row, log = measure_merkle_log(leaves)
     rows = []
     for size in sorted(sizes):
-        row = proof_figures(leaves, size)
+        row = proof_figures(leaves, log, size)
         rows.append(row)
         print(f"  proofs, tree of {size:>9,d}: inclusion {row['inclusion_hashes']} hashes "
               f"({row['inclusion_bytes']} B), build {row['inclusion_build_ms']:.2f} ms, "
@@ -677,7 +739,11 @@ def measure_proofs(sizes: list[int]) -> list[dict[str, Any]]:
               f"{row['consistency_from']:,d}: {row['consistency_hashes']} hashes "
               f"({row['consistency_bytes']} B), build {row['consistency_build_ms']:.2f} ms, "
               f"verify {row['consistency_verify_us']:.1f} us", flush=True)  # fmt: skip
-    return rows
+        print(f"    cached (MerkleLog): inclusion {row['cached_inclusion_build_us']:.1f} us "
+              f"({row['cached_inclusion_ratio']:.2g} of the leaf list's), consistency "
+              f"{row['cached_consistency_build_us']:.1f} us "
+              f"({row['cached_consistency_ratio']:.2g})", flush=True)  # fmt: skip
+    return rows, log_row
 
 
 # --- main ---------------------------------------------------------------------
@@ -697,6 +763,16 @@ def main() -> None:
         "--proof-sizes", type=int, nargs="+", default=[1_000, 100_000, 1_000_000], metavar="N"
     )
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--only-proofs",
+        action="store_true",
+        help=f"run (c) alone; rows go to {PROOF_RESULTS.relative_to(ROOT)}",
+    )
+    parser.add_argument(
+        "--only-verify",
+        action="store_true",
+        help=f"run (b) alone; rows go to {VERIFY_RESULTS.relative_to(ROOT)}",
+    )
     parser.add_argument("--verify-child", nargs=2, metavar=("URL", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.verify_child:
@@ -704,6 +780,35 @@ def main() -> None:
         return
 
     started = time.perf_counter()
+    if args.only_verify:
+        print("(b) audit verify (SQLite)", flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-ledger-") as folder:
+            verify = measure_verify(
+                Path(folder), args.verify_sizes, args.participants, args.rounds_per_run
+            )
+        total = time.perf_counter() - started
+        print(f"total {total:.0f} s")
+        write_record(
+            VERIFY_RESULTS,
+            versions={"sqlalchemy": sqlalchemy.__version__, "sqlite": _sqlite_version()},
+            settings=vars(args),
+            verify=verify,
+            total_seconds=total,
+        )
+        return
+    if args.only_proofs:
+        print("(c) proofs", flush=True)
+        proofs, merkle_log = measure_proofs(args.proof_sizes)
+        total = time.perf_counter() - started
+        print(f"total {total:.0f} s")
+        write_record(
+            PROOF_RESULTS,
+            settings=vars(args),
+            proofs=proofs,
+            merkle_log=merkle_log,
+            total_seconds=total,
+        )
+        return
     items = sample_items(args.entries, args.participants, args.rounds_per_run)
     mean_bytes = statistics.mean(len(canonical_payload(doc)) for _, doc in items)
     print(f"(a) appends: {len(items):,d} facts, mean doc {mean_bytes:.0f} B", flush=True)
@@ -735,7 +840,7 @@ def main() -> None:
         )
 
     print("(c) proofs", flush=True)
-    proofs = measure_proofs(args.proof_sizes)
+    proofs, merkle_log = measure_proofs(args.proof_sizes)
 
     print(f"\n{'backend':10s} {'variant':36s} {'commit':18s} {'entries/s':>10s} "
           f"{'/ raw INSERT':>12s} {'/ goal 5,000':>12s}")  # fmt: skip
@@ -760,6 +865,7 @@ def main() -> None:
         appends=appends,
         verify=verify,
         proofs=proofs,
+        merkle_log=merkle_log,
         total_seconds=total,
     )
 

@@ -320,6 +320,54 @@ class EntriesContract:
         with pytest.raises(LedgerTampered, match="does not verify"):
             verify_ledger(ledger, operator.public_key())
 
+    def test_worker_processes_name_the_same_first_bad_entry(self, ledger: Ledger) -> None:
+        """The parallel path, forced on a small ledger, says what one pass says."""
+        operator = Ed25519PrivateKey.generate()
+        with ledger.session() as s:
+            sign_checkpoint(s, operator, note="n")
+            enrol_participant(s, "late-lab", "industry")  # entry 9
+            sign_checkpoint(s, operator, note="m")
+        key = operator.public_key()
+
+        def parallel() -> LedgerTampered:
+            with pytest.raises(LedgerTampered) as err:
+                verify_ledger(ledger, key, workers=2, parallel_from=1)
+            return err.value
+
+        def serial() -> LedgerTampered:
+            with pytest.raises(LedgerTampered) as err:
+                verify_ledger(ledger, key, workers=1)
+            return err.value
+
+        def same() -> LedgerTampered:
+            one, many = serial(), parallel()
+            assert (many.seq, many.kind, str(many)) == (one.seq, one.kind, str(one))
+            return many
+
+        assert verify_ledger(ledger, key, workers=2, parallel_from=1) == verify_ledger(
+            ledger, key, workers=1
+        )
+        _tamper(ledger, "UPDATE participants SET public_key = 'bWFsbG9yeQ==' WHERE id = 3")
+        assert "participants row 3 differs from its entry in public_key" in str(same())
+        update = _seq_of(ledger, "update")  # in the second half
+        assert update > len(_entries(ledger)) // 2
+        _tamper(ledger, f"UPDATE ledger_entries SET leaf_hash = '{'f' * 64}' WHERE seq = {update}")
+        err = same()
+        assert (err.seq, err.kind) == (update, "update")
+        assert "leaf hash does not match the payload" in str(err)
+        _tamper(ledger, f"DELETE FROM ledger_entries WHERE seq = {update - 2}")
+        err = same()
+        assert err.seq == update - 2 and "missing" in str(err)
+
+    def test_worker_processes_check_checkpoint_signatures(self, ledger: Ledger) -> None:
+        operator = Ed25519PrivateKey.generate()
+        with ledger.session() as s:
+            sign_checkpoint(s, operator, note="n")
+        forged = base64.b64encode(operator.sign(b"something else")).decode()
+        _tamper(ledger, f"UPDATE ledger_checkpoints SET signature = '{forged}'")
+        with pytest.raises(LedgerTampered, match="does not verify"):
+            verify_ledger(ledger, operator.public_key(), workers=2, parallel_from=1)
+
 
 class TestSQLiteEntries(EntriesContract):
     @pytest.fixture
