@@ -313,16 +313,22 @@ def run_demo(
     ledger = Ledger(ledger_url)
     consortium = operator.consortium()
 
+    requests = {  # every demo institution enrols from its own state folder
+        node.institution: ParticipantState(node.state_dir).request
+        for node in nodes
+        if node.state_dir is not None
+    }
+
     def admit_institutions(federation: LocalFederation) -> None:
         """The operator admits each request; with TLS, that registers its SuperNode."""
-        for node in nodes:
+        for name, request in requests.items():
             admit(
                 ledger,
                 consortium,
-                ParticipantState(node.state_dir or Path()).request,
+                request,
                 register=None
                 if insecure
-                else functools.partial(federation.register_node, name=node.institution),
+                else functools.partial(federation.register_node, name=name),
                 purpose=policy.federation.purpose,
             )
 
