@@ -19,6 +19,12 @@ from typing import Any
 __all__ = ["canonical_json"]
 
 
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+).encode
+"""Built once: ``json.dumps`` with these arguments builds this encoder on every call."""
+
+
 def _without_floats(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
@@ -44,6 +50,4 @@ def canonical_json(doc: Any, *, floats_as_strings: bool = False) -> bytes:
     """
     if floats_as_strings:
         doc = _without_floats(doc)
-    return json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return _encode(doc).encode("ascii")

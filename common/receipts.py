@@ -22,7 +22,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,6 @@ class Checkpoint:
         unsigned = cls(tree_size, root, at, note, key_id(signer.public_key()), "")
         signature = base64.b64encode(signer.sign(unsigned.body())).decode()
         return replace(unsigned, signature=signature)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, doc: Any, what: str = "checkpoint") -> Checkpoint:
@@ -349,11 +346,13 @@ class ReceiptBook:
         _write_atomic(path, json.dumps(doc, sort_keys=True, indent=2) + "\n")
         return path
 
-    def receipts(self) -> list[Receipt]:
-        """The receipts accepted so far (none if the folder does not exist yet)."""
-        if not self.folder.is_dir() or not any(self.folder.glob("run-*.json")):
-            return []
-        return [receipt for _, receipt in read_receipts(self.folder)]
+    def receipts(self, run_id: str | None = None) -> list[Receipt]:
+        """The receipts accepted so far, of every run or of ``run_id`` only."""
+        pattern = f"run-{run_id}-round-*.json" if run_id is not None else "run-*.json"
+        return [
+            Receipt.from_json(path.read_text(encoding="utf-8"), str(path))
+            for path in sorted(self.folder.glob(pattern))
+        ]
 
     def accept(self, receipt: Receipt, operator: Ed25519PublicKey, participant: str) -> Path:
         """Verify ``receipt`` as ``participant`` and store it; :class:`ReceiptError` if it fails.
@@ -380,8 +379,11 @@ class ReceiptBook:
                     f"the receipt's ledger entry {receipt.seq} for round {receipt.round} records "
                     f"another update than the one this node sent ({column} differs)"
                 )
-        if receipt.previous_size is not None:
-            held = {r.checkpoint.tree_size: r.checkpoint.root for r in self.receipts()}
+        if receipt.previous_size is not None:  # the head it extends was given in this run
+            held = {
+                r.checkpoint.tree_size: r.checkpoint.root
+                for r in self.receipts(run_id=receipt.run_id)
+            }
             if (
                 receipt.previous_size in held
                 and held[receipt.previous_size] != receipt.previous_root
@@ -409,8 +411,3 @@ def _write_atomic(path: Path, text: str) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
-
-
-def inclusion_hex(proof: Sequence[bytes]) -> list[str]:
-    """Proof hashes as hex, as receipts carry them."""
-    return [p.hex() for p in proof]

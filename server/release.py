@@ -32,7 +32,6 @@ from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
 from common.licences import PURPOSES, SPDX, Licence, LicenceError, obligations
-from common.merkle import inclusion_proof
 from common.model import arrays_sha256
 from common.policy import Policy, PolicyError
 from common.privacy import epsilon_for_json
@@ -42,6 +41,7 @@ from server.ledger import Ledger
 from server.ledger.checkpoints import (
     Checkpoint,
     CheckpointError,
+    LedgerTree,
     checkpoint_from_row,
     sign_checkpoint,
 )
@@ -150,7 +150,8 @@ def release_model(
             Path(policy.deploy.checkpoint_dir) if policy.deploy.checkpoint_dir else None
         )
         arrays = _final_model(run, last, folder)
-        proof = _proof(session, last, signer)
+        tree = LedgerTree()  # the entries' leaves, read once for the proof and any signing
+        proof = _proof(session, last, signer, tree)
         card = _card(session, run, policy, last, proof)
         card_bytes = _write(out_dir, arrays, card)
         release = Release(
@@ -161,9 +162,9 @@ def release_model(
             checkpoint_root=proof["checkpoint"]["root"],
             out=str(out_dir.resolve()),
         )
-        entry = record_row(session, release, "release")
+        entry_seq = record_row(session, release, "release")
         after = (
-            sign_checkpoint(session, signer, note=f"release of run {run.id}")
+            sign_checkpoint(session, signer, note=f"release of run {run.id}", tree=tree)
             if signer is not None
             else None
         )
@@ -172,7 +173,7 @@ def release_model(
         out_dir=out_dir,
         model_sha256=release.model_sha256,
         card_sha256=release.card_sha256,
-        entry_seq=entry.seq,
+        entry_seq=entry_seq,
         card=card,
         checkpoint=after,
     )
@@ -239,7 +240,9 @@ def _final_model(run: Run, last: Round, folder: Path | None) -> Arrays:
     return arrays
 
 
-def _proof(session: Session, last: Round, signer: Ed25519PrivateKey | None) -> dict[str, Any]:
+def _proof(
+    session: Session, last: Round, signer: Ed25519PrivateKey | None, tree: LedgerTree
+) -> dict[str, Any]:
     """The final round's entry, the signed checkpoint covering it and the inclusion proof."""
     seq = last.entry_seq
     if seq is None:
@@ -259,18 +262,15 @@ def _proof(session: Session, last: Round, signer: Ed25519PrivateKey | None) -> d
         except CheckpointError as err:
             raise ReleaseError(str(err)) from None
     elif signer is not None:
-        checkpoint = sign_checkpoint(session, signer, note=f"run {last.run_id} final round")
+        checkpoint = sign_checkpoint(
+            session, signer, note=f"run {last.run_id} final round", tree=tree
+        )
     else:
         raise ReleaseError(
             f"no signed checkpoint covers round {last.number} of run {last.run_id} "
             f"(entry {seq}); give the operator's key to sign one"
         )
-    leaves = [
-        bytes.fromhex(h)
-        for h in session.scalars(
-            select(LedgerEntry.leaf_hash).order_by(LedgerEntry.seq).limit(checkpoint.tree_size)
-        )
-    ]
+    tree.sync(session)
     entry = session.get(LedgerEntry, seq)
     if entry is None:  # verify_ledger found every row's entry: only a concurrent rewrite
         raise ReleaseError(f"round {last.number}'s entry {seq} is missing from the ledger")
@@ -290,7 +290,7 @@ def _proof(session: Session, last: Round, signer: Ed25519PrivateKey | None) -> d
             "signature": checkpoint.signature,
             "signed_body": checkpoint.body().decode("ascii"),
         },
-        "inclusion_proof": [p.hex() for p in inclusion_proof(leaves, seq, checkpoint.tree_size)],
+        "inclusion_proof": tree.inclusion(seq, checkpoint.tree_size),
     }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "LedgerTree",
+    "checkpoint_from_columns",
     "checkpoint_from_row",
     "round_receipts",
     "sign_checkpoint",
@@ -83,25 +84,34 @@ class LedgerTree:
         return [h.hex() for h in self._log.consistency_proof(old_size, new_size)]
 
 
-def checkpoint_from_row(row: LedgerCheckpoint) -> Checkpoint:
-    """The checkpoint a stored row holds; :class:`CheckpointError` if the row is inconsistent."""
+def checkpoint_from_columns(
+    row_id: int, tree_size: int, root_hash: str, body: str, signer_key_id: str, signature: str
+) -> Checkpoint:
+    """The checkpoint a stored row's columns hold; :class:`CheckpointError` if inconsistent."""
     try:
-        doc = json.loads(row.body)
+        doc = json.loads(body)
         checkpoint = Checkpoint(
             tree_size=int(doc["tree_size"]),
             root=str(doc["root"]),
             at=str(doc["at"]),
             note=str(doc["note"]),
-            key_id=row.key_id,
-            signature=row.signature,
+            key_id=signer_key_id,
+            signature=signature,
         )
     except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {row.id} has a malformed body: {err}") from None
-    if checkpoint.body().decode() != row.body or doc.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {row.id}'s body is not in canonical form")
-    if (checkpoint.tree_size, checkpoint.root) != (row.tree_size, row.root_hash):
-        raise CheckpointError(f"checkpoint {row.id}'s columns disagree with its signed body")
+        raise CheckpointError(f"checkpoint {row_id} has a malformed body: {err}") from None
+    if checkpoint.body().decode() != body or doc.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {row_id}'s body is not in canonical form")
+    if (checkpoint.tree_size, checkpoint.root) != (tree_size, root_hash):
+        raise CheckpointError(f"checkpoint {row_id}'s columns disagree with its signed body")
     return checkpoint
+
+
+def checkpoint_from_row(row: LedgerCheckpoint) -> Checkpoint:
+    """The checkpoint a stored row holds; :class:`CheckpointError` if the row is inconsistent."""
+    return checkpoint_from_columns(
+        row.id, row.tree_size, row.root_hash, row.body, row.key_id, row.signature
+    )
 
 
 def sign_checkpoint(

@@ -100,32 +100,13 @@ def _entry_values(seq: int, kind: str, doc: dict[str, Any], prev: str) -> dict[s
     }
 
 
-def append_entry(session: Session, kind: str, doc: dict[str, Any]) -> LedgerEntry:
-    """Append one entry, serialised with every other writer through ``ledger_head``."""
-    size, prev = session.execute(
-        update(LedgerHead)
-        .where(LedgerHead.id == 1)
-        .values(size=LedgerHead.size + 1)
-        .returning(LedgerHead.size, LedgerHead.chain_hash)
-    ).one()
-    entry = LedgerEntry(**_entry_values(size - 1, kind, doc, prev))
-    session.add(entry)
-    session.execute(
-        update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=entry.chain_hash)
-    )
-    session.flush()
-    return entry
-
-
 def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int]:
-    """Append several entries, taking the ``ledger_head`` lock once; return their seqs.
+    """Append entries, serialised with every other writer through ``ledger_head``.
 
-    Each entry is exactly the one :func:`append_entry` would write for the
-    same ``(kind, doc)`` at that position (payload, ``seq``, leaf hash,
-    ``prev_hash`` and chain hash): the batch only saves the per-entry lock,
-    head update and ORM flush. The rows go in with one multi-row INSERT, so
-    the append-only triggers apply as for single appends; no
-    :class:`~sqlalchemy.orm.Session` objects are created for them.
+    The head is locked (``UPDATE … RETURNING``) once for the whole batch,
+    each entry chains on the one before, and the rows go in with one INSERT,
+    which the append-only triggers check like any other; no ORM objects are
+    created for them. Returns the entries' seqs, in the order of ``items``.
 
     Parameters
     ----------
@@ -141,7 +122,11 @@ def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]
     """
     if not items:
         return []
-    size, prev = session.execute(
+    # Core statements on the session's connection (its transaction): the ORM's
+    # bulk-statement handling, which has no objects to synchronise here, cost
+    # most of a single append.
+    connection = session.connection()
+    size, prev = connection.execute(
         update(LedgerHead)
         .where(LedgerHead.id == 1)
         .values(size=LedgerHead.size + len(items))
@@ -152,22 +137,28 @@ def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]
     for seq, (kind, doc) in enumerate(items, start=first):
         rows.append(_entry_values(seq, kind, doc, prev))
         prev = rows[-1]["chain_hash"]
-    session.execute(insert(LedgerEntry), rows)
-    session.execute(update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=prev))
+    connection.execute(insert(LedgerEntry), rows)
+    connection.execute(update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=prev))
     return list(range(first, size))
 
 
-def record_row(session: Session, row: Base, kind: str) -> LedgerEntry:
-    """Flush ``row`` and append the entry that states it; the row then names that entry."""
+def append_entry(session: Session, kind: str, doc: dict[str, Any]) -> int:
+    """Append one entry (:func:`append_entries` of one); return its seq."""
+    (seq,) = append_entries(session, [(kind, doc)])
+    return seq
+
+
+def record_row(session: Session, row: Base, kind: str) -> int:
+    """Flush ``row`` and append the entry that states it; return its seq, which the row names."""
     if row not in session:
         session.add(row)
     session.flush()
     table = type(row).__tablename__
-    entry = append_entry(
+    seq = append_entry(
         session,
         kind,
         {"table": table, "id": row.id, "row": row_facts(row)},  # type: ignore[attr-defined]
     )
-    row.entry_seq = entry.seq  # type: ignore[attr-defined]
+    row.entry_seq = seq  # type: ignore[attr-defined]
     session.flush()
-    return entry
+    return seq

@@ -32,8 +32,6 @@ so the error raised is the one a single pass raises.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gc
 import hashlib
 import json
@@ -46,17 +44,15 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine, create_engine, func, inspect, select
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
-from common.keys import key_id
 from common.merkle import TreeBuilder, leaf_hash
-from common.receipts import CHECKPOINT_FORMAT, Receipt, ReceiptError
-from server.ledger.checkpoints import CheckpointError, checkpoint_from_row
+from common.receipts import Receipt, ReceiptError
+from server.ledger.checkpoints import CheckpointError, checkpoint_from_columns
 from server.ledger.entries import (
     SKIPPED_COLUMNS,
     ZERO_HASH,
@@ -64,7 +60,6 @@ from server.ledger.entries import (
     chain_hash,
     column_facts,
     entry_leaf_hash,
-    row_facts,
 )
 from server.ledger.schema import (
     Base,
@@ -150,12 +145,6 @@ def _refuse_float(_: str) -> Any:
     raise _FloatInPayload
 
 
-# canonical_json(doc).decode("ascii"), the encoder built once: json.dumps with these
-# arguments builds exactly this encoder on every call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-).encode
-
 # Parses a payload, stopping at any float or NaN/Infinity literal (see _parse_payload).
 _PAYLOAD_DECODER = json.JSONDecoder(parse_float=_refuse_float, parse_constant=_refuse_float)
 
@@ -176,7 +165,7 @@ def _parse_payload(payload: str) -> tuple[Any, bool]:
     except (_FloatInPayload, ValueError):  # parsed again as before: same document, same error
         doc = json.loads(payload)
         return doc, isinstance(doc, dict) and canonical_payload(doc) == payload
-    return doc, isinstance(doc, dict) and _CANONICAL(doc) == payload
+    return doc, isinstance(doc, dict) and canonical_json(doc).decode("ascii") == payload
 
 
 def _stated_row_text(payload: str, doc: dict[str, Any]) -> str:
@@ -217,7 +206,7 @@ def _row_text(facts: dict[str, Any]) -> str:
             plain[key] = value
         else:
             return canonical_payload(facts)
-    return _CANONICAL(plain)
+    return canonical_json(plain).decode("ascii")
 
 
 @dataclass
@@ -430,7 +419,7 @@ def _values_text(keys: list[str], values: Sequence[Any]) -> str:
             plain[key] = repr(value)
         elif not isinstance(value, datetime):
             return _row_text(column_facts(zip(keys, values, strict=True)))
-    return _CANONICAL(plain)
+    return canonical_json(plain).decode("ascii")
 
 
 def _read_row_text(
@@ -528,13 +517,7 @@ def _checkpoint_columns() -> Any:
 def _read_checkpoints(
     rows: Iterable[Any], operator: Ed25519PublicKey | None
 ) -> tuple[list[_Signed], str | None]:
-    """Check each stored checkpoint on its own, in id order, as :func:`checkpoint_from_row`
-    and :meth:`Checkpoint.verify` do; stop at the first that fails.
-
-    The body is parsed once; once it is known to be the canonical body of
-    the checkpoint it holds, the signature is checked over the stored bytes.
-    Anything unusual goes through :func:`checkpoint_from_row` and
-    :meth:`Checkpoint.verify` themselves, so errors and messages are theirs.
+    """Check each stored checkpoint on its own, in id order; stop at the first that fails.
 
     Returns
     -------
@@ -543,62 +526,16 @@ def _read_checkpoints(
     str or None
         The :class:`CheckpointError` message of the first that failed.
     """
-    operator_id = key_id(operator) if operator is not None else None
     signed: list[_Signed] = []
-    for row_id, tree_size, root_hash, body, signer, signature in rows:
+    for row in rows:
         try:
-            try:
-                doc = json.loads(body)
-                size, root, at = int(doc["tree_size"]), str(doc["root"]), str(doc["at"])
-                note = str(doc["note"])
-                # Checkpoint.body() of these values (all int or str: no float to rewrite)
-                canonical = _CANONICAL(
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "tree_size": size,
-                        "root": root,
-                        "at": at,
-                        "note": note,
-                    }
-                )
-                fast = (
-                    canonical == body
-                    and doc.get("format") == CHECKPOINT_FORMAT
-                    and (size, root) == (tree_size, root_hash)
-                )
-            except (ValueError, KeyError, TypeError, AttributeError):
-                fast = False
-            if fast:
-                stored = body.encode("ascii")
-                if operator is None or (
-                    signer == operator_id and _signature_holds(operator, signature, stored)
-                ):
-                    signed.append((size, root, at))
-                    continue
-            checkpoint = checkpoint_from_row(  # raises what it raises for this row
-                LedgerCheckpoint(
-                    id=row_id,
-                    tree_size=tree_size,
-                    root_hash=root_hash,
-                    body=body,
-                    key_id=signer,
-                    signature=signature,
-                )
-            )
+            checkpoint = checkpoint_from_columns(*row)
             if operator is not None:
-                checkpoint.verify(operator)  # raises the same error, with its message
+                checkpoint.verify(operator)
         except CheckpointError as err:
             return signed, str(err)
         signed.append((checkpoint.tree_size, checkpoint.root, checkpoint.at))
     return signed, None
-
-
-def _signature_holds(operator: Ed25519PublicKey, signature: str, body: bytes) -> bool:
-    try:
-        operator.verify(base64.b64decode(signature, validate=True), body)
-    except (InvalidSignature, binascii.Error, ValueError):
-        return False
-    return True
 
 
 def _check_checkpoints(
@@ -895,10 +832,6 @@ def _check_receipts(
                 "history was rewritten after the participant got its receipt",
             )
     return len(receipts)
-
-
-def _plain_row(row: Base) -> Any:
-    return json.loads(canonical_payload(row_facts(row)))
 
 
 def verify_ledger(
