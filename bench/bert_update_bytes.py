@@ -20,9 +20,10 @@ sys.path.insert(0, str(ROOT))
 
 from record import write_record  # noqa: E402  (bench/record.py)
 
-from common.demo import BERT_DEMO  # noqa: E402
-from common.model import arrays_to_bytes, build_model, full_arrays, get_arrays  # noqa: E402
+from common.arrays import arrays_to_bytes  # noqa: E402
+from common.model import build_model, full_arrays, get_arrays  # noqa: E402
 from common.policy import ModelConfig  # noqa: E402
+from fedcommons.demo_setup import BERT_DEMO  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bert_update_bytes.json"
 VARIANTS = {
@@ -35,9 +36,10 @@ VARIANTS = {
 
 def main() -> None:
     rows = []
-    num_classes = int(BERT_DEMO["model"]["num-classes"])
+    num_classes = int(BERT_DEMO["model.num-classes"])
     for label, changes in VARIANTS.items():
-        model = build_model(ModelConfig(name="bert", num_classes=num_classes, **changes), seed=0)
+        config = ModelConfig(name="bert", num_classes=num_classes, **changes)  # type: ignore[arg-type]
+        model = build_model(config, seed=0)
         update = len(arrays_to_bytes(get_arrays(model)))
         whole = len(arrays_to_bytes(full_arrays(model)))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -25,9 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from record import write_record  # noqa: E402  (bench/record.py)
 
-from common.demo import run_demo, with_model  # noqa: E402
 from common.policy import Policy  # noqa: E402
-from server.ledger import Ledger, ledger_report  # noqa: E402
+from fedcommons.demo import run_demo  # noqa: E402
+from fedcommons.demo_setup import with_model  # noqa: E402
+from server.ledger import Ledger  # noqa: E402
+from server.ledger.report import ledger_report  # noqa: E402
 
 
 def main() -> None:
@@ -35,11 +37,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("cnn", "bert"), default="cnn")
     parser.add_argument("--rounds", type=int, default=None, help="default: the policy's")
     args = parser.parse_args()
-    policy = with_model(Policy(), args.model)
-    if args.rounds is not None:
-        sections = policy.to_sections()
-        sections["federation"]["rounds"] = args.rounds
-        policy = Policy.from_sections(sections)
+    policy = with_model(Policy(), args.model).with_overrides({"federation.rounds": args.rounds})
     with tempfile.TemporaryDirectory() as folder:
         summary = run_demo(Path(folder), policy)
         ledger = Ledger(summary["ledger_url"], migrate=False)
@@ -64,7 +62,8 @@ def main() -> None:
     total = sum(r["round_seconds"] for r in rows)
     crypto = sum(r["seal_seconds"] + r["open_seconds"] for r in rows)
     print(f"{args.model}: crypto {crypto:.3f} s of {total:.1f} s of rounds = {crypto / total:.5f}; "
-          f"update {summary['update_bytes']:,.0f} B; test accuracy {summary['final_accuracy']:.3f}")  # fmt: skip
+          f"update {summary['update_bytes']:,.0f} B; "
+          f"test accuracy {summary['final_accuracy']:.3f}")  # fmt: skip
     write_record(
         ROOT / "bench" / "results" / f"crypto_share_{args.model}.json",
         model=args.model,

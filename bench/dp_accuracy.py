@@ -39,25 +39,21 @@ sys.path.insert(0, str(ROOT))
 from record import write_record  # noqa: E402  (bench/record.py)
 
 from client.task import ClientSetup, train_round  # noqa: E402
-from common.data import ImageData  # noqa: E402
-from common.datasets import load_local_data, server_split_path, to_examples  # noqa: E402
-from common.demo import prepare_data, with_model  # noqa: E402
+from common.images import ImageData  # noqa: E402
+from common.local_data import load_local_data, server_split_path, to_examples  # noqa: E402
 from common.model import build_model, get_arrays, set_arrays  # noqa: E402
 from common.policy import Policy  # noqa: E402
+from common.protocol import TrainConfig  # noqa: E402
 from common.text import TextData  # noqa: E402
 from common.training import evaluate, local_sgd, make_loader, train  # noqa: E402
+from fedcommons.demo_setup import prepare_data, with_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dp_accuracy.json"
 
 
 def _policy(base: Policy, epsilon: float, partition: str) -> Policy:
-    sections = base.to_sections()
-    sections["data"]["partition"] = partition
-    if math.isinf(epsilon):
-        sections["privacy"]["dp"] = False
-    else:
-        sections["privacy"]["epsilon"] = epsilon
-    return Policy.from_sections(sections)
+    privacy = {"privacy.dp": False} if math.isinf(epsilon) else {"privacy.epsilon": epsilon}
+    return base.with_overrides({"data.partition": partition, **privacy})
 
 
 def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
@@ -86,7 +82,7 @@ def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
     momentum: dict[str, np.ndarray] = {}
     fed = policy.federation
     for server_round in range(1, policy.federation.rounds + 1):
-        outcomes = [train_round(s, weights, {"server-round": server_round}) for s in setups]
+        outcomes = [train_round(s, weights, TrainConfig(server_round)) for s in setups]
         examples = [len(s.data) for s in setups]
         averaged = {
             name: np.average([o.weights[name] for o in outcomes], axis=0, weights=examples).astype(
@@ -96,7 +92,7 @@ def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
         }
         if fed.server_momentum == 0.0 and fed.server_learning_rate == 1.0:
             weights = averaged
-        else:  # Flower's FedAvgM, as LedgerFedAvg inherits it
+        else:  # Flower's FedAvgM, which the ServerApp composes
             for name in weights:
                 step = weights[name] - averaged[name]
                 momentum[name] = (
@@ -180,12 +176,13 @@ def main() -> None:
     base = Policy.load(args.policy) if args.policy else Policy()
     if args.model:
         base = with_model(base, args.model)
-    sections = base.to_sections()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        sections[section][name] = tomllib.loads(f"v = {value}")["v"]
-    base = Policy.from_sections(sections)
+    base = base.with_overrides(
+        {
+            key: tomllib.loads(f"v = {value}")["v"]
+            for key, _, value in (item.partition("=") for item in args.set)
+        },
+        source="--set",
+    )
     if args.centralized:
         for partition in args.partition or ["non-iid"]:
             policy = _policy(base, math.inf, partition)
@@ -203,9 +200,8 @@ def main() -> None:
             accuracies = []
             for seed_offset in range(args.seeds):
                 policy = _policy(base, epsilon, partition)
-                seeded = policy.to_sections()
-                seeded["federation"]["seed"] = policy.federation.seed + seed_offset
-                policy = Policy.from_sections(seeded)
+                seed = policy.federation.seed + seed_offset
+                policy = policy.with_overrides({"federation.seed": seed})
                 started = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
                     cell = run_cell(policy, Path(tmp))

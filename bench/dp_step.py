@@ -51,24 +51,24 @@ def measure(
     import numpy as np
     import torch
 
-    from common.data import load_digits_data
-    from common.datasets import to_examples
-    from common.demo import with_model
+    from common.dp import DPPlan
+    from common.local_data import to_examples
     from common.model import build_model
     from common.policy import Policy
-    from common.privacy import DPPlan
     from common.text import stdlib_docstrings
     from common.training import Examples, local_sgd, make_loader, train, train_private
+    from fedcommons.demo_setup import with_model
+    from fedcommons.partition import load_digits_data
 
     torch.set_num_threads(1)
     policy = with_model(Policy(), model_name)
     if settings:
-        sections = policy.to_sections()
-        for item in settings.split(";"):
-            key, _, value = item.partition("=")
-            section, _, name = key.partition(".")
-            sections[section][name] = json.loads(value)
-        policy = Policy.from_sections(sections)
+        policy = policy.with_overrides(
+            {
+                key: json.loads(value)
+                for key, _, value in (item.partition("=") for item in settings.split(";"))
+            }
+        )
     data: Examples
     if model_name == "bert":  # 256 docstrings: a few steps per epoch at batch 32
         data = to_examples(policy, stdlib_docstrings().subset(np.arange(0, 1280, 5)))

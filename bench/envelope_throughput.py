@@ -33,14 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from record import write_record  # noqa: E402  (bench/record.py)
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+from record import write_record  # noqa: E402  (bench/record.py)
 
+from common.arrays import arrays_to_bytes  # noqa: E402
 from common.envelope import UpdateHeader, decrypt, seal, verify_signature  # noqa: E402
-from common.model import arrays_to_bytes, build_model, full_arrays, get_arrays  # noqa: E402
+from common.model import build_model, full_arrays, get_arrays  # noqa: E402
 from common.policy import ModelConfig, Policy  # noqa: E402
 from common.protocol import PrivacyCharge  # noqa: E402
 
@@ -147,7 +147,8 @@ def main() -> None:
               f"({row['seal_ratio_to_openssl_aes_gcm']:.3f})  "
               f"open {row['open_ms']:9.2f} ms {row['open_mb_s']:8,.0f} MB/s "
               f"({row['open_ratio_to_openssl_aes_gcm']:.3f}); alone on these bytes: "
-              f"AES-GCM {row['aes_gcm_alone_mb_s']:,.0f}, SHA-256 {row['sha256_alone_mb_s']:,.0f} MB/s")  # fmt: skip
+              f"AES-GCM {row['aes_gcm_alone_mb_s']:,.0f}, "
+              f"SHA-256 {row['sha256_alone_mb_s']:,.0f} MB/s")  # fmt: skip
     write_record(
         RESULTS,
         openssl_aes_256_gcm_mb_s=aes,

@@ -35,7 +35,7 @@ Three measurements, in one run:
 (c) RFC 6962 proofs with :mod:`common.merkle`: size (hashes and bytes) of an
     inclusion proof and of a consistency proof (from half the tree), and the
     median time to build one from the leaf list (``inclusion_proof``,
-    ``consistency_proof``), to build it from a :class:`~common.merkle.MerkleLog`
+    ``consistency_proof``), to build it from a :class:`~common.merkle_log.MerkleLog`
     (the cached tree the server's ``LedgerTree`` keeps) and to verify it, for
     trees of ``--proof-sizes`` leaves; also the time and memory to append the
     largest tree's leaves to a ``MerkleLog``. ``--only-proofs`` runs this part
@@ -102,18 +102,10 @@ from sqlalchemy import (  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from common.keys import key_id  # noqa: E402
-from common.merkle import (  # noqa: E402
-    MerkleLog,
-    TreeBuilder,
-    consistency_proof,
-    inclusion_proof,
-    leaf_hash,
-    root,
-    verify_consistency,
-    verify_inclusion,
-)
+from common.merkle import TreeBuilder, leaf_hash, verify_consistency, verify_inclusion  # noqa: E402
+from common.merkle_log import MerkleLog  # noqa: E402
+from common.receipts import TreeHead  # noqa: E402
 from server.ledger import verify as verify_module  # noqa: E402
-from server.ledger.checkpoints import Checkpoint  # noqa: E402
 from server.ledger.entries import (  # noqa: E402
     append_entries,
     append_entry,
@@ -125,8 +117,8 @@ from server.ledger.schema import (  # noqa: E402
     Charge,
     Dataset,
     Exclusion,
-    LedgerCheckpoint,
     LedgerEntry,
+    LedgerTreeHead,
     Participant,
     Round,
     RoundUpdate,
@@ -134,6 +126,7 @@ from server.ledger.schema import (  # noqa: E402
 )
 from server.ledger.store import Ledger  # noqa: E402
 from server.ledger.verify import verify_ledger  # noqa: E402
+from tests.merkle_reference import consistency_proof, inclusion_proof, root  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ledger.json"
 PROOF_RESULTS = ROOT / "bench" / "results" / "ledger_proofs.json"
@@ -144,8 +137,8 @@ APPEND_GOAL = 5_000.0
 VERIFY_GOAL_S = 60.0
 """Seconds to verify a 1M-entry ledger (issue 6)."""
 T0 = datetime(2026, 11, 23, tzinfo=timezone.utc)
-PHASES = ("_check_entries", "_check_rows", "_check_checkpoints")
-"""The steps of ``verify_ledger`` timed apart: entries and chain, fact rows, checkpoints."""
+PHASES = ("check_entries", "check_rows", "check_tree_heads")
+"""The steps of ``verify_ledger`` timed apart: entries and chain, fact rows, signed heads."""
 
 
 # --- a federation's facts -----------------------------------------------------
@@ -461,7 +454,7 @@ class LedgerBuilder:
 
     Entries go through :func:`~server.ledger.entries.append_entries`; fact rows
     and checkpoints are inserted with executemany in the same transaction,
-    each row naming its entry. Checkpoints are signed as ``sign_checkpoint``
+    each row naming its entry. Checkpoints are signed as ``sign_tree_head``
     signs them, after every round.
     """
 
@@ -516,12 +509,12 @@ class LedgerBuilder:
                     round_ends.pop(0)
                     signed.append(self._sign())
             if signed:
-                session.execute(insert(LedgerCheckpoint), signed)
+                session.execute(insert(LedgerTreeHead), signed)
         self.size += len(facts)
         self.checkpoints += len(signed)
 
     def _sign(self) -> dict[str, Any]:
-        unsigned = Checkpoint(
+        unsigned = TreeHead(
             tree_size=self.tree.size,
             root=self.tree.root().hex(),
             at=T0.isoformat(timespec="seconds"),
@@ -578,7 +571,7 @@ def verify_child(url: str, operator_b64: str) -> None:
                 "seconds": seconds,
                 "entries": report.entries,
                 "rows_checked": report.rows_checked,
-                "checkpoints": report.checkpoints,
+                "checkpoints": report.tree_heads,
                 "signatures_checked": report.signatures_checked,
                 "peak_rss_added_mib": (peak - before) / 1024,
                 "phases_seconds": phases,

@@ -58,15 +58,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from common.demo import prepare_data, run_demo
-from common.local_federation import (
-    FederationError,
-    LocalFederation,
-    assemble_app,
-    write_run_config,
-)
 from common.policy import Policy
-from server.ledger import Ledger, ledger_report
+from fedcommons.demo import run_demo
+from fedcommons.demo_setup import prepare_data
+from fedcommons.local_federation import LocalFederation
+from server.flower import FederationError, assemble_app, write_run_config
+from server.ledger import Ledger
+from server.ledger.report import ledger_report
 
 PLAIN_APP = Path(__file__).resolve().parent / "plain_app"
 STATUS_INTERVAL = 10.0  # seconds between `flwr ls` calls, the same for both variants
@@ -140,8 +138,8 @@ def run_plain(workdir: Path, policy: Policy, timeout: float) -> list[RoundTiming
             time.sleep(0.5)
         if not str(status["status"]).endswith("completed"):
             raise FederationError(
-                f"plain run {run_id} ended as {status['status']}; SuperLink log:\n"
-                + federation.log_tail("superlink")
+                f"plain run {run_id} ended as {status['status']}; ServerApp log:\n"
+                + federation.run_log(run_id)
             )
     lines = [json.loads(line) for line in timing_file.read_text().splitlines()]
     lines.sort(key=lambda line: line["round"])

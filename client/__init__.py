@@ -1,3 +1,9 @@
-"""FedCommons client node: the ClientApp and what it does with local data."""
+"""What a participant runs beside its data: the ClientApp and the node's own state.
 
-__all__ = ["client_app", "task"]
+Training with DP (:mod:`client.task`), sealing updates (:mod:`client.sealing`),
+enrolment (:mod:`client.enrolment`), the privacy accountant
+(:mod:`client.accountant`), the receipt book (:mod:`client.receipts`) and
+``fedcommons client ...`` (:mod:`client.cli`). Imports only :mod:`common`.
+"""
+
+__all__ = ["accountant", "cli", "client_app", "enrolment", "receipts", "sealing", "task"]

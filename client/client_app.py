@@ -4,32 +4,48 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.accountant import BudgetExhausted
+from client.enrolment import ParticipantState
 from client.receipts import accept_receipts, record_sent
 from client.sealing import seal_update
 from client.task import ClientSetup, evaluate_global, train_round
-from common.envelope import ENVELOPE, envelope_record
-from common.identity import ParticipantState
-from common.model import arrays_sha256
-from common.privacy import BudgetExhausted
-from common.protocol import BAD_INPUT, BUDGET_EXHAUSTED, META, RECEIPT_REJECTED, Refusal
-from common.receipts import RECEIPTS, ReceiptError
-from common.records import arrays_of
+from common.arrays import arrays_of, arrays_sha256
+from common.envelope import envelope_record
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    ENVELOPE,
+    META,
+    METRICS,
+    NUM_EXAMPLES,
+    RECEIPTS,
+    RECEIPTS_STORED,
+    SEAL_SECONDS,
+    TRAIN_LOSS,
+    TRAIN_SECONDS,
+    ExclusionCode,
+    NodeConfig,
+    Refusal,
+    TrainConfig,
+)
+from common.receipts import ReceiptError
 
 __all__ = ["app"]
 
 app = ClientApp()
 
 
-def _refuse(message: Message, code: int, node_config: Mapping[str, Any], err: Exception) -> Message:
+def _refuse(
+    message: Message, code: ExclusionCode, node_config: Mapping[str, Any], err: Exception
+) -> Message:
     institution = node_config.get("institution")
     refusal = Refusal(institution if isinstance(institution, str) else None, str(err))
-    return Message(Error(code=code, reason=refusal.to_reason()), reply_to=message)
+    return Message(Error(code=int(code), reason=refusal.to_reason()), reply_to=message)
 
 
 @app.train()
@@ -41,8 +57,8 @@ def train(message: Message, context: Context) -> Message:
         receipts = message.content.config_records.get(RECEIPTS)
         if receipts is not None:  # for the rounds before: checked before anything else
             accept_receipts(setup.identity(), setup.institution, receipts)
-        global_weights = arrays_of(message.content.array_records["arrays"])
-        config = message.content.config_records["config"]
+        global_weights = arrays_of(message.content.array_records[ARRAYS])
+        config = TrainConfig.from_record(message.content.config_records[CONFIG])
         outcome = train_round(setup, global_weights, config)
         sealing = time.perf_counter()
         envelope = seal_update(
@@ -52,30 +68,30 @@ def train(message: Message, context: Context) -> Message:
             charge=outcome.charge,
             num_examples=len(setup.data),
             run_id=context.run_id,
-            server_round=int(config.get("server-round", 0)),  # type: ignore[arg-type]
             model_sha256=arrays_sha256(global_weights),
             config=config,
         )
         seal_seconds = time.perf_counter() - sealing
         record_sent(setup.identity(), envelope)
     except ReceiptError as err:
-        return _refuse(message, RECEIPT_REJECTED, context.node_config, err)
+        return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context.node_config, err)
     except BudgetExhausted as err:
-        return _refuse(message, BUDGET_EXHAUSTED, context.node_config, err)
-    except ValueError as err:
+        return _refuse(message, ExclusionCode.BUDGET_EXHAUSTED, context.node_config, err)
+    except (ValueError, KeyError) as err:
         # DataError, TextDataError, BertError, PolicyError, PrivacyError,
-        # KeyFileError, or global weights that do not fit this node's model.
-        return _refuse(message, BAD_INPUT, context.node_config, err)
+        # KeyFileError, NodeConfigError, a message without its records, or
+        # global weights that do not fit this node's model.
+        return _refuse(message, ExclusionCode.BAD_INPUT, context.node_config, err)
     # Only the sealed update leaves: the weights and the privacy charge are
     # inside the envelope (the charge in its signed header).
     content = RecordDict(
         {
             ENVELOPE: envelope_record(envelope),
-            "metrics": MetricRecord(
+            METRICS: MetricRecord(
                 {
-                    "train-loss": outcome.result.loss,
-                    "train-seconds": time.perf_counter() - started,
-                    "seal-seconds": seal_seconds,
+                    TRAIN_LOSS: outcome.result.loss,
+                    TRAIN_SECONDS: time.perf_counter() - started,
+                    SEAL_SECONDS: seal_seconds,
                 }
             ),
         }
@@ -87,17 +103,17 @@ def train(message: Message, context: Context) -> Message:
 def query(message: Message, context: Context) -> Message:
     """Verify and store the receipts the server sends after the last round."""
     receipts = message.content.config_records.get(RECEIPTS)
-    state_dir = context.node_config.get("state-dir")
-    institution = context.node_config.get("institution")
-    if receipts is None or not isinstance(state_dir, str) or not isinstance(institution, str):
-        reason = "a query without receipts, or a node config without state-dir and institution"
-        return _refuse(message, BAD_INPUT, context.node_config, ValueError(reason))
     try:
-        stored = accept_receipts(ParticipantState(Path(state_dir)), institution, receipts)
+        node = NodeConfig.from_mapping(context.node_config)
+        if receipts is None or node.state_dir is None:
+            raise ValueError("a query without receipts, or a node config without state-dir")
+        stored = accept_receipts(ParticipantState(node.state_dir), node.institution, receipts)
     except ReceiptError as err:
-        return _refuse(message, RECEIPT_REJECTED, context.node_config, err)
+        return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context.node_config, err)
+    except ValueError as err:
+        return _refuse(message, ExclusionCode.BAD_INPUT, context.node_config, err)
     return Message(
-        RecordDict({"metrics": MetricRecord({"receipts-stored": len(stored)})}),
+        RecordDict({METRICS: MetricRecord({RECEIPTS_STORED: len(stored)})}),
         reply_to=message,
     )
 
@@ -107,13 +123,13 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received global model on this institution's data."""
     try:
         setup = ClientSetup.from_context(context)
-    except ValueError as err:  # bad data, policy or checkpoint, as for train
-        return _refuse(message, BAD_INPUT, context.node_config, err)
-    result = evaluate_global(setup, arrays_of(message.content.array_records["arrays"]))
+    except ValueError as err:  # bad data, policy or base model, as for train
+        return _refuse(message, ExclusionCode.BAD_INPUT, context.node_config, err)
+    result = evaluate_global(setup, arrays_of(message.content.array_records[ARRAYS]))
     metrics = MetricRecord(
-        {"num-examples": result.num_examples, "loss": result.loss, "accuracy": result.accuracy}
+        {NUM_EXAMPLES: result.num_examples, "loss": result.loss, "accuracy": result.accuracy}
     )
     return Message(
-        RecordDict({"metrics": metrics, META: ConfigRecord({"institution": setup.institution})}),
+        RecordDict({METRICS: metrics, META: ConfigRecord({"institution": setup.institution})}),
         reply_to=message,
     )

@@ -8,16 +8,13 @@ that pinned key, so a relay cannot substitute its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from common.envelope import AGGREGATOR_KEY, Envelope, UpdateHeader, seal
-from common.identity import Consortium, EnrolmentError, ParticipantState
+from client.enrolment import ParticipantState
+from common.arrays import Arrays, arrays_to_bytes
+from common.consortium import Consortium, EnrolmentError
+from common.envelope import Envelope, UpdateHeader, seal
 from common.keys import passphrase_from_env
-from common.model import arrays_to_bytes
 from common.policy import PolicyError
-from common.protocol import PrivacyCharge
-from common.records import Arrays
+from common.protocol import PrivacyCharge, TrainConfig
 
 __all__ = ["seal_update"]
 
@@ -30,9 +27,8 @@ def seal_update(
     charge: PrivacyCharge,
     num_examples: int,
     run_id: int,
-    server_round: int,
     model_sha256: str,
-    config: Mapping[str, Any],
+    config: TrainConfig,
 ) -> Envelope:
     """Serialise ``weights`` (safetensors), encrypt them to the aggregator and sign them.
 
@@ -52,19 +48,18 @@ def seal_update(
             f"this node is not enrolled ({err}): run 'fedcommons client enroll --state "
             f"{state.root} ...' and have the operator admit the request"
         ) from err
-    offered = config.get(AGGREGATOR_KEY)
+    offered = config.aggregator_key
     if offered != consortium.aggregator_public_key:
         raise PolicyError(
             f"the server's aggregator key {offered!r} is not the one pinned in "
             f"{state.consortium} ({consortium.aggregator_public_key}): refusing to send an update"
         )
-    base = config.get("base-sha256")
     header = UpdateHeader(
         run_id=str(run_id),
-        round=server_round,
+        round=config.server_round,
         participant=institution,
         model_sha256=model_sha256,
-        base_model_sha256=base if isinstance(base, str) else "",
+        base_model_sha256=config.base_sha256 or "",
         num_examples=num_examples,
         privacy=charge,
     )

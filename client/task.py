@@ -13,13 +13,14 @@ from flwr.app import Context
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common.datasets import LocalData, load_local_data, to_examples
-from common.identity import ParticipantState
+from client.accountant import BudgetExhausted, locked_history
+from client.enrolment import ParticipantState
+from common.arrays import Arrays
+from common.dp import epsilon_of, plan_round
+from common.local_data import LocalData, load_local_data, to_examples
 from common.model import build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy, PolicyError
-from common.privacy import BudgetExhausted, epsilon_of, locked_history, plan_round
-from common.protocol import PrivacyCharge
-from common.records import Arrays
+from common.protocol import NodeConfig, PrivacyCharge, TrainConfig
 from common.training import (
     EvalResult,
     Examples,
@@ -67,27 +68,20 @@ class ClientSetup:
         cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any]
     ) -> ClientSetup:
         policy = Policy.from_run_config(run_config)
-        for key in ("institution", "data-dir"):
-            if not isinstance(node_config.get(key), str) or not node_config[key]:
-                raise PolicyError(
-                    f'SuperNode node config needs {key}="..." (got {node_config.get(key)!r})'
-                )
-        threads = node_config.get("torch-threads", 1)
-        if isinstance(threads, int) and threads > 0:
-            torch.set_num_threads(threads)
-        state_dir = node_config.get("state-dir")
-        if policy.privacy.dp and (not isinstance(state_dir, str) or not state_dir):
+        node = NodeConfig.from_mapping(node_config)
+        torch.set_num_threads(node.torch_threads)
+        if policy.privacy.dp and node.state_dir is None:
             raise PolicyError(
                 'SuperNode node config needs state-dir="..." (a folder this node keeps): '
                 "DP training stores its privacy accountant there across rounds and runs"
             )
-        data = load_local_data(policy, str(node_config["data-dir"]))
+        data = load_local_data(policy, node.data_dir)
         return cls(
             policy=policy,
-            institution=str(node_config["institution"]),
+            institution=node.institution,
             data=data,
             examples=to_examples(policy, data),
-            state_dir=Path(state_dir) if isinstance(state_dir, str) and state_dir else None,
+            state_dir=node.state_dir,
         )
 
 
@@ -98,20 +92,16 @@ class RoundOutcome:
     charge: PrivacyCharge
 
 
-def train_round(
-    setup: ClientSetup, global_weights: Arrays, config: Mapping[str, Any]
-) -> RoundOutcome:
+def train_round(setup: ClientSetup, global_weights: Arrays, config: TrainConfig) -> RoundOutcome:
     """Train the global weights locally, with DP-SGD unless the policy turned it off.
 
     With DP, the dataset's accountant history is restored first and the
-    round is refused (:class:`~common.privacy.BudgetExhausted`) before any
+    round is refused (:class:`~client.accountant.BudgetExhausted`) before any
     model is built or gradient computed if it would push epsilon past the
     budget; after training, the extended history is saved.
     """
     policy, privacy = setup.policy, setup.policy.privacy
-    server_round = int(config.get("server-round", 0))
-    base = config.get("base-sha256")
-    base_sha256 = base if isinstance(base, str) else None
+    server_round, base_sha256 = config.server_round, config.base_sha256
     dataset_sha256 = setup.data.sha256()
     if not privacy.dp:
         model, optimizer, loader = _prepare(
@@ -203,8 +193,8 @@ def _prepare(
     if base_sha256 is not None and (mine := frozen_sha256(model)) != base_sha256:
         raise PolicyError(
             f"the frozen base model here (sha256 {mine[:16]}...) is not the server's "
-            f"({base_sha256[:16]}...): both must load the same checkpoint "
-            f"('model.checkpoint' = {policy.model.checkpoint!r})"
+            f"({base_sha256[:16]}...): both must load the same base model "
+            f"('model.base-model' = {policy.model.base_model!r})"
         )
     set_arrays(model, global_weights)
     loader = make_loader(

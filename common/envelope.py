@@ -42,12 +42,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.app import ConfigRecord
 
 from common.canonical import canonical_json
+from common.errors import UserError
 from common.keys import key_id
-from common.protocol import PrivacyCharge
+from common.protocol import ENVELOPE, PrivacyCharge
 
 __all__ = [
-    "AGGREGATOR_KEY",
-    "ENVELOPE",
     "PROTOCOL_VERSION",
     "Envelope",
     "EnvelopeError",
@@ -64,7 +63,7 @@ _EPHEMERAL, _SALT, _NONCE, _TAG = 32, 32, 12, 16
 _PREFIX = _EPHEMERAL + _SALT + _NONCE
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(UserError, ValueError):
     """An envelope that cannot be parsed, verified or decrypted.
 
     ``reason`` is a short stable code (``malformed``, ``bad-signature``,
@@ -280,13 +279,6 @@ def decrypt(envelope: Envelope, header: UpdateHeader, aggregator: X25519PrivateK
             "AES-GCM authentication failed: encrypted to another aggregator key, "
             "or the ciphertext, nonce or header were changed",
         ) from None
-
-
-AGGREGATOR_KEY = "aggregator-key"
-"""Round-config key: the aggregator's X25519 public key (base64), sent by the server."""
-
-ENVELOPE = "envelope"
-"""Name of the ``ConfigRecord`` that carries a sealed update in a training reply."""
 
 
 def envelope_record(envelope: Envelope) -> ConfigRecord:

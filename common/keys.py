@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import getpass
 import hashlib
 import os
 import stat
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from common.errors import UserError
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -33,6 +36,7 @@ __all__ = [
     "load_ed25519_key",
     "load_private_key",
     "load_x25519_key",
+    "passphrase_for_new_keys",
     "passphrase_from_env",
     "write_private_file",
     "write_private_key",
@@ -45,13 +49,32 @@ PASSPHRASE_ENV = "FEDCOMMONS_KEY_PASSPHRASE"
 PrivateKey = Ed25519PrivateKey | X25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
-class KeyFileError(ValueError):
+class KeyFileError(UserError, ValueError):
     """A key file is missing, unsafe, corrupt, or needs another passphrase."""
 
 
 def passphrase_from_env() -> str | None:
     """The passphrase in ``$FEDCOMMONS_KEY_PASSPHRASE``, or ``None`` if unset or empty."""
     return os.environ.get(PASSPHRASE_ENV) or None
+
+
+def passphrase_for_new_keys(encrypt: bool) -> str | None:
+    """The passphrase to encrypt new keys with: ``None`` unless ``encrypt``.
+
+    ``$FEDCOMMONS_KEY_PASSPHRASE`` if set, else asked twice on the terminal
+    (never echoed).
+    """
+    if not encrypt:
+        return None
+    from_env = passphrase_from_env()
+    if from_env:
+        return from_env
+    first = getpass.getpass("Passphrase for the new private keys: ")
+    if first != getpass.getpass("Repeat it: "):
+        raise KeyFileError("the two passphrases differ; nothing was written")
+    if not first:
+        raise KeyFileError("an empty passphrase protects nothing: give a real one or none")
+    return first
 
 
 def write_private_file(path: Path, data: bytes) -> Path:

@@ -17,6 +17,8 @@ from typing import Any
 
 import tomllib
 
+from common.errors import UserError
+
 __all__ = [
     "PURPOSES",
     "SPDX",
@@ -32,7 +34,7 @@ PURPOSES = ("research", "education", "commercial")
 """What a run may be for; a non-commercial licence allows research and education."""
 
 
-class LicenceError(ValueError):
+class LicenceError(UserError, ValueError):
     """A licence declaration that is unknown, malformed, expired or contradictory."""
 
 

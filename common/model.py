@@ -6,20 +6,15 @@ batch, which per-sample gradient clipping (Opacus DP-SGD) cannot allow.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
-from safetensors.numpy import save as save_safetensors
 from torch import nn
 
+from common.arrays import Arrays, arrays_sha256
 from common.policy import ModelConfig
-from common.records import Arrays
 
 __all__ = [
     "DigitsCNN",
-    "arrays_sha256",
-    "arrays_to_bytes",
     "build_model",
     "frozen_sha256",
     "full_arrays",
@@ -158,7 +153,7 @@ def full_arrays(model: nn.Module) -> Arrays:
 
 
 def frozen_sha256(model: nn.Module) -> str:
-    """SHA-256 of everything that does not travel: the base checkpoint's identity.
+    """SHA-256 of everything that does not travel: the base model's identity.
 
     Server and clients must hold the same frozen weights for the trainable
     part to mean the same thing; the ledger records this hash per run.
@@ -166,13 +161,3 @@ def frozen_sha256(model: nn.Module) -> str:
     trainable = set(_trainable(model))
     frozen = {k: v for k, v in full_arrays(model).items() if k not in trainable}
     return arrays_sha256(frozen)
-
-
-def arrays_to_bytes(arrays: Arrays) -> bytes:
-    """Canonical safetensors serialisation (no pickle)."""
-    return save_safetensors({k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
-
-
-def arrays_sha256(arrays: Arrays) -> str:
-    """SHA-256 of :func:`arrays_to_bytes`: the identity of a model or an update."""
-    return hashlib.sha256(arrays_to_bytes(arrays)).hexdigest()

@@ -1,11 +1,15 @@
-"""What travels between the ClientApp and the ServerApp besides the weights.
+"""What travels between the ClientApp and the ServerApp, named and parsed in one place.
 
-A training reply carries, next to Flower's ``ArrayRecord`` and the
-``MetricRecord`` that FedAvg averages, two ``ConfigRecord``\\ s: ``meta`` (who
-sent it) and ``privacy`` (what the round cost the dataset's budget). A node
-that does not train replies with a Flower ``Error`` whose code says why and
-whose reason is a small JSON document naming the institution, so the server
-can record the exclusion against the right participant.
+A training message carries Flower's ``ArrayRecord`` (the global model's
+trainable part) and a ``ConfigRecord`` (:class:`TrainConfig`). A training
+reply carries a sealed update (:mod:`common.envelope`) and a ``MetricRecord``
+(:data:`TRAIN_LOSS`, ...); the weights and the privacy charge
+(:class:`PrivacyCharge`) are inside the envelope. A node that does not train
+replies with a Flower ``Error`` whose code (:class:`ExclusionCode`) says why and
+whose reason is a small JSON document naming the institution
+(:class:`Refusal`), so the server can record the exclusion against the right
+participant. Each SuperNode's ``node_config`` is parsed once into
+:class:`NodeConfig`.
 """
 
 from __future__ import annotations
@@ -14,29 +18,92 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from enum import IntEnum
+from pathlib import Path
 from typing import Any, cast
 
-from flwr.app import ConfigRecord
+from common.errors import UserError
 
 __all__ = [
-    "BAD_INPUT",
-    "BUDGET_EXHAUSTED",
+    "AGGREGATOR_KEY",
+    "ARRAYS",
+    "BASE_SHA256",
+    "CONFIG",
+    "ENVELOPE",
     "META",
-    "PRIVACY",
+    "METRICS",
+    "NUM_EXAMPLES",
+    "RECEIPTS",
+    "RECEIPTS_STORED",
+    "SEAL_SECONDS",
+    "SERVER_ROUND",
+    "TRAIN_LOSS",
+    "TRAIN_SECONDS",
+    "ExclusionCode",
+    "NodeConfig",
+    "NodeConfigError",
     "PrivacyCharge",
     "Refusal",
+    "TrainConfig",
 ]
 
-BAD_INPUT = 400
-"""Error code: input the participant must fix (data, node config, privacy state)."""
-BUDGET_EXHAUSTED = 403
-"""Error code: the round would push the dataset's epsilon past its budget."""
-
-RECEIPT_REJECTED = 409
-"""Error code: a receipt from the server did not verify, so this node stops contributing."""
-
+# -- record names -------------------------------------------------------------
+ARRAYS = "arrays"
+"""``ArrayRecord`` of a training or evaluation message (Flower's FedAvg default)."""
+CONFIG = "config"
+"""``ConfigRecord`` of a training message (Flower's FedAvg default)."""
+METRICS = "metrics"
+"""``MetricRecord`` of a reply."""
+ENVELOPE = "envelope"
+"""``ConfigRecord`` that carries a sealed update in a training reply."""
+RECEIPTS = "fedcommons.receipts"
+"""``ConfigRecord`` of receipts (one JSON receipt per entry of its ``receipts`` list)."""
 META = "meta"
-PRIVACY = "privacy"
+"""``ConfigRecord`` naming the institution in an evaluation reply."""
+
+# -- training config keys -----------------------------------------------------
+SERVER_ROUND = "server-round"
+"""The round number (Flower's FedAvg adds it to every training config)."""
+BASE_SHA256 = "base-sha256"
+"""SHA-256 of the frozen base model every node must hold."""
+AGGREGATOR_KEY = "aggregator-key"
+"""The aggregator's X25519 public key (base64) updates are sealed to."""
+
+# -- reply metric names -------------------------------------------------------
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_SECONDS = "train-seconds"
+SEAL_SECONDS = "seal-seconds"
+RECEIPTS_STORED = "receipts-stored"
+
+
+class ExclusionCode(IntEnum):
+    """Why a node is left out of a round: the Flower error code and the ledger's code."""
+
+    BAD_INPUT = 400
+    """Input the participant must fix (data, node config, privacy state)."""
+    BUDGET_EXHAUSTED = 403
+    """The round would push the dataset's epsilon past its budget."""
+    RECEIPT_REJECTED = 409
+    """A receipt from the server did not verify, so this node stops contributing."""
+    REJECTED = 422
+    """The server rejected the reply (malformed, or outside the policy)."""
+    LICENCE = 451
+    """The node's data licence does not allow the run's purpose (any more)."""
+
+    @property
+    def label(self) -> str:
+        """A few words for people (logs, reports)."""
+        return _LABELS[self]
+
+
+_LABELS = {
+    ExclusionCode.BAD_INPUT: "bad input",
+    ExclusionCode.BUDGET_EXHAUSTED: "privacy budget",
+    ExclusionCode.RECEIPT_REJECTED: "receipt rejected",
+    ExclusionCode.REJECTED: "update rejected",
+    ExclusionCode.LICENCE: "licence",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +130,106 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The ``config`` record of a training message, parsed once.
+
+    Parameters
+    ----------
+    server_round : int
+        The round (1-based).
+    base_sha256 : str or None
+        The frozen base model's hash, when the server names one.
+    aggregator_key : str or None
+        The aggregator's public key the update must be sealed to.
+    """
+
+    server_round: int
+    base_sha256: str | None = None
+    aggregator_key: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        """Validate a training config; raises ``ValueError`` naming the bad key."""
+        server_round = record.get(SERVER_ROUND)
+        if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
+            raise ValueError(
+                f"the training config's '{SERVER_ROUND}' must be a round number >= 1, "
+                f"got {server_round!r}"
+            )
+        texts: dict[str, str | None] = {}
+        for key in (BASE_SHA256, AGGREGATOR_KEY):
+            value = record.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"the training config's '{key}' must be text, got {value!r}")
+            texts[key] = value
+        return cls(server_round, texts[BASE_SHA256], texts[AGGREGATOR_KEY])
+
+    def server_fields(self) -> dict[str, str]:
+        """What the server adds to Flower's config (Flower adds the round itself)."""
+        values = {BASE_SHA256: self.base_sha256, AGGREGATOR_KEY: self.aggregator_key}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+class NodeConfigError(UserError, ValueError):
+    """A SuperNode's ``node_config`` lacks a key or has one of the wrong type."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A SuperNode's ``node_config``: which institution it is and where its files are.
+
+    Parameters
+    ----------
+    institution : str
+        The institution this node trains for.
+    data_dir : Path
+        Its data (a file or folder the ClientApp reads).
+    state_dir : Path or None
+        Its own state folder (``fedcommons client enroll`` created it): keys,
+        the pinned consortium, the privacy accountant, receipts.
+    torch_threads : int (default: 1)
+        Threads each ClientApp may use.
+    """
+
+    institution: str
+    data_dir: Path
+    state_dir: Path | None = None
+    torch_threads: int = 1
+
+    @classmethod
+    def from_mapping(cls, node_config: Mapping[str, Any]) -> NodeConfig:
+        """Parse Flower's ``context.node_config``; :class:`NodeConfigError` names the key."""
+        values: dict[str, str] = {}
+        for key in ("institution", "data-dir"):
+            value = node_config.get(key)
+            if not isinstance(value, str) or not value:
+                raise NodeConfigError(f'SuperNode node config needs {key}="..." (got {value!r})')
+            values[key] = value
+        state = node_config.get("state-dir")
+        if state is not None and not isinstance(state, str):
+            raise NodeConfigError(f"SuperNode node config state-dir must be text, got {state!r}")
+        threads = node_config.get("torch-threads", 1)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise NodeConfigError(
+                f"SuperNode node config torch-threads must be an integer >= 1, got {threads!r}"
+            )
+        return cls(
+            institution=values["institution"],
+            data_dir=Path(values["data-dir"]),
+            state_dir=Path(state) if state else None,
+            torch_threads=threads,
+        )
+
+    def to_flag(self) -> str:
+        """The ``flower-supernode --node-config`` string that parses back to this."""
+        parts = [f'institution="{self.institution}"', f'data-dir="{self.data_dir.resolve()}"']
+        if self.state_dir is not None:
+            parts.append(f'state-dir="{self.state_dir.resolve()}"')
+        parts.append(f"torch-threads={self.torch_threads}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
 class PrivacyCharge:
     """What one round cost a dataset's privacy budget (``epsilon`` is cumulative).
 
@@ -80,12 +247,9 @@ class PrivacyCharge:
     dataset_sha256: str
     history_sha256: str
 
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord({f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)})
-
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> PrivacyCharge:
-        """Validate a reply's ``privacy`` record; raises ``ValueError`` naming the bad key."""
+        """Validate a ``privacy`` mapping (kebab-case keys); ``ValueError`` names the bad key."""
         kinds: dict[str, tuple[type, ...]] = {
             "bool": (bool,),
             "int": (int,),

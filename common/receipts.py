@@ -1,9 +1,9 @@
-"""Signed checkpoints and the receipts participants keep.
+"""Signed tree heads and the receipts participants keep.
 
-A *checkpoint* is the operator's Ed25519 signature over a Merkle tree head:
-"the first ``tree_size`` ledger entries have RFC 6962 root ``root``, as of
-``at``". A *receipt* hands one participant that checkpoint, the ledger entry
-recording its own update in a round, and the inclusion proof tying the
+A *signed tree head* is the operator's Ed25519 signature over a Merkle tree
+head: "the first ``tree_size`` ledger entries have RFC 6962 root ``root``, as
+of ``at``". A *receipt* hands one participant that signed head, the ledger
+entry recording its own update in a round, and the inclusion proof tying the
 entry to the signed root. When the participant already holds an earlier
 receipt, the new one also carries a consistency proof from that earlier
 head, so the participant sees the ledger only ever grow.
@@ -13,7 +13,13 @@ rewrite any of the first ``tree_size`` entries without the receipt
 disagreeing with the ledger (``fedcommons audit verify --receipts``).
 
 This module is shared: the ServerApp builds receipts, ClientApps verify and
-store them (:class:`ReceiptBook`), auditors check them against a ledger.
+store them (:class:`client.receipts.ReceiptBook`), auditors check them
+against a ledger.
+
+Wire formats: a head's signed body says ``"format": "fedcommons-checkpoint/v1"``
+(kept: signatures already given cover those bytes). Receipts are
+``fedcommons-receipt/v2`` (the head under ``tree_head``); v1 receipts, which
+named it ``checkpoint``, are still read.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,38 +36,36 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.canonical import canonical_json
-from common.envelope import Envelope, UpdateHeader
+from common.errors import UserError
 from common.keys import key_id
 from common.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "RECEIPTS",
     "RECEIPT_FORMAT",
-    "Checkpoint",
-    "CheckpointError",
+    "TREE_HEAD_FORMAT",
     "Receipt",
-    "ReceiptBook",
     "ReceiptError",
+    "TreeHead",
+    "TreeHeadError",
     "read_receipts",
 ]
 
-CHECKPOINT_FORMAT = "fedcommons-checkpoint/v1"
-RECEIPT_FORMAT = "fedcommons-receipt/v1"
-RECEIPTS = "fedcommons.receipts"
-"""Name of the ConfigRecord (one JSON receipt per entry of its ``receipts`` list)."""
+TREE_HEAD_FORMAT = "fedcommons-checkpoint/v1"
+"""The ``format`` inside every signed head's body (its v1 name is kept: it is signed)."""
+RECEIPT_FORMAT = "fedcommons-receipt/v2"
+_RECEIPT_V1 = "fedcommons-receipt/v1"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is malformed or whose signature does not verify."""
+class TreeHeadError(UserError, ValueError):
+    """A signed tree head that is malformed or whose signature does not verify."""
 
 
-class ReceiptError(ValueError):
+class ReceiptError(UserError, ValueError):
     """A receipt that is malformed, does not verify, or is not about this participant."""
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class TreeHead:
     """A signed tree head, as stored and as handed to participants."""
 
     tree_size: int
@@ -78,7 +81,7 @@ class Checkpoint:
         """The canonical bytes that are signed."""
         return canonical_json(
             {
-                "format": CHECKPOINT_FORMAT,
+                "format": TREE_HEAD_FORMAT,
                 "tree_size": self.tree_size,
                 "root": self.root,
                 "at": self.at,
@@ -88,32 +91,32 @@ class Checkpoint:
         )
 
     def verify(self, operator: Ed25519PublicKey) -> None:
-        """Raise :class:`CheckpointError` unless ``operator`` signed this checkpoint."""
+        """Raise :class:`TreeHeadError` unless ``operator`` signed this tree head."""
         if key_id(operator) != self.key_id:
-            raise CheckpointError(
-                f"checkpoint at size {self.tree_size} names signing key {self.key_id[:16]}..., "
-                f"not the operator key {key_id(operator)[:16]}..."
+            raise TreeHeadError(
+                f"the tree head at size {self.tree_size} names signing key "
+                f"{self.key_id[:16]}..., not the operator key {key_id(operator)[:16]}..."
             )
         try:
             operator.verify(base64.b64decode(self.signature, validate=True), self.body())
         except (InvalidSignature, binascii.Error, ValueError):
-            raise CheckpointError(
-                f"the signature of the checkpoint at size {self.tree_size} does not verify"
+            raise TreeHeadError(
+                f"the signature of the tree head at size {self.tree_size} does not verify"
             ) from None
 
     @classmethod
     def sign(
         cls, signer: Ed25519PrivateKey, *, tree_size: int, root: str, at: str, note: str
-    ) -> Checkpoint:
+    ) -> TreeHead:
         unsigned = cls(tree_size, root, at, note, key_id(signer.public_key()), "")
         signature = base64.b64encode(signer.sign(unsigned.body())).decode()
         return replace(unsigned, signature=signature)
 
     @classmethod
-    def from_dict(cls, doc: Any, what: str = "checkpoint") -> Checkpoint:
-        """Parse a checkpoint; :class:`CheckpointError` says which field is wrong."""
+    def from_dict(cls, doc: Any, what: str = "tree head") -> TreeHead:
+        """Parse a signed tree head; :class:`TreeHeadError` says which field is wrong."""
         if not isinstance(doc, dict):
-            raise CheckpointError(f"{what} is not a JSON object")
+            raise TreeHeadError(f"{what} is not a JSON object")
         types = {
             "tree_size": int,
             "root": str,
@@ -124,12 +127,12 @@ class Checkpoint:
         }
         missing = sorted(set(types) - set(doc))
         if missing:
-            raise CheckpointError(f"{what} lacks {', '.join(missing)}")
+            raise TreeHeadError(f"{what} lacks {', '.join(missing)}")
         for name, kind in types.items():
             if not isinstance(doc[name], kind) or isinstance(doc[name], bool):
-                raise CheckpointError(f"{what}: {name} must be {kind.__name__}, not {doc[name]!r}")
+                raise TreeHeadError(f"{what}: {name} must be {kind.__name__}, not {doc[name]!r}")
         if doc["tree_size"] < 0 or not _is_hex_digest(doc["root"]):
-            raise CheckpointError(
+            raise TreeHeadError(
                 f"{what}: tree_size {doc['tree_size']} or root {doc['root']!r} is invalid"
             )
         return cls(**{name: doc[name] for name in types})
@@ -164,12 +167,12 @@ class Receipt:
     payload : str
         The entry's canonical JSON payload (its leaf is ``SHA-256(0x00 ‖ payload)``).
     inclusion : list of str
-        Hex RFC 6962 inclusion proof of leaf ``seq`` in the checkpoint's tree.
-    checkpoint : Checkpoint
+        Hex RFC 6962 inclusion proof of leaf ``seq`` in the signed head's tree.
+    tree_head : TreeHead
         The signed tree head the proof leads to.
     previous_size, previous_root, consistency : optional
         The head of the last receipt this participant was given in the run, and
-        the consistency proof from it to ``checkpoint``.
+        the consistency proof from it to ``tree_head``.
     """
 
     participant: str
@@ -178,7 +181,7 @@ class Receipt:
     seq: int
     payload: str
     inclusion: list[str]
-    checkpoint: Checkpoint
+    tree_head: TreeHead
     previous_size: int | None = None
     previous_root: str | None = None
     consistency: list[str] | None = None
@@ -204,8 +207,8 @@ class Receipt:
             Any of them fails; the message names which.
         """
         try:
-            self.checkpoint.verify(operator)
-        except CheckpointError as err:
+            self.tree_head.verify(operator)
+        except TreeHeadError as err:
             raise ReceiptError(f"receipt for round {self.round}: {err}") from None
         self.verify_proofs()
 
@@ -218,19 +221,19 @@ class Receipt:
         if canonical_json(doc, floats_as_strings=True).decode("ascii") != self.payload:
             raise ReceiptError(f"receipt for round {self.round}: the entry is not canonical JSON")
         self.update()
-        root = bytes.fromhex(self.checkpoint.root)
+        root = bytes.fromhex(self.tree_head.root)
         try:
             verify_inclusion(
                 leaf_hash(self.payload.encode("ascii")),
                 self.seq,
-                self.checkpoint.tree_size,
+                self.tree_head.tree_size,
                 _hashes(self.inclusion, "the inclusion proof"),
                 root,
             )
         except ProofError as err:
             raise ReceiptError(
                 f"receipt for round {self.round}: entry {self.seq} is not in the signed tree "
-                f"of size {self.checkpoint.tree_size} ({err})"
+                f"of size {self.tree_head.tree_size} ({err})"
             ) from None
         if self.previous_size is None:
             return
@@ -239,14 +242,14 @@ class Receipt:
         try:
             verify_consistency(
                 self.previous_size,
-                self.checkpoint.tree_size,
+                self.tree_head.tree_size,
                 bytes.fromhex(self.previous_root),
                 root,
                 _hashes(self.consistency, "the consistency proof"),
             )
         except (ProofError, ValueError) as err:
             raise ReceiptError(
-                f"receipt for round {self.round}: the tree of size {self.checkpoint.tree_size} "
+                f"receipt for round {self.round}: the tree of size {self.tree_head.tree_size} "
                 f"does not extend the one of size {self.previous_size} the participant was "
                 f"given before: the ledger was rewritten ({err})"
             ) from None
@@ -266,11 +269,12 @@ class Receipt:
             doc = json.loads(text)
         except ValueError as err:
             raise ReceiptError(f"{source} is not JSON: {err}") from None
-        if not isinstance(doc, dict) or doc.get("format") != RECEIPT_FORMAT:
+        if not isinstance(doc, dict) or doc.get("format") not in (RECEIPT_FORMAT, _RECEIPT_V1):
             raise ReceiptError(f"{source} is not a FedCommons receipt (format {RECEIPT_FORMAT})")
+        head_key = "checkpoint" if doc.get("format") == _RECEIPT_V1 else "tree_head"
         try:
-            checkpoint = Checkpoint.from_dict(doc.get("checkpoint"), f"{source}'s checkpoint")
-        except CheckpointError as err:
+            tree_head = TreeHead.from_dict(doc.get(head_key), f"{source}'s tree head")
+        except TreeHeadError as err:
             raise ReceiptError(str(err)) from None
         fields: dict[str, tuple[type, ...]] = {
             "participant": (str,),
@@ -287,16 +291,16 @@ class Receipt:
             value = doc.get(name)
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise ReceiptError(f"{source}: {name} is missing or has the wrong type ({value!r})")
-        if doc["seq"] < 0 or doc["seq"] >= checkpoint.tree_size:
+        if doc["seq"] < 0 or doc["seq"] >= tree_head.tree_size:
             raise ReceiptError(
-                f"{source}: entry {doc['seq']} is outside the checkpoint's {checkpoint.tree_size}"
+                f"{source}: entry {doc['seq']} is outside the signed head's {tree_head.tree_size}"
             )
         _hashes(doc["inclusion"], f"{source}'s inclusion proof")
         if doc["consistency"] is not None:
             _hashes(doc["consistency"], f"{source}'s consistency proof")
         if doc["previous_root"] is not None and not _is_hex_digest(doc["previous_root"]):
             raise ReceiptError(f"{source}: previous_root is not a hex SHA-256 digest")
-        return cls(checkpoint=checkpoint, **{name: doc[name] for name in fields})
+        return cls(tree_head=tree_head, **{name: doc[name] for name in fields})
 
 
 def read_receipts(folder: Path) -> Iterator[tuple[Path, Receipt]]:
@@ -318,96 +322,3 @@ def read_receipts(folder: Path) -> Iterator[tuple[Path, Receipt]]:
         except (OSError, UnicodeDecodeError) as err:
             raise ReceiptError(f"cannot read {path}: {err}") from None
         yield path, Receipt.from_json(text, str(path))
-
-
-class ReceiptBook:
-    """A participant's receipts folder: what it sent, and the receipts it accepted.
-
-    ``sent/run-R-round-NNNN.json`` records the hash and signature of each update
-    the node sealed; ``run-R-round-NNNN.json`` is the verified receipt for it.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    @property
-    def sent_folder(self) -> Path:
-        return self.folder / "sent"
-
-    def record_sent(self, envelope: Envelope) -> Path:
-        """Remember what was sent, so a receipt can be matched to this node's own update."""
-        header = UpdateHeader.parse(envelope.header)
-        path = self.sent_folder / f"run-{header.run_id}-round-{header.round:04d}.json"
-        doc = {
-            "participant": header.participant,
-            "ciphertext_sha256": envelope.ciphertext_sha256(),
-            "signature": base64.b64encode(envelope.signature).decode(),
-        }
-        _write_atomic(path, json.dumps(doc, sort_keys=True, indent=2) + "\n")
-        return path
-
-    def receipts(self, run_id: str | None = None) -> list[Receipt]:
-        """The receipts accepted so far, of every run or of ``run_id`` only."""
-        pattern = f"run-{run_id}-round-*.json" if run_id is not None else "run-*.json"
-        return [
-            Receipt.from_json(path.read_text(encoding="utf-8"), str(path))
-            for path in sorted(self.folder.glob(pattern))
-        ]
-
-    def accept(self, receipt: Receipt, operator: Ed25519PublicKey, participant: str) -> Path:
-        """Verify ``receipt`` as ``participant`` and store it; :class:`ReceiptError` if it fails.
-
-        Beyond :meth:`Receipt.verify`, the entry must record the very update this
-        node sent (its ciphertext hash and signature), and a consistency proof
-        must start from a head this node really holds.
-        """
-        if receipt.participant != participant:
-            raise ReceiptError(f"a receipt for {receipt.participant!r} was sent to {participant!r}")
-        receipt.verify(operator)
-        sent_path = self.sent_folder / receipt.file_name
-        try:
-            sent = json.loads(sent_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise ReceiptError(
-                f"a receipt for run {receipt.run_id} round {receipt.round}, but this node has "
-                f"no record of sending an update then ({sent_path})"
-            ) from None
-        row = receipt.update()
-        for column in ("ciphertext_sha256", "signature"):
-            if row.get(column) != sent.get(column):
-                raise ReceiptError(
-                    f"the receipt's ledger entry {receipt.seq} for round {receipt.round} records "
-                    f"another update than the one this node sent ({column} differs)"
-                )
-        if receipt.previous_size is not None:  # the head it extends was given in this run
-            held = {
-                r.checkpoint.tree_size: r.checkpoint.root
-                for r in self.receipts(run_id=receipt.run_id)
-            }
-            if (
-                receipt.previous_size in held
-                and held[receipt.previous_size] != receipt.previous_root
-            ):
-                raise ReceiptError(
-                    f"the receipt for round {receipt.round} extends a head of size "
-                    f"{receipt.previous_size} with another root than the one this node holds: "
-                    "the ledger was forked"
-                )
-        path = self.folder / receipt.file_name
-        text = receipt.to_json()
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            return path  # delivered again: already stored
-        if path.exists():
-            raise ReceiptError(
-                f"{path} already holds another receipt for run {receipt.run_id} round "
-                f"{receipt.round}: the operator signed two different ledgers"
-            )
-        _write_atomic(path, text)
-        return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)

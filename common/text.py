@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from common.errors import UserError
+
 __all__ = [
     "STDLIB_TOPICS",
     "TextData",
@@ -38,7 +40,7 @@ __all__ = [
 TEXT_SUFFIXES = (".csv", ".jsonl")
 
 
-class TextDataError(ValueError):
+class TextDataError(UserError, ValueError):
     """A text data file is missing, malformed or does not match the policy."""
 
 

@@ -18,7 +18,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.privacy import DPPlan, HistoryEntry, check_model_for_dp
+from common.dp import DPPlan, HistoryEntry, check_model_for_dp
 
 __all__ = [
     "EvalResult",

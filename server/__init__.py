@@ -1,3 +1,21 @@
-"""FedCommons aggregation server: the ServerApp, its strategy and the ledger."""
+"""What the operator runs: the ServerApp, its strategy, the ledger, consortium and releases.
 
-__all__ = ["checkpoint", "grid", "ledger", "server_app", "strategy"]
+Imports only :mod:`common`; ``fedcommons operator ...`` is :mod:`server.cli`.
+"""
+
+__all__ = [
+    "card",
+    "cli",
+    "consortium",
+    "deploy",
+    "flower",
+    "grid",
+    "ledger",
+    "model_card",
+    "progress",
+    "release",
+    "runs",
+    "server_app",
+    "snapshots",
+    "strategy",
+]

@@ -1,15 +1,12 @@
 """The operator's side of identities: create a consortium, admit participants.
 
-``fedcommons operator init DIR`` lays out::
-
-    DIR/keys/operator-signing.pem   Ed25519: signs ledger checkpoints
-    DIR/keys/aggregator.pem         X25519: updates are encrypted to it
-    DIR/tls/ca.pem, ca-key.pem      the consortium CA
-    DIR/tls/superlink.pem, superlink-key.pem
-    DIR/consortium.json             public: what participants enrol with
-    DIR/policy.toml                 the run policy to edit
-    DIR/ledger.db                   the ledger (unless another URL is given)
-    DIR/flwr-home/config.toml       the ``flwr`` CLI's connection to the SuperLink
+:func:`init_consortium` lays out an operator folder (:class:`server.deploy.OperatorFiles`
+lists its files): keys, the CA and the SuperLink's certificate, the public
+``consortium.json``, the ledger, a policy to edit, the operator-only
+``deploy.toml`` and the ``flwr`` CLI's connection. It is all-or-nothing: the
+folder is built beside its target and moved into place only once complete,
+so a failed attempt (a bad ledger URL, say) leaves nothing behind and can
+simply be repeated.
 
 Every private key is mode 0600; the Ed25519, X25519 and CA keys are encrypted
 when a passphrase is given (the SuperLink's TLS key never is: it is read
@@ -18,72 +15,31 @@ unattended).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from common.identity import Consortium, EnrolmentError, EnrolmentRequest, read_request
-from common.keys import encode_public, load_x25519_key, write_private_key
-from common.local_federation import write_connection
+from common.atomic import write_atomic
+from common.consortium import Consortium, EnrolmentError, EnrolmentRequest, read_request
+from common.keys import encode_public, write_private_key
 from common.policy import Policy
-from common.tls import TlsFiles, write_tls
+from common.tls import write_tls
+from server.deploy import DEPLOY_FILE, DeployConfig, OperatorFiles
+from server.flower import CONNECTION, write_connection
 from server.ledger import Ledger, admit_participant, refuse_admission
 
-__all__ = ["CONNECTION", "OperatorFiles", "admit", "init_consortium"]
+__all__ = ["Register", "admit", "init_consortium"]
 
-CONNECTION = "fedcommons"
-"""Name of the ``flwr`` CLI connection ``operator init`` writes."""
-
-
-@dataclass(frozen=True)
-class OperatorFiles:
-    """Where an operator folder keeps each file (see the module docstring)."""
-
-    root: Path
-
-    @property
-    def signing_key(self) -> Path:
-        return self.root / "keys" / "operator-signing.pem"
-
-    @property
-    def aggregator_key(self) -> Path:
-        return self.root / "keys" / "aggregator.pem"
-
-    @property
-    def tls(self) -> TlsFiles:
-        folder = self.root / "tls"
-        return TlsFiles(folder / "ca.pem", folder / "superlink.pem", folder / "superlink-key.pem")
-
-    @property
-    def consortium_file(self) -> Path:
-        return self.root / "consortium.json"
-
-    @property
-    def policy_file(self) -> Path:
-        return self.root / "policy.toml"
-
-    @property
-    def flwr_home(self) -> Path:
-        return self.root / "flwr-home"
-
-    @property
-    def default_ledger_url(self) -> str:
-        return f"sqlite:///{(self.root / 'ledger.db').resolve()}"
-
-    def consortium(self) -> Consortium:
-        return Consortium.load(self.consortium_file)
-
-    def policy(self) -> Policy:
-        return Policy.load(self.policy_file)
-
-    def load_aggregator_key(self, passphrase: str | None = None) -> X25519PrivateKey:
-        return load_x25519_key(self.aggregator_key, passphrase=passphrase)
+_CREATED = ("keys", "tls", "consortium.json", "policy.toml", DEPLOY_FILE, "ledger.db", "flwr-home")
+"""What :func:`init_consortium` creates in the operator folder."""
 
 
 def init_consortium(
@@ -96,12 +52,13 @@ def init_consortium(
     policy: Policy | None = None,
     passphrase: str | None = None,
 ) -> OperatorFiles:
-    """Create a consortium in ``root`` (see the module docstring).
+    """Create a consortium in ``root`` (see the module docstring), all or nothing.
 
     Parameters
     ----------
     root : Path
-        A new or empty folder; existing keys are never overwritten.
+        A new folder, or one that holds none of the files a consortium has
+        (it may already hold the server's ``data/``).
     name : str
         The consortium's name (the CA's organisation).
     superlink : str
@@ -111,16 +68,57 @@ def init_consortium(
     ledger_url : str, optional
         The ledger; ``DIR/ledger.db`` (SQLite) if omitted. Created and migrated here.
     policy : Policy, optional
-        The starting policy (default: the built-in one); its ``deploy`` section
-        is pointed at this folder's ledger and aggregator key.
+        The starting policy (default: the built-in one).
     passphrase : str, optional
         Encrypts the operator, aggregator and CA keys.
+
+    Raises
+    ------
+    FileExistsError
+        ``root`` is a consortium already, or holds one of its files.
     """
     files = OperatorFiles(root.resolve())
     if files.consortium_file.exists():
         raise FileExistsError(f"{files.consortium_file} exists: {root} is a consortium already")
+    clashes = [entry for entry in _CREATED if (files.root / entry).exists()]
+    if clashes:
+        raise FileExistsError(
+            f"{files.root} already holds {', '.join(clashes)}: a consortium is created in a new "
+            "folder, or one without these"
+        )
     if ":" not in superlink:
         raise ValueError(f"the SuperLink address must be host:port, not {superlink!r}")
+    files.root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{files.root.name}.", dir=files.root.parent))
+    try:
+        _populate(
+            OperatorFiles(staging),
+            final=files,
+            name=name,
+            superlink=superlink,
+            hosts=hosts,
+            ledger_url=ledger_url,
+            policy=policy,
+            passphrase=passphrase,
+        )
+        _move_into_place(staging, files.root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return files
+
+
+def _populate(
+    files: OperatorFiles,
+    *,
+    final: OperatorFiles,
+    name: str,
+    superlink: str,
+    hosts: list[str],
+    ledger_url: str | None,
+    policy: Policy | None,
+    passphrase: str | None,
+) -> None:
+    """Write every file into ``files`` (the staging folder), naming ``final``'s paths inside."""
     signing = Ed25519PrivateKey.generate()
     aggregator = X25519PrivateKey.generate()
     write_private_key(files.signing_key, signing, passphrase=passphrase)
@@ -133,16 +131,33 @@ def init_consortium(
         operator_public_key=encode_public(signing.public_key()),
         ca_certificate=tls.ca_certificate.read_text(encoding="ascii"),
     ).write(files.consortium_file)
-    url = ledger_url or files.default_ledger_url
-    Ledger(url).close()
-    configured = (policy or Policy()).with_deploy(
-        ledger_url=url,
-        aggregator_key=str(files.aggregator_key),
-        operator_key=str(files.signing_key),
-    )
-    files.policy_file.write_text(configured.to_toml(), encoding="utf-8")
-    write_connection(files.flwr_home, CONNECTION, superlink, tls.ca_certificate)
-    return files
+    # The ledger is created where it will live: a SQLite file in the staging
+    # folder (moved with it), or another database (migrating it twice is harmless).
+    Ledger(ledger_url or files.default_ledger_url).close()
+    deploy = DeployConfig.defaults(final)
+    if ledger_url:
+        deploy = deploy.with_values({"ledger-url": ledger_url}, final.root, "--ledger")
+    write_atomic(files.deploy_file, deploy.to_toml(final.root))
+    write_atomic(files.policy_file, (policy or Policy()).to_toml())
+    write_connection(files.flwr_home, CONNECTION, superlink, final.tls.ca_certificate)
+
+
+def _move_into_place(staging: Path, root: Path) -> None:
+    """Rename the finished staging folder to ``root``, or its entries into an existing ``root``."""
+    if not root.exists():
+        os.rename(staging, root)
+        return
+    moved: list[Path] = []
+    try:
+        for entry in sorted(staging.iterdir()):
+            target = root / entry.name
+            os.rename(entry, target)
+            moved.append(target)
+    except BaseException:
+        for target in moved:  # put back what was moved, so nothing half-made stays
+            with contextlib.suppress(OSError):
+                os.rename(target, staging / target.name)
+        raise
 
 
 Register = Callable[[Path], object]

@@ -1,87 +1,20 @@
-"""The model card of a release: its Markdown form and the check a reader makes.
+"""The model card of a release, for people: its Markdown form, obligations first.
 
-The card itself (``model-card.json``) is built by :mod:`server.release` from
-the ledger. :func:`card_markdown` renders it for people, obligations first;
-:func:`verify_card` checks its ledger proof: the operator signed the
-checkpoint, the final round's entry is in that checkpoint's tree, and the
-entry records the released model.
+The card itself (``model-card.json``) is built by :mod:`server.card` from the
+ledger; a reader checks its ledger proof with :func:`audit.cards.verify_card`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+__all__ = ["CARD_FORMAT", "CARD_JSON", "CARD_MARKDOWN", "MODEL_FILE", "card_markdown"]
 
-from common.merkle import verify_inclusion
-from server.ledger.checkpoints import Checkpoint, CheckpointError
-from server.ledger.entries import entry_leaf_hash
-
-__all__ = ["CARD_FORMAT", "CardError", "card_markdown", "verify_card"]
-
-CARD_FORMAT = "fedcommons-model-card/v1"
-
-
-class CardError(ValueError):
-    """A model card whose ledger proof does not hold."""
-
-
-def verify_card(card: dict[str, Any], operator: Ed25519PublicKey) -> None:
-    """Check a card's proof against the operator's checkpoint key.
-
-    Parameters
-    ----------
-    card : dict
-        The parsed ``model-card.json``.
-    operator : Ed25519PublicKey
-        The operator's key (``consortium.json``'s ``operator_public_key``).
-
-    Raises
-    ------
-    CheckpointError
-        The checkpoint was not signed by ``operator``.
-    ProofError
-        The final round's entry is not in the checkpoint's tree.
-    CardError
-        The card is malformed, or the entry does not record the released model.
-    """
-    try:
-        proof = card["ledger"]
-        signed = proof["checkpoint"]
-        checkpoint = Checkpoint(
-            tree_size=int(signed["tree_size"]),
-            root=str(signed["root"]),
-            at=str(signed["at"]),
-            note=str(signed["note"]),
-            key_id=str(signed["key_id"]),
-            signature=str(signed["signature"]),
-        )
-        entry = proof["entry"]
-        payload = str(entry["payload"])
-        stated = json.loads(payload)
-        path = [bytes.fromhex(p) for p in proof["inclusion_proof"]]
-    except (KeyError, TypeError, ValueError) as err:
-        raise CardError(f"the model card's ledger proof is malformed: {err!r}") from None
-    if checkpoint.body().decode("ascii") != signed.get("signed_body"):
-        raise CheckpointError("the card's checkpoint fields differ from its signed body")
-    checkpoint.verify(operator)
-    leaf = entry_leaf_hash(payload)
-    if leaf != entry.get("leaf_hash"):
-        raise CardError(f"entry {entry.get('seq')}'s leaf hash does not match its payload")
-    verify_inclusion(
-        bytes.fromhex(leaf), int(entry["seq"]), checkpoint.tree_size, path,
-        bytes.fromhex(checkpoint.root),
-    )  # fmt: skip
-    row = stated.get("row") or {}
-    recorded = (stated.get("table"), row.get("run_id"), row.get("number"))
-    if recorded != ("rounds", card["run"]["id"], card["model"]["round"]):
-        raise CardError(f"entry {entry['seq']} is not run {card['run']['id']}'s final round")
-    if row.get("model_sha256_after") != card["model"]["sha256"]:
-        raise CardError(
-            f"entry {entry['seq']} records model {row.get('model_sha256_after')}, "
-            f"the card releases {card['model']['sha256']}"
-        )
+CARD_FORMAT = "fedcommons-model-card/v2"
+"""v2 names the signed head ``tree_head`` in the card's ``ledger`` proof (v1: ``checkpoint``)."""
+MODEL_FILE = "model.safetensors"
+CARD_JSON = "model-card.json"
+CARD_MARKDOWN = "model-card.md"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
@@ -189,12 +122,12 @@ def card_markdown(card: dict[str, Any]) -> str:
             ],
         )  # fmt: skip
     proof = card["ledger"]
-    signed = proof["checkpoint"]
+    signed = proof["tree_head"]
     lines += [
         "## Ledger proof",
         "",
         f"Round {model['round']} is ledger entry {proof['entry']['seq']} (leaf hash "
-        f"`{proof['entry']['leaf_hash']}`). The operator's checkpoint of {signed['at']} "
+        f"`{proof['entry']['leaf_hash']}`). The operator's signed tree head of {signed['at']} "
         f"(key `{signed['key_id'][:16]}…`) signs the tree of the first {signed['tree_size']} "
         f"entries, root `{signed['root']}`; `model-card.json` carries the entry, the "
         f"signature and an RFC 6962 inclusion proof of {len(proof['inclusion_proof'])} hashes. "

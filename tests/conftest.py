@@ -1,14 +1,20 @@
-"""Shared fixtures: a scratch PostgreSQL database and small data files."""
+"""Shared fixtures: every ledger backend (a SQLite file and the real PostgreSQL server).
+
+``url`` is parametrised over both backends, so a test that takes it (or
+``ledger``) runs once on each; the PostgreSQL run is marked ``postgres``.
+"""
 
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+
+from server.ledger import Ledger
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -31,6 +37,23 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty ledger database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nested' / 'ledger.db'}"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def ledger(url: str) -> Iterator[Ledger]:
+    """A migrated ledger on each backend, closed afterwards."""
+    opened = Ledger(url)
+    yield opened
+    opened.close()
+
+
 def make_tiny_bert(folder: Path) -> Path:
     """A 2-layer, 32-wide ``BertModel`` saved like MiniLM's checkpoint, with MiniLM's tokenizer.
 
@@ -42,7 +65,7 @@ def make_tiny_bert(folder: Path) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    from common.bert import resolve_checkpoint
+    from common.bert import resolve_base_model
 
     folder.mkdir(parents=True, exist_ok=True)
     config = BertConfig(
@@ -55,7 +78,7 @@ def make_tiny_bert(folder: Path) -> Path:
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(folder)  # no classifier head, like MiniLM
-    packaged = Path(resolve_checkpoint(""))
+    packaged = Path(resolve_base_model(""))
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(packaged / name, folder / name)
     return folder

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from common.bert import BertError, encode, load_tokenizer, resolve_checkpoint
-from common.model import (
-    arrays_to_bytes,
-    build_model,
-    frozen_sha256,
-    full_arrays,
-    get_arrays,
-    set_arrays,
-)
+from common.arrays import arrays_to_bytes
+from common.bert import BertError, encode, load_tokenizer, resolve_base_model
+from common.dp import DPPlan
+from common.model import build_model, frozen_sha256, full_arrays, get_arrays, set_arrays
 from common.policy import ModelConfig
-from common.privacy import DPPlan
 from common.text import TextData
 from common.training import local_sgd, make_loader, train, train_private
 
@@ -39,8 +34,8 @@ def _data() -> TextData:
     return TextData(TEXTS, np.array([0, 1, 2, 0, 1, 2, 0, 1]), LABELS)
 
 
-def _config(checkpoint: Path | str, **kw: int) -> ModelConfig:
-    return ModelConfig(name="bert", num_classes=3, checkpoint=str(checkpoint), max_length=24, **kw)
+def _config(checkpoint: Path | str, **kw: Any) -> ModelConfig:
+    return ModelConfig(name="bert", num_classes=3, base_model=str(checkpoint), max_length=24, **kw)
 
 
 def _frozen_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,7 +67,7 @@ def test_the_policy_chooses_what_trains(tiny_bert: Path) -> None:
     two = set(get_arrays(build_model(_config(tiny_bert, train_layers=2), seed=0)))
     assert any(".encoder.layer.0." in n for n in two)
     assert not any(".embeddings." in n for n in two)  # never: Opacus issue 841
-    with pytest.raises(BertError, match="train-layers is 3 but .* has 2 layers"):
+    with pytest.raises(BertError, match=r"train-layers is 3 but .* has 2 layers"):
         build_model(_config(tiny_bert, train_layers=3), seed=0)
 
 
@@ -137,7 +132,7 @@ def test_missing_or_non_bert_checkpoints_are_clear_errors(tmp_path: Path) -> Non
     afile = tmp_path / "weights.bin"
     afile.write_bytes(b"x")
     with pytest.raises(BertError, match="must be a folder, not a file"):
-        resolve_checkpoint(str(afile))
+        resolve_base_model(str(afile))
     with pytest.raises(BertError, match="cannot load a classifier"):
         build_model(_config("no-such-org/no-such-model"), seed=0)
 
@@ -160,12 +155,13 @@ def test_packaged_minilm_is_the_default_and_frozen_weights_survive_a_dp_step() -
 def test_a_client_refuses_a_round_for_another_base_model(tiny_bert: Path, tmp_path: Path) -> None:
     from client.task import ClientSetup, train_round
     from common.policy import Policy, PolicyError
+    from common.protocol import TrainConfig
     from common.text import write_jsonl
 
     write_jsonl(tmp_path / "data" / "d.jsonl", _data(), "text", "label")
     policy = Policy.from_sections(
         {
-            "model": {"name": "bert", "num-classes": 3, "checkpoint": str(tiny_bert)},
+            "model": {"name": "bert", "num-classes": 3, "base-model": str(tiny_bert)},
             "data": {"dataset": "stdlib-docs", "labels": ",".join(LABELS)},
             "privacy": {"dp": False},
             "training": {"local-epochs": 1, "batch-size": 4},
@@ -177,7 +173,7 @@ def test_a_client_refuses_a_round_for_another_base_model(tiny_bert: Path, tmp_pa
     assert setup.examples.input_ids.shape == (8, policy.model.max_length)  # type: ignore[attr-defined]
     model = build_model(policy.model, policy.federation.seed)
     weights, base = get_arrays(model), frozen_sha256(model)
-    outcome = train_round(setup, weights, {"server-round": 1, "base-sha256": base})
+    outcome = train_round(setup, weights, TrainConfig(1, base_sha256=base))
     assert set(outcome.weights) == set(weights)
-    with pytest.raises(PolicyError, match="frozen base model here .* is not the server's"):
-        train_round(setup, weights, {"server-round": 2, "base-sha256": "0" * 64})
+    with pytest.raises(PolicyError, match=r"frozen base model here .* is not the server's"):
+        train_round(setup, weights, TrainConfig(2, base_sha256="0" * 64))

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from common.cli.app import app
-from common.data import load_digits_data, write_npz
-from common.privacy import history_path, locked_history
-from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge
+from client.accountant import history_path, locked_history
+from common.images import write_npz
+from common.protocol import ExclusionCode, PrivacyCharge
+from fedcommons.cli import app
+from fedcommons.partition import load_digits_data
 from server.ledger import (
     ChargeFact,
     ExclusionFact,
@@ -84,8 +85,8 @@ def test_demo_rejects_bad_options_before_starting_anything(tmp_path: Path) -> No
     result = runner.invoke(app, ["demo", "--partition", "sorted", "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1
     assert (
-        "'data.partition' must be one of: iid, non-iid, got 'sorted' (from the command-line options)"
-        in result.output
+        "'data.partition' must be one of: iid, non-iid, got 'sorted' "
+        "(from the command-line options)" in result.output
     )
     assert not (tmp_path / "w").exists()
     result = runner.invoke(app, ["demo", "--model", "gpt", "--workdir", str(tmp_path / "w")])
@@ -124,7 +125,9 @@ def test_audit_show_table_and_json(tmp_path: Path) -> None:
             run_id,
             1,
             charges=[ChargeFact("university-a", charge)],
-            exclusions=[ExclusionFact(None, 77, BUDGET_EXHAUSTED, "privacy budget exhausted")],
+            exclusions=[
+                ExclusionFact(None, 77, ExclusionCode.BUDGET_EXHAUSTED, "privacy budget exhausted")
+            ],
         )
     ledger.close()
     result = runner.invoke(app, ["audit", "show", "--ledger", url], terminal_width=200)

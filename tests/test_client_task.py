@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from client.task import ClientSetup, evaluate_global, train_round
-from common.data import DataError, load_digits_data, write_npz
+from common.images import DataError, ImageData, write_npz
 from common.model import build_model, get_arrays
 from common.policy import Policy, PolicyError
+from common.protocol import NodeConfigError, TrainConfig
+from fedcommons.partition import load_digits_data
 
 
 @pytest.fixture
@@ -31,6 +33,7 @@ def test_setup_reads_only_the_node_s_own_folder(data_dir: Path) -> None:
     assert setup.institution == "uni-a"
     assert setup.state_dir == data_dir.parent / "state"
     assert len(setup.data) == 200
+    assert isinstance(setup.data, ImageData)
     assert setup.data.source == str(data_dir / "digits.npz")
 
 
@@ -38,7 +41,7 @@ def test_setup_reads_only_the_node_s_own_folder(data_dir: Path) -> None:
     "node_config", [{}, {"institution": "uni-a"}, {"institution": "", "data-dir": "x"}]
 )
 def test_incomplete_node_config_is_named(node_config: dict[str, str]) -> None:
-    with pytest.raises(PolicyError, match="SuperNode node config needs"):
+    with pytest.raises(NodeConfigError, match="SuperNode node config needs"):
         ClientSetup.from_configs(Policy().to_run_config(), node_config)
 
 
@@ -53,7 +56,7 @@ def test_bad_local_data_fails_before_training(tmp_path: Path) -> None:
 
 def test_dp_needs_a_state_folder_but_dp_off_does_not(data_dir: Path) -> None:
     node = {"institution": "u", "data-dir": str(data_dir)}
-    with pytest.raises(PolicyError, match='needs state-dir="..." .*privacy accountant'):
+    with pytest.raises(PolicyError, match=r'needs state-dir="..." .*privacy accountant'):
         ClientSetup.from_configs(Policy().to_run_config(), node)
     off = Policy.from_sections({"privacy": {"dp": False}})
     assert ClientSetup.from_configs(off.to_run_config(), node).state_dir is None
@@ -64,7 +67,7 @@ def test_train_round_without_dp_moves_the_weights_and_is_reproducible(data_dir: 
     setup = ClientSetup.from_configs(policy.to_run_config(), _node(data_dir))
     start = get_arrays(build_model(policy.model, policy.federation.seed))
     before = evaluate_global(setup, start)
-    outcome = train_round(setup, start, {"server-round": 1})
+    outcome = train_round(setup, start, TrainConfig(1))
     weights = outcome.weights
     after = evaluate_global(setup, weights)
     assert outcome.result.num_examples == policy.training.local_epochs * 200
@@ -74,7 +77,7 @@ def test_train_round_without_dp_moves_the_weights_and_is_reproducible(data_dir: 
     assert outcome.charge.dp is False and outcome.charge.epsilon == float("inf")
     assert not (data_dir.parent / "state").exists()  # nothing charged, nothing stored
     # the same round on the same data is reproducible
-    again = train_round(setup, start, {"server-round": 1}).weights
+    again = train_round(setup, start, TrainConfig(1)).weights
     assert all(np.array_equal(weights[k], again[k]) for k in start)
 
 
@@ -82,7 +85,7 @@ def test_dp_round_learns_keeps_plain_keys_and_charges_the_budget(data_dir: Path)
     policy = Policy.from_sections({"federation": {"rounds": 2}, "training": {"batch-size": 32}})
     setup = ClientSetup.from_configs(policy.to_run_config(), _node(data_dir))
     start = get_arrays(build_model(policy.model, policy.federation.seed))
-    outcome = train_round(setup, start, {"server-round": 1})
+    outcome = train_round(setup, start, TrainConfig(1))
     assert set(outcome.weights) == set(start)  # no "_module." prefix on the wire
     assert evaluate_global(setup, outcome.weights).loss < evaluate_global(setup, start).loss
     charge = outcome.charge

@@ -13,32 +13,36 @@ import functools
 import hashlib
 import json
 import os
-import time
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import tomllib
 from safetensors.numpy import load as load_safetensors
 from typer.testing import CliRunner
 
-from common.cli.app import app
-from common.data import load_digits_data, write_npz
-from common.demo import prepare_data
+from audit.cards import verify_card
+from client.enrolment import ParticipantState, enrol
 from common.envelope import Envelope, UpdateHeader, decrypt
-from common.identity import ParticipantState, enrol
+from common.images import write_npz
 from common.keys import load_x25519_key
-from common.local_federation import (
-    LocalFederation,
-    NodeSpec,
-    build_app_dir,
-    free_port,
-    write_run_config,
-)
 from common.policy import Policy
-from server.checkpoint import load_checkpoint
-from server.consortium import OperatorFiles, admit, init_consortium
-from server.ledger import Ledger, ledger_report
-from server.model_card import verify_card
+from fedcommons.cli import app
+from fedcommons.demo_setup import demo_consortium, prepare_data, started_federation
+from fedcommons.local_federation import LocalFederation, NodeSpec, free_port
+from fedcommons.partition import load_digits_data
+from server.consortium import admit, init_consortium
+from server.deploy import OperatorFiles
+from server.flower import CONNECTION
+from server.ledger import Ledger
+from server.ledger.report import ledger_report
+from server.runs import RunFailed, follow_run, submit_run
+from server.snapshots import load_snapshot
+
+pytestmark = pytest.mark.e2e
 
 SUMMARY_KEYS = {
     "engine", "model", "dataset", "partition", "institutions", "rounds", "final_accuracy",
@@ -56,14 +60,42 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
-    tmp_path: Path,
-) -> None:
-    workdir = tmp_path / "demo"
+@dataclasses.dataclass(frozen=True)
+class DemoRun:
+    """One 2-round DP demo on real Flower processes, shared by the checks below."""
+
+    workdir: Path
+    summary: dict[str, Any]
+    report: dict[str, Any]
+    command: list[str]
+
+    @property
+    def run(self) -> dict[str, Any]:
+        run: dict[str, Any] = self.report["runs"][0]
+        return run
+
+    @property
+    def epsilon(self) -> dict[str, float]:
+        spent: dict[str, float] = self.summary["rounds"][-1]["epsilon"]
+        return spent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    workdir = tmp_path_factory.mktemp("e2e") / "demo"
     command = ["demo", "--rounds", "2", "--workdir", str(workdir), "--seed", "3"]
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     summary = json.loads((workdir / "summary.json").read_text())
+    ledger = Ledger(summary["ledger_url"], migrate=False)
+    with ledger.session() as session:
+        report = ledger_report(session)
+    ledger.close()
+    return DemoRun(workdir, summary, report, command)
+
+
+def test_the_demo_trains_three_institutions_with_dp(demo: DemoRun) -> None:
+    summary = demo.summary
     assert set(summary) >= SUMMARY_KEYS
     assert summary["engine"] == "flower-deployment"
     assert (summary["model"], summary["dataset"], summary["partition"]) == (
@@ -81,7 +113,7 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert all(r["participants"] == 3 for r in summary["rounds"])
     assert summary["final_accuracy"] > 0.4  # 2 DP rounds from scratch; chance is 0.1
-    assert summary["update_bytes"] == summary["model_bytes"]  # v1 sends the full CNN
+    assert summary["update_bytes"] == summary["model_bytes"]  # the whole CNN travels
     # DP by default: epsilon per institution grows every round and ends within the budget
     assert (summary["dp"], summary["epsilon_budget"], summary["delta"]) == (True, 8.0, 1e-5)
     first_eps, second_eps = (r["epsilon"] for r in summary["rounds"])
@@ -90,27 +122,25 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
         assert 0 < first_eps[name] < second_eps[name] <= 8.0
         assert second_eps[name] > 7.9  # the derived noise spends the budget over the run
     assert {i["name"]: i["epsilon"] for i in summary["institutions"]} == second_eps
+    # TLS, SuperNode authentication and sealed updates, all on by default
+    assert (summary["tls"], summary["node_auth"], summary["encrypted_updates"]) == (True,) * 3
+    superlink_log = (demo.workdir / "logs" / "superlink.log").read_text()
+    assert "SuperNode authentication is disabled" not in superlink_log
 
-    ledger = Ledger(summary["ledger_url"], migrate=False)
-    with ledger.session() as session:
-        report = ledger_report(session)
-    ledger.close()
-    (run,) = report["runs"]
+
+def test_the_ledger_records_every_round_update_and_charge(demo: DemoRun) -> None:
+    run = demo.run
     assert run["status"] == "finished"
-    assert run["flower_run_id"] == str(summary["flower_run_id"])
-    assert run["test_accuracy"] == summary["final_accuracy"]
+    assert run["flower_run_id"] == str(demo.summary["flower_run_id"])
+    assert run["test_accuracy"] == demo.summary["final_accuracy"]
     first, second = run["rounds"]
     assert first["model_sha256_before"] == run["initial_model_sha256"]
     assert second["model_sha256_before"] == first["model_sha256_after"]
     for r in run["rounds"]:
-        assert sorted(u["institution"] for u in r["updates"]) == [
-            "company-c",
-            "university-a",
-            "university-b",
-        ]
+        assert sorted(u["institution"] for u in r["updates"]) == INSTITUTIONS
         assert sum(u["num_examples"] for u in r["updates"]) == 1257
         assert len({u["update_sha256"] for u in r["updates"]}) == 3
-    assert sorted(p.name for p in (workdir / "operator" / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (demo.workdir / "operator" / "snapshots").iterdir()) == [
         "round-0001-updates",
         "round-0001.safetensors",
         "round-0002-updates",
@@ -121,23 +151,31 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
         (r, name) for r in (1, 2) for name in INSTITUTIONS
     ]
     assert all(c["dp"] and c["accountant"] == "rdp" and c["steps"] > 0 for c in charges)
-    assert {c["institution"]: c["epsilon"] for c in charges if c["round"] == 2} == second_eps
+    assert {c["institution"]: c["epsilon"] for c in charges if c["round"] == 2} == demo.epsilon
+    licences = {p["name"]: p["datasets"][-1]["licence"] for p in demo.report["participants"]}
+    assert licences == {
+        "university-a": "CC-BY-4.0",
+        "university-b": "CC-BY-NC-4.0",
+        "company-c": "custom:company-c-research",
+    }
 
-    # TLS, SuperNode authentication and sealed updates, all on by default
-    assert (summary["tls"], summary["node_auth"], summary["encrypted_updates"]) == (True,) * 3
-    # the ledger verifies with the operator's key; one signed checkpoint per round and
+
+def test_the_release_and_every_receipt_verify(demo: DemoRun) -> None:
+    summary, run = demo.summary, demo.run
+    # the ledger verifies with the operator's key; one signed tree head per round and
     # one after the release of the final model
-    assert summary["ledger_verified"] is True and summary["ledger_checkpoints"] == 3
+    assert summary["ledger_verified"] is True and summary["ledger_tree_heads"] == 3
     release_dir = Path(summary["release_dir"])
-    assert release_dir == (workdir / "releases" / f"run-{run['id']}").resolve()
+    assert release_dir == (demo.workdir / "releases" / f"run-{run['id']}").resolve()
     card = json.loads((release_dir / "model-card.json").read_bytes())
-    verify_card(card, OperatorFiles((workdir / "operator").resolve()).consortium().operator_key)
+    operator = OperatorFiles((demo.workdir / "operator").resolve())
+    verify_card(card, operator.consortium().operator_key)
     assert card["model"]["sha256"] == run["rounds"][-1]["model_sha256_after"]
     assert sorted(c["institution"] for c in card["contributors"]) == INSTITUTIONS
     assert card["obligations"]["non_commercial"] is True
     assert "university-b (CC-BY-NC-4.0)" in card["obligations"]["non_commercial_from"]
     assert card["obligations"]["purposes"] == ["research"]  # company-c's terms
-    assert {p["institution"]: p["epsilon"] for p in card["privacy"]} == second_eps
+    assert {p["institution"]: p["epsilon"] for p in card["privacy"]} == demo.epsilon
     card_text = (release_dir / "model-card.md").read_text()
     assert "**Non-commercial use only**, required by university-b (CC-BY-NC-4.0)" in card_text
     # every participant verified and kept a receipt for each of its updates, and an
@@ -148,28 +186,43 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
         assert sorted(p.name for p in (receipts_dir / name).glob("*.json")) == [
             f"run-{summary['flower_run_id']}-round-{r:04d}.json" for r in (1, 2)
         ]
-    consortium_file = workdir / "operator" / "consortium.json"
     audit_command = ["audit", "verify", "--ledger", summary["ledger_url"]]
-    audit_command += ["--receipts", str(receipts_dir), "--operator-key", str(consortium_file)]
+    audit_command += ["--receipts", str(receipts_dir)]
+    audit_command += ["--operator-key", str(operator.consortium_file)]
     audit = CliRunner().invoke(app, audit_command)
     assert audit.exit_code == 0 and "6 receipts consistent" in audit.output, audit.output
-    licences = {p["name"]: p["datasets"][-1]["licence"] for p in report["participants"]}
-    assert licences == {
-        "university-a": "CC-BY-4.0",
-        "university-b": "CC-BY-NC-4.0",
-        "company-c": "custom:company-c-research",
-    }
-    superlink_log = (workdir / "logs" / "superlink.log").read_text()
-    assert "SuperNode authentication is disabled" not in superlink_log
-    _check_sealed_updates(workdir, report, Path(summary["superlink_db"]))
 
-    # The same work folder, the same datasets: their budgets are spent, so no one trains.
-    again = CliRunner().invoke(app, command)
+
+def test_the_superlink_held_only_ciphertext(demo: DemoRun) -> None:
+    _check_sealed_updates(demo.workdir, demo.report, Path(demo.summary["superlink_db"]))
+
+
+def test_no_operator_setting_travelled_to_the_nodes(demo: DemoRun) -> None:
+    """The run config every ClientApp got (app defaults + overrides) names no deploy setting."""
+    operator = OperatorFiles((demo.workdir / "operator").resolve())
+    secrets = [demo.summary["ledger_url"], str(operator.root), str(operator.aggregator_key)]
+    app_config = tomllib.loads((demo.workdir / "run" / "app" / "pyproject.toml").read_text())
+    sent = (demo.workdir / "run" / "run-config.toml").read_text()
+    for text in (json.dumps(app_config["tool"]["flwr"]["app"]["config"]), sent):
+        assert "deploy" not in text
+        assert not any(secret in text for secret in secrets)
+    superlink = sqlite3.connect(demo.summary["superlink_db"])
+    (override,) = superlink.execute("SELECT override_config FROM run").fetchone()
+    superlink.close()
+    assert (
+        json.loads(override)
+        == Policy().with_overrides({"federation.rounds": 2, "federation.seed": 3}).to_run_config()
+    )
+
+
+def test_a_second_demo_in_the_same_folder_is_refused_for_spent_budgets(demo: DemoRun) -> None:
+    """Runs last here: it adds a failed run to the shared demo's ledger."""
+    again = CliRunner().invoke(app, demo.command)
     assert again.exit_code == 1
     assert "fewer than 3 institutions have privacy budget left" in again.output
     for name in INSTITUTIONS:
         assert f"privacy budget exhausted for {name}" in again.output
-    ledger = Ledger(summary["ledger_url"], migrate=False)
+    ledger = Ledger(demo.summary["ledger_url"], migrate=False)
     with ledger.session() as session:
         report = ledger_report(session)
     ledger.close()
@@ -180,14 +233,42 @@ def test_dp_demo_on_real_processes_then_its_spent_budget_refuses_a_second_run(
     assert sorted((e["institution"], e["code"]) for e in second["exclusions"]) == [
         (name, 403) for name in INSTITUTIONS
     ]
-    assert {p["institution"]: p["epsilon"] for p in report["privacy"]} == second_eps
+    assert {p["institution"]: p["epsilon"] for p in report["privacy"]} == demo.epsilon
     budget = CliRunner().invoke(
         app,
-        ["client", "budget", "--state", str(workdir / "institutions/company-c/state"),
+        ["client", "budget", "--state", str(demo.workdir / "institutions/company-c/state"),
          "--format", "json"],
     )  # fmt: skip
     (dataset,) = json.loads(budget.output)["datasets"]
-    assert dataset["epsilon_spent"] == pytest.approx(second_eps["company-c"])
+    assert dataset["epsilon_spent"] == pytest.approx(demo.epsilon["company-c"])
+
+
+def test_operator_run_against_the_demo_superlink(tmp_path: Path) -> None:
+    """``fedcommons operator run POLICY`` submits, follows and summarises a run."""
+    policy = Policy().with_overrides({"federation.rounds": 1, "privacy.epsilon": 4.0})
+    consortium = demo_consortium(tmp_path, policy, f"sqlite:///{tmp_path / 'ledger.db'}")
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(policy.to_toml())
+    with started_federation(consortium, policy) as federation:
+        pids = [p.pid for p in federation.processes.values()]
+        command = ["operator", "run", str(policy_file), "--dir", str(consortium.operator.root)]
+        result = CliRunner().invoke(app, [*command, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+    assert all(_gone(pid) for pid in pids)
+    assert summary["status"] == "finished:completed"
+    assert summary["policy_sha256"] == policy.sha256()
+    assert [r["round"] for r in summary["rounds"]] == [1]
+    assert summary["rounds"][0]["participants"] == 3
+    assert 0 < max(summary["rounds"][0]["epsilon"].values()) <= 4.0
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    ledger = Ledger(consortium.operator.deploy().ledger_url, migrate=False)
+    with ledger.session() as session:
+        (run,) = ledger_report(session)["runs"]
+    ledger.close()
+    assert (run["id"], run["status"]) == (summary["ledger_run_id"], "finished")
+    assert run["flower_run_id"] == str(summary["flower_run_id"])
+    assert f"submitted Flower run {summary['flower_run_id']}" in result.stderr
 
 
 def _chunks(data: bytes, size: int = 64) -> list[bytes]:
@@ -200,7 +281,7 @@ def _found(pieces: list[bytes], haystack: bytes) -> float:
     return sum(p in haystack for p in pieces) / len(pieces)
 
 
-def _check_sealed_updates(workdir: Path, report: dict, superlink_db: Path) -> None:
+def _check_sealed_updates(workdir: Path, report: dict[str, Any], superlink_db: Path) -> None:
     """The ledger's evidence matches the kept envelopes, and the SuperLink held only ciphertext.
 
     The SuperLink's SQLite files (database and write-ahead log, free pages
@@ -219,21 +300,23 @@ def _check_sealed_updates(workdir: Path, report: dict, superlink_db: Path) -> No
     ciphertext_found: dict[str, list[float]] = {}
     for number, round_row in enumerate(run["rounds"], start=1):
         for update in round_row["updates"]:
-            kept = workdir / "operator" / "checkpoints" / f"round-{number:04d}-updates"
+            kept = workdir / "operator" / "snapshots" / f"round-{number:04d}-updates"
             envelope = Envelope.from_json((kept / f"{update['institution']}.json").read_text())
             plaintext = decrypt(envelope, UpdateHeader.parse(envelope.header), aggregator)
             assert update["ciphertext_sha256"] == envelope.ciphertext_sha256()
             assert update["plaintext_sha256"] == hashlib.sha256(plaintext).hexdigest()
             assert update["signer_key_id"] == keys[update["institution"]]
             assert base64.b64decode(update["signature"]) == envelope.signature
-            tensors = [c for a in load_safetensors(plaintext).values() for c in _chunks(a.tobytes())]
+            tensors = [
+                c for a in load_safetensors(plaintext).values() for c in _chunks(a.tobytes())
+            ]
             assert len(tensors) > 100
             assert _found(tensors, database) == 0.0, update["institution"]
             ciphertext_found.setdefault(update["institution"], []).append(
                 _found(_chunks(envelope.ciphertext), database)
             )
     assert all(found[-1] > 0.9 for found in ciphertext_found.values()), ciphertext_found
-    _, relayed = load_checkpoint(workdir / "operator" / "checkpoints" / "round-0001.safetensors")
+    _, relayed = load_snapshot(workdir / "operator" / "snapshots" / "round-0001.safetensors")
     assert _found([c for a in relayed.values() for c in _chunks(a.tobytes())], database) > 0.9
 
 
@@ -250,7 +333,9 @@ def _enrolled_node(folder: Path, operator: OperatorFiles, name: str, data_dir: P
     return NodeSpec(name, data_dir, state.root, state.supernode_key)
 
 
-def _admit_all(ledger: Ledger, operator: OperatorFiles, nodes: list[NodeSpec]):  # noqa: ANN202
+def _admit_all(
+    ledger: Ledger, operator: OperatorFiles, nodes: list[NodeSpec]
+) -> Callable[[LocalFederation], None]:
     def on_superlink(federation: LocalFederation) -> None:
         for node in nodes:
             assert node.state_dir is not None
@@ -274,7 +359,7 @@ def test_unregistered_node_and_node_without_the_ca_are_refused(tmp_path: Path) -
     write_npz(data_dir / "d.npz", load_digits_data().subset(np.arange(40)))
     node = _enrolled_node(tmp_path, operator, "lab-a", data_dir)
     rogue = _enrolled_node(tmp_path, operator, "lab-rogue", data_dir)  # enrolled, never admitted
-    ledger = Ledger(operator.policy().deploy.ledger_url)
+    ledger = Ledger(operator.deploy().ledger_url)
     federation = LocalFederation(
         tmp_path / "fed",
         [node],
@@ -290,7 +375,7 @@ def test_unregistered_node_and_node_without_the_ca_are_refused(tmp_path: Path) -
         pids = [p.pid for p in federation.processes.values()]
         assert unregistered.wait(timeout=60) != 0
         assert no_ca.wait(timeout=60) != 0
-        nodes = federation.flwr("supernode", "list", "local")["nodes"]
+        nodes = federation.flwr("supernode", "list", CONNECTION)["nodes"]
     ledger.close()
     assert [n["status"] for n in nodes] == ["online"]  # lab-a only
     logs = tmp_path / "fed" / "logs"
@@ -302,41 +387,35 @@ def test_unregistered_node_and_node_without_the_ca_are_refused(tmp_path: Path) -
 
 def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) -> None:
     policy = Policy.from_sections({"federation": {"rounds": 1, "min-nodes": 1}})
-    layout = prepare_data(tmp_path, policy)
+    prepare_data(tmp_path, policy)  # the server's splits, in the operator folder's data/
     operator = init_consortium(
-        tmp_path / "consortium", name="t", superlink="127.0.0.1:1", hosts=["127.0.0.1"]
+        tmp_path / "operator", name="t", superlink="127.0.0.1:1", hosts=["127.0.0.1"]
     )
     bad_dir = tmp_path / "bad-node"
     write_npz(bad_dir / "mine.npz", load_digits_data().subset(np.arange(40)))
     node = _enrolled_node(tmp_path, operator, "lab-x", bad_dir)
     # the data went bad after enrolment: the node finds out before training
     np.savez(bad_dir / "mine.npz", images=np.zeros((4, 8, 8)), labels=np.array([0, 1, 2, 42]))
-    url = operator.policy().deploy.ledger_url
-    ledger = Ledger(url)
-    deployed = policy.with_deploy(
-        ledger_url=url,
-        server_data_dir=str(layout.server_data_dir),
-        aggregator_key=str(operator.aggregator_key),
-    )
-    run_config = write_run_config(tmp_path / "run.toml", deployed.to_run_config())
+    ledger = Ledger(operator.deploy().ledger_url)
     federation = LocalFederation(
-        tmp_path, [node], tls=operator.tls, on_superlink=_admit_all(ledger, operator, [node])
+        tmp_path,
+        [node],
+        tls=operator.tls,
+        on_superlink=_admit_all(ledger, operator, [node]),
+        operator_dir=operator.root,
     )
     with federation:
         pids = [p.pid for p in federation.processes.values()]
-        run_id = federation.submit(build_app_dir(tmp_path / "app"), run_config)
-        deadline = time.monotonic() + 240
-        while not (status := federation.run_status(run_id))["status"].startswith("finished"):
-            assert time.monotonic() < deadline, status
-            time.sleep(1)
-        server_log = federation.run_log(run_id)
-    assert status["status"] == "finished:failed"
+        run_id = submit_run(federation.cli, policy)
+        with pytest.raises(RunFailed) as failed:
+            follow_run(federation.cli, ledger, run_id, check=federation.check_alive)
+    assert "finished:failed" in str(failed.value)
     assert all(_gone(pid) for pid in pids)
     with ledger.session() as s:
         (run,) = ledger_report(s)["runs"]
     ledger.close()
     assert run["status"] == "failed" and run["rounds"] == []
-    assert "mine.npz: label 42 at index 3 is out of range [0, 10)" in server_log
+    assert "mine.npz: label 42 at index 3 is out of range [0, 10)" in str(failed.value)
     (exclusion,) = run["exclusions"]
     assert (exclusion["institution"], exclusion["code"]) == ("lab-x", 400)
     assert "label 42 at index 3 is out of range" in exclusion["reason"]
@@ -365,7 +444,7 @@ rounds = 2
 [model]
 name = "bert"
 num-classes = {len(STDLIB_TOPICS)}
-checkpoint = "{tiny_bert}"
+base-model = "{tiny_bert}"
 max-length = 32
 [data]
 dataset = "stdlib-docs"

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord
 from safetensors.numpy import save
 
+from common.arrays import Arrays, arrays_sha256, arrays_to_bytes
 from common.envelope import (
     Envelope,
     EnvelopeError,
@@ -26,15 +27,14 @@ from common.envelope import (
     seal,
 )
 from common.keys import key_id
-from common.model import arrays_sha256, arrays_to_bytes
 from common.protocol import PrivacyCharge
-from server.intake import UpdateGate, expected_tensors
+from server.strategy.intake import UpdateGate, expected_tensors
 
 RUN = "1234567890123456789"
 MODEL = "a" * 64
 BASE = "b" * 64
 
-WEIGHTS = {
+WEIGHTS: Arrays = {
     "conv.weight": np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 10,
     "fc.bias": np.array([0.5, -1.25], dtype=np.float32),
 }
@@ -83,7 +83,7 @@ def make_gate(keys: dict[str, object], round_number: int = 3) -> UpdateGate:
 def sealed(
     keys: dict[str, object],
     *,
-    weights: dict[str, np.ndarray] | None = None,
+    weights: Arrays | None = None,
     plaintext: bytes | None = None,
     signer: str = "a",
     **changes: object,
@@ -166,7 +166,7 @@ def test_the_flower_record_round_trips(keys: dict[str, object]) -> None:
 def test_a_single_flipped_bit_is_rejected(keys: dict[str, object], part: str, where: int) -> None:
     envelope = sealed(keys)
     value = getattr(envelope, part)
-    tampered = dataclasses.replace(envelope, **{part: flip(value, where % len(value))})
+    tampered = dataclasses.replace(envelope, **{part: flip(value, where % len(value))})  # type: ignore[arg-type]
     reason = reason_of(make_gate(keys), tampered)
     # a flipped header byte may also break its JSON; never does it get through
     assert reason in ({"bad-signature", "malformed"} if part == "header" else {"bad-signature"})
@@ -174,7 +174,7 @@ def test_a_single_flipped_bit_is_rejected(keys: dict[str, object], part: str, wh
 
 def resigned(keys: dict[str, object], envelope: Envelope, **changes: bytes) -> Envelope:
     """``envelope`` changed and signed again by its own participant."""
-    changed = dataclasses.replace(envelope, **changes)
+    changed = dataclasses.replace(envelope, **changes)  # type: ignore[arg-type]
     signature = keys["a"].sign(changed.signed_digest())  # type: ignore[attr-defined]
     return dataclasses.replace(changed, signature=signature)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from common.cli.app import app
-from common.data import ImageData, write_npz
-from common.identity import (
-    EnrolmentError,
-    ParticipantState,
-    dataset_manifest,
-    enrol,
-    read_request,
-)
-from common.licences import SPDX
+from client.enrolment import ParticipantState, dataset_manifest, enrol
+from common.consortium import EnrolmentError, read_request
+from common.envelope import Envelope
+from common.images import ImageData, write_npz
 from common.keys import (
     PASSPHRASE_ENV,
     KeyFileError,
@@ -35,9 +30,13 @@ from common.keys import (
     load_x25519_key,
     write_private_key,
 )
+from common.licences import SPDX
 from common.policy import Policy
-from server.consortium import OperatorFiles, admit, init_consortium
-from server.ledger import Ledger, LedgerError, admitted_keys, ledger_report
+from fedcommons.cli import app
+from server.consortium import admit, init_consortium
+from server.deploy import OperatorFiles
+from server.ledger import Ledger, LedgerError, admitted_keys
+from server.ledger.report import ledger_report
 
 # -- key files ----------------------------------------------------------------
 
@@ -58,7 +57,7 @@ def test_wrong_or_missing_passphrase_fails_clearly(tmp_path: Path) -> None:
     path = write_private_key(
         tmp_path / "k.pem", X25519PrivateKey.generate(), passphrase="right one"
     )
-    with pytest.raises(KeyFileError, match="wrong passphrase for .*k.pem"):
+    with pytest.raises(KeyFileError, match=r"wrong passphrase for .*k.pem"):
         load_x25519_key(path, passphrase="wrong one")
     with pytest.raises(KeyFileError, match=f"protected by a passphrase.*{PASSPHRASE_ENV}"):
         load_x25519_key(path)
@@ -100,6 +99,9 @@ def test_an_existing_key_is_never_overwritten(tmp_path: Path) -> None:
 
 
 # -- consortium, enrolment, admission ------------------------------------------
+
+
+JSON = ["--format", "json"]
 
 
 @pytest.fixture()
@@ -156,9 +158,12 @@ def test_init_creates_keys_owner_only_and_a_ca_that_signs_the_superlink_cert(
     consortium = operator.consortium()
     assert consortium.aggregator_public_key  # the public half only
     assert consortium.id == key_id(load_x25519_key(operator.aggregator_key).public_key())
-    policy = operator.policy()
-    assert policy.deploy.aggregator_key == str(operator.aggregator_key)
-    assert policy.deploy.ledger_url.endswith("ledger.db")
+    operator.policy()  # a valid policy to edit, with no operator setting in it
+    assert "deploy" not in operator.policy_file.read_text()
+    deploy = operator.deploy()  # the operator's own settings, in their own file
+    assert deploy.aggregator_key == operator.aggregator_key
+    assert deploy.operator_key == operator.signing_key
+    assert deploy.ledger_url == operator.default_ledger_url
     with pytest.raises(FileExistsError, match="is a consortium already"):
         init_consortium(operator.root, name="x", superlink="h:1", hosts=["h"])
 
@@ -231,7 +236,7 @@ def test_malformed_requests_and_requests_for_another_consortium_are_refused(
         read_request(path, other.consortium())
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(EnrolmentError, match="bad.json is not a JSON enrolment request"):
+    with pytest.raises(EnrolmentError, match=re.escape("bad.json is not a JSON enrolment request")):
         read_request(bad, operator.consortium())
     doc = json.loads(path.read_text())
     del doc["signature"]
@@ -300,7 +305,7 @@ def test_admission_records_keys_manifest_and_licence_and_registers_the_node(
 ) -> None:
     path = _enrol(operator, data_file, tmp_path / "state")
     registered: list[str] = []
-    ledger = Ledger(operator.policy().deploy.ledger_url)
+    ledger = Ledger(operator.deploy().ledger_url)
     request = admit(
         ledger,
         operator.consortium(),
@@ -366,8 +371,7 @@ def test_init_enroll_admit_from_the_command_line(data_file: Path, tmp_path: Path
     assert "flwr supernode register" in result.output
     result = runner.invoke(
         app,
-        ["operator", "admit", str(request), "--dir", str(folder), "--no-register"]
-        + ["--format", "json"],
+        ["operator", "admit", str(request), "--dir", str(folder), "--no-register", *JSON],
     )
     assert result.exit_code == 0, result.output
     admitted = json.loads(result.output)
@@ -389,10 +393,9 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
     operator: OperatorFiles, data_file: Path, tmp_path: Path
 ) -> None:
     from client.sealing import seal_update
-    from common.envelope import AGGREGATOR_KEY
     from common.policy import PolicyError
-    from common.protocol import PrivacyCharge
-    from server.intake import UpdateGate
+    from common.protocol import PrivacyCharge, TrainConfig
+    from server.strategy.intake import UpdateGate
 
     state = ParticipantState(tmp_path / "state")
     _enrol(operator, data_file, state.root)
@@ -400,7 +403,7 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
     charge = PrivacyCharge(True, 1.5, 1e-5, 1.0, 0.1, 3, "rdp", 1.0, "d" * 64, "h" * 64)
     pinned = operator.consortium().aggregator_public_key
 
-    def sealed(config: dict[str, object], where: ParticipantState = state):  # noqa: ANN202
+    def sealed(aggregator: str | None, where: ParticipantState = state) -> Envelope:
         return seal_update(
             where,
             institution="university-a",
@@ -408,12 +411,11 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
             charge=charge,
             num_examples=30,
             run_id=5,
-            server_round=1,
             model_sha256="m" * 64,
-            config={"base-sha256": "b" * 64, **config},
+            config=TrainConfig(1, base_sha256="b" * 64, aggregator_key=aggregator),
         )
 
-    envelope = sealed({AGGREGATOR_KEY: pinned})
+    envelope = sealed(pinned)
     gate = UpdateGate(
         run_id="5",
         aggregator_key=operator.load_aggregator_key(),
@@ -428,23 +430,24 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
 
     impostor = encode_public(X25519PrivateKey.generate().public_key())
     with pytest.raises(PolicyError, match="is not the one pinned"):
-        sealed({AGGREGATOR_KEY: impostor})
+        sealed(impostor)
     with pytest.raises(PolicyError, match="is not the one pinned"):
-        sealed({})
+        sealed(None)
     with pytest.raises(PolicyError, match="this node is not enrolled"):
-        sealed({AGGREGATOR_KEY: pinned}, ParticipantState(tmp_path / "elsewhere"))
+        sealed(pinned, ParticipantState(tmp_path / "elsewhere"))
     state.signing_key.chmod(0o644)
     with pytest.raises(KeyFileError, match="has mode 0644"):
-        sealed({AGGREGATOR_KEY: pinned})
+        sealed(pinned)
 
 
 def test_admission_refuses_a_licence_that_forbids_the_purpose_and_records_why(
     operator: OperatorFiles, data_file: Path, tmp_path: Path
 ) -> None:
     path = _enrol(operator, data_file, tmp_path / "state", licence="CC-BY-NC-4.0")
-    ledger = Ledger(operator.policy().deploy.ledger_url)
-    with pytest.raises(EnrolmentError, match="not admitted: licence CC-BY-NC-4.0 allows "
-                       "research, education, not commercial use"):  # fmt: skip
+    ledger = Ledger(operator.deploy().ledger_url)
+    with pytest.raises(EnrolmentError, match=re.escape(
+        "not admitted: licence CC-BY-NC-4.0 allows research, education, not commercial use"
+    )):  # fmt: skip
         admit(ledger, operator.consortium(), path, register=None, purpose="commercial")
     with ledger.engine.connect() as c:
         kind, payload = c.execute(
@@ -466,11 +469,11 @@ def test_enrolment_refuses_an_unknown_or_expired_licence(
 ) -> None:
     from common.licences import LicenceError
 
-    with pytest.raises(LicenceError, match="unknown licence 'GPL-3.0'"):
+    with pytest.raises(LicenceError, match=re.escape("unknown licence 'GPL-3.0'")):
         _enrol(operator, data_file, tmp_path / "a", licence="GPL-3.0")
     terms = tmp_path / "old.toml"
     terms.write_text(
-        'commercial = false\nderivatives = true\nshare-alike = false\n'
+        "commercial = false\nderivatives = true\nshare-alike = false\n"
         'purposes = ["research"]\nexpires = 2001-01-01\n'
     )
     with pytest.raises(LicenceError, match="expired on 2001-01-01"):

@@ -24,17 +24,15 @@ import pytest
 
 from common.merkle import (
     EMPTY_ROOT,
-    MerkleLog,
     ProofError,
     TreeBuilder,
-    consistency_proof,
-    inclusion_proof,
     leaf_hash,
     node_hash,
-    root,
     verify_consistency,
     verify_inclusion,
 )
+from common.merkle_log import MerkleLog
+from tests.merkle_reference import consistency_proof, inclusion_proof, root
 
 # --------------------------------------------------------------------------
 # Published test data (transparency-dev/merkle testonly/constants.go).

@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from common.data import load_digits_data
-from common.model import DigitsCNN, arrays_sha256, build_model, get_arrays, set_arrays
+from common.arrays import arrays_sha256
+from common.model import DigitsCNN, build_model, get_arrays, set_arrays
 from common.policy import ModelConfig
 from common.training import evaluate, local_sgd, make_loader, train
+from fedcommons.partition import load_digits_data
 
 
 def test_cnn_forward_gives_logits_per_class_and_gradients_everywhere() -> None:

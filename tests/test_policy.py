@@ -1,7 +1,10 @@
+import itertools
 import math
+import re
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from common.policy import Policy, PolicyError, TrainingConfig
 
@@ -98,7 +101,7 @@ def test_policy_file_values_reach_the_dataclasses(tmp_path: Path) -> None:
             "'data.validation-fraction' must be a number in (0, 1)",
         ),
         ("data", "test-fraction", 0.0, "'data.test-fraction' must be a number in (0, 1)"),
-        ("deploy", "ledger-url", 5, "'deploy.ledger-url' must be a string"),
+        ("model", "base-model", 5, "'model.base-model' must be a string"),
     ],
 )
 def test_each_bad_value_names_its_key(section: str, key: str, value: object, message: str) -> None:
@@ -115,24 +118,26 @@ def test_fractions_must_leave_training_data() -> None:
 def test_unknown_section_and_key_are_named() -> None:
     with pytest.raises(PolicyError, match=r"unknown policy section '\[licence\]'"):
         Policy.from_sections({"licence": {"spdx": "CC-BY-4.0"}})
-    with pytest.raises(PolicyError, match="unknown policy key 'training.epochs'; keys allowed in"):
+    with pytest.raises(
+        PolicyError, match=re.escape("unknown policy key 'training.epochs'; keys allowed in")
+    ):
         Policy.from_sections({"training": {"epochs": 3}})
     with pytest.raises(PolicyError, match="must be a table"):
         Policy.from_sections({"training": 3})
-    with pytest.raises(PolicyError, match="not of the form 'section.key'"):
+    with pytest.raises(PolicyError, match=re.escape("not of the form 'section.key'")):
         Policy.from_run_config({"rounds": 3})
 
 
 def test_unreadable_and_malformed_files_are_named(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="cannot read policy file .*missing.toml"):
+    with pytest.raises(PolicyError, match=r"cannot read policy file .*missing.toml"):
         Policy.load(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[federation\nrounds = 3")
-    with pytest.raises(PolicyError, match="bad.toml is not valid TOML"):
+    with pytest.raises(PolicyError, match=re.escape("bad.toml is not valid TOML")):
         Policy.load(bad)
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(PolicyError, match="binary.toml is not UTF-8"):
+    with pytest.raises(PolicyError, match=re.escape("binary.toml is not UTF-8")):
         Policy.load(binary)
     wrong = tmp_path / "wrong.toml"
     wrong.write_text("[training]\nbatch-size = 0\n")
@@ -140,12 +145,53 @@ def test_unreadable_and_malformed_files_are_named(tmp_path: Path) -> None:
         Policy.load(wrong)
 
 
-def test_hash_ignores_deployment_paths_but_not_hyper_parameters() -> None:
+def test_hash_follows_every_hyper_parameter() -> None:
     base = Policy()
-    assert base.sha256() == base.with_deploy(ledger_url="sqlite:///x.db").sha256()
+    assert base.sha256() == Policy.from_run_config(base.to_run_config()).sha256()
     changed = Policy.from_sections({"training": {"learning-rate": 0.01}})
     assert changed.sha256() != base.sha256()
     assert len(base.sha256()) == 64
+
+
+def test_deploy_settings_are_not_policy_and_old_keys_say_where_they_went() -> None:
+    with pytest.raises(
+        PolicyError, match=r"\[deploy\] section is the operator's own .*deploy.toml"
+    ):
+        Policy.from_sections({"deploy": {"ledger-url": "sqlite:///x.db"}})
+    with pytest.raises(PolicyError, match=r"'deploy.ledger-url'|deploy"):
+        Policy.from_run_config({"deploy.ledger-url": "postgresql://u:secret@db/x"})
+    with pytest.raises(
+        PolicyError, match=re.escape("'model.checkpoint' is now 'model.base-model'")
+    ):
+        Policy.from_sections({"model": {"checkpoint": "/models/minilm"}})
+    assert not any(key.startswith("deploy.") for key in Policy().to_run_config())
+
+
+def test_a_policy_recorded_by_an_older_version_still_loads() -> None:
+    """Runs recorded before v7 carry [deploy] and model.checkpoint in their policy."""
+    recorded = Policy().to_toml().replace('base-model = ""', 'checkpoint = "/m"')
+    recorded += '[deploy]\nledger-url = "sqlite:///x.db"\ncheckpoint-dir = "/ckpt"\n'
+    with pytest.raises(PolicyError):  # a policy file with them is refused...
+        Policy.from_sections(tomllib.loads(recorded))
+    # ...but what a ledger recorded is read as it was meant
+    assert Policy.from_recorded(recorded).model.base_model == "/m"
+
+
+def test_overrides_are_validated_and_name_their_source() -> None:
+    policy = Policy().with_overrides(
+        {"federation.rounds": 3, "federation.seed": None, "privacy.epsilon": 2.5}
+    )
+    assert (policy.federation.rounds, policy.federation.seed, policy.privacy.epsilon) == (
+        3,
+        42,
+        2.5,
+    )
+    with pytest.raises(PolicyError, match=r"'federation.rounds' must be .* \(from the CLI\)"):
+        Policy().with_overrides({"federation.rounds": 0}, source="the CLI")
+    with pytest.raises(PolicyError, match="'rounds' is not a policy key"):
+        Policy().with_overrides({"rounds": 3})
+    with pytest.raises(PolicyError, match=re.escape("unknown policy key 'training.epochs'")):
+        Policy().with_overrides({"training.epochs": 3})
 
 
 def test_privacy_defaults_are_dp_on_with_epsilon_8() -> None:
@@ -190,7 +236,7 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_planned_rounds() -> N
     # r = 5 of 8 is half-way: 0.1 + 0.9 * (1 + cos(pi / 2)) / 2 = 0.55 of the start.
     assert rates[4] == pytest.approx(0.2 * 0.55)
     assert rates[-1] == pytest.approx(0.2 * (0.1 + 0.9 * (1 + math.cos(math.pi * 7 / 8)) / 2))
-    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in itertools.pairwise(rates))
     assert cosine.learning_rate_at(20, 8) == pytest.approx(0.02)  # past the plan: the floor
     constant = TrainingConfig(learning_rate=0.2, lr_schedule="constant")
     assert {constant.learning_rate_at(r, 8) for r in range(1, 9)} == {0.2}
@@ -199,12 +245,14 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_planned_rounds() -> N
 def test_bert_policies_need_text_data_and_a_label_per_class() -> None:
     bert = {"model": {"name": "bert", "num-classes": 2}, "data": {"dataset": "stdlib-docs"}}
     with pytest.raises(
-        PolicyError, match="'data.labels' names 0 labels but 'model.num-classes' is 2"
+        PolicyError, match=re.escape("'data.labels' names 0 labels but 'model.num-classes' is 2")
     ):
         Policy.from_sections(bert)
-    with pytest.raises(PolicyError, match="'data.labels' must be distinct, non-empty names"):
+    with pytest.raises(
+        PolicyError, match=re.escape("'data.labels' must be distinct, non-empty names")
+    ):
         Policy.from_sections({**bert, "data": {"dataset": "stdlib-docs", "labels": "a,,b"}})
-    with pytest.raises(PolicyError, match="'data.labels' must be distinct"):
+    with pytest.raises(PolicyError, match=re.escape("'data.labels' must be distinct")):
         Policy.from_sections({**bert, "data": {"dataset": "stdlib-docs", "labels": "a, a"}})
     with pytest.raises(PolicyError, match="the bert model trains on text"):
         Policy.from_sections({"model": {"name": "bert", "num-classes": 2}})

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,23 +16,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import client.task
-from client.task import ClientSetup, train_round
-from common.data import load_digits_data, write_npz
-from common.model import DigitsCNN, build_model, get_arrays
-from common.policy import Policy, PrivacyConfig, TrainingConfig
-from common.privacy import (
+from client.accountant import (
     AccountantHistory,
     BudgetExhausted,
-    DPPlan,
-    PrivacyError,
     PrivacyStateError,
-    epsilon_of,
     history_path,
     list_histories,
     locked_history,
-    plan_round,
 )
+from client.task import ClientSetup, train_round
+from common.dp import DPPlan, PrivacyError, epsilon_of, plan_round
+from common.images import write_npz
+from common.model import DigitsCNN, build_model, get_arrays
+from common.policy import Policy, PrivacyConfig, TrainingConfig
+from common.protocol import TrainConfig
 from common.training import train, train_private
+from fedcommons.partition import load_digits_data
 
 RECORDS = 200  # 200 records, batch 32: 7 Poisson batches per epoch
 
@@ -41,12 +42,12 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-def _setup(data_dir: Path, institution: str = "uni-a", **privacy: object) -> ClientSetup:
+def _setup(data_dir: Path, *, institution: str = "uni-a", **privacy: Any) -> ClientSetup:
     policy = Policy.from_sections(
         {
             "federation": {"rounds": 3},
             "training": {"local-epochs": 1, "batch-size": 32},
-            "privacy": privacy,
+            "privacy": {key.replace("_", "-"): value for key, value in privacy.items()},
         }
     )
     node = {
@@ -87,11 +88,11 @@ def test_epsilon_for_fixed_sigma_rate_and_steps_is_pinned() -> None:
 
 
 def test_persisted_history_equals_one_accountant_over_all_rounds(data_dir: Path) -> None:
-    setup = _setup(data_dir, **{"noise-multiplier": 1.0})
+    setup = _setup(data_dir, noise_multiplier=1.0)
     weights = _start(setup)
     charges = []
     for server_round in (1, 2, 3):
-        outcome = train_round(setup, weights, {"server-round": server_round})
+        outcome = train_round(setup, weights, TrainConfig(server_round))
         weights = outcome.weights
         charges.append(outcome.charge.epsilon)
     # one accountant that saw all 3 rounds x 7 steps at once
@@ -110,9 +111,11 @@ def test_persisted_history_equals_one_accountant_over_all_rounds(data_dir: Path)
 
 
 def test_history_accumulates_across_runs_and_accountants_agree(data_dir: Path) -> None:
-    first = train_round(_setup(data_dir, **{"noise-multiplier": 1.5}), _start(_setup(data_dir)), {})
-    setup = _setup(data_dir, **{"noise-multiplier": 1.5, "accountant": "prv"})
-    second = train_round(setup, _start(setup), {})  # a second run, another accountant
+    first = train_round(
+        _setup(data_dir, noise_multiplier=1.5), _start(_setup(data_dir)), TrainConfig(1)
+    )
+    setup = _setup(data_dir, noise_multiplier=1.5, accountant="prv")
+    second = train_round(setup, _start(setup), TrainConfig(1))  # a second run, another accountant
     history = [(1.5, 1 / 7, 7), (1.5, 1 / 7, 7)]
     assert second.charge.epsilon == pytest.approx(epsilon_of(history, 1e-5, "prv"))
     assert second.charge.epsilon > first.charge.epsilon
@@ -176,7 +179,9 @@ def test_clipping_bounds_each_example_s_influence() -> None:
         history=[],
     )
     moved = torch.sqrt(
-        sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True))
+        torch.stack(
+            [((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)]
+        ).sum()
     )
     # mean of 16 clipped per-sample gradients: norm at most 0.01, times lr 1.0
     assert float(moved) <= 0.01 + 1e-6
@@ -185,7 +190,7 @@ def test_clipping_bounds_each_example_s_influence() -> None:
 def test_batchnorm_model_is_rejected_with_a_clear_message() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 10))
     dataset = TensorDataset(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)))
-    with pytest.raises(PrivacyError, match="BatchNorm.*Replace BatchNorm with GroupNorm"):
+    with pytest.raises(PrivacyError, match=r"BatchNorm.*Replace BatchNorm with GroupNorm"):
         train_private(
             model,
             DataLoader(dataset, batch_size=4),
@@ -205,7 +210,7 @@ def test_batchnorm_model_is_rejected_with_a_clear_message() -> None:
 def test_refusal_happens_before_any_model_or_gradient(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    setup = _setup(data_dir, epsilon=0.5, **{"noise-multiplier": 0.8})
+    setup = _setup(data_dir, epsilon=0.5, noise_multiplier=0.8)
     start = _start(setup)
 
     def forbidden(*args: object, **kwargs: object) -> None:
@@ -214,7 +219,7 @@ def test_refusal_happens_before_any_model_or_gradient(
     monkeypatch.setattr(client.task, "build_model", forbidden)
     monkeypatch.setattr(client.task, "train_private", forbidden)
     with pytest.raises(BudgetExhausted, match=r"uni-a .*epsilon spent 0.000 of 0.500"):
-        train_round(setup, start, {"server-round": 1})
+        train_round(setup, start, TrainConfig(1))
     assert not history_path(data_dir.parent / "state", setup.data.sha256()).exists()
 
 
@@ -222,13 +227,13 @@ def test_derived_budget_is_spent_by_one_run_and_refused_on_the_next(data_dir: Pa
     setup = _setup(data_dir, epsilon=2.0)
     weights = _start(setup)
     for server_round in (1, 2, 3):  # the planned rounds
-        outcome = train_round(setup, weights, {"server-round": server_round})
+        outcome = train_round(setup, weights, TrainConfig(server_round))
         weights = outcome.weights
     assert 1.95 <= outcome.charge.epsilon <= 2.0
     path = history_path(data_dir.parent / "state", setup.data.sha256())
     saved = path.read_bytes()
     with pytest.raises(BudgetExhausted) as caught:
-        train_round(setup, weights, {"server-round": 1})  # a second run on the same data
+        train_round(setup, weights, TrainConfig(1))  # a second run on the same data
     assert caught.value.spent == pytest.approx(outcome.charge.epsilon)
     assert caught.value.next_epsilon > 2.0 and caught.value.budget == 2.0
     assert path.read_bytes() == saved  # a refusal charges nothing
@@ -236,13 +241,13 @@ def test_derived_budget_is_spent_by_one_run_and_refused_on_the_next(data_dir: Pa
 
 def test_delta_at_or_above_one_over_n_is_refused(data_dir: Path) -> None:
     with pytest.raises(PrivacyError, match=r"privacy.delta = 0.005 must be below 1/N = 0.005 "):
-        train_round(_setup(data_dir, delta=0.005), _start(_setup(data_dir)), {})
+        train_round(_setup(data_dir, delta=0.005), _start(_setup(data_dir)), TrainConfig(1))
     with pytest.raises(PrivacyError, match="N = 1000 records"):
         plan_round(PrivacyConfig(delta=0.002), TrainingConfig(), num_records=1000, planned_rounds=1)
 
 
 def test_unreachable_budget_is_a_clear_error() -> None:
-    with pytest.raises(PrivacyError, match="cannot reach epsilon = 0.001 in 8 rounds"):
+    with pytest.raises(PrivacyError, match=re.escape("cannot reach epsilon = 0.001 in 8 rounds")):
         plan_round(
             PrivacyConfig(epsilon=0.001), TrainingConfig(), num_records=300, planned_rounds=8
         )
@@ -252,8 +257,8 @@ def test_unreachable_budget_is_a_clear_error() -> None:
 
 
 def _charged_state(data_dir: Path) -> tuple[ClientSetup, Path]:
-    setup = _setup(data_dir, **{"noise-multiplier": 1.0})
-    train_round(setup, _start(setup), {})
+    setup = _setup(data_dir, noise_multiplier=1.0)
+    train_round(setup, _start(setup), TrainConfig(1))
     return setup, history_path(data_dir.parent / "state", setup.data.sha256())
 
 
@@ -282,25 +287,25 @@ def test_corrupt_history_is_rejected_never_reset(data_dir: Path, damage, message
     damaged = damage(path.read_text())
     path.write_text(damaged)
     with pytest.raises(PrivacyStateError, match=message):
-        train_round(setup, _start(setup), {})
+        train_round(setup, _start(setup), TrainConfig(1))
     assert path.read_text() == damaged  # left for a person to look at, not overwritten
 
 
 def test_foreign_history_file_is_rejected(data_dir: Path, tmp_path: Path) -> None:
     _, path = _charged_state(data_dir)
     # another institution's file for the same dataset hash
-    other = _setup(data_dir, institution="company-c", **{"noise-multiplier": 1.0})
-    with pytest.raises(PrivacyStateError, match="belongs to 'uni-a'.*not to 'company-c'"):
-        train_round(other, _start(other), {})
+    other = _setup(data_dir, institution="company-c", noise_multiplier=1.0)
+    with pytest.raises(PrivacyStateError, match=r"belongs to 'uni-a'.*not to 'company-c'"):
+        train_round(other, _start(other), TrainConfig(1))
     # a file copied in under another dataset's name
     smaller = tmp_path / "smaller"
     write_npz(smaller / "digits.npz", load_digits_data().subset(np.arange(150)))
-    other_setup = _setup(smaller, **{"noise-multiplier": 1.0})
+    other_setup = _setup(smaller, noise_multiplier=1.0)
     target = history_path(smaller.parent / "state", other_setup.data.sha256())
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(path, target)
     with pytest.raises(PrivacyStateError, match="a foreign history file"):
-        train_round(other_setup, _start(other_setup), {})
+        train_round(other_setup, _start(other_setup), TrainConfig(1))
 
 
 def test_a_failed_round_writes_no_charge(tmp_path: Path) -> None:
@@ -316,20 +321,20 @@ def test_a_failed_round_writes_no_charge(tmp_path: Path) -> None:
 def test_derived_noise_is_computed_once_and_kept_with_the_history(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import common.privacy
+    import common.dp
 
     calls: list[float] = []
-    real = common.privacy.get_noise_multiplier
+    real = common.dp.get_noise_multiplier  # type: ignore[attr-defined]
 
     def counting(**kwargs: float) -> float:
         calls.append(kwargs["target_epsilon"])
         return float(real(**kwargs))
 
-    monkeypatch.setattr(common.privacy, "get_noise_multiplier", counting)
+    monkeypatch.setattr(common.dp, "get_noise_multiplier", counting)
     setup = _setup(data_dir, epsilon=5.0)
     weights = _start(setup)
-    first = train_round(setup, weights, {"server-round": 1}).charge
-    second = train_round(setup, weights, {"server-round": 2}).charge
+    first = train_round(setup, weights, TrainConfig(1)).charge
+    second = train_round(setup, weights, TrainConfig(2)).charge
     assert calls == [5.0]  # derived in round 1, looked up in round 2
     assert first.noise_multiplier == second.noise_multiplier
     path = history_path(data_dir.parent / "state", setup.data.sha256())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from common.cli.app import app
+from client.receipts import ReceiptBook
 from common.envelope import Envelope, UpdateHeader, seal
 from common.keys import encode_public
 from common.protocol import PrivacyCharge
-from common.receipts import Checkpoint, Receipt, ReceiptBook, ReceiptError, read_receipts
+from common.receipts import Receipt, ReceiptError, TreeHead, read_receipts
+from fedcommons.cli import app
 from server.ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
-from server.ledger.checkpoints import LedgerTree, round_receipts, sign_checkpoint
 from server.ledger.entries import chain_hash, entry_leaf_hash
+from server.ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
 from server.ledger.verify import LedgerTampered, verify_ledger
 
 H = "a" * 64
@@ -65,7 +66,7 @@ class World:
     receipts: dict[tuple[str, int], Receipt]
     books: dict[str, ReceiptBook]
     tree: LedgerTree
-    heads: dict[str, Checkpoint]
+    heads: dict[str, TreeHead]
 
 
 def _record(world: World, number: int, loss: float = 0.7) -> None:
@@ -95,7 +96,7 @@ def _record(world: World, number: int, loss: float = 0.7) -> None:
                 for name, e in envelopes.items()
             ],
         )
-        checkpoint = sign_checkpoint(s, OPERATOR, f"round {number}", tree=world.tree)
+        checkpoint = sign_tree_head(s, OPERATOR, f"round {number}", tree=world.tree)
         receipts = round_receipts(
             s,
             world.tree,
@@ -145,7 +146,7 @@ def _accept_all(world: World) -> list[tuple[str, Receipt]]:
 def _tamper(ledger: Ledger, *statements: str) -> None:
     """Drop the append-only triggers and run raw SQL."""
     with ledger.engine.begin() as c:
-        for table in ("ledger_entries", "ledger_checkpoints"):
+        for table in ("ledger_entries", "tree_heads"):
             if ledger.engine.dialect.name == "postgresql":
                 c.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
             else:
@@ -171,138 +172,126 @@ def _rehash_from(ledger: Ledger) -> list[str]:
     return [*statements, f"UPDATE ledger_head SET size = {len(rows)}, chain_hash = '{previous}'"]
 
 
-class ReceiptsContract:
-    """Subclasses provide ``url`` (a fresh database)."""
-
-    @pytest.fixture
-    def world(self, url: str, tmp_path: Path) -> Iterator[World]:
-        world = _world(url, tmp_path)
-        yield world
-        world.ledger.close()
-
-    def test_participants_verify_and_keep_their_receipts(self, world: World) -> None:
-        held = _accept_all(world)
-        assert len(held) == 4
-        stored = sorted(p.name for p in world.books["uni-a"].folder.glob("*.json"))
-        assert stored == ["run-7-round-0001.json", "run-7-round-0002.json"]
-        first, second = world.receipts[("uni-a", 1)], world.receipts[("uni-a", 2)]
-        assert first.previous_size is None
-        # the second receipt extends the head the participant already holds
-        assert (second.previous_size, second.previous_root) == (
-            first.checkpoint.tree_size,
-            first.checkpoint.root,
-        )
-        assert (
-            first.update()["ciphertext_sha256"] == world.envelopes[("uni-a", 1)].ciphertext_sha256()
-        )
-        # delivered twice (a lost reply): stored once, unchanged
-        path = world.books["uni-a"].accept(second, OPERATOR.public_key(), "uni-a")
-        assert Receipt.from_json(path.read_text()) == second
-        report = verify_ledger(world.ledger, OPERATOR.public_key(), held)
-        assert report.receipts == 4 and report.tree_root == second.checkpoint.root
-        assert "4 receipts consistent" in report.summary()
-
-    def test_a_deleted_tail_is_caught_through_receipts(self, world: World) -> None:
-        held = _accept_all(world)
-        with world.ledger.engine.connect() as c:
-            tail = c.execute(text("SELECT entry_seq FROM rounds WHERE number = 2")).scalar_one()
-        # delete round 2 everywhere: its entries, rows and checkpoints, and fix the head
-        _tamper(
-            world.ledger,
-            f"DELETE FROM ledger_entries WHERE seq >= {tail}",
-            "DELETE FROM round_updates WHERE round_id = (SELECT id FROM rounds WHERE number = 2)",
-            "DELETE FROM rounds WHERE number = 2",
-            "DELETE FROM ledger_checkpoints",
-        )
-        _tamper(world.ledger, *_rehash_from(world.ledger))
-        assert verify_ledger(world.ledger).entries == tail  # nothing else can tell
-        with pytest.raises(LedgerTampered) as err:
-            verify_ledger(world.ledger, OPERATOR.public_key(), held)
-        assert err.value.seq == tail
-        assert f"but only {tail} remain: entries were deleted" in str(err.value)
-        assert "receipt" in str(err.value)
-
-    def test_rewritten_history_is_caught_through_receipts(self, world: World) -> None:
-        held = _accept_all(world)
-        with world.ledger.engine.connect() as c:
-            seq, payload = c.execute(
-                text("SELECT seq, payload FROM ledger_entries WHERE kind = 'round' ORDER BY seq")
-            ).first()  # type: ignore[misc]
-        forged = payload.replace('"loss":"0.7"', '"loss":"0.1"')
-        assert forged != payload
-        _tamper(
-            world.ledger,
-            f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {seq}",
-            "UPDATE rounds SET loss = 0.1 WHERE number = 1",
-            "DELETE FROM ledger_checkpoints",
-        )
-        _tamper(world.ledger, *_rehash_from(world.ledger))
-        assert verify_ledger(world.ledger).checkpoints == 0  # consistent without the receipts
-        with pytest.raises(LedgerTampered, match="history was rewritten after the participant"):
-            verify_ledger(world.ledger, OPERATOR.public_key(), held)
-
-    def test_a_rewritten_update_entry_is_named_by_its_receipt(self, world: World) -> None:
-        held = _accept_all(world)
-        receipt = world.receipts[("co-c", 2)]
-        forged = receipt.payload.replace('"num_examples":10,', '"num_examples":1000,')
-        _tamper(
-            world.ledger,
-            f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {receipt.seq}",
-            f"UPDATE round_updates SET num_examples = 1000 WHERE entry_seq = {receipt.seq}",
-            "DELETE FROM ledger_checkpoints",
-        )
-        _tamper(world.ledger, *_rehash_from(world.ledger))
-        with pytest.raises(LedgerTampered) as err:
-            verify_ledger(world.ledger, OPERATOR.public_key(), held)
-        assert err.value.seq == receipt.seq and "co-c's receipt" in str(err.value)
-
-    def test_audit_verify_with_receipts(self, world: World, url: str, tmp_path: Path) -> None:
-        _accept_all(world)
-        auditor = tmp_path / "collected"
-        for name in NAMES:
-            for path in world.books[name].folder.glob("*.json"):
-                (auditor / name).mkdir(parents=True, exist_ok=True)
-                (auditor / name / path.name).write_bytes(path.read_bytes())
-        key = encode_public(OPERATOR.public_key())
-        command = ["audit", "verify", "--ledger", url, "--operator-key", key]
-        runner = CliRunner()
-        result = runner.invoke(app, [*command, "--receipts", str(auditor)])
-        assert result.exit_code == 0, result.output
-        assert result.output.startswith("intact: ") and "4 receipts consistent" in result.output
-        with world.ledger.engine.connect() as c:
-            last = c.execute(text("SELECT max(seq) FROM ledger_entries")).scalar_one()
-        _tamper(
-            world.ledger,
-            f"DELETE FROM ledger_entries WHERE seq = {last}",
-            "DELETE FROM ledger_checkpoints",
-            f"DELETE FROM round_updates WHERE entry_seq = {last}",
-        )
-        _tamper(world.ledger, *_rehash_from(world.ledger))
-        assert runner.invoke(app, command).exit_code == 0  # without receipts: looks intact
-        result = runner.invoke(app, [*command, "--receipts", str(auditor), "--format", "json"])
-        assert result.exit_code == 1
-        doc = json.loads(result.output)
-        assert doc["intact"] is False and doc["seq"] == last
-        assert "entries were deleted" in doc["detail"]
+@pytest.fixture
+def world(url: str, tmp_path: Path) -> Iterator[World]:
+    world = _world(url, tmp_path)
+    yield world
+    world.ledger.close()
 
 
-class TestSQLiteReceipts(ReceiptsContract):
-    @pytest.fixture
-    def url(self, tmp_path: Path) -> str:
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
+def test_participants_verify_and_keep_their_receipts(world: World) -> None:
+    held = _accept_all(world)
+    assert len(held) == 4
+    stored = sorted(p.name for p in world.books["uni-a"].folder.glob("*.json"))
+    assert stored == ["run-7-round-0001.json", "run-7-round-0002.json"]
+    first, second = world.receipts[("uni-a", 1)], world.receipts[("uni-a", 2)]
+    assert first.previous_size is None
+    # the second receipt extends the head the participant already holds
+    assert (second.previous_size, second.previous_root) == (
+        first.tree_head.tree_size,
+        first.tree_head.root,
+    )
+    assert first.update()["ciphertext_sha256"] == world.envelopes[("uni-a", 1)].ciphertext_sha256()
+    # delivered twice (a lost reply): stored once, unchanged
+    path = world.books["uni-a"].accept(second, OPERATOR.public_key(), "uni-a")
+    assert Receipt.from_json(path.read_text()) == second
+    report = verify_ledger(world.ledger, OPERATOR.public_key(), held)
+    assert report.receipts == 4 and report.tree_root == second.tree_head.root
+    assert "4 receipts consistent" in report.summary()
 
 
-class TestPostgresReceipts(ReceiptsContract):
-    @pytest.fixture
-    def url(self, postgres_url: str) -> str:
-        return postgres_url
+def test_a_deleted_tail_is_caught_through_receipts(world: World) -> None:
+    held = _accept_all(world)
+    with world.ledger.engine.connect() as c:
+        tail = c.execute(text("SELECT entry_seq FROM rounds WHERE number = 2")).scalar_one()
+    # delete round 2 everywhere: its entries, rows and checkpoints, and fix the head
+    _tamper(
+        world.ledger,
+        f"DELETE FROM ledger_entries WHERE seq >= {tail}",
+        "DELETE FROM round_updates WHERE round_id = (SELECT id FROM rounds WHERE number = 2)",
+        "DELETE FROM rounds WHERE number = 2",
+        "DELETE FROM tree_heads",
+    )
+    _tamper(world.ledger, *_rehash_from(world.ledger))
+    assert verify_ledger(world.ledger).entries == tail  # nothing else can tell
+    with pytest.raises(LedgerTampered) as err:
+        verify_ledger(world.ledger, OPERATOR.public_key(), held)
+    assert err.value.seq == tail
+    assert f"but only {tail} remain: entries were deleted" in str(err.value)
+    assert "receipt" in str(err.value)
+
+
+def test_rewritten_history_is_caught_through_receipts(world: World) -> None:
+    held = _accept_all(world)
+    with world.ledger.engine.connect() as c:
+        seq, payload = c.execute(
+            text("SELECT seq, payload FROM ledger_entries WHERE kind = 'round' ORDER BY seq")
+        ).first()  # type: ignore[misc]
+    forged = payload.replace('"loss":"0.7"', '"loss":"0.1"')
+    assert forged != payload
+    _tamper(
+        world.ledger,
+        f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {seq}",
+        "UPDATE rounds SET loss = 0.1 WHERE number = 1",
+        "DELETE FROM tree_heads",
+    )
+    _tamper(world.ledger, *_rehash_from(world.ledger))
+    assert verify_ledger(world.ledger).tree_heads == 0  # consistent without the receipts
+    with pytest.raises(LedgerTampered, match="history was rewritten after the participant"):
+        verify_ledger(world.ledger, OPERATOR.public_key(), held)
+
+
+def test_a_rewritten_update_entry_is_named_by_its_receipt(world: World) -> None:
+    held = _accept_all(world)
+    receipt = world.receipts[("co-c", 2)]
+    forged = receipt.payload.replace('"num_examples":10,', '"num_examples":1000,')
+    _tamper(
+        world.ledger,
+        f"UPDATE ledger_entries SET payload = '{forged}' WHERE seq = {receipt.seq}",
+        f"UPDATE round_updates SET num_examples = 1000 WHERE entry_seq = {receipt.seq}",
+        "DELETE FROM tree_heads",
+    )
+    _tamper(world.ledger, *_rehash_from(world.ledger))
+    with pytest.raises(LedgerTampered) as err:
+        verify_ledger(world.ledger, OPERATOR.public_key(), held)
+    assert err.value.seq == receipt.seq and "co-c's receipt" in str(err.value)
+
+
+def test_audit_verify_with_receipts(world: World, url: str, tmp_path: Path) -> None:
+    _accept_all(world)
+    auditor = tmp_path / "collected"
+    for name in NAMES:
+        for path in world.books[name].folder.glob("*.json"):
+            (auditor / name).mkdir(parents=True, exist_ok=True)
+            (auditor / name / path.name).write_bytes(path.read_bytes())
+    key = encode_public(OPERATOR.public_key())
+    command = ["audit", "verify", "--ledger", url, "--operator-key", key]
+    runner = CliRunner()
+    result = runner.invoke(app, [*command, "--receipts", str(auditor)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("intact: ") and "4 receipts consistent" in result.output
+    with world.ledger.engine.connect() as c:
+        last = c.execute(text("SELECT max(seq) FROM ledger_entries")).scalar_one()
+    _tamper(
+        world.ledger,
+        f"DELETE FROM ledger_entries WHERE seq = {last}",
+        "DELETE FROM tree_heads",
+        f"DELETE FROM round_updates WHERE entry_seq = {last}",
+    )
+    _tamper(world.ledger, *_rehash_from(world.ledger))
+    assert runner.invoke(app, command).exit_code == 0  # without receipts: looks intact
+    result = runner.invoke(app, [*command, "--receipts", str(auditor), "--format", "json"])
+    assert result.exit_code == 1
+    doc = json.loads(result.output)
+    assert doc["intact"] is False and doc["seq"] == last
+    assert "entries were deleted" in doc["detail"]
 
 
 # What a participant refuses (one backend is enough: these never touch the ledger again).
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def sqlite_world(tmp_path: Path) -> Iterator[World]:
     world = _world(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
     yield world
     world.ledger.close()
@@ -312,7 +301,7 @@ def _flip(hex_digest: str) -> str:
     return f"{int(hex_digest[0], 16) ^ 1:x}{hex_digest[1:]}"
 
 
-TAMPERED = {
+TAMPERED: dict[str, tuple[Callable[[Receipt], Receipt], str]] = {
     "a flipped inclusion hash": (
         lambda r: dataclasses.replace(r, inclusion=[_flip(r.inclusion[0]), *r.inclusion[1:]]),
         "is not in the signed tree",
@@ -333,25 +322,25 @@ TAMPERED = {
     ),
     "another root": (
         lambda r: dataclasses.replace(
-            r, checkpoint=dataclasses.replace(r.checkpoint, root=_flip(r.checkpoint.root))
+            r, tree_head=dataclasses.replace(r.tree_head, root=_flip(r.tree_head.root))
         ),
         "does not verify",
     ),
     "another tree size": (
         lambda r: dataclasses.replace(
-            r, checkpoint=dataclasses.replace(r.checkpoint, tree_size=r.checkpoint.tree_size + 1)
+            r, tree_head=dataclasses.replace(r.tree_head, tree_size=r.tree_head.tree_size + 1)
         ),
         "does not verify",
     ),
     "a checkpoint signed by someone else": (
         lambda r: dataclasses.replace(
             r,
-            checkpoint=Checkpoint.sign(
+            tree_head=TreeHead.sign(
                 Ed25519PrivateKey.generate(),
-                tree_size=r.checkpoint.tree_size,
-                root=r.checkpoint.root,
-                at=r.checkpoint.at,
-                note=r.checkpoint.note,
+                tree_size=r.tree_head.tree_size,
+                root=r.tree_head.root,
+                at=r.tree_head.at,
+                note=r.tree_head.note,
             ),
         ),
         "names signing key",
@@ -359,19 +348,21 @@ TAMPERED = {
     "a forged signature": (
         lambda r: dataclasses.replace(
             r,
-            checkpoint=dataclasses.replace(
-                r.checkpoint,
+            tree_head=dataclasses.replace(
+                r.tree_head,
                 signature=base64.b64encode(OPERATOR.sign(b"something else")).decode(),
             ),
         ),
         "does not verify",
     ),
     "a flipped consistency hash": (
-        lambda r: dataclasses.replace(r, consistency=[_flip(r.consistency[0]), *r.consistency[1:]]),
+        lambda r: dataclasses.replace(
+            r, consistency=[_flip((r.consistency or [""])[0]), *(r.consistency or [])[1:]]
+        ),
         "does not extend the one of size",
     ),
     "another previous root": (
-        lambda r: dataclasses.replace(r, previous_root=_flip(r.previous_root)),
+        lambda r: dataclasses.replace(r, previous_root=_flip(r.previous_root or "")),
         "does not extend the one of size",
     ),
     "a non-canonical entry": (
@@ -382,20 +373,22 @@ TAMPERED = {
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERED))
-def test_a_tampered_receipt_is_refused_and_not_stored(world: World, case: str) -> None:
+def test_a_tampered_receipt_is_refused_and_not_stored(sqlite_world: World, case: str) -> None:
     mutate, message = TAMPERED[case]
-    book = world.books["uni-a"]
-    book.accept(world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
-    bad = mutate(world.receipts[("uni-a", 2)])
+    book = sqlite_world.books["uni-a"]
+    book.accept(sqlite_world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
+    bad = mutate(sqlite_world.receipts[("uni-a", 2)])
     with pytest.raises(ReceiptError, match=message):
         book.accept(bad, OPERATOR.public_key(), "uni-a")
     assert not (book.folder / "run-7-round-0002.json").exists()
 
 
-def test_a_receipt_must_be_for_this_node_and_its_own_update(world: World, tmp_path: Path) -> None:
-    receipt = world.receipts[("uni-a", 1)]
+def test_a_receipt_must_be_for_this_node_and_its_own_update(
+    sqlite_world: World, tmp_path: Path
+) -> None:
+    receipt = sqlite_world.receipts[("uni-a", 1)]
     with pytest.raises(ReceiptError, match="a receipt for 'uni-a' was sent to 'co-c'"):
-        world.books["co-c"].accept(receipt, OPERATOR.public_key(), "co-c")
+        sqlite_world.books["co-c"].accept(receipt, OPERATOR.public_key(), "co-c")
     fresh = ReceiptBook(tmp_path / "wiped" / "receipts")
     with pytest.raises(ReceiptError, match="no record of sending an update then"):
         fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
@@ -404,10 +397,10 @@ def test_a_receipt_must_be_for_this_node_and_its_own_update(world: World, tmp_pa
         fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
 
 
-def test_a_forked_ledger_is_refused(world: World, tmp_path: Path) -> None:
+def test_a_forked_ledger_is_refused(sqlite_world: World, tmp_path: Path) -> None:
     """The operator shows this node one ledger in round 1 and another in round 2."""
-    book = world.books["uni-a"]
-    book.accept(world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
+    book = sqlite_world.books["uni-a"]
+    book.accept(sqlite_world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
     fork = _world(f"sqlite:///{tmp_path / 'fork.db'}", tmp_path / "fork", loss=0.2)
     try:
         forked = fork.receipts[("uni-a", 2)]  # valid on its own, in a ledger of the same size
@@ -441,21 +434,21 @@ def test_a_file_that_is_no_receipt_is_named(tmp_path: Path, content: str, messag
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"seq": 10_000}, "outside the checkpoint"),
+        ({"seq": 10_000}, "outside the signed head's"),
         ({"seq": "3"}, "seq is missing or has the wrong type"),
         ({"round": True}, "round is missing or has the wrong type"),
         ({"participant": None}, "participant is missing"),
         ({"inclusion": ["zz"]}, "inclusion proof must be a list of hex SHA-256 digests"),
         ({"consistency": "abc"}, "consistency is missing or has the wrong type"),
         ({"previous_root": "short"}, "previous_root is not a hex SHA-256 digest"),
-        ({"checkpoint": {"tree_size": 3}}, "checkpoint lacks at, key_id, note, root, signature"),
-        ({"checkpoint": "x"}, "checkpoint is not a JSON object"),
+        ({"tree_head": {"tree_size": 3}}, "tree head lacks at, key_id, note, root, signature"),
+        ({"tree_head": "x"}, "tree head is not a JSON object"),
     ],
 )
 def test_malformed_receipt_fields_are_named(
-    world: World, tmp_path: Path, change: dict[str, object], message: str
+    sqlite_world: World, tmp_path: Path, change: dict[str, object], message: str
 ) -> None:
-    doc = {**world.receipts[("uni-a", 2)].to_dict(), **change}
+    doc = {**sqlite_world.receipts[("uni-a", 2)].to_dict(), **change}
     folder = tmp_path / "given"
     folder.mkdir()
     (folder / "r.json").write_text(json.dumps(doc))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,15 +21,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
-from common.cli.app import app
-from common.identity import EnrolmentRequest
+from audit.cards import CardError, verify_card
+from common.arrays import arrays_sha256
+from common.consortium import EnrolmentRequest
 from common.keys import encode_public, write_private_key
 from common.licences import SPDX, Licence
 from common.merkle import ProofError, leaf_hash, verify_inclusion
-from common.model import arrays_sha256
 from common.policy import Policy
 from common.protocol import PrivacyCharge
-from server.checkpoint import load_checkpoint, save_checkpoint
+from common.receipts import TreeHead, TreeHeadError
+from fedcommons.cli import app
+from server.consortium import init_consortium
 from server.ledger import (
     ChargeFact,
     ExclusionFact,
@@ -36,16 +39,16 @@ from server.ledger import (
     UpdateFact,
     admit_participant,
     finish_run,
-    ledger_report,
     record_privacy,
     record_round,
     start_run,
 )
-from server.ledger.checkpoints import Checkpoint, CheckpointError, sign_checkpoint
+from server.ledger.report import ledger_report
 from server.ledger.schema import LedgerEntry, Release, Round
+from server.ledger.tree_heads import sign_tree_head
 from server.ledger.verify import LedgerTampered, verify_ledger
-from server.model_card import CardError, verify_card
-from server.release import ReleaseError, release_model
+from server.release import ModelRelease, ReleaseError, release_model
+from server.snapshots import load_snapshot, save_snapshot
 
 H = "a" * 64
 COMPANY = Licence(
@@ -97,13 +100,18 @@ class Federation:
 
     ledger: Ledger
     operator: Ed25519PrivateKey
-    checkpoints: Path
+    snapshots: Path
     keys: dict[str, str]
 
     def admit(self, name: str, licence: Licence, tag: str = "") -> None:
         if name not in self.keys:
             self.keys[name] = encode_public(Ed25519PrivateKey.generate().public_key())
         _admit(self.ledger, name, licence, _dataset(name, tag), self.keys[name])
+
+    def release(self, run_id: int, out: Path, *, sign: bool = True) -> ModelRelease:
+        """Release ``run_id`` into ``out`` from this federation's snapshots."""
+        signer = self.operator if sign else None
+        return release_model(self.ledger, run_id, out, snapshot_dir=self.snapshots, signer=signer)
 
     def run(
         self,
@@ -117,7 +125,7 @@ class Federation:
     ) -> int:
         """A run in which ``contributors`` train every round and ``excluded`` never do."""
         trained_on = trained_on or {}
-        policy = Policy().with_deploy(checkpoint_dir=str(self.checkpoints))
+        policy = Policy()
         with self.ledger.session() as s:
             run_id = start_run(
                 s,
@@ -142,7 +150,7 @@ class Federation:
                 for i, name in enumerate(excluded)
             ]
             after = arrays_sha256(_weights(number))
-            save_checkpoint(self.checkpoints, number, _weights(number), after)
+            save_snapshot(self.snapshots, number, _weights(number), after)
             with self.ledger.session() as s:
                 record_privacy(s, run_id, number, charges=charges, exclusions=exclusions)
                 record_round(
@@ -160,7 +168,7 @@ class Federation:
                     ],
                 )
                 if sign:
-                    sign_checkpoint(s, self.operator, note=f"run {run_id} round {number}")
+                    sign_tree_head(s, self.operator, note=f"run {run_id} round {number}")
         if status != "running":
             with self.ledger.session() as s:
                 finish_run(
@@ -178,326 +186,314 @@ def _entries(ledger: Ledger) -> list[LedgerEntry]:
         return list(s.scalars(select(LedgerEntry).order_by(LedgerEntry.seq)))
 
 
-def _read_card(out: Path) -> dict:
-    return json.loads((out / "model-card.json").read_bytes())
+def _read_card(out: Path) -> dict[str, Any]:
+    card: dict[str, Any] = json.loads((out / "model-card.json").read_bytes())
+    return card
 
 
-class ReleaseContract:
-    """Subclasses provide ``url`` (a fresh database)."""
-
-    @pytest.fixture
-    def federation(self, url: str, tmp_path: Path) -> Iterator[Federation]:
-        ledger = Ledger(url)
-        yield Federation(ledger, Ed25519PrivateKey.generate(), tmp_path / "checkpoints", {})
-        ledger.close()
-
-    @pytest.fixture
-    def demo(self, federation: Federation) -> Federation:
-        """The demo's licences: CC-BY, CC-BY-NC and company-c's custom research terms."""
-        federation.admit("university-a", SPDX["CC-BY-4.0"])
-        federation.admit("university-b", SPDX["CC-BY-NC-4.0"])
-        federation.admit("company-c", COMPANY)
-        return federation
-
-    def test_non_commercial_data_makes_the_model_non_commercial(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        run_id = demo.run(["university-a", "university-b", "company-c"])
-        release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator)
-        owed = _read_card(tmp_path / "out")["obligations"]
-        assert owed == {
-            "attribution": [
-                f"university-a: {CREDIT}",
-                f"university-b: {CREDIT}",
-                "company-c: Company C (industrial partner data)",
-            ],
-            "non_commercial": True,
-            "non_commercial_from": [
-                "university-b (CC-BY-NC-4.0)",
-                "company-c (custom:company-c-research)",
-            ],
-            "share_alike": [],
-            "share_alike_from": [],
-            "purposes": ["research"],  # company-c allows nothing else
-            "expires": None,
-        }
-        markdown = (tmp_path / "out" / "model-card.md").read_text()
-        assert "## Obligations" in markdown
-        assert (
-            "**Non-commercial use only**, required by university-b (CC-BY-NC-4.0), "
-            "company-c (custom:company-c-research)." in markdown
-        )
-        assert "  - company-c: Company C (industrial partner data)" in markdown
-
-    def test_share_alike_and_expiry_propagate(self, federation: Federation, tmp_path: Path) -> None:
-        federation.admit("university-a", SPDX["CC-BY-SA-4.0"])
-        federation.admit("lab-d", replace(SPDX["CC0-1.0"], expires=date(2031, 5, 1)))
-        run_id = federation.run(["university-a", "lab-d"])
-        release_model(federation.ledger, run_id, tmp_path / "out", signer=federation.operator)
-        owed = _read_card(tmp_path / "out")["obligations"]
-        assert owed["share_alike"] == ["CC-BY-SA-4.0"]
-        assert owed["share_alike_from"] == ["university-a (CC-BY-SA-4.0)"]
-        assert owed["attribution"] == [f"university-a: {CREDIT}"]  # CC0 asks no credit
-        assert (owed["non_commercial"], owed["purposes"]) == (
-            False,
-            ["research", "education", "commercial"],
-        )
-        assert owed["expires"] == "2031-05-01"
-        markdown = (tmp_path / "out" / "model-card.md").read_text()
-        assert "- Commercial use: allowed by every contributing licence." in markdown
-        assert "**Share-alike**: derived works carry the terms of CC-BY-SA-4.0" in markdown
-
-    def test_an_institution_excluded_from_every_round_adds_no_obligation(
-        self, federation: Federation, tmp_path: Path
-    ) -> None:
-        federation.admit("university-a", SPDX["CC-BY-4.0"])
-        federation.admit("university-b", SPDX["CC-BY-4.0"])
-        federation.admit("co-x", SPDX["CC-BY-NC-SA-4.0"])
-        run_id = federation.run(["university-a", "university-b"], excluded=("co-x",))
-        release_model(federation.ledger, run_id, tmp_path / "out", signer=federation.operator)
-        card = _read_card(tmp_path / "out")
-        assert [c["institution"] for c in card["contributors"]] == ["university-a", "university-b"]
-        assert card["obligations"]["non_commercial"] is False
-        assert card["obligations"]["share_alike"] == []
-        assert all("co-x" not in credit for credit in card["obligations"]["attribution"])
-        assert [p["institution"] for p in card["privacy"]] == ["university-a", "university-b"]
-        assert {(e["round"], e["institution"], e["code"]) for e in card["exclusions"]} == {
-            (1, "co-x", 451),
-            (2, "co-x", 451),
-        }
-        assert (
-            "| 1 | co-x | 451 | licence expired (research run) |"
-            in (tmp_path / "out" / "model-card.md").read_text()
-        )
-
-    def test_only_the_dataset_a_contributor_trained_on_counts(
-        self, federation: Federation, tmp_path: Path
-    ) -> None:
-        federation.admit("university-a", SPDX["CC-BY-4.0"])
-        federation.admit("university-b", SPDX["CC-BY-NC-4.0"])  # an older dataset
-        federation.admit("university-b", SPDX["CC-BY-4.0"], tag="v2")
-        run_id = federation.run(["university-a", "university-b"], trained_on={"university-b": "v2"})
-        release_model(federation.ledger, run_id, tmp_path / "out", signer=federation.operator)
-        card = _read_card(tmp_path / "out")
-        (b,) = (c for c in card["contributors"] if c["institution"] == "university-b")
-        assert [(d["sha256"], d["licence"]) for d in b["datasets"]] == [
-            (_dataset("university-b", "v2"), "CC-BY-4.0")
-        ]
-        assert card["obligations"]["non_commercial"] is False
-
-    def test_the_card_states_what_the_ledger_holds(self, demo: Federation, tmp_path: Path) -> None:
-        run_id = demo.run(["university-a", "university-b", "company-c"])
-        out = tmp_path / "release"
-        released = release_model(demo.ledger, run_id, out, signer=demo.operator)
-        assert sorted(p.name for p in out.iterdir()) == [
-            "model-card.json",
-            "model-card.md",
-            "model.safetensors",
-        ]
-        card = _read_card(out)
-        assert card == released.card
-        final = arrays_sha256(_weights(2))
-        number, arrays = load_checkpoint(out / "model.safetensors")
-        assert (number, arrays_sha256(arrays)) == (2, final)
-        assert card["model"]["sha256"] == released.model_sha256 == final
-        assert (
-            card["model"]["file_sha256"]
-            == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
-        )
-        assert (
-            released.card_sha256
-            == hashlib.sha256((out / "model-card.json").read_bytes()).hexdigest()
-        )
-        assert (card["run"]["id"], card["run"]["rounds"], card["run"]["purpose"]) == (
-            run_id,
-            2,
-            "research",
-        )
-        assert [(r["round"], r["model_sha256_after"]) for r in card["rounds"]] == [
-            (1, arrays_sha256(_weights(1))),
-            (2, final),
-        ]
-        assert [(c["institution"], c["kind"], c["rounds"]) for c in card["contributors"]] == [
-            ("university-a", "academia", [1, 2]),
-            ("university-b", "academia", [1, 2]),
-            ("company-c", "industry", [1, 2]),
-        ]
-        # per institution: the last charge's cumulative epsilon (round 2) and delta
-        assert [(p["institution"], p["epsilon"], p["delta"], p["rounds_charged"])
-                for p in card["privacy"]] == [
-            ("company-c", 5.0, 1e-5, 2), ("university-a", 3.0, 1e-5, 2),
-            ("university-b", 4.0, 1e-5, 2),
-        ]  # fmt: skip
-        markdown = (out / "model-card.md").read_text()
-        assert f"| model sha256 (ledger) | `{final}` |" in markdown
-        assert "| university-b | `" in markdown and "| 4.000 | 1e-05 | rdp | 2 |" in markdown
-
-    def test_the_cards_proof_verifies_against_the_signed_checkpoint(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        run_id = demo.run(["university-a", "university-b", "company-c"])
-        card = release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator).card
-        proof = card["ledger"]
-        with demo.ledger.session() as s:
-            last = s.scalars(select(Round).where(Round.number == 2)).one()
-            assert proof["entry"]["seq"] == last.entry_seq
-        signed = proof["checkpoint"]
-        checkpoint = Checkpoint(
-            *(signed[k] for k in ("tree_size", "root", "at", "note", "key_id", "signature"))
-        )
-        checkpoint.verify(demo.operator.public_key())
-        assert checkpoint.note == f"run {run_id} round 2"  # the one signed after the round
-        assert checkpoint.body().decode() == signed["signed_body"]
-        payload = proof["entry"]["payload"]
-        verify_inclusion(
-            leaf_hash(payload.encode()), proof["entry"]["seq"], checkpoint.tree_size,
-            [bytes.fromhex(p) for p in proof["inclusion_proof"]], bytes.fromhex(checkpoint.root),
-        )  # fmt: skip
-        assert json.loads(payload)["row"]["model_sha256_after"] == card["model"]["sha256"]
-        verify_card(card, demo.operator.public_key())
-
-        with pytest.raises(CheckpointError, match="names signing key"):
-            verify_card(card, Ed25519PrivateKey.generate().public_key())
-        bad_proof = json.loads(json.dumps(card))
-        bad_proof["ledger"]["inclusion_proof"][0] = "0" * 64
-        with pytest.raises(ProofError, match="does not lead to the expected root"):
-            verify_card(bad_proof, demo.operator.public_key())
-        other_model = json.loads(json.dumps(card))
-        other_model["model"]["sha256"] = "f" * 64
-        with pytest.raises(CardError, match=r"the card releases f{64}"):
-            verify_card(other_model, demo.operator.public_key())
-
-    def test_the_release_is_an_entry_and_the_ledger_still_verifies(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        run_id = demo.run(["university-a", "university-b", "company-c"])
-        before = verify_ledger(demo.ledger, demo.operator.public_key())
-        released = release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator)
-        entries = _entries(demo.ledger)
-        assert (entries[-1].seq, entries[-1].kind) == (released.entry_seq, "release")
-        stated = json.loads(entries[-1].payload)
-        assert stated["table"] == "releases"
-        assert stated["row"]["card_sha256"] == released.card_sha256
-        assert stated["row"]["model_sha256"] == released.model_sha256
-        assert stated["row"]["checkpoint_root"] == released.card["ledger"]["checkpoint"]["root"]
-        assert released.checkpoint is not None
-        assert released.checkpoint.tree_size == len(entries)  # the new checkpoint covers it
-        after = verify_ledger(demo.ledger, demo.operator.public_key())
-        assert (after.entries, after.rows_checked, after.checkpoints) == (
-            before.entries + 1,
-            before.rows_checked + 1,
-            before.checkpoints + 1,
-        )
-        assert released.checkpoint.root == after.tree_root
-        with demo.ledger.session() as s:
-            (row,) = s.scalars(select(Release)).all()
-            assert (row.run_id, row.out) == (run_id, str((tmp_path / "out").resolve()))
-            (run,) = ledger_report(s)["runs"]
-        # auditors see it in 'audit show'
-        (shown,) = run["releases"]
-        assert (shown["model_sha256"], shown["card_sha256"]) == (
-            released.model_sha256,
-            released.card_sha256,
-        )
-        assert shown["checkpoint_root"] == released.card["ledger"]["checkpoint"]["root"]
-
-    def test_a_checkpoint_is_signed_for_a_run_that_had_none(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        run_id = demo.run(["university-a"], sign=False)
-        with pytest.raises(
-            ReleaseError, match=f"no signed checkpoint covers round 2 of run {run_id}"
-        ):
-            release_model(demo.ledger, run_id, tmp_path / "unsigned")
-        assert not (tmp_path / "unsigned").exists()
-        card = release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator).card
-        assert card["ledger"]["checkpoint"]["note"] == f"run {run_id} final round"
-        verify_card(card, demo.operator.public_key())
-        assert verify_ledger(demo.ledger, demo.operator.public_key()).checkpoints == 2
-
-    def test_unknown_unfinished_and_empty_runs_are_refused(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        out = tmp_path / "out"
-        with pytest.raises(ReleaseError, match=r"^run 9 is not in the ledger$"):
-            release_model(demo.ledger, 9, out, signer=demo.operator)
-        running = demo.run(["university-a"], status="running")
-        with pytest.raises(ReleaseError, match=f"run {running} is running, not finished"):
-            release_model(demo.ledger, running, out, signer=demo.operator)
-        failed = demo.run(["university-a"], status="failed")
-        with pytest.raises(
-            ReleaseError, match=rf"run {failed} is failed \(round 3: 1 of 3 nodes\), not finished"
-        ):
-            release_model(demo.ledger, failed, out, signer=demo.operator)
-        empty = demo.run([], rounds=0)
-        with pytest.raises(ReleaseError, match="finished without a round: there is no model"):
-            release_model(demo.ledger, empty, out, signer=demo.operator)
-        assert not out.exists()
-        assert all(e.kind != "release" for e in _entries(demo.ledger))
-
-    def test_a_missing_or_different_checkpoint_is_refused(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        run_id = demo.run(["university-a"])
-        final = demo.checkpoints / "round-0002.safetensors"
-        final.rename(tmp_path / "aside.safetensors")
-        with pytest.raises(ReleaseError, match=r"final round 2 is missing: no .*round-0002"):
-            release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator)
-        save_checkpoint(demo.checkpoints, 2, _weights(7), "x")  # another run's model
-        with pytest.raises(
-            ReleaseError,
-            match=rf"is not run {run_id}'s final model: its sha256 is {arrays_sha256(_weights(7))}",
-        ):
-            release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator)
-        # the real one, from another folder
-        moved = tmp_path / "elsewhere"
-        moved.mkdir()
-        (tmp_path / "aside.safetensors").rename(moved / "round-0002.safetensors")
-        released = release_model(
-            demo.ledger, run_id, tmp_path / "out", checkpoint_dir=moved, signer=demo.operator
-        )
-        assert released.model_sha256 == arrays_sha256(_weights(2))
-
-    def test_a_non_empty_folder_is_never_written_over(
-        self, demo: Federation, tmp_path: Path
-    ) -> None:
-        run_id = demo.run(["university-a"])
-        out = tmp_path / "out"
-        out.mkdir()
-        (out / "notes.txt").write_text("keep me")
-        with pytest.raises(ReleaseError, match="out is not empty: a release is written into"):
-            release_model(demo.ledger, run_id, out, signer=demo.operator)
-        assert [p.name for p in out.iterdir()] == ["notes.txt"]
-        release_model(demo.ledger, run_id, tmp_path / "first", signer=demo.operator)
-        with pytest.raises(ReleaseError, match="first is not empty"):
-            release_model(demo.ledger, run_id, tmp_path / "first", signer=demo.operator)
-
-    def test_a_tampered_ledger_is_not_released(self, demo: Federation, tmp_path: Path) -> None:
-        run_id = demo.run(["university-a"])
-        with demo.ledger.engine.begin() as c:
-            c.execute(text(f"UPDATE rounds SET model_sha256_after = '{'f' * 64}' WHERE number = 2"))
-        with pytest.raises(LedgerTampered, match="rounds row 2 differs from its entry"):
-            release_model(demo.ledger, run_id, tmp_path / "out", signer=demo.operator)
-        assert not (tmp_path / "out").exists()
+@pytest.fixture
+def federation(url: str, tmp_path: Path) -> Iterator[Federation]:
+    ledger = Ledger(url)
+    yield Federation(ledger, Ed25519PrivateKey.generate(), tmp_path / "snapshots", {})
+    ledger.close()
 
 
-class TestSQLiteRelease(ReleaseContract):
-    @pytest.fixture
-    def url(self, tmp_path: Path) -> str:
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
+@pytest.fixture
+def demo(federation: Federation) -> Federation:
+    """The demo's licences: CC-BY, CC-BY-NC and company-c's custom research terms."""
+    federation.admit("university-a", SPDX["CC-BY-4.0"])
+    federation.admit("university-b", SPDX["CC-BY-NC-4.0"])
+    federation.admit("company-c", COMPANY)
+    return federation
 
 
-class TestPostgresRelease(ReleaseContract):
-    @pytest.fixture
-    def url(self, postgres_url: str) -> str:
-        return postgres_url
+def test_non_commercial_data_makes_the_model_non_commercial(
+    demo: Federation, tmp_path: Path
+) -> None:
+    run_id = demo.run(["university-a", "university-b", "company-c"])
+    demo.release(run_id, tmp_path / "out")
+    owed = _read_card(tmp_path / "out")["obligations"]
+    assert owed == {
+        "attribution": [
+            f"university-a: {CREDIT}",
+            f"university-b: {CREDIT}",
+            "company-c: Company C (industrial partner data)",
+        ],
+        "non_commercial": True,
+        "non_commercial_from": [
+            "university-b (CC-BY-NC-4.0)",
+            "company-c (custom:company-c-research)",
+        ],
+        "share_alike": [],
+        "share_alike_from": [],
+        "purposes": ["research"],  # company-c allows nothing else
+        "expires": None,
+    }
+    markdown = (tmp_path / "out" / "model-card.md").read_text()
+    assert "## Obligations" in markdown
+    assert (
+        "**Non-commercial use only**, required by university-b (CC-BY-NC-4.0), "
+        "company-c (custom:company-c-research)." in markdown
+    )
+    assert "  - company-c: Company C (industrial partner data)" in markdown
+
+
+def test_share_alike_and_expiry_propagate(federation: Federation, tmp_path: Path) -> None:
+    federation.admit("university-a", SPDX["CC-BY-SA-4.0"])
+    federation.admit("lab-d", replace(SPDX["CC0-1.0"], expires=date(2031, 5, 1)))
+    run_id = federation.run(["university-a", "lab-d"])
+    federation.release(run_id, tmp_path / "out")
+    owed = _read_card(tmp_path / "out")["obligations"]
+    assert owed["share_alike"] == ["CC-BY-SA-4.0"]
+    assert owed["share_alike_from"] == ["university-a (CC-BY-SA-4.0)"]
+    assert owed["attribution"] == [f"university-a: {CREDIT}"]  # CC0 asks no credit
+    assert (owed["non_commercial"], owed["purposes"]) == (
+        False,
+        ["research", "education", "commercial"],
+    )
+    assert owed["expires"] == "2031-05-01"
+    markdown = (tmp_path / "out" / "model-card.md").read_text()
+    assert "- Commercial use: allowed by every contributing licence." in markdown
+    assert "**Share-alike**: derived works carry the terms of CC-BY-SA-4.0" in markdown
+
+
+def test_an_institution_excluded_from_every_round_adds_no_obligation(
+    federation: Federation, tmp_path: Path
+) -> None:
+    federation.admit("university-a", SPDX["CC-BY-4.0"])
+    federation.admit("university-b", SPDX["CC-BY-4.0"])
+    federation.admit("co-x", SPDX["CC-BY-NC-SA-4.0"])
+    run_id = federation.run(["university-a", "university-b"], excluded=("co-x",))
+    federation.release(run_id, tmp_path / "out")
+    card = _read_card(tmp_path / "out")
+    assert [c["institution"] for c in card["contributors"]] == ["university-a", "university-b"]
+    assert card["obligations"]["non_commercial"] is False
+    assert card["obligations"]["share_alike"] == []
+    assert all("co-x" not in credit for credit in card["obligations"]["attribution"])
+    assert [p["institution"] for p in card["privacy"]] == ["university-a", "university-b"]
+    assert {(e["round"], e["institution"], e["code"]) for e in card["exclusions"]} == {
+        (1, "co-x", 451),
+        (2, "co-x", 451),
+    }
+    assert (
+        "| 1 | co-x | 451 | licence expired (research run) |"
+        in (tmp_path / "out" / "model-card.md").read_text()
+    )
+
+
+def test_only_the_dataset_a_contributor_trained_on_counts(
+    federation: Federation, tmp_path: Path
+) -> None:
+    federation.admit("university-a", SPDX["CC-BY-4.0"])
+    federation.admit("university-b", SPDX["CC-BY-NC-4.0"])  # an older dataset
+    federation.admit("university-b", SPDX["CC-BY-4.0"], tag="v2")
+    run_id = federation.run(["university-a", "university-b"], trained_on={"university-b": "v2"})
+    federation.release(run_id, tmp_path / "out")
+    card = _read_card(tmp_path / "out")
+    (b,) = (c for c in card["contributors"] if c["institution"] == "university-b")
+    assert [(d["sha256"], d["licence"]) for d in b["datasets"]] == [
+        (_dataset("university-b", "v2"), "CC-BY-4.0")
+    ]
+    assert card["obligations"]["non_commercial"] is False
+
+
+def test_the_card_states_what_the_ledger_holds(demo: Federation, tmp_path: Path) -> None:
+    run_id = demo.run(["university-a", "university-b", "company-c"])
+    out = tmp_path / "release"
+    released = demo.release(run_id, out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model-card.json",
+        "model-card.md",
+        "model.safetensors",
+    ]
+    card = _read_card(out)
+    assert card == released.card
+    final = arrays_sha256(_weights(2))
+    number, arrays = load_snapshot(out / "model.safetensors")
+    assert (number, arrays_sha256(arrays)) == (2, final)
+    assert card["model"]["sha256"] == released.model_sha256 == final
+    assert (
+        card["model"]["file_sha256"]
+        == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert (
+        released.card_sha256 == hashlib.sha256((out / "model-card.json").read_bytes()).hexdigest()
+    )
+    assert (card["run"]["id"], card["run"]["rounds"], card["run"]["purpose"]) == (
+        run_id,
+        2,
+        "research",
+    )
+    assert [(r["round"], r["model_sha256_after"]) for r in card["rounds"]] == [
+        (1, arrays_sha256(_weights(1))),
+        (2, final),
+    ]
+    assert [(c["institution"], c["kind"], c["rounds"]) for c in card["contributors"]] == [
+        ("university-a", "academia", [1, 2]),
+        ("university-b", "academia", [1, 2]),
+        ("company-c", "industry", [1, 2]),
+    ]
+    # per institution: the last charge's cumulative epsilon (round 2) and delta
+    assert [(p["institution"], p["epsilon"], p["delta"], p["rounds_charged"])
+            for p in card["privacy"]] == [
+        ("company-c", 5.0, 1e-5, 2), ("university-a", 3.0, 1e-5, 2),
+        ("university-b", 4.0, 1e-5, 2),
+    ]  # fmt: skip
+    markdown = (out / "model-card.md").read_text()
+    assert f"| model sha256 (ledger) | `{final}` |" in markdown
+    assert "| university-b | `" in markdown and "| 4.000 | 1e-05 | rdp | 2 |" in markdown
+
+
+def test_the_cards_proof_verifies_against_the_signed_checkpoint(
+    demo: Federation, tmp_path: Path
+) -> None:
+    run_id = demo.run(["university-a", "university-b", "company-c"])
+    card = demo.release(run_id, tmp_path / "out").card
+    proof = card["ledger"]
+    with demo.ledger.session() as s:
+        last = s.scalars(select(Round).where(Round.number == 2)).one()
+        assert proof["entry"]["seq"] == last.entry_seq
+    signed = proof["tree_head"]
+    checkpoint = TreeHead(
+        *(signed[k] for k in ("tree_size", "root", "at", "note", "key_id", "signature"))
+    )
+    checkpoint.verify(demo.operator.public_key())
+    assert checkpoint.note == f"run {run_id} round 2"  # the one signed after the round
+    assert checkpoint.body().decode() == signed["signed_body"]
+    payload = proof["entry"]["payload"]
+    verify_inclusion(
+        leaf_hash(payload.encode()), proof["entry"]["seq"], checkpoint.tree_size,
+        [bytes.fromhex(p) for p in proof["inclusion_proof"]], bytes.fromhex(checkpoint.root),
+    )  # fmt: skip
+    assert json.loads(payload)["row"]["model_sha256_after"] == card["model"]["sha256"]
+    verify_card(card, demo.operator.public_key())
+
+    with pytest.raises(TreeHeadError, match="names signing key"):
+        verify_card(card, Ed25519PrivateKey.generate().public_key())
+    bad_proof = json.loads(json.dumps(card))
+    bad_proof["ledger"]["inclusion_proof"][0] = "0" * 64
+    with pytest.raises(ProofError, match="does not lead to the expected root"):
+        verify_card(bad_proof, demo.operator.public_key())
+    other_model = json.loads(json.dumps(card))
+    other_model["model"]["sha256"] = "f" * 64
+    with pytest.raises(CardError, match=r"the card releases f{64}"):
+        verify_card(other_model, demo.operator.public_key())
+
+
+def test_the_release_is_an_entry_and_the_ledger_still_verifies(
+    demo: Federation, tmp_path: Path
+) -> None:
+    run_id = demo.run(["university-a", "university-b", "company-c"])
+    before = verify_ledger(demo.ledger, demo.operator.public_key())
+    released = demo.release(run_id, tmp_path / "out")
+    entries = _entries(demo.ledger)
+    assert (entries[-1].seq, entries[-1].kind) == (released.entry_seq, "release")
+    stated = json.loads(entries[-1].payload)
+    assert stated["table"] == "releases"
+    assert stated["row"]["card_sha256"] == released.card_sha256
+    assert stated["row"]["model_sha256"] == released.model_sha256
+    assert stated["row"]["checkpoint_root"] == released.card["ledger"]["tree_head"]["root"]
+    assert released.tree_head is not None
+    assert released.tree_head.tree_size == len(entries)  # the new checkpoint covers it
+    after = verify_ledger(demo.ledger, demo.operator.public_key())
+    assert (after.entries, after.rows_checked, after.tree_heads) == (
+        before.entries + 1,
+        before.rows_checked + 1,
+        before.tree_heads + 1,
+    )
+    assert released.tree_head.root == after.tree_root
+    with demo.ledger.session() as s:
+        (row,) = s.scalars(select(Release)).all()
+        assert (row.run_id, row.out) == (run_id, str((tmp_path / "out").resolve()))
+        (run,) = ledger_report(s)["runs"]
+    # auditors see it in 'audit show'
+    (shown,) = run["releases"]
+    assert (shown["model_sha256"], shown["card_sha256"]) == (
+        released.model_sha256,
+        released.card_sha256,
+    )
+    assert shown["checkpoint_root"] == released.card["ledger"]["tree_head"]["root"]
+
+
+def test_a_checkpoint_is_signed_for_a_run_that_had_none(demo: Federation, tmp_path: Path) -> None:
+    run_id = demo.run(["university-a"], sign=False)
+    with pytest.raises(ReleaseError, match=f"no signed tree head covers round 2 of run {run_id}"):
+        demo.release(run_id, tmp_path / "unsigned", sign=False)
+    assert not (tmp_path / "unsigned").exists()
+    card = demo.release(run_id, tmp_path / "out").card
+    assert card["ledger"]["tree_head"]["note"] == f"run {run_id} final round"
+    verify_card(card, demo.operator.public_key())
+    assert verify_ledger(demo.ledger, demo.operator.public_key()).tree_heads == 2
+
+
+def test_unknown_unfinished_and_empty_runs_are_refused(demo: Federation, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ReleaseError, match=r"^run 9 is not in the ledger$"):
+        demo.release(9, out)
+    running = demo.run(["university-a"], status="running")
+    with pytest.raises(ReleaseError, match=f"run {running} is running, not finished"):
+        demo.release(running, out)
+    failed = demo.run(["university-a"], status="failed")
+    with pytest.raises(
+        ReleaseError, match=rf"run {failed} is failed \(round 3: 1 of 3 nodes\), not finished"
+    ):
+        demo.release(failed, out)
+    empty = demo.run([], rounds=0)
+    with pytest.raises(ReleaseError, match="finished without a round: there is no model"):
+        demo.release(empty, out)
+    assert not out.exists()
+    assert all(e.kind != "release" for e in _entries(demo.ledger))
+
+
+def test_a_missing_or_different_checkpoint_is_refused(demo: Federation, tmp_path: Path) -> None:
+    run_id = demo.run(["university-a"])
+    final = demo.snapshots / "round-0002.safetensors"
+    final.rename(tmp_path / "aside.safetensors")
+    with pytest.raises(ReleaseError, match=r"final round 2 is missing: no .*round-0002"):
+        demo.release(run_id, tmp_path / "out")
+    save_snapshot(demo.snapshots, 2, _weights(7), "x")  # another run's model
+    with pytest.raises(
+        ReleaseError,
+        match=rf"is not run {run_id}'s final model: its sha256 is {arrays_sha256(_weights(7))}",
+    ):
+        demo.release(run_id, tmp_path / "out")
+    # the real one, from another folder
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (tmp_path / "aside.safetensors").rename(moved / "round-0002.safetensors")
+    released = release_model(
+        demo.ledger, run_id, tmp_path / "out", snapshot_dir=moved, signer=demo.operator
+    )
+    assert released.model_sha256 == arrays_sha256(_weights(2))
+
+
+def test_a_non_empty_folder_is_never_written_over(demo: Federation, tmp_path: Path) -> None:
+    run_id = demo.run(["university-a"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ReleaseError, match="out is not empty: a release is written into"):
+        demo.release(run_id, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    demo.release(run_id, tmp_path / "first")
+    with pytest.raises(ReleaseError, match="first is not empty"):
+        demo.release(run_id, tmp_path / "first")
+
+
+def test_a_tampered_ledger_is_not_released(demo: Federation, tmp_path: Path) -> None:
+    run_id = demo.run(["university-a"])
+    with demo.ledger.engine.begin() as c:
+        c.execute(text(f"UPDATE rounds SET model_sha256_after = '{'f' * 64}' WHERE number = 2"))
+    with pytest.raises(LedgerTampered, match="rounds row 2 differs from its entry"):
+        demo.release(run_id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_operator_release_command(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)
     operator = Ed25519PrivateKey.generate()
-    federation = Federation(ledger, operator, tmp_path / "checkpoints", {})
+    federation = Federation(ledger, operator, tmp_path / "snapshots", {})
     federation.admit("university-a", SPDX["CC-BY-4.0"])
     federation.admit("university-b", SPDX["CC-BY-NC-4.0"])
     run_id = federation.run(["university-a", "university-b"])
@@ -505,10 +501,11 @@ def test_operator_release_command(tmp_path: Path) -> None:
     key = write_private_key(tmp_path / "operator.pem", operator)
     runner = CliRunner()
 
-    command = ["operator", "release", "--run", str(run_id), "--ledger", url]
+    command = ["operator", "release", "--ledger", url, "--snapshots", str(tmp_path / "snapshots"),
+               "--operator-key", str(key)]  # fmt: skip
     result = runner.invoke(
         app,
-        [*command, "--out", str(tmp_path / "r1"), "--operator-key", str(key), "--format", "json"],
+        [*command, "--run", str(run_id), "--out", str(tmp_path / "r1"), "--format", "json"],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
@@ -517,13 +514,20 @@ def test_operator_release_command(tmp_path: Path) -> None:
         doc["card_sha256"]
         == hashlib.sha256((tmp_path / "r1" / "model-card.json").read_bytes()).hexdigest()
     )
-    assert doc["checkpoint"]["note"] == f"release of run {run_id}"
+    assert doc["tree_head"]["note"] == f"release of run {run_id}"
 
-    # the policy names the ledger and the operator key, as 'operator init' writes it
-    policy = tmp_path / "policy.toml"
-    policy.write_text(Policy().with_deploy(ledger_url=url, operator_key=str(key)).to_toml())
+    # the consortium folder's deploy settings name the ledger, snapshots and operator key
+    folder = init_consortium(
+        tmp_path / "op", name="t", superlink="127.0.0.1:9", hosts=["127.0.0.1"], ledger_url=url
+    )
+    deploy = folder.deploy().with_values(
+        {"operator-key": str(key), "snapshot-dir": str(tmp_path / "snapshots")},
+        folder.root,
+        "test",
+    )
+    folder.deploy_file.write_text(deploy.to_toml(folder.root))
     result = runner.invoke(
-        app, ["operator", "release", "--run", str(run_id), "--policy", str(policy),
+        app, ["operator", "release", "--run", str(run_id), "--dir", str(folder.root),
               "--out", str(tmp_path / "r2")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -534,8 +538,8 @@ def test_operator_release_command(tmp_path: Path) -> None:
         (["--run", "9", "--out", str(tmp_path / "r3")], "error: run 9 is not in the ledger"),
         (["--run", str(run_id), "--out", str(tmp_path / "r1")], "r1 is not empty"),
         (
-            ["--run", str(run_id), "--out", str(tmp_path / "r3"), "--checkpoints", str(tmp_path)],
-            f"the checkpoint of run {run_id}'s final round 2 is missing",
+            ["--run", str(run_id), "--out", str(tmp_path / "r3"), "--snapshots", str(tmp_path)],
+            f"the snapshot of run {run_id}'s final round 2 is missing",
         ),
     ):
         result = runner.invoke(app, [*command, *args])
@@ -544,7 +548,8 @@ def test_operator_release_command(tmp_path: Path) -> None:
         assert "Traceback" not in result.output
     result = runner.invoke(
         app, ["operator", "release", "--run", "1", "--out", str(tmp_path / "r4"),
-              "--ledger", f"sqlite:///{tmp_path / 'absent.db'}"],
+              "--ledger", f"sqlite:///{tmp_path / 'absent.db'}", "--snapshots", str(tmp_path),
+              "--operator-key", str(key)],
     )  # fmt: skip
     assert result.exit_code == 1 and "the file does not exist" in result.output
     assert not (tmp_path / "absent.db").exists()

@@ -1,7 +1,8 @@
-"""The server strategy on real Flower messages carrying real sealed updates.
+"""The composed strategy on real Flower messages carrying real sealed updates.
 
-FedAvg maths, the ledger, checkpoints and the envelope checks, with real
-X25519/AES-GCM/Ed25519 envelopes built as the ClientApp builds them.
+FedAvg maths, the ledger, snapshots, the licence gate and the envelope checks
+working together, with real X25519/AES-GCM/Ed25519 envelopes built as the
+ClientApp builds them (each part alone: ``test_strategy_parts.py``).
 """
 
 import base64
@@ -13,146 +14,38 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvgM
 
-from common.envelope import ENVELOPE, Envelope, UpdateHeader, envelope_record, seal
+from client.receipts import ReceiptBook
+from common.arrays import arrays_of, arrays_sha256, arrays_to_bytes, record_of
+from common.envelope import Envelope
 from common.keys import key_id
 from common.licences import SPDX, with_expiry
-from common.model import arrays_sha256, arrays_to_bytes
-from common.policy import PrivacyConfig
-from common.protocol import BUDGET_EXHAUSTED, PrivacyCharge, Refusal
-from common.receipts import RECEIPTS, Receipt, ReceiptBook, read_receipts
-from common.records import Arrays, arrays_of, record_of
-from server.checkpoint import latest_checkpoint, load_checkpoint
-from server.intake import UpdateGate
-from server.ledger import Ledger, enrol_participant, ledger_report, start_run
+from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge
+from common.receipts import Receipt, read_receipts
+from server.ledger.report import ledger_report
 from server.ledger.verify import verify_ledger
-from server.strategy import LedgerFedAvg, RoundFailed
+from server.snapshots import latest_snapshot, load_snapshot
+from server.strategy import RoundFailed
+from tests.sealed_updates import (
+    RUN,
+    SIGNERS,
+    NoGrid,
+    QueryGrid,
+    begin_round,
+    ledger_with_run,
+    make_charge,
+    make_strategy,
+    refusal_reply,
+    reply_carrying,
+    seal_for,
+    sealed_reply,
+    server_task_identity,
+)
 
-RUN = 7
-AGGREGATOR = X25519PrivateKey.generate()
-SIGNERS = {name: Ed25519PrivateKey.generate() for name in ("inst0", "inst1", "inst2", "i0", "i1")}
-BASE = "f" * 64
-
-
-@pytest.fixture(autouse=True)
-def _server_task_identity():
-    """Messages take their run and node ids from the process's task identity,
-    which Flower's ServerApp runtime sets; set it as that runtime does."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN, 1, 3
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def _charge(epsilon: float = 2.5, dp: bool = True) -> PrivacyCharge:
-    return PrivacyCharge(dp, epsilon, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
-
-
-class NoGrid:  # configure_train only needs node ids from the grid
-    def get_node_ids(self) -> list[int]:
-        return [10, 11, 12]
-
-
-def _begin(strategy: LedgerFedAvg, server_round: int, model: Arrays) -> None:
-    """Start a round as Flower does: configure_train tells the gate what was sent."""
-    list(strategy.configure_train(server_round, record_of(model), ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
-
-
-def _envelope(
-    institution: str,
-    weights: Arrays,
-    examples: int,
-    *,
-    server_round: int,
-    model: Arrays,
-    charge: PrivacyCharge | None = None,
-) -> Envelope:
-    header = UpdateHeader(
-        run_id=str(RUN),
-        round=server_round,
-        participant=institution,
-        model_sha256=arrays_sha256(model),
-        base_model_sha256=BASE,
-        num_examples=examples,
-        privacy=charge or _charge(),
-    )
-    return seal(
-        arrays_to_bytes(weights),
-        header,
-        aggregator=AGGREGATOR.public_key(),
-        signer=SIGNERS[institution],
-    )
-
-
-def _message(node: int, envelope: Envelope) -> Message:
-    request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    content = RecordDict(
-        {
-            ENVELOPE: envelope_record(envelope),
-            "metrics": MetricRecord({"train-loss": 0.5, "train-seconds": 1.25}),
-        }
-    )
-    return Message(content, reply_to=request)
-
-
-def _reply(
-    node: int,
-    institution: str,
-    weights: Arrays,
-    examples: int,
-    charge: PrivacyCharge | None = None,
-    *,
-    server_round: int = 1,
-    model: Arrays | None = None,
-) -> Message:
-    model = model if model is not None else {k: np.zeros_like(v) for k, v in weights.items()}
-    envelope = _envelope(
-        institution, weights, examples, server_round=server_round, model=model, charge=charge
-    )
-    return _message(node, envelope)
-
-
-def _refusal(node: int, institution: str, detail: str, code: int = BUDGET_EXHAUSTED) -> Message:
-    request = Message(RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
-    reason = Refusal(institution, detail).to_reason()
-    return Message(Error(code=code, reason=reason), reply_to=request)
-
-
-def _gate(expected: Arrays) -> UpdateGate:
-    return UpdateGate(
-        run_id=str(RUN),
-        aggregator_key=AGGREGATOR,
-        participants={name: key.public_key() for name, key in SIGNERS.items()},
-        expected={k: (tuple(v.shape), v.dtype.name) for k, v in expected.items()},
-        base_model_sha256=BASE,
-    )
-
-
-def _strategy(
-    tmp_path: Path,
-    ledger: Ledger | None = None,
-    run_id: int | None = None,
-    min_nodes: int = 2,
-    *,
-    model: Arrays,
-    server_round: int = 1,
-) -> LedgerFedAvg:
-    """A strategy whose round ``server_round`` has begun with global ``model``."""
-    strategy = LedgerFedAvg(
-        ledger=ledger,
-        run_id=run_id,
-        evaluator=lambda w: (float(w["w"].sum()), 0.75),
-        checkpoint_dir=tmp_path / "ckpt",
-        min_nodes=min_nodes,
-        privacy=PrivacyConfig(epsilon=8.0),
-        gate=_gate(model),
-    )
-    _begin(strategy, server_round, model)
-    return strategy
+pytestmark = pytest.mark.usefixtures("server_task_identity")
+assert server_task_identity  # imported so that pytest finds the fixture
 
 
 def test_aggregate_is_weighted_by_examples(tmp_path: Path) -> None:
@@ -166,11 +59,11 @@ def test_aggregate_is_weighted_by_examples(tmp_path: Path) -> None:
     ]
     examples = [331, 604, 322]
     replies = [
-        _reply(i + 10, f"inst{i}", u, n)
+        sealed_reply(i + 10, f"inst{i}", u, n)
         for i, (u, n) in enumerate(zip(updates, examples, strict=True))
     ]
     zeros = {k: np.zeros_like(v) for k, v in updates[0].items()}
-    arrays, metrics = _strategy(tmp_path, model=zeros).aggregate_train(1, replies)
+    arrays, metrics = make_strategy(tmp_path, model=zeros).aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     result = arrays_of(arrays)
     for name in ("w", "b"):
@@ -182,8 +75,8 @@ def test_aggregate_is_weighted_by_examples(tmp_path: Path) -> None:
 def test_round_fails_below_minimum_with_the_nodes_reasons(tmp_path: Path) -> None:
     request = Message(RecordDict(), dst_node_id=11, message_type=MessageType.TRAIN)
     failed = Message(Error(code=400, reason="bad.npz: the data set is empty"), reply_to=request)
-    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5, server_round=3)
-    strategy = _strategy(tmp_path, model={"w": np.zeros(2, np.float32)}, server_round=3)
+    good = sealed_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5, server_round=3)
+    strategy = make_strategy(tmp_path, model={"w": np.zeros(2, np.float32)}, server_round=3)
     with pytest.raises(
         RoundFailed, match=r"round 3: 1 of the required 2 nodes .*bad.npz: the data set is empty"
     ):
@@ -193,14 +86,14 @@ def test_round_fails_below_minimum_with_the_nodes_reasons(tmp_path: Path) -> Non
 def test_a_rejected_envelope_leaves_out_that_update_only_and_the_ledger_says_why(
     tmp_path: Path,
 ) -> None:
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
     model = {"w": np.zeros(2, np.float32)}
-    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
-    good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
-    sealed = _envelope("inst1", {"w": np.full(2, 9.0, np.float32)}, 5, server_round=1, model=model)
+    strategy = make_strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
+    good = sealed_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
+    sealed = seal_for("inst1", {"w": np.full(2, 9.0, np.float32)}, 5, server_round=1, model=model)
     flipped = sealed.ciphertext[:-1] + bytes([sealed.ciphertext[-1] ^ 1])
-    tampered = _message(11, dataclasses.replace(sealed, ciphertext=flipped))
-    bare = _message(12, sealed)
+    tampered = reply_carrying(11, dataclasses.replace(sealed, ciphertext=flipped))
+    bare = reply_carrying(12, sealed)
     del bare.content.config_records[ENVELOPE]
     arrays, _ = strategy.aggregate_train(1, [good, tampered, bare])
     assert arrays is not None  # only the good update is averaged
@@ -222,8 +115,8 @@ def test_a_rejected_envelope_leaves_out_that_update_only_and_the_ledger_says_why
 @pytest.mark.parametrize(
     ("charge", "drop_privacy", "message"),
     [
-        (_charge(dp=False, epsilon=float("inf")), False, "trained without DP, but the policy"),
-        (_charge(epsilon=8.5), False, "reports epsilon 8.5000, past the budget 8.0"),
+        (make_charge(dp=False, epsilon=float("inf")), False, "trained without DP, but the policy"),
+        (make_charge(epsilon=8.5), False, "reports epsilon 8.5000, past the budget 8.0"),
     ],
 )
 def test_update_outside_the_privacy_policy_is_rejected(
@@ -232,47 +125,31 @@ def test_update_outside_the_privacy_policy_is_rejected(
     model = {"w": np.zeros(2, np.float32)}
 
     def replies() -> list[Message]:
-        good = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
-        return [good, _reply(11, "inst1", {"w": np.full(2, 9.0, np.float32)}, 5, charge)]
+        good = sealed_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5)
+        return [good, sealed_reply(11, "inst1", {"w": np.full(2, 9.0, np.float32)}, 5, charge)]
 
-    arrays, _ = _strategy(tmp_path, min_nodes=1, model=model).aggregate_train(1, replies())
+    arrays, _ = make_strategy(tmp_path, min_nodes=1, model=model).aggregate_train(1, replies())
     assert arrays is not None  # only the good update is averaged
     np.testing.assert_array_equal(arrays_of(arrays)["w"], np.ones(2, np.float32))
     with pytest.raises(
         RoundFailed, match=f"inst1 \\[excluded\\]: update rejected \\(privacy\\): {message}"
     ):
-        _strategy(tmp_path, min_nodes=2, model=model).aggregate_train(1, replies())
-
-
-def _ledger_with_run(
-    tmp_path: Path, names: tuple[str, ...], flower_run_id: int = 9
-) -> tuple[Ledger, int]:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    with ledger.session() as s:
-        for name in names:
-            enrol_participant(s, name, "academia")
-        run_id = start_run(
-            s,
-            policy_sha256="0" * 64,
-            policy_toml="",
-            model="cnn",
-            dataset="d",
-            initial_model_sha256="1" * 64,
-            planned_rounds=1,
-            flower_run_id=flower_run_id,
-        ).id
-    return ledger, run_id
+        make_strategy(tmp_path, min_nodes=2, model=model).aggregate_train(1, replies())
 
 
 def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_path: Path) -> None:
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
-    strategy = _strategy(
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
+    strategy = make_strategy(
         tmp_path, ledger, run_id, min_nodes=2, model={"w": np.zeros(2, np.float32)}, server_round=2
     )
     replies = [
-        _reply(10, "inst0", {"w": np.full(2, 1.0, np.float32)}, 1, _charge(3.0), server_round=2),
-        _reply(11, "inst1", {"w": np.full(2, 4.0, np.float32)}, 3, _charge(7.9), server_round=2),
-        _refusal(12, "inst2", "privacy budget exhausted for inst2: epsilon spent 7.99 of 8"),
+        sealed_reply(
+            10, "inst0", {"w": np.full(2, 1.0, np.float32)}, 1, make_charge(3.0), server_round=2
+        ),
+        sealed_reply(
+            11, "inst1", {"w": np.full(2, 4.0, np.float32)}, 3, make_charge(7.9), server_round=2
+        ),
+        refusal_reply(12, "inst2", "privacy budget exhausted for inst2: epsilon spent 7.99 of 8"),
     ]
     arrays, _ = strategy.aggregate_train(2, replies)
     assert arrays is not None
@@ -284,7 +161,7 @@ def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_pat
         "round": 2,
         "institution": "inst2",
         "node_id": "12",
-        "code": BUDGET_EXHAUSTED,
+        "code": ExclusionCode.BUDGET_EXHAUSTED,
         "reason": "privacy budget exhausted for inst2: epsilon spent 7.99 of 8",
     }
     assert [(c["institution"], c["epsilon"], c["round"]) for c in run["privacy_charges"]] == [
@@ -295,13 +172,15 @@ def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_pat
 
 
 def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path: Path) -> None:
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"))
-    strategy = _strategy(
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1"))
+    strategy = make_strategy(
         tmp_path, ledger, run_id, min_nodes=2, model={"w": np.zeros(2, np.float32)}, server_round=4
     )
     replies = [
-        _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 1, _charge(7.5), server_round=4),
-        _refusal(11, "inst1", "privacy budget exhausted for inst1"),
+        sealed_reply(
+            10, "inst0", {"w": np.ones(2, np.float32)}, 1, make_charge(7.5), server_round=4
+        ),
+        refusal_reply(11, "inst1", "privacy budget exhausted for inst1"),
     ]
     with pytest.raises(
         RoundFailed,
@@ -316,16 +195,16 @@ def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path
     ledger.close()
 
 
-def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=2**63 + 5)
+def test_finish_round_records_hashes_and_snapshots(tmp_path: Path) -> None:
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=2**63 + 5)
     before = {"w": np.zeros((2, 2), np.float32)}
-    strategy = _strategy(tmp_path, ledger, run_id, model=before)
+    strategy = make_strategy(tmp_path, ledger, run_id, model=before)
     updates = [{"w": np.full((2, 2), 1.0, np.float32)}, {"w": np.full((2, 2), 4.0, np.float32)}]
     envelopes = [
-        _envelope(name, update, n, server_round=1, model=before)
+        seal_for(name, update, n, server_round=1, model=before)
         for name, update, n in (("inst0", updates[0], 1), ("inst1", updates[1], 3))
     ]
-    replies = [_message(10, envelopes[0]), _message(11, envelopes[1])]
+    replies = [reply_carrying(10, envelopes[0]), reply_carrying(11, envelopes[1])]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     metrics = strategy.finish_round(1, arrays)
@@ -359,34 +238,29 @@ def test_finish_round_records_hashes_and_checkpoints(tmp_path: Path) -> None:
     assert [base64.b64decode(u["signature"]) for u in round_row["updates"]] == [
         e.signature for e in envelopes
     ]
-    # ... and the envelopes themselves, kept beside the checkpoint
-    kept = tmp_path / "ckpt" / "round-0001-updates"
+    # ... and the envelopes themselves, kept beside the snapshot
+    kept = tmp_path / "snap" / "round-0001-updates"
     assert Envelope.from_json((kept / "inst1.json").read_text()) == envelopes[1]
-    checkpoint = latest_checkpoint(tmp_path / "ckpt")
-    assert checkpoint is not None and checkpoint.name == "round-0001.safetensors"
-    number, saved = load_checkpoint(checkpoint)
+    snapshot = latest_snapshot(tmp_path / "snap")
+    assert snapshot is not None and snapshot.name == "round-0001.safetensors"
+    number, saved = load_snapshot(snapshot)
     assert number == 1
     np.testing.assert_array_equal(saved["w"], np.full((2, 2), 3.25, np.float32))
     ledger.close()
 
 
 def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None:
-    strategy = LedgerFedAvg(
-        ledger=None,
-        run_id=None,
-        evaluator=lambda w: (0.0, 0.0),
-        checkpoint_dir=None,
-        min_nodes=2,
-        privacy=PrivacyConfig(),
-        gate=_gate({"w": np.zeros(3, np.float32)}),
-        server_learning_rate=0.5,
-        server_momentum=0.9,
+    strategy = make_strategy(
+        tmp_path,
+        model={"w": np.zeros(3, np.float32)},
+        server_round=0,
+        aggregator=FedAvgM(server_learning_rate=0.5, server_momentum=0.9),
     )
     w0 = np.zeros(3, np.float32)
-    _begin(strategy, 1, {"w": w0})
+    begin_round(strategy, 1, {"w": w0})
     a = [np.array([1.0, 2.0, 3.0], np.float32), np.array([3.0, 2.0, 1.0], np.float32)]
     arrays, _ = strategy.aggregate_train(
-        1, [_reply(10, "i0", {"w": a[0]}, 1), _reply(11, "i1", {"w": a[1]}, 3)]
+        1, [sealed_reply(10, "i0", {"w": a[0]}, 1), sealed_reply(11, "i1", {"w": a[1]}, 3)]
     )
     assert arrays is not None
     step1 = w0 - np.average(a, axis=0, weights=[1, 3])
@@ -394,12 +268,12 @@ def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None
     np.testing.assert_allclose(arrays_of(arrays)["w"], w1, rtol=1e-6)
     b = [np.ones(3, np.float32), np.full(3, 5.0, np.float32)]
     sent = arrays_of(arrays)
-    _begin(strategy, 2, sent)
+    begin_round(strategy, 2, sent)
     arrays, _ = strategy.aggregate_train(
         2,
         [
-            _reply(10, "i0", {"w": b[0]}, 1, server_round=2, model=sent),
-            _reply(11, "i1", {"w": b[1]}, 1, server_round=2, model=sent),
+            sealed_reply(10, "i0", {"w": b[0]}, 1, server_round=2, model=sent),
+            sealed_reply(11, "i1", {"w": b[1]}, 1, server_round=2, model=sent),
         ],
     )
     assert arrays is not None
@@ -410,38 +284,36 @@ def test_server_momentum_follows_fedavgm_over_two_rounds(tmp_path: Path) -> None
 def test_a_licence_that_expires_mid_run_excludes_that_institution_from_then_on(
     tmp_path: Path,
 ) -> None:
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1", "inst2"))
     day = [date(2026, 11, 30)]
     model = {"w": np.zeros(2, np.float32)}
-    strategy = LedgerFedAvg(
-        ledger=ledger,
-        run_id=run_id,
-        evaluator=lambda w: (0.0, 0.5),
-        checkpoint_dir=None,
+    strategy = make_strategy(
+        tmp_path,
+        ledger,
+        run_id,
         min_nodes=1,
-        privacy=PrivacyConfig(epsilon=8.0),
-        gate=_gate(model),
+        model=model,
+        server_round=0,
         licences={
             ("inst0", "d" * 64): with_expiry(SPDX["CC-BY-4.0"], date(2026, 12, 1)),
             ("inst1", "d" * 64): SPDX["CC-BY-NC-4.0"],
         },
-        purpose="research",
         today=lambda: day[0],
     )
-    _begin(strategy, 1, model)
+    begin_round(strategy, 1, model)
     replies = [
-        _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5),
-        _reply(11, "inst1", {"w": np.ones(2, np.float32)}, 5),
+        sealed_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5),
+        sealed_reply(11, "inst1", {"w": np.ones(2, np.float32)}, 5),
         # inst2 trained on a dataset it never declared
-        _message(
+        reply_carrying(
             12,
-            _envelope(
+            seal_for(
                 "inst2",
                 {"w": np.ones(2, np.float32)},
                 5,
                 server_round=1,
                 model=model,
-                charge=dataclasses.replace(_charge(), dataset_sha256="9" * 64),
+                charge=dataclasses.replace(make_charge(), dataset_sha256="9" * 64),
             ),
         ),
     ]
@@ -454,9 +326,13 @@ def test_a_licence_that_expires_mid_run_excludes_that_institution_from_then_on(
     )
     # neither inst0 (licence expired) nor inst2 (nothing admitted) is asked to train
     assert sorted(m.metadata.dst_node_id for m in messages) == [11]
-    late = _reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5, server_round=2, model=sent)
+    late = sealed_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5, server_round=2, model=sent)
     arrays, _ = strategy.aggregate_train(
-        2, [late, _reply(11, "inst1", {"w": np.ones(2, np.float32)}, 5, server_round=2, model=sent)]
+        2,
+        [
+            late,
+            sealed_reply(11, "inst1", {"w": np.ones(2, np.float32)}, 5, server_round=2, model=sent),
+        ],
     )
     with ledger.session() as s:
         (run,) = ledger_report(s)["runs"]
@@ -477,39 +353,14 @@ def test_a_licence_that_expires_mid_run_excludes_that_institution_from_then_on(
     )  # fmt: skip
 
 
-class QueryGrid:
-    """Answers query messages as each node's ClientApp would: verify and store the receipts."""
-
-    def __init__(self, books: dict[int, tuple[str, ReceiptBook]], operator: Ed25519PrivateKey):
-        self.books, self.operator = books, operator
-        self.sent: list[Message] = []
-
-    def send_and_receive(self, messages: list[Message], *, timeout: float | None) -> list[Message]:
-        replies = []
-        for message in messages:
-            self.sent.append(message)
-            name, book = self.books[message.metadata.dst_node_id]
-            record = message.content.config_records[RECEIPTS]
-            for text in record["receipts"]:  # type: ignore[union-attr]
-                book.accept(Receipt.from_json(str(text)), self.operator.public_key(), name)
-            replies.append(Message(RecordDict(), reply_to=message))
-        return replies
-
-
 def test_every_contributor_gets_a_receipt_for_every_round(tmp_path: Path) -> None:
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=RUN)
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1"), flower_run_id=RUN)
     operator = Ed25519PrivateKey.generate()
     model = {"w": np.zeros(2, np.float32)}
-    strategy = LedgerFedAvg(
-        ledger=ledger,
-        run_id=run_id,
+    strategy = make_strategy(
+        tmp_path, ledger, run_id, model=model, server_round=0, signer=operator,
         evaluator=lambda w: (0.0, 0.5),
-        checkpoint_dir=None,
-        min_nodes=2,
-        privacy=PrivacyConfig(epsilon=8.0),
-        gate=_gate(model),
-        checkpoint_signer=operator,
-    )
+    )  # fmt: skip
     nodes = {10: "inst0", 11: "inst1"}
     books = {node: (name, ReceiptBook(tmp_path / name)) for node, name in nodes.items()}
     for server_round in (1, 2):
@@ -523,14 +374,17 @@ def test_every_contributor_gets_a_receipt_for_every_round(tmp_path: Path) -> Non
             for node, record in carried.items():
                 if node not in nodes:
                     continue
-                (text,) = record["receipts"]  # type: ignore[index]
+                assert record is not None
+                texts = record["receipts"]
+                assert isinstance(texts, list) and len(texts) == 1
+                text = texts[0]
                 receipt = Receipt.from_json(str(text))
                 assert (receipt.participant, receipt.round) == (nodes[node], 1)
                 name, book = books[node]
                 book.accept(receipt, operator.public_key(), name)
             assert "arrays" in messages[0].content.array_records  # the model still travels
         envelopes = {
-            node: _envelope(
+            node: seal_for(
                 name, {"w": np.ones(2, np.float32)}, 5, server_round=server_round, model=model
             )
             for node, name in nodes.items()
@@ -538,7 +392,7 @@ def test_every_contributor_gets_a_receipt_for_every_round(tmp_path: Path) -> Non
         for node, envelope in envelopes.items():
             books[node][1].record_sent(envelope)
         arrays, _ = strategy.aggregate_train(
-            server_round, [_message(node, e) for node, e in envelopes.items()]
+            server_round, [reply_carrying(node, e) for node, e in envelopes.items()]
         )
         assert arrays is not None
         model = arrays_of(arrays)
@@ -554,24 +408,24 @@ def test_every_contributor_gets_a_receipt_for_every_round(tmp_path: Path) -> Non
         assert stored == [f"run-{RUN}-round-0001.json", f"run-{RUN}-round-0002.json"]
         held += [(str(p), r) for p, r in read_receipts(book.folder)]
     report = verify_ledger(ledger, operator.public_key(), held)
-    assert (report.receipts, report.checkpoints) == (4, 2)
+    assert (report.receipts, report.tree_heads) == (4, 2)
     ledger.close()
 
 
 @pytest.mark.parametrize("metrics", [{}, {"train-loss": float("nan"), "train-seconds": 1.0}])
 def test_a_reply_without_finite_metrics_is_rejected_not_recorded(
-    tmp_path: Path, metrics: dict[str, float]
+    tmp_path: Path, metrics: dict[str, int | float | list[int] | list[float]]
 ) -> None:
     """SQLite cannot store NaN, so a missing or NaN train-loss never reaches the ledger."""
-    ledger, run_id = _ledger_with_run(tmp_path, ("inst0", "inst1"))
+    ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1"))
     model = {"w": np.zeros(2, np.float32)}
-    strategy = _strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
-    odd = _message(
-        11, _envelope("inst1", {"w": np.ones(2, np.float32)}, 5, server_round=1, model=model)
+    strategy = make_strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
+    odd = reply_carrying(
+        11, seal_for("inst1", {"w": np.ones(2, np.float32)}, 5, server_round=1, model=model)
     )
     odd.content = RecordDict({**odd.content, "metrics": MetricRecord(metrics)})
     arrays, _ = strategy.aggregate_train(
-        1, [_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5), odd]
+        1, [sealed_reply(10, "inst0", {"w": np.ones(2, np.float32)}, 5), odd]
     )
     assert arrays is not None
     strategy.finish_round(1, arrays)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,13 +20,14 @@ from common.text import (
 )
 
 LABELS = ("networking", "mathematics")
-LOAD = {"label_names": LABELS, "text_column": "text", "label_column": "label"}
+LOAD: dict[str, Any] = {"label_names": LABELS, "text_column": "text", "label_column": "label"}
 
 
 def test_csv_and_jsonl_give_the_same_records_and_hash(tmp_path: Path) -> None:
     csv_file = tmp_path / "a.csv"
     csv_file.write_text(
-        'text,label\n"Open a socket, then connect.",networking\nReturn the sine of x.,mathematics\n',
+        'text,label\n"Open a socket, then connect.",networking\n'
+        "Return the sine of x.,mathematics\n",
         encoding="utf-8",
     )
     jsonl_file = tmp_path / "b.jsonl"
@@ -105,10 +108,10 @@ def test_bad_text_files_name_file_line_and_problem(
 
 
 def test_missing_file_and_ambiguous_folder(tmp_path: Path) -> None:
-    with pytest.raises(TextDataError, match="nothere.csv: no such file"):
+    with pytest.raises(TextDataError, match=re.escape("nothere.csv: no such file")):
         load_text_data(tmp_path / "nothere.csv", **LOAD)
     with pytest.raises(
-        TextDataError, match="exactly one .csv or .jsonl file in the folder, found 0"
+        TextDataError, match=re.escape("exactly one .csv or .jsonl file in the folder, found 0")
     ):
         load_text_data(tmp_path, **LOAD)
     (tmp_path / "a.csv").write_text("text,label\nx,networking\n")

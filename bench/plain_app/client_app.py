@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from common.data import ImageData, load_image_data
+from common.images import ImageData, load_image_data
 from common.model import build_model
 from common.policy import ModelConfig
 from common.training import evaluate, local_sgd, make_loader, train

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from common.data import load_image_data
+from common.images import load_image_data
 from common.model import build_model
 from common.policy import ModelConfig
 from common.training import evaluate

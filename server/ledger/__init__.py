@@ -1,25 +1,29 @@
-"""The ledger: who took part, with what, and what each round produced."""
+"""The ledger: who took part, with what, and what each round produced.
 
-from server.ledger.store import (
+The package's front door re-exports what the operator's code records and
+reads; the modules say more: :mod:`~server.ledger.store` (opening and
+migrating), :mod:`~server.ledger.facts` (recording), :mod:`~server.ledger.report`
+(reading), :mod:`~server.ledger.entries` (the hash-chained entries),
+:mod:`~server.ledger.tree_heads` (signed tree heads and receipts) and
+:mod:`~server.ledger.verify` (recomputing everything from the raw rows).
+"""
+
+from server.ledger.facts import (
     ChargeFact,
     ExclusionFact,
-    Ledger,
-    LedgerError,
     UpdateFact,
     admit_participant,
     admitted_datasets,
     admitted_keys,
     enrol_participant,
     finish_run,
-    ledger_report,
-    normalise_url,
-    privacy_spent,
     record_exclusions,
     record_privacy,
     record_round,
     refuse_admission,
     start_run,
 )
+from server.ledger.store import Ledger, LedgerError, normalise_url
 
 __all__ = [
     "ChargeFact",
@@ -32,9 +36,7 @@ __all__ = [
     "admitted_keys",
     "enrol_participant",
     "finish_run",
-    "ledger_report",
     "normalise_url",
-    "privacy_spent",
     "record_exclusions",
     "record_privacy",
     "record_round",

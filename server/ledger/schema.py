@@ -28,9 +28,9 @@ __all__ = [
     "Charge",
     "Dataset",
     "Exclusion",
-    "LedgerCheckpoint",
     "LedgerEntry",
     "LedgerHead",
+    "LedgerTreeHead",
     "Participant",
     "Release",
     "Round",
@@ -73,13 +73,13 @@ class LedgerEntry(Base):
     created_at: Mapped[Timestamp]
 
 
-class LedgerCheckpoint(Base):
+class LedgerTreeHead(Base):
     """A signed tree head: the operator's Ed25519 signature over size, root and time.
 
     ``body`` is the exact canonical JSON that was signed; append-only like the entries.
     """
 
-    __tablename__ = "ledger_checkpoints"
+    __tablename__ = "tree_heads"  # "ledger_checkpoints" before v7
 
     id: Mapped[IntPk]
     tree_size: Mapped[int] = mapped_column(BigInteger)
@@ -167,7 +167,7 @@ class Run(Base):
     dataset: Mapped[str] = mapped_column(String(128))
     initial_model_sha256: Mapped[Sha256]
     # The frozen weights that never travel (sha256 of their safetensors bytes):
-    # the base checkpoint every node loads itself. None for runs before v3.
+    # the base model every node loads itself. None for runs before v3.
     base_model_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     planned_rounds: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="running")
@@ -289,11 +289,12 @@ class Exclusion(Base):
 
 
 class Release(Base):
-    """A released model (ledger v6): what was released, its card, and the checkpoint behind it.
+    """A released model (ledger v6): what was released, its card, and the signed head behind it.
 
     ``card_sha256`` is the SHA-256 of the model card's JSON bytes;
-    ``checkpoint_tree_size`` and ``checkpoint_root`` name the signed
-    checkpoint that covers the run's final round, which the card proves.
+    ``checkpoint_tree_size`` and ``checkpoint_root`` name the signed tree
+    head that covers the run's final round, which the card proves. (The
+    columns keep their v6 names: release entries already signed state them.)
     """
 
     __tablename__ = "releases"

@@ -1,0 +1,8 @@
+"""What an auditor runs: ledger verification, reports, receipt and model-card checks.
+
+Read-only, and light: it imports the shared contracts (:mod:`common`) and
+the ledger's read side (:mod:`server.ledger`), never torch, Opacus or
+transformers.
+"""
+
+__all__ = ["cards", "cli"]

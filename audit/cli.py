@@ -1,0 +1,158 @@
+"""``fedcommons audit ...``: read-only views of the ledger for auditors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Console
+from rich.table import Table
+
+from common.consortium import Consortium
+from common.keys import decode_ed25519_public
+from common.output import OutputFormat
+from common.receipts import read_receipts
+from server.ledger import Ledger
+from server.ledger.report import ledger_report
+from server.ledger.verify import LedgerTampered, verify_ledger
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Read-only views of the ledger, for auditors.", no_args_is_help=True, add_completion=False
+)
+
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text (for people) or json.")]
+
+
+@app.command("verify")
+def verify(
+    ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    operator_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The operator's key: base64, or the consortium.json that holds it. "
+            "Without it, the signatures of the ledger's tree heads are not checked."
+        ),
+    ] = None,
+    receipts: Annotated[
+        Path | None,
+        typer.Option(
+            "--receipts",
+            help="A folder of participants' receipts (*.json, searched recursively): each "
+            "must still agree with the ledger.",
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Recompute every entry, the hash chain and the Merkle tree; check every fact row,
+    signed tree head and receipt.
+
+    Read-only. Exit 0 and one "intact" line if everything holds; exit 1 and
+    the first bad entry otherwise.
+    """
+    operator = _operator_key(operator_key) if operator_key else None
+    held = [(str(path), r) for path, r in read_receipts(receipts)] if receipts else []
+    ledger = Ledger(ledger_url, migrate=False)
+    try:
+        report = verify_ledger(ledger, operator, held)
+    except LedgerTampered as err:
+        if output_format is OutputFormat.json:
+            typer.echo(
+                json.dumps(
+                    {"intact": False, "seq": err.seq, "kind": err.kind, "detail": err.detail}
+                )
+            )
+        else:
+            Console(stderr=True).print(f"[bold red]NOT INTACT[/] {err}", highlight=False)
+        raise typer.Exit(code=1) from None
+    finally:
+        ledger.close()
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps({"intact": True, **report.__dict__}))
+        return
+    typer.echo(report.summary())
+
+
+def _operator_key(value: str) -> Ed25519PublicKey:
+    path = Path(value)
+    if path.suffix == ".json" or path.is_file():
+        return Consortium.load(path).operator_key
+    return decode_ed25519_public(value, "--operator-key")
+
+
+@app.command("show")
+def show(
+    ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Participants, runs and rounds recorded in the ledger."""
+    ledger = Ledger(ledger_url, migrate=False)
+    try:
+        with ledger.session() as session:
+            report = ledger_report(session)
+    finally:
+        ledger.close()
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console = Console()
+    people = Table(title="Participants")
+    for column in ("name", "kind", "enrolled"):
+        people.add_column(column)
+    for p in report["participants"]:
+        people.add_row(p["name"], p["kind"], p["enrolled_at"])
+    console.print(people)
+    privacy = Table(title="Privacy spent (cumulative ε per institution and dataset)")
+    for column in ("institution", "dataset", "ε", "δ", "accountant", "rounds charged"):
+        privacy.add_column(column)
+    for row in report["privacy"]:
+        eps = row["epsilon"]
+        privacy.add_row(
+            row["institution"], row["dataset_sha256"][:12] + "…",
+            "∞ (DP off)" if eps == "inf" else f"{eps:.3f}", f"{row['delta']:g}",
+            row["accountant"], str(row["rounds_charged"]),
+        )  # fmt: skip
+    console.print(privacy)
+    for run in report["runs"]:
+        table = Table(
+            title=f"Run {run['id']} (Flower {run['flower_run_id']}): {run['model']} on "
+            f"{run['dataset']}, {run['status']}, test accuracy {_pct(run['test_accuracy'])}"
+        )
+        for column in (
+            "round",
+            "accuracy",
+            "loss",
+            "participants",
+            "seconds",
+            "global model sha256",
+        ):
+            table.add_column(column)
+        for r in run["rounds"]:
+            table.add_row(
+                str(r["round"]), _pct(r["accuracy"]), f"{r['loss']:.4f}",
+                str(r["participants"]), f"{r['seconds']:.1f}", r["model_sha256_after"][:16] + "…",
+            )  # fmt: skip
+        console.print(table)
+        if run["status_reason"]:
+            console.print(f"[red]stopped:[/] {run['status_reason']}", highlight=False)
+        for e in run["exclusions"]:
+            console.print(
+                f"  excluded in round {e['round']}: {e['institution'] or 'node ' + e['node_id']} "
+                f"(code {e['code']}): {e['reason']}",
+                highlight=False,
+            )
+        for release in run["releases"]:
+            console.print(
+                f"  released model {release['model_sha256'][:16]}… (card "
+                f"{release['card_sha256'][:16]}…) to {release['out']}",
+                highlight=False,
+            )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"

@@ -1,0 +1,161 @@
+"""``fedcommons client ...``: commands for a participating institution."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from client.accountant import list_histories
+from client.enrolment import ParticipantState, enrol
+from common.epsilon import format_epsilon
+from common.images import ImageData
+from common.keys import PASSPHRASE_ENV, passphrase_for_new_keys
+from common.local_data import load_local_data
+from common.output import OutputFormat
+from common.policy import Policy
+
+__all__ = ["app"]
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text (for people) or json.")]
+
+app = typer.Typer(
+    help="Commands for a participating institution.", no_args_is_help=True, add_completion=False
+)
+
+
+@app.command("check-data")
+def check_data(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Images: an .npz file, or a folder (one .npz, or PNGs + labels.csv). "
+            "Text (model.name = bert): a .csv or .jsonl file, or a folder holding one."
+        ),
+    ],
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="Policy giving the model, num-classes and image size or labels."
+        ),
+    ] = None,
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Validate local data exactly as the ClientApp will, before any round."""
+    policy = Policy.load(policy_file) if policy_file else Policy()
+    data = load_local_data(policy, path)
+    counts = np.bincount(data.labels, minlength=policy.model.num_classes).tolist()
+    source = data.source if isinstance(data, ImageData) else str(path)
+    if output_format is OutputFormat.json:
+        typer.echo(
+            json.dumps(
+                {
+                    "source": source,
+                    "examples": len(data),
+                    "label_counts": counts,
+                    "sha256": data.sha256(),
+                }
+            )
+        )
+        return
+    Console().print(f"[green]ok[/] {source}: {len(data)} examples, per label {counts}")
+
+
+@app.command("budget")
+def budget(
+    state: Annotated[
+        Path, typer.Option("--state", help="The node's state folder (its node config state-dir).")
+    ],
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Privacy budget spent and remaining per dataset, from the node's own accountant."""
+    histories = list_histories(state)
+    rows: list[dict[str, Any]] = []
+    for h in histories:
+        spent = h.epsilon()
+        rows.append(
+            {
+                "institution": h.institution,
+                "dataset_sha256": h.dataset_sha256,
+                "records": h.num_records,
+                "accountant": h.accountant,
+                "delta": h.delta,
+                "epsilon_budget": h.epsilon_budget,
+                "epsilon_spent": spent,
+                "epsilon_remaining": max(h.epsilon_budget - spent, 0.0),
+                "steps": h.steps,
+                "history_sha256": h.sha256,
+                "updated_at": h.updated_at,
+            }
+        )
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps({"state_dir": str(state), "datasets": rows}, indent=2))
+        return
+    if not rows:
+        Console().print(f"no privacy budget charged yet in {state}")
+        return
+    table = Table(title=f"Privacy budget in {state}")
+    for column in ("institution", "dataset", "records", "ε spent", "ε budget", "remaining", "δ"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["institution"],
+            row["dataset_sha256"][:12] + "…",
+            str(row["records"]),
+            format_epsilon(row["epsilon_spent"]),
+            f"{row['epsilon_budget']:g}",
+            format_epsilon(row["epsilon_remaining"]),
+            f"{row['delta']:g}",
+        )
+    Console().print(table)
+
+
+@app.command("enroll")
+def enroll(
+    state: Annotated[
+        Path, typer.Option("--state", help="This node's own folder (its node config state-dir).")
+    ],
+    institution: Annotated[str, typer.Option(help="Institution name, e.g. university-a.")],
+    kind: Annotated[str, typer.Option(help="academia or industry.")],
+    data: Annotated[Path, typer.Option(help="The local data (validated; never leaves).")],
+    licence: Annotated[
+        str, typer.Option(help="Licence the data are offered under, e.g. CC-BY-4.0.")
+    ],
+    consortium: Annotated[Path, typer.Option(help="The operator's consortium.json.")] = Path(
+        "consortium.json"
+    ),
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Policy saying how to read the data.")
+    ] = None,
+    encrypt_key: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt-key",
+            help=f"Encrypt the signing key with a passphrase (from ${PASSPHRASE_ENV}, or "
+            "asked); the SuperNode then needs the same variable set.",
+        ),
+    ] = False,
+) -> None:
+    """Create this node's keys and a signed enrolment request for the operator."""
+    policy = Policy.load(policy_file) if policy_file else Policy()
+    request = enrol(
+        state,
+        institution=institution,
+        kind=kind,
+        data_path=data,
+        licence=licence,
+        consortium_file=consortium,
+        policy=policy,
+        passphrase=passphrase_for_new_keys(encrypt_key),
+    )
+    files = ParticipantState(state)
+    Console().print(
+        f"[green]enrolment request written[/]: {request}\n"
+        f"send it to the operator ('fedcommons operator admit {request.name}');\n"
+        f"keys (keep secret, mode 0600): {files.signing_key}, {files.supernode_key}"
+    )

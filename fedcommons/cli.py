@@ -1,0 +1,85 @@
+"""Root of the ``fedcommons`` command: one sub-command group per user.
+
+``demo`` (a whole consortium on this machine, :mod:`fedcommons.demo_cli`),
+``operator ...`` (:mod:`server.cli`), ``client ...`` (:mod:`client.cli`) and
+``audit ...`` (:mod:`audit.cli`). Each group is imported only when it runs,
+so ``fedcommons audit ...`` never loads the ML stack. The groups only raise;
+the root turns an expected error into one line on stderr and a non-zero exit
+(:mod:`fedcommons.errors`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from fedcommons.errors import EXIT_USER_ERROR, USER_ERRORS
+
+__all__ = ["GROUPS", "app", "main"]
+
+GROUPS: dict[str, tuple[str, str]] = {
+    "demo": ("fedcommons.demo_cli", "Run a whole consortium on this machine (real Flower)."),
+    "operator": ("server.cli", "Commands for the consortium operator."),
+    "client": ("client.cli", "Commands for a participating institution."),
+    "audit": ("audit.cli", "Read-only views of the ledger, for auditors."),
+}
+"""Sub-command -> (module whose ``app`` it is, one line of help)."""
+
+
+class _Root(TyperGroup):
+    """Loads each group on demand and runs every command inside the error handling."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(GROUPS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in GROUPS:
+            return None
+        module = importlib.import_module(GROUPS[cmd_name][0])
+        command = typer.main.get_command(module.app)
+        command.name = cmd_name
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in GROUPS.items()])
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as err:
+            Console(stderr=True).print(
+                f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
+
+
+app = typer.Typer(
+    name="fedcommons",
+    cls=_Root,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def root() -> None:
+    """Federated learning for academia-industry data sharing."""
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

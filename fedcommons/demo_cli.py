@@ -1,0 +1,158 @@
+"""``fedcommons demo``: the whole federation on this machine, on real Flower processes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.epsilon import format_epsilon
+from common.policy import MODELS, Policy, PolicyError
+from fedcommons.demo import run_demo
+from fedcommons.demo_setup import with_model
+from server.progress import round_bar, rounds_table
+from server.runs import RoundProgress
+
+__all__ = ["app", "demo"]
+
+
+def _interrupt_on_sigterm() -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def demo(
+    rounds: Annotated[
+        int | None, typer.Option(help="Federated rounds (default: the policy's).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="cnn (digits) or bert (pretrained MiniLM on standard-library docstrings; "
+            "switches the data and training settings too)."
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None, typer.Option(help="iid or non-iid (Dirichlet label skew).")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="Folder for data, logs, ledger and summary.json.")
+    ] = Path("fedcommons-demo"),
+    ledger_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file in the work folder).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for data split and model (default: the policy's).")
+    ] = None,
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="TOML policy file (default: built-in).")
+    ] = None,
+    epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="Privacy budget per institution and dataset (default: the policy's, 8). "
+            "DP is turned off only by 'dp = false' in a policy file."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Turn OFF TLS and SuperNode authentication (not recommended; updates stay "
+            "encrypted and signed).",
+        ),
+    ] = False,
+) -> None:
+    """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes.
+
+    The operator's consortium is created and the three institutions enrol
+    and are admitted first; the SuperLink then runs with TLS and admits only
+    their registered SuperNodes, and every update is encrypted and signed.
+    """
+    console = Console()
+    policy = Policy.load(policy_file) if policy_file else Policy()
+    if model is not None:
+        if model not in MODELS:
+            raise PolicyError(
+                f"policy key 'model.name' must be one of: {', '.join(MODELS)}, got {model!r} "
+                "(from the command-line options)"
+            )
+        policy = with_model(policy, model)
+    policy = policy.with_overrides(
+        {
+            "federation.rounds": rounds,
+            "federation.seed": seed,
+            "data.partition": partition,
+            "privacy.epsilon": epsilon,
+        },
+        source="the command-line options",
+    )
+    if insecure:
+        console.print(
+            "[bold yellow]WARNING: --insecure: the SuperLink runs WITHOUT TLS and accepts "
+            "any SuperNode. Use it only to debug on one machine.[/]"
+        )
+    _interrupt_on_sigterm()
+    privacy = policy.privacy
+    guarantee = (
+        f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution"
+        if privacy.dp
+        else "[yellow]DP OFF (policy says dp = false): ε = ∞[/]"
+    )
+    console.print(
+        f"[bold]FedCommons demo[/]: {policy.model.name} on {policy.data.dataset}, "
+        f"{policy.data.partition}, {policy.federation.rounds} rounds, {guarantee}, "
+        f"work folder {workdir}"
+    )
+    try:
+        with round_bar(console, policy.federation.rounds) as on_round:
+            summary = run_demo(
+                workdir, policy, ledger_url=ledger_url, on_round=on_round, insecure=insecure
+            )
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every Flower process started was stopped[/]")
+        raise typer.Exit(code=130) from None
+
+    table = Table(title="Institutions")
+    for column in ("institution", "kind", "examples", "ε spent"):
+        table.add_column(column)
+    for inst in summary["institutions"]:
+        eps = inst["epsilon"]
+        table.add_row(
+            inst["name"],
+            inst["kind"],
+            str(inst["examples"]),
+            "-" if eps is None else format_epsilon(float(eps)),
+        )
+    console.print(table)
+    console.print(rounds_table(_rounds(summary)))
+    console.print(
+        f"final test accuracy [bold]{summary['final_accuracy']:.2%}[/] in "
+        f"{summary['wall_seconds']:.0f}s; ledger {summary['ledger_url']}; "
+        f"summary {workdir / 'summary.json'}"
+    )
+
+
+def _rounds(summary: dict[str, Any]) -> list[RoundProgress]:
+    return [
+        RoundProgress(
+            round=r["round"],
+            accuracy=r["accuracy"],
+            loss=r["loss"],
+            participants=r["participants"],
+            seconds=r["seconds"],
+            epsilon={k: float(v) for k, v in r["epsilon"].items()},
+        )
+        for r in summary["rounds"]
+    ]
+
+
+app = typer.Typer(add_completion=False)
+app.command("demo", no_args_is_help=False)(demo)

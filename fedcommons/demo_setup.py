@@ -1,0 +1,267 @@
+"""The demo's consortium, built as its members would: data, keys, enrolment, admission.
+
+:func:`prepare_data` splits an embedded data set among three institutions and
+the operator; :func:`demo_consortium` creates the operator's folder (once),
+enrols each institution from its own state folder and returns everything
+:func:`started_federation` needs to start the loopback SuperLink and
+SuperNodes, admitting each institution as the SuperLink comes up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.enrolment import ParticipantState, enrol
+from common.atomic import write_atomic
+from common.dp import check_delta
+from common.images import write_npz
+from common.local_data import LocalData, data_suffix, load_local_data, server_split_path
+from common.policy import Policy, Scalar
+from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
+from fedcommons.local_federation import LocalFederation, NodeSpec, free_port
+from fedcommons.partition import (
+    load_digits_data,
+    partition_dirichlet,
+    partition_iid,
+    split_holdout,
+)
+from server.consortium import admit, init_consortium
+from server.deploy import DeployConfig, OperatorFiles
+from server.ledger import Ledger
+
+__all__ = [
+    "BERT_DEMO",
+    "DEMO_INSTITUTIONS",
+    "DemoConsortium",
+    "DemoLayout",
+    "collect_receipts",
+    "demo_consortium",
+    "prepare_data",
+    "started_federation",
+    "with_model",
+]
+
+DEMO_INSTITUTIONS: tuple[tuple[str, str], ...] = (
+    ("university-a", "academia"),
+    ("university-b", "academia"),
+    ("company-c", "industry"),
+)
+
+BERT_DEMO: dict[str, Scalar] = {
+    "model.name": "bert",
+    "model.num-classes": len(STDLIB_TOPICS),
+    "model.train-layers": 0,
+    "model.max-length": 64,
+    "data.dataset": "stdlib-docs",
+    "data.labels": ",".join(STDLIB_TOPICS),
+    "federation.rounds": 8,
+    "training.local-epochs": 1,
+    "training.batch-size": 32,
+    "training.learning-rate": 0.5,
+}
+"""What ``--model bert`` changes in a CNN policy: the text demo's model, data and training."""
+
+
+def with_model(policy: Policy, model: str) -> Policy:
+    """``policy`` switched to ``model``; switching to BERT applies :data:`BERT_DEMO`."""
+    if model == policy.model.name:
+        return policy
+    if model == "bert":
+        return policy.with_overrides(BERT_DEMO)
+    return policy.with_overrides({"model.name": model})
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Where the demo put each party's data."""
+
+    nodes: list[NodeSpec]
+    kinds: dict[str, str]
+    examples: dict[str, int]
+    server_data_dir: Path
+
+
+def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
+    """Split the embedded data set and write each party's share to its own folder.
+
+    Digits become ``.npz`` files, the standard-library docstrings ``.jsonl``
+    files (the formats a participant would supply). Every file is read back
+    through the participant loader, so a problem surfaces here, before any
+    process starts.
+    """
+    seed = policy.federation.seed
+    fractions = (policy.data.validation_fraction, policy.data.test_fraction)
+    splits: tuple[LocalData, LocalData, LocalData]
+    if policy.data.dataset == "stdlib-docs":
+        splits = split_holdout(stdlib_docstrings(), *fractions, seed)
+    else:
+        splits = split_holdout(load_digits_data(), *fractions, seed)
+    train, validation, test = splits
+    count = len(DEMO_INSTITUTIONS)
+    if policy.data.partition == "iid":
+        parts = partition_iid(len(train), count, seed)
+    else:
+        parts = partition_dirichlet(train.labels, count, policy.data.dirichlet_alpha, seed)
+    server_dir = OperatorFiles(workdir / "operator").data_dir
+    for split, split_data in (("validation", validation), ("test", test)):
+        _write(server_split_path(policy, server_dir, split), split_data, policy)
+    nodes, examples = [], {}
+    for (name, _kind), index in zip(DEMO_INSTITUTIONS, parts, strict=True):
+        data_dir = workdir / "institutions" / name / "data"
+        _write(
+            data_dir / f"{policy.data.dataset}{data_suffix(policy)}", train.subset(index), policy
+        )
+        loaded = load_local_data(policy, data_dir)
+        if policy.privacy.dp:
+            check_delta(policy.privacy.delta, len(loaded))
+        nodes.append(NodeSpec(name, data_dir, workdir / "institutions" / name / "state"))
+        examples[name] = len(loaded)
+    for split in ("validation", "test"):
+        load_local_data(policy, server_split_path(policy, server_dir, split))
+    return DemoLayout(nodes, dict(DEMO_INSTITUTIONS), examples, server_dir)
+
+
+DEMO_LICENCES = {"university-a": "CC-BY-4.0", "university-b": "CC-BY-NC-4.0"}
+"""The licences the demo's universities declare; company-c declares custom terms."""
+
+COMPANY_TERMS = """# Company C's terms for its data: research only, credit the company.
+name = "company-c-research"
+commercial = false
+derivatives = true
+share-alike = false
+attribution = "Company C (industrial partner data)"
+purposes = ["research"]
+"""
+
+
+@dataclass(frozen=True)
+class DemoConsortium:
+    """The demo's operator folder, its enrolled institutions and their data."""
+
+    workdir: Path
+    operator: OperatorFiles
+    layout: DemoLayout
+    nodes: list[NodeSpec]
+    """Each institution's SuperNode, with its state folder and SuperNode key."""
+
+
+def demo_consortium(workdir: Path, policy: Policy, ledger_url: str) -> DemoConsortium:
+    """Data, the operator's folder (created once, then reused) and every enrolment.
+
+    The operator's deploy settings name ``ledger_url`` (the demo may switch
+    ledgers between runs in the same folder).
+    """
+    workdir = workdir.resolve()
+    layout = prepare_data(workdir, policy)
+    operator = OperatorFiles(workdir / "operator")
+    if not operator.consortium_file.exists():
+        init_consortium(
+            operator.root,
+            name="FedCommons demo",
+            superlink=f"127.0.0.1:{free_port()}",
+            hosts=["127.0.0.1", "localhost"],
+            ledger_url=ledger_url,
+        )
+    deploy = DeployConfig.defaults(operator).with_values(
+        {"ledger-url": ledger_url}, operator.root, "the demo"
+    )
+    write_atomic(operator.deploy_file, deploy.to_toml(operator.root))
+    return DemoConsortium(workdir, operator, layout, _enrol_institutions(layout, operator, policy))
+
+
+@contextmanager
+def started_federation(
+    demo: DemoConsortium, policy: Policy, *, insecure: bool = False
+) -> Iterator[LocalFederation]:
+    """The demo's SuperLink and SuperNodes on loopback; each institution admitted on the way.
+
+    With TLS (unless ``insecure``), admission registers each SuperNode's key,
+    so only those nodes get in. Every process is stopped on leaving.
+    """
+    ledger = Ledger(demo.operator.deploy().ledger_url)
+    consortium = demo.operator.consortium()
+
+    def admit_institutions(federation: LocalFederation) -> None:
+        for node in demo.nodes:
+            if node.state_dir is None:
+                continue
+            admit(
+                ledger,
+                consortium,
+                ParticipantState(node.state_dir).request,
+                register=None
+                if insecure
+                else functools.partial(federation.register_node, name=node.institution),
+                purpose=policy.federation.purpose,
+            )
+
+    try:
+        with LocalFederation(
+            demo.workdir,
+            demo.nodes,
+            tls=None if insecure else demo.operator.tls,
+            on_superlink=admit_institutions,
+            operator_dir=demo.operator.root,
+        ) as federation:
+            yield federation
+    finally:
+        ledger.close()
+
+
+def _licence_for(node: NodeSpec) -> str:
+    """An SPDX id, or company-c's custom terms written beside its data."""
+    if node.institution in DEMO_LICENCES:
+        return DEMO_LICENCES[node.institution]
+    terms = node.data_dir.parent / "licence.toml"
+    terms.write_text(COMPANY_TERMS, encoding="utf-8")
+    return str(terms)
+
+
+def _enrol_institutions(
+    layout: DemoLayout, operator: OperatorFiles, policy: Policy
+) -> list[NodeSpec]:
+    """Enrol each institution from its state folder (its keys are kept across demos).
+
+    A new request is signed whenever the institution's data changed since
+    its last one (another seed, partition or model), with the same keys.
+    """
+    nodes = []
+    for node in layout.nodes:
+        state = ParticipantState(node.state_dir or node.data_dir.parent / "state")
+        enrol(
+            state.root,
+            institution=node.institution,
+            kind=layout.kinds[node.institution],
+            data_path=node.data_dir,
+            licence=_licence_for(node),
+            consortium_file=operator.consortium_file,
+            policy=policy,
+            reuse_keys=True,
+        )
+        nodes.append(dataclasses.replace(node, state_dir=state.root, auth_key=state.supernode_key))
+    return nodes
+
+
+def _write(path: Path, data: LocalData, policy: Policy) -> None:
+    if isinstance(data, TextData):
+        write_jsonl(path, data, policy.data.text_column, policy.data.label_column)
+    else:
+        write_npz(path, data)
+
+
+def collect_receipts(folder: Path, nodes: list[NodeSpec]) -> Path:
+    """Copy each institution's receipts into ``folder/NAME``, as they would hand them over."""
+    for node in nodes:
+        if node.state_dir is None:
+            continue
+        target = folder / node.institution
+        target.mkdir(parents=True, exist_ok=True)
+        for receipt in sorted((node.state_dir / "receipts").glob("run-*.json")):
+            shutil.copyfile(receipt, target / receipt.name)
+    return folder

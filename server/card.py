@@ -1,0 +1,232 @@
+"""A release's model card, built from the ledger: provenance, obligations, privacy.
+
+Only institutions with an accepted update in the run are contributors: their
+datasets (as their privacy charges name them) are the model's provenance,
+and their licences make up its obligations (:func:`common.licences.obligations`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.epsilon import epsilon_for_json
+from common.errors import UserError
+from common.licences import PURPOSES, SPDX, Licence, LicenceError, obligations
+from common.policy import Policy
+from server.ledger.schema import (
+    Charge,
+    Dataset,
+    Exclusion,
+    Participant,
+    Round,
+    RoundUpdate,
+    Run,
+    utcnow,
+)
+from server.model_card import CARD_FORMAT, MODEL_FILE
+
+__all__ = ["ReleaseError", "build_card"]
+
+
+class ReleaseError(UserError, ValueError):
+    """A run that cannot be released, or a folder a release cannot be written to."""
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _licence(dataset: Dataset) -> Licence:
+    if dataset.licence_terms:
+        try:
+            return Licence.from_dict(json.loads(dataset.licence_terms))
+        except (ValueError, LicenceError) as err:
+            raise ReleaseError(
+                f"{dataset.participant.name}'s dataset {dataset.sha256[:12]}: {err}"
+            ) from None
+    if dataset.licence in SPDX:  # recorded before licences had structured terms
+        return SPDX[dataset.licence]
+    raise ReleaseError(
+        f"{dataset.participant.name}'s dataset {dataset.sha256[:12]} has no licence terms in "
+        f"the ledger ({dataset.licence!r}): the model's obligations cannot be stated"
+    )
+
+
+def _contributors(
+    session: Session, run: Run
+) -> tuple[list[dict[str, Any]], list[tuple[str, Licence]], list[dict[str, Any]]]:
+    """Who contributed (an accepted update), with which datasets and licences, at what ε.
+
+    A contributor's datasets are those its privacy charges name for the
+    rounds its updates were accepted in, keyed like the strategy's licence
+    check: by (institution, dataset sha256).
+
+    Returns
+    -------
+    tuple
+        The card's contributors, ``(institution, licence)`` per dataset, and
+        the card's privacy rows (each dataset's last charge in the run).
+    """
+    rounds_of: dict[int, list[int]] = defaultdict(list)  # participant id -> its rounds
+    for participant_id, number in session.execute(
+        select(RoundUpdate.participant_id, Round.number)
+        .join(Round, Round.id == RoundUpdate.round_id)
+        .where(Round.run_id == run.id)
+        .order_by(Round.number)
+    ):
+        rounds_of[participant_id].append(number)
+    latest: dict[tuple[int, str], Charge] = {}  # (participant id, dataset) -> last charge
+    charged: dict[tuple[int, str], int] = defaultdict(int)
+    for charge in session.scalars(
+        select(Charge).where(Charge.run_id == run.id).order_by(Charge.round_number, Charge.id)
+    ):
+        key = (charge.participant_id, charge.dataset_sha256)
+        if charge.round_number in rounds_of.get(charge.participant_id, []):
+            latest[key] = charge
+            charged[key] += 1
+    contributors: list[dict[str, Any]] = []
+    contributions: list[tuple[str, Licence]] = []
+    for participant_id, numbers in sorted(rounds_of.items()):
+        participant = session.get(Participant, participant_id)
+        if participant is None:  # the foreign key makes this impossible
+            raise ReleaseError(f"run {run.id} names participant {participant_id}, who is gone")
+        datasets = []
+        for pid, sha256 in sorted(k for k in latest if k[0] == participant_id):
+            dataset = session.scalar(
+                select(Dataset).where(Dataset.participant_id == pid, Dataset.sha256 == sha256)
+            )
+            if dataset is None:
+                raise ReleaseError(
+                    f"{participant.name} trained on dataset {sha256[:12]}, which was never "
+                    "admitted: its licence is unknown"
+                )
+            licence = _licence(dataset)
+            contributions.append((participant.name, licence))
+            datasets.append(
+                {
+                    "sha256": dataset.sha256,
+                    "records": dataset.records,
+                    "format": dataset.format,
+                    "licence": licence.id,
+                    "licence_terms": licence.to_dict(),
+                    "request_sha256": dataset.request_sha256,
+                }
+            )
+        if not datasets:
+            raise ReleaseError(
+                f"{participant.name} contributed to run {run.id} but no privacy charge names "
+                "the dataset it trained on: the model's provenance is unknown"
+            )
+        contributors.append(
+            {
+                "institution": participant.name,
+                "kind": participant.kind,
+                "signing_key_id": participant.signing_key_id,
+                "rounds": numbers,
+                "datasets": datasets,
+            }
+        )
+    privacy = [
+        {
+            "institution": charge.participant.name,
+            "dataset_sha256": charge.dataset_sha256,
+            "dp": charge.dp,
+            "epsilon": epsilon_for_json(charge.epsilon),
+            "delta": charge.delta,
+            "accountant": charge.accountant,
+            "rounds_charged": charged[key],
+        }
+        for key, charge in sorted(latest.items(), key=lambda kv: (kv[1].participant.name, kv[0]))
+    ]
+    return contributors, contributions, privacy
+
+
+def _obligations(contributions: list[tuple[str, Licence]]) -> dict[str, Any]:
+    """The combined terms of every contributing dataset (:func:`common.licences.obligations`)."""
+    owed = obligations(contributions)
+    expiries = [lic.expires for _, lic in contributions if lic.expires is not None]
+    first_expiry: date | None = min(expiries) if expiries else None
+    return {
+        "attribution": list(owed.attribution),
+        "non_commercial": owed.non_commercial,
+        "non_commercial_from": [
+            f"{name} ({lic.id})" for name, lic in contributions if not lic.commercial
+        ],
+        "share_alike": list(owed.share_alike),
+        "share_alike_from": [
+            f"{name} ({lic.id})" for name, lic in contributions if lic.share_alike
+        ],
+        # what every contributing licence allows
+        "purposes": [p for p in PURPOSES if all(p in lic.purposes for _, lic in contributions)],
+        "expires": first_expiry.isoformat() if first_expiry else None,
+    }
+
+
+def build_card(
+    session: Session, run: Run, policy: Policy, last: Round, proof: dict[str, Any]
+) -> dict[str, Any]:
+    """The model card as JSON-ready data (the model file's sha256 is added by the caller).
+
+    ``proof`` is the final round's entry, the signed tree head covering it and
+    the inclusion proof (:func:`server.release.release_model` builds it).
+    """
+    contributors, contributions, privacy = _contributors(session, run)
+    exclusions = session.scalars(
+        select(Exclusion).where(Exclusion.run_id == run.id).order_by(Exclusion.id)
+    ).all()
+    return {
+        "format": CARD_FORMAT,
+        "released_at": utcnow().isoformat(timespec="seconds"),
+        "run": {
+            "id": run.id,
+            "flower_run_id": run.flower_run_id,
+            "model": run.model,
+            "dataset": run.dataset,
+            "purpose": policy.federation.purpose,
+            "policy_sha256": run.policy_sha256,
+            "rounds": last.number,
+            "planned_rounds": run.planned_rounds,
+            "started_at": run.started_at.isoformat(),
+            "ended_at": run.ended_at.isoformat() if run.ended_at else None,
+            "test_accuracy": _finite(run.test_accuracy),
+            "test_loss": _finite(run.test_loss),
+        },
+        "model": {
+            "file": MODEL_FILE,
+            "sha256": last.model_sha256_after,
+            "round": last.number,
+            "initial_sha256": run.initial_model_sha256,
+            "base_sha256": run.base_model_sha256,
+        },
+        "contributors": contributors,
+        "obligations": _obligations(contributions),
+        "privacy": privacy,
+        "rounds": [
+            {
+                "round": r.number,
+                "participants": sorted(u.participant.name for u in r.updates),
+                "accuracy": _finite(r.accuracy),
+                "loss": _finite(r.loss),
+                "model_sha256_after": r.model_sha256_after,
+            }
+            for r in run.rounds
+        ],
+        "exclusions": [
+            {
+                "round": e.round_number,
+                "institution": e.participant.name if e.participant else None,
+                "node_id": e.node_id,
+                "code": e.code,
+                "reason": e.reason,
+            }
+            for e in exclusions
+        ],
+        "ledger": proof,
+    }

@@ -1,0 +1,170 @@
+"""What an auditor reads: the ledger's facts as plain, JSON-ready data."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.epsilon import epsilon_for_json
+from server.ledger.schema import Charge, Exclusion, Participant, Release, Run
+
+__all__ = ["ledger_report", "privacy_spent"]
+
+
+def privacy_spent(session: Session) -> list[dict[str, Any]]:
+    """Cumulative epsilon per (institution, dataset): the latest charge's figure."""
+    charges = session.scalars(select(Charge).order_by(Charge.id)).all()
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in charges:
+        key = (c.participant.name, c.dataset_sha256)
+        rounds = latest.get(key, {}).get("rounds_charged", 0) + 1
+        latest[key] = {
+            "institution": c.participant.name,
+            "dataset_sha256": c.dataset_sha256,
+            "dp": c.dp,
+            "epsilon": epsilon_for_json(c.epsilon),
+            "delta": c.delta,
+            "accountant": c.accountant,
+            "rounds_charged": rounds,
+            "last_run_id": c.run_id,
+        }
+    return sorted(latest.values(), key=lambda row: (row["institution"], row["dataset_sha256"]))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def ledger_report(session: Session) -> dict[str, Any]:
+    """Everything an auditor sees, as plain JSON-ready data."""
+    participants = session.scalars(select(Participant).order_by(Participant.id)).all()
+    runs = session.scalars(select(Run).order_by(Run.id)).all()
+    charges: dict[tuple[int, int], list[Charge]] = {}
+    for c in session.scalars(select(Charge).order_by(Charge.id)):
+        charges.setdefault((c.run_id, c.round_number), []).append(c)
+    exclusions: dict[int, list[Exclusion]] = {}
+    for e in session.scalars(select(Exclusion).order_by(Exclusion.id)):
+        exclusions.setdefault(e.run_id, []).append(e)
+    releases: dict[int, list[Release]] = {}
+    for release in session.scalars(select(Release).order_by(Release.id)):
+        releases.setdefault(release.run_id, []).append(release)
+    return {
+        "privacy": privacy_spent(session),
+        "participants": [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "enrolled_at": _iso(p.enrolled_at),
+                "admitted_at": _iso(p.admitted_at),
+                "signing_key_id": p.signing_key_id,
+                "public_key": p.public_key,
+                "supernode_public_key": p.supernode_public_key,
+                "datasets": [
+                    {
+                        "sha256": d.sha256,
+                        "records": d.records,
+                        "format": d.format,
+                        "schema": json.loads(d.schema_json),
+                        "licence": d.licence,
+                        "licence_terms": json.loads(d.licence_terms) if d.licence_terms else None,
+                        "request_sha256": d.request_sha256,
+                    }
+                    for d in p.datasets
+                ],
+            }
+            for p in participants
+        ],
+        "runs": [
+            {
+                "id": run.id,
+                "flower_run_id": run.flower_run_id,
+                "status": run.status,
+                "model": run.model,
+                "dataset": run.dataset,
+                "policy_sha256": run.policy_sha256,
+                "initial_model_sha256": run.initial_model_sha256,
+                "base_model_sha256": run.base_model_sha256,
+                "planned_rounds": run.planned_rounds,
+                "test_accuracy": run.test_accuracy,
+                "test_loss": run.test_loss,
+                "started_at": _iso(run.started_at),
+                "ended_at": _iso(run.ended_at),
+                "status_reason": run.status_reason,
+                "exclusions": [
+                    {
+                        "round": e.round_number,
+                        "institution": e.participant.name if e.participant else None,
+                        "node_id": e.node_id,
+                        "code": e.code,
+                        "reason": e.reason,
+                    }
+                    for e in exclusions.get(run.id, [])
+                ],
+                "privacy_charges": [
+                    {
+                        "round": c.round_number,
+                        "institution": c.participant.name,
+                        "dataset_sha256": c.dataset_sha256,
+                        "dp": c.dp,
+                        "epsilon": epsilon_for_json(c.epsilon),
+                        "delta": c.delta,
+                        "noise_multiplier": c.noise_multiplier,
+                        "sample_rate": c.sample_rate,
+                        "steps": c.steps,
+                        "accountant": c.accountant,
+                        "max_grad_norm": c.max_grad_norm,
+                        "history_sha256": c.history_sha256,
+                    }
+                    for (run_id, _), round_charges in sorted(charges.items())
+                    if run_id == run.id
+                    for c in sorted(round_charges, key=lambda c: c.participant.name)
+                ],
+                "rounds": [
+                    {
+                        "round": r.number,
+                        "accuracy": r.accuracy,
+                        "loss": r.loss,
+                        "train_loss": r.train_loss,
+                        "participants": r.num_participants,
+                        "seconds": r.seconds,
+                        "model_sha256_before": r.model_sha256_before,
+                        "model_sha256_after": r.model_sha256_after,
+                        "updates": [
+                            {
+                                "institution": u.participant.name,
+                                "num_examples": u.num_examples,
+                                "train_loss": u.train_loss,
+                                "update_sha256": u.update_sha256,
+                                "update_bytes": u.update_bytes,
+                                "train_seconds": u.train_seconds,
+                                "ciphertext_sha256": u.ciphertext_sha256,
+                                "plaintext_sha256": u.plaintext_sha256,
+                                "signature": u.signature,
+                                "signer_key_id": u.signer_key_id,
+                                "seal_seconds": u.seal_seconds,
+                                "open_seconds": u.open_seconds,
+                            }
+                            for u in sorted(r.updates, key=lambda u: u.participant.name)
+                        ],
+                    }
+                    for r in run.rounds
+                ],
+                "releases": [
+                    {
+                        "model_sha256": r.model_sha256,
+                        "card_sha256": r.card_sha256,
+                        "checkpoint_tree_size": r.checkpoint_tree_size,
+                        "checkpoint_root": r.checkpoint_root,
+                        "out": r.out,
+                        "created_at": _iso(r.created_at),
+                    }
+                    for r in releases.get(run.id, [])
+                ],
+            }
+            for run in runs
+        ],
+    }

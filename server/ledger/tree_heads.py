@@ -1,0 +1,203 @@
+"""Signed tree heads: the operator's signature over the ledger's Merkle tree head.
+
+A signed tree head (:class:`common.receipts.TreeHead`) says "the first
+``tree_size`` entries have RFC 6962 root ``root``, as of ``at``". Once signed
+and handed out, any rewrite of those entries, or a deletion below that size,
+no longer matches it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from common.merkle_log import MerkleLog
+from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
+from server.ledger.schema import (
+    LedgerEntry,
+    LedgerHead,
+    LedgerTreeHead,
+    Participant,
+    RoundUpdate,
+    utcnow,
+)
+
+__all__ = [
+    "TREE_HEAD_FORMAT",
+    "LedgerTree",
+    "TreeHead",
+    "TreeHeadError",
+    "round_receipts",
+    "sign_tree_head",
+    "tree_head_from_columns",
+    "tree_head_from_row",
+]
+
+
+class LedgerTree:
+    """The entries' leaf hashes, read once and extended as the ledger grows.
+
+    A signer that signs a head every round reads only the entries appended
+    since its last head. The leaves go into a :class:`~common.merkle_log.MerkleLog`,
+    which keeps every complete subtree head, so a tree head or a proof for
+    any size read so far costs O(log n) hashes rather than a pass over all
+    the leaves.
+    """
+
+    def __init__(self) -> None:
+        self._log = MerkleLog()
+
+    @property
+    def leaves(self) -> Sequence[bytes]:
+        """The leaf hashes read so far, in seq order (a live view: do not modify it)."""
+        return self._log.leaves
+
+    @property
+    def size(self) -> int:
+        """Number of entries read so far."""
+        return self._log.size
+
+    def sync(self, session: Session) -> int:
+        """Read the entries appended since the last call; return the tree size."""
+        for leaf in session.scalars(
+            select(LedgerEntry.leaf_hash)
+            .where(LedgerEntry.seq >= self._log.size)
+            .order_by(LedgerEntry.seq)
+        ):
+            self._log.append(bytes.fromhex(leaf))
+        return self._log.size
+
+    def root(self, size: int | None = None) -> bytes:
+        """Head of the tree of the first ``size`` entries (default: all read so far)."""
+        return self._log.root(size)
+
+    def inclusion(self, seq: int, size: int) -> list[str]:
+        """Hex inclusion proof of entry ``seq`` in the tree of the first ``size`` entries."""
+        return [h.hex() for h in self._log.inclusion_proof(seq, size)]
+
+    def consistency(self, old_size: int, new_size: int) -> list[str]:
+        """Hex consistency proof from the tree of ``old_size`` entries to ``new_size``."""
+        return [h.hex() for h in self._log.consistency_proof(old_size, new_size)]
+
+
+def tree_head_from_columns(
+    row_id: int, tree_size: int, root_hash: str, body: str, signer_key_id: str, signature: str
+) -> TreeHead:
+    """The signed tree head a stored row's columns hold; :class:`TreeHeadError` if inconsistent."""
+    try:
+        doc = json.loads(body)
+        head = TreeHead(
+            tree_size=int(doc["tree_size"]),
+            root=str(doc["root"]),
+            at=str(doc["at"]),
+            note=str(doc["note"]),
+            key_id=signer_key_id,
+            signature=signature,
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise TreeHeadError(f"tree head {row_id} has a malformed body: {err}") from None
+    if head.body().decode() != body or doc.get("format") != TREE_HEAD_FORMAT:
+        raise TreeHeadError(f"tree head {row_id}'s body is not in canonical form")
+    if (head.tree_size, head.root) != (tree_size, root_hash):
+        raise TreeHeadError(f"tree head {row_id}'s columns disagree with its signed body")
+    return head
+
+
+def tree_head_from_row(row: LedgerTreeHead) -> TreeHead:
+    """The signed tree head a stored row holds; :class:`TreeHeadError` if it is inconsistent."""
+    return tree_head_from_columns(
+        row.id, row.tree_size, row.root_hash, row.body, row.key_id, row.signature
+    )
+
+
+def sign_tree_head(
+    session: Session, signer: Ed25519PrivateKey, note: str, tree: LedgerTree | None = None
+) -> TreeHead:
+    """Sign the current tree head and store it; appends wait until it is stored.
+
+    Parameters
+    ----------
+    tree : LedgerTree, optional
+        The leaves read so far, extended here; without it all leaves are read.
+    """
+    size = session.execute(
+        update(LedgerHead)
+        .where(LedgerHead.id == 1)
+        .values(size=LedgerHead.size)  # takes the append lock without changing anything
+        .returning(LedgerHead.size)
+    ).scalar_one()
+    tree = tree if tree is not None else LedgerTree()
+    if tree.sync(session) != size:
+        raise TreeHeadError(f"the head says {size} entries but {len(tree.leaves)} are stored")
+    head = TreeHead.sign(
+        signer,
+        tree_size=size,
+        root=tree.root().hex(),
+        at=utcnow().isoformat(timespec="seconds"),
+        note=note,
+    )
+    session.add(
+        LedgerTreeHead(
+            tree_size=head.tree_size,
+            root_hash=head.root,
+            body=head.body().decode(),
+            key_id=head.key_id,
+            signature=head.signature,
+        )
+    )
+    session.flush()
+    return head
+
+
+def round_receipts(
+    session: Session,
+    tree: LedgerTree,
+    head: TreeHead,
+    *,
+    round_id: int,
+    server_round: int,
+    flower_run_id: str,
+    previous: Mapping[str, TreeHead],
+) -> list[Receipt]:
+    """A receipt for every update recorded in round ``round_id``, under ``head``.
+
+    Parameters
+    ----------
+    tree : LedgerTree
+        Synced at least up to ``head.tree_size`` (as :func:`sign_tree_head` leaves it).
+    previous : mapping
+        The last signed head each participant was given, if any: its receipt
+        then carries a consistency proof from that head.
+    """
+    size = head.tree_size
+    rows = session.execute(
+        select(Participant.name, LedgerEntry.seq, LedgerEntry.payload)
+        .join(RoundUpdate, RoundUpdate.participant_id == Participant.id)
+        .join(LedgerEntry, LedgerEntry.seq == RoundUpdate.entry_seq)
+        .where(RoundUpdate.round_id == round_id)
+        .order_by(LedgerEntry.seq)
+    )
+    receipts = []
+    for name, seq, payload in rows:
+        if seq >= size:
+            raise TreeHeadError(f"{name}'s update (entry {seq}) is not under the signed head")
+        before = previous.get(name)
+        receipts.append(
+            Receipt(
+                participant=name,
+                run_id=flower_run_id,
+                round=server_round,
+                seq=seq,
+                payload=payload,
+                inclusion=tree.inclusion(seq, size),
+                tree_head=head,
+                previous_size=before.tree_size if before else None,
+                previous_root=before.root if before else None,
+                consistency=tree.consistency(before.tree_size, size) if before else None,
+            )
+        )
+    return receipts

@@ -1,0 +1,118 @@
+"""Verify a ledger from its raw rows, read-only, and name the first bad entry.
+
+Checks, in order:
+
+1. the entries are numbered 0, 1, 2, ... without a gap;
+2. each payload is canonical JSON and its RFC 6962 leaf hash is the stored one;
+3. each ``prev_hash`` is the previous entry's ``chain_hash`` and each
+   ``chain_hash`` is recomputed from it;
+4. ``ledger_head`` agrees with the last entry;
+5. every fact row equals the payload of the entry it names (so editing a
+   typed table, such as a participant's public key, is caught), and every row
+   an entry states still exists;
+6. every signed tree head is well formed, covers no more entries than
+   there are (a deleted tail is caught), has the RFC 6962 root of the first
+   ``tree_size`` entries, and, given the operator's public key, carries the
+   operator's signature;
+7. every receipt a participant holds (given with ``receipts``) still agrees
+   with the ledger: its entry is the ledger's entry at that position, and
+   the first ``tree_size`` entries of the current tree still have the root
+   it was signed over (the receipt's head is consistent with the current
+   one), so a deleted tail or a rewritten history is caught even when the
+   operator also removed the signed heads it had stored.
+
+Nothing is written: the checks only read. Each check lives in its own
+module (:mod:`.entries`, :mod:`.rows`, :mod:`.heads`, :mod:`.receipts`);
+:mod:`.parallel` runs them in worker processes.
+
+From :data:`PARALLEL_FROM` entries on, checks 2, 3, 5 (reading and hashing
+the fact rows) and 6 (body and signature of each signed head) run in worker
+processes over seq or id ranges, each on its own connection; the parent
+joins their results in order and makes every comparison that spans ranges,
+so the error raised is the one a single pass raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
+
+from common.receipts import Receipt
+from server.ledger.store import Ledger, LedgerError
+from server.ledger.verify.entries import check_entries
+from server.ledger.verify.heads import check_tree_heads
+from server.ledger.verify.parallel import PARALLEL_FROM, start_parallel
+from server.ledger.verify.receipts import check_receipts
+from server.ledger.verify.result import LedgerTampered, VerifyReport
+from server.ledger.verify.rows import check_rows
+
+__all__ = ["PARALLEL_FROM", "LedgerTampered", "VerifyReport", "verify_ledger"]
+
+
+def verify_ledger(
+    ledger: Ledger,
+    operator: Ed25519PublicKey | None = None,
+    receipts: Sequence[tuple[str, Receipt]] = (),
+    *,
+    workers: int | None = None,
+    parallel_from: int = PARALLEL_FROM,
+) -> VerifyReport:
+    """Check ``ledger`` (see the module docstring); :class:`LedgerTampered` names what failed.
+
+    From ``parallel_from`` entries on, the checks of the entries, fact rows
+    and tree-head signatures are spread over ``workers`` processes by seq
+    (or id) range, each reading the ledger on its own connection; the
+    parent joins their results in order, so the error is the one a single
+    pass raises: the first bad entry, fact row or signed head.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger, opened without migrating it.
+    operator : Ed25519PublicKey, optional
+        The operator's key; without it the heads' signatures are not checked.
+    receipts : sequence of (source, Receipt)
+        Receipts participants hold (:func:`common.receipts.read_receipts`);
+        each must agree with the current tree.
+    workers : int, optional
+        Worker processes (default: the CPUs, at most 8); below 2, one pass.
+    parallel_from : int
+        Fewer entries than this are checked in one pass, in this process.
+
+    Raises
+    ------
+    LedgerTampered
+        The first check that fails, naming the entry.
+    ReceiptError
+        A receipt does not verify on its own (so it proves nothing).
+    """
+    if not inspect(ledger.engine).has_table("ledger_entries"):
+        raise LedgerError(
+            f"{ledger.url} has no ledger_entries table: its schema predates v5 "
+            "(opening it with any writing command migrates it)"
+        )
+    with Session(ledger.engine) as session:
+        parallel = None
+        try:
+            parallel = start_parallel(session, ledger, operator, workers, parallel_from)
+            leaves, entries, last_chain = check_entries(session, parallel)
+            checked, legacy = check_rows(session, entries, parallel)
+            heads, tree_root = check_tree_heads(session, leaves, operator, parallel)
+            checked_receipts = check_receipts(leaves, receipts, operator)
+        finally:
+            if parallel is not None:
+                parallel.pool.shutdown(wait=True, cancel_futures=True)
+            session.rollback()  # read-only: nothing to keep
+    return VerifyReport(
+        entries=len(leaves),
+        tree_root=tree_root.hex(),
+        chain_hash=last_chain,
+        rows_checked=checked,
+        rows_before_entries=legacy,
+        tree_heads=heads,
+        signatures_checked=operator is not None,
+        receipts=checked_receipts,
+    )

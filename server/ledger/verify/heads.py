@@ -1,0 +1,114 @@
+"""Check 6: every signed tree head is well formed, signed, and has the root of its entries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.merkle import TreeBuilder
+from common.receipts import TreeHeadError
+from server.ledger.schema import LedgerTreeHead
+from server.ledger.tree_heads import tree_head_from_columns
+from server.ledger.verify.entries import STREAM
+from server.ledger.verify.result import LedgerTampered
+
+if TYPE_CHECKING:
+    from server.ledger.verify.parallel import Parallel
+
+__all__ = ["Signed", "check_tree_heads", "read_tree_heads", "tree_head_columns"]
+
+Signed = tuple[int, str, str]
+"""What the tree checks need of a well-formed signed tree head: its tree size, root and time."""
+
+
+def tree_head_columns() -> Any:
+    return select(
+        LedgerTreeHead.id,
+        LedgerTreeHead.tree_size,
+        LedgerTreeHead.root_hash,
+        LedgerTreeHead.body,
+        LedgerTreeHead.key_id,
+        LedgerTreeHead.signature,
+    ).order_by(LedgerTreeHead.id)
+
+
+def read_tree_heads(
+    rows: Iterable[Any], operator: Ed25519PublicKey | None
+) -> tuple[list[Signed], str | None]:
+    """Check each stored signed tree head on its own, in id order; stop at the first that fails.
+
+    Returns
+    -------
+    list of (tree_size, root, at)
+        The heads that passed, before the first that failed.
+    str or None
+        The :class:`TreeHeadError` message of the first that failed.
+    """
+    signed: list[Signed] = []
+    for row in rows:
+        try:
+            head = tree_head_from_columns(*row)
+            if operator is not None:
+                head.verify(operator)
+        except TreeHeadError as err:
+            return signed, str(err)
+        signed.append((head.tree_size, head.root, head.at))
+    return signed, None
+
+
+def check_tree_heads(
+    session: Session,
+    leaves: list[bytes],
+    operator: Ed25519PublicKey | None,
+    parallel: Parallel | None = None,
+) -> tuple[int, bytes]:
+    """Check the stored heads against ``leaves``; return their count and the tree root.
+
+    The root of all ``leaves`` comes from the same pass that gives each
+    head's root.
+    """
+    parts = []
+    if parallel is not None:
+        parts = [future.result() for future in parallel.heads]
+    if not parts:
+        stream = session.execute(tree_head_columns().execution_options(yield_per=STREAM))
+        parts = [read_tree_heads(stream, operator)]
+    heads: list[Signed] = []
+    for signed, failure in parts:
+        for tree_size, _, at in signed:
+            if tree_size > len(leaves):
+                raise LedgerTampered(
+                    len(leaves),
+                    None,
+                    f"a tree head signed at {at} covers {tree_size} entries, "
+                    f"but only {len(leaves)} remain: entries were deleted",
+                )
+        if failure is not None:
+            raise LedgerTampered(None, None, failure)
+        heads += signed
+    wanted: dict[int, list[Signed]] = {}
+    for head in heads:
+        wanted.setdefault(head[0], []).append(head)
+    tree, built = TreeBuilder(), 0
+    for size in sorted(wanted):
+        while built < size:
+            built = tree.append(leaves[built])
+        root = tree.root().hex()
+        for _, root_hash, at in wanted[size]:
+            if root != root_hash:
+                raise LedgerTampered(
+                    size - 1 if size else None,
+                    None,
+                    f"the first {size} entries no longer have the root the tree head of "
+                    f"{at} signed: history was rewritten",
+                )
+    while built < len(leaves):
+        built = tree.append(leaves[built])
+    return len(heads), tree.root()
+
+
+# --- in parallel --------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""What :func:`~server.ledger.verify.verify_ledger` reports: intact, or the first bad entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.ledger.store import LedgerError
+
+__all__ = ["LedgerTampered", "VerifyReport"]
+
+
+class LedgerTampered(LedgerError):
+    """The ledger does not verify; ``seq`` and ``kind`` name the first bad entry."""
+
+    def __init__(self, seq: int | None, kind: str | None, detail: str) -> None:
+        where = f"entry {seq}" + (f" ({kind})" if kind else "") if seq is not None else "ledger"
+        super().__init__(f"{where}: {detail}")
+        self.seq, self.kind, self.detail = seq, kind, detail
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What an intact ledger holds."""
+
+    entries: int
+    tree_root: str
+    chain_hash: str
+    rows_checked: int
+    rows_before_entries: int
+    """Fact rows written before the ledger had entries (v4 and older); not covered."""
+    tree_heads: int = 0
+    """Signed tree heads checked against the entries."""
+    signatures_checked: bool = False
+    receipts: int = 0
+
+    def summary(self) -> str:
+        legacy = (
+            f"; {self.rows_before_entries} older rows predate the entries"
+            if self.rows_before_entries
+            else ""
+        )
+        signed = (
+            "operator signatures verified"
+            if self.signatures_checked
+            else "signatures NOT checked (no --operator-key)"
+        )
+        receipts = f", {self.receipts} receipts consistent" if self.receipts else ""
+        return (
+            f"intact: {self.entries} entries, {self.rows_checked} fact rows match their "
+            f"entries, {self.tree_heads} signed tree heads ({signed}){receipts}, tree root "
+            f"{self.tree_root}{legacy}"
+        )

@@ -1,0 +1,203 @@
+"""Submitting a run and following it to its end, from Flower's status and the ledger.
+
+:func:`submit_run` validates nothing itself (the policy already is) and sends
+the FedCommons app with the policy as its run config, never a deploy
+setting. :func:`follow_run` polls the ledger for recorded rounds (reported
+as :class:`RoundProgress`) and ``flwr ls`` for the run's status, until Flower
+says the run finished; a run that did not finish well raises
+:class:`RunFailed` (or :class:`PrivacyBudgetExhausted`) with the reasons the
+ledger recorded and the end of the ServerApp's log. ``fedcommons operator
+run`` and the demo follow runs the same way.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from common.policy import Policy
+from common.protocol import ExclusionCode
+from server.flower import FederationError, FlwrCli, build_app_dir, write_run_config
+from server.ledger import Ledger
+from server.ledger.schema import Charge, Exclusion, Round, Run
+
+__all__ = [
+    "PrivacyBudgetExhausted",
+    "RoundProgress",
+    "RunFailed",
+    "RunOutcome",
+    "follow_run",
+    "read_rounds",
+    "submit_run",
+]
+
+
+class RunFailed(FederationError):
+    """A run ended without finishing in the ledger, or Flower says it did not complete."""
+
+
+class PrivacyBudgetExhausted(RunFailed):
+    """The run stopped because too few institutions had privacy budget left."""
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """One recorded round, as a progress display shows it."""
+
+    round: int
+    accuracy: float
+    loss: float
+    participants: int
+    seconds: float
+    epsilon: dict[str, float]
+    """Cumulative epsilon per institution after this round (infinite without DP)."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run: its ledger id, Flower's id and status, and every round."""
+
+    flower_run_id: int
+    ledger_run_id: int
+    status: str
+    test_accuracy: float | None
+    test_loss: float | None
+    rounds: list[RoundProgress]
+
+
+def submit_run(cli: FlwrCli, policy: Policy, workdir: Path | None = None) -> int:
+    """Send the FedCommons app with ``policy`` as its run config; return Flower's run id.
+
+    The app and the run-config file are laid out in ``workdir`` (default: a
+    temporary folder removed afterwards).
+    """
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _submit(cli, policy, workdir)
+    with tempfile.TemporaryDirectory(prefix="fedcommons-run-") as folder:
+        return _submit(cli, policy, Path(folder))
+
+
+def _submit(cli: FlwrCli, policy: Policy, folder: Path) -> int:
+    run_config = write_run_config(folder / "run-config.toml", policy.to_run_config())
+    return cli.submit(build_app_dir(folder / "app"), run_config)
+
+
+def read_rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundProgress]]:
+    """The ledger's run for a Flower run id (``None`` until it starts) and its rounds."""
+    with ledger.session() as session:
+        run = session.scalar(select(Run).where(Run.flower_run_id == str(flower_run_id)))
+        if run is None:
+            return None, []
+        rows = session.scalars(
+            select(Round).where(Round.run_id == run.id).order_by(Round.number)
+        ).all()
+        epsilon: dict[int, dict[str, float]] = {}
+        for charge in session.scalars(select(Charge).where(Charge.run_id == run.id)):
+            epsilon.setdefault(charge.round_number, {})[charge.participant.name] = charge.epsilon
+        return run, [
+            RoundProgress(
+                r.number,
+                r.accuracy,
+                r.loss,
+                r.num_participants,
+                r.seconds,
+                epsilon.get(r.number, {}),
+            )
+            for r in rows
+        ]
+
+
+def exhausted_budgets(ledger: Ledger, run_id: int) -> list[str]:
+    """The budget refusals recorded for a run, one line each."""
+    with ledger.session() as session:
+        rows = session.scalars(
+            select(Exclusion)
+            .where(Exclusion.run_id == run_id, Exclusion.code == ExclusionCode.BUDGET_EXHAUSTED)
+            .order_by(Exclusion.id)
+        ).all()
+        return [f"round {e.round_number}: {e.reason}" for e in rows]
+
+
+def follow_run(
+    cli: FlwrCli,
+    ledger: Ledger,
+    flower_run_id: int,
+    *,
+    on_round: Callable[[RoundProgress], None] | None = None,
+    check: Callable[[], None] | None = None,
+    poll: float = 0.5,
+    status_interval: float = 2.0,
+) -> RunOutcome:
+    """Report each round as the ledger records it, until Flower says the run finished.
+
+    Parameters
+    ----------
+    check : callable, optional
+        Called on every poll; raise from it to stop following (the demo
+        checks that its processes are alive).
+
+    Raises
+    ------
+    PrivacyBudgetExhausted
+        The run stopped because budgets ran out (each refusal is listed).
+    RunFailed
+        Any other run that did not finish, with Flower's status and the end
+        of the ServerApp's log.
+    """
+    seen, next_status = 0, 0.0
+    status: dict[str, Any] = {}
+    while True:
+        _, rounds = read_rounds(ledger, flower_run_id)
+        for progress in rounds[seen:]:
+            if on_round is not None:
+                on_round(progress)
+        seen = len(rounds)
+        if check is not None:
+            check()
+        if time.monotonic() >= next_status:
+            status = cli.run_status(flower_run_id)
+            next_status = time.monotonic() + status_interval
+            if str(status["status"]).startswith("finished"):
+                break
+        time.sleep(poll)
+    run, rounds = read_rounds(ledger, flower_run_id)
+    for progress in rounds[seen:]:
+        if on_round is not None:
+            on_round(progress)
+    if run is None or run.status != "finished" or not str(status["status"]).endswith("completed"):
+        exhausted = exhausted_budgets(ledger, run.id) if run is not None else []
+        if run is not None and exhausted:
+            needed = Policy.from_recorded(run.policy_toml).federation.min_nodes
+            raise PrivacyBudgetExhausted(
+                f"the run stopped: fewer than {needed} institutions have privacy budget left "
+                "for another round.\n  " + "\n  ".join(exhausted) + "\nA dataset's budget "
+                "covers every run that uses it; see 'fedcommons client budget --state DIR' "
+                "and 'fedcommons audit show'."
+            )
+        raise RunFailed(
+            f"Flower run {flower_run_id} ended as {status['status']} "
+            f"({status.get('status-details', '')}); ledger status "
+            f"{run.status if run else 'missing'}"
+            + (f" ({run.status_reason})" if run is not None and run.status_reason else "")
+            + ". ServerApp log:\n"
+            + _last_lines(cli.run_log(flower_run_id), 25)
+        )
+    return RunOutcome(
+        flower_run_id=flower_run_id,
+        ledger_run_id=run.id,
+        status=str(status["status"]),
+        test_accuracy=run.test_accuracy,
+        test_loss=run.test_loss,
+        rounds=rounds,
+    )
+
+
+def _last_lines(text: str, count: int) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])

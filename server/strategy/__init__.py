@@ -1,0 +1,28 @@
+"""The server's strategy, built from parts around Flower's aggregation.
+
+:class:`ConsortiumStrategy` wraps an aggregation strategy (Flower's
+``FedAvgM``) with the :class:`LicenceGate`, the :class:`UpdateIntake` (which
+opens each sealed update through the :class:`UpdateGate`), a
+:class:`RoundRecorder` and the :class:`ReceiptOutbox`.
+"""
+
+from server.strategy.admission import LicenceGate
+from server.strategy.composed import ConsortiumStrategy, Evaluator, RoundFailed
+from server.strategy.intake import UpdateGate, UpdateIntake, expected_tensors
+from server.strategy.outbox import ReceiptOutbox
+from server.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
+
+__all__ = [
+    "ConsortiumStrategy",
+    "Evaluator",
+    "FinishedRound",
+    "LedgerRecorder",
+    "LicenceGate",
+    "NullRecorder",
+    "ReceiptOutbox",
+    "RoundFailed",
+    "RoundRecorder",
+    "UpdateGate",
+    "UpdateIntake",
+    "expected_tensors",
+]

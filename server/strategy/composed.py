@@ -1,0 +1,177 @@
+"""The consortium's strategy: Flower's aggregation wrapped with the consortium's rules.
+
+Built like Flower's own DP wrappers: :class:`ConsortiumStrategy` holds the
+aggregation strategy (Flower's ``FedAvgM`` by default) and adds, around it,
+the licence gate (:mod:`.admission`), the update intake (:mod:`.intake`), the
+round recorder (:mod:`.recorder`) and the receipt outbox (:mod:`.outbox`).
+Each part is replaceable and tested on its own; the aggregator only ever
+sees decrypted, checked updates weighted by the example count each
+participant signed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from common.arrays import Arrays, arrays_of, arrays_sha256
+from common.protocol import ExclusionCode
+from server.ledger import ExclusionFact
+from server.strategy.admission import LicenceGate
+from server.strategy.intake import RoundIntake, UpdateIntake
+from server.strategy.outbox import ReceiptOutbox
+from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
+
+__all__ = ["ConsortiumStrategy", "Evaluator", "RoundFailed"]
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[Arrays], tuple[float, float]]
+"""Maps global weights to ``(loss, accuracy)`` on the server's validation split."""
+
+
+class RoundFailed(RuntimeError):
+    """Fewer nodes than the policy's minimum returned a usable update."""
+
+
+class ConsortiumStrategy(Strategy):
+    """``aggregator`` plus the licence gate, update intake, round recorder and receipt outbox.
+
+    Parameters
+    ----------
+    aggregator : FedAvg
+        The aggregation rule (Flower's ``FedAvg`` family); it samples the
+        nodes and averages the accepted updates.
+    intake : UpdateIntake
+        Opens and checks every reply.
+    licences : LicenceGate
+        Nodes whose data may no longer be used are not asked to train.
+    evaluator : callable
+        ``(loss, accuracy)`` of global weights on the server's validation split.
+    min_nodes : int
+        Accepted updates a round needs to count.
+    recorder : RoundRecorder, optional
+        Keeps the record (default: :class:`~.recorder.NullRecorder`).
+    outbox : ReceiptOutbox, optional
+        Holds the receipts the recorder owes (default: a new one).
+    """
+
+    def __init__(
+        self,
+        aggregator: FedAvg,
+        *,
+        intake: UpdateIntake,
+        licences: LicenceGate,
+        evaluator: Evaluator,
+        min_nodes: int,
+        recorder: RoundRecorder | None = None,
+        outbox: ReceiptOutbox | None = None,
+    ) -> None:
+        if min_nodes < 1:
+            raise ValueError(f"min_nodes must be >= 1, got {min_nodes}")
+        self.aggregator = aggregator
+        self.intake = intake
+        self.licences = licences
+        self.evaluator = evaluator
+        self.min_nodes = min_nodes
+        self.recorder: RoundRecorder = recorder if recorder is not None else NullRecorder()
+        self.outbox = outbox if outbox is not None else ReceiptOutbox()
+        self._started = time.monotonic()
+        self._model_before = ""
+        self._round = RoundIntake()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._started = time.monotonic()
+        self._model_before = arrays_sha256(arrays_of(arrays))
+        self.intake.begin_round(server_round, self._model_before)
+        kept, excluded = [], []
+        for message in self.aggregator.configure_train(server_round, arrays, config, grid):
+            institution = self.intake.institution_of(message.metadata.dst_node_id)
+            reason = self.licences.blocked(institution) if institution else None
+            if reason is None:
+                self.outbox.attach(message, institution)
+                kept.append(message)
+            else:
+                node = message.metadata.dst_node_id
+                excluded.append(ExclusionFact(institution, node, ExclusionCode.LICENCE, reason))
+                log.warning(
+                    "round %d: %s not asked to train: %s", server_round, institution, reason
+                )
+        self.recorder.record_exclusions(server_round, excluded)
+        return kept
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Record every charge and exclusion, then aggregate the accepted updates."""
+        replies = list(replies)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            self.outbox.answered(node, self.intake.institution_of(node))
+        self._round = intake = self.intake.take(replies)
+        charges = [a.charge for a in intake.accepted]
+        self.recorder.record_replies(server_round, charges, intake.exclusions)
+        for e in intake.exclusions:
+            who = e.institution or "unknown"
+            log.warning(
+                "round %d: node %d (%s) excluded: %s", server_round, e.node_id, who, e.reason
+            )
+        if len(intake.accepted) < self.min_nodes:
+            reasons = "; ".join(_describe(e) for e in intake.exclusions)
+            raise RoundFailed(
+                f"round {server_round}: {len(intake.accepted)} of the required {self.min_nodes} "
+                "nodes returned an update" + (f" ({reasons})" if reasons else "")
+            )
+        return self.aggregator.aggregate_train(server_round, [a.message for a in intake.accepted])
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.aggregator.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.aggregator.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.aggregator.summary()
+
+    def finish_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Evaluate and record a round; queue its receipts (Flower's ``evaluate_fn``)."""
+        weights = arrays_of(arrays)
+        loss, accuracy = self.evaluator(weights)
+        if server_round > 0:
+            receipts = self.recorder.record_round(
+                FinishedRound(
+                    number=server_round,
+                    model_before=self._model_before,
+                    model_after=arrays_sha256(weights),
+                    weights=weights,
+                    loss=loss,
+                    accuracy=accuracy,
+                    started=self._started,
+                    updates=[a.update for a in self._round.accepted],
+                    envelopes={a.update.institution: a.envelope for a in self._round.accepted},
+                )
+            )
+            self.outbox.queue(receipts)
+            log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
+        return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+    def deliver_receipts(self, grid: Grid, timeout: float | None) -> dict[str, str]:
+        """Send the receipts still owed (the last round's) in one query per node."""
+        return self.outbox.deliver_remaining(grid, self.intake.nodes, timeout)
+
+
+def _describe(exclusion: ExclusionFact) -> str:
+    who = exclusion.institution or f"node {exclusion.node_id}"
+    kind = "privacy budget" if exclusion.code == ExclusionCode.BUDGET_EXHAUSTED else "excluded"
+    return f"{who} [{kind}]: {exclusion.reason}"

@@ -1,0 +1,95 @@
+"""The receipt outbox: receipts wait here until the next message to their participant.
+
+A round's receipts ride on the next round's train message, so rounds gain no
+exchange; the last round's go out after the run in one query message per
+node (:meth:`ReceiptOutbox.deliver_remaining`). A node that answers a message
+carrying receipts has had them: it either stored them or refused the round
+(code 409, recorded as its exclusion), and sending the same receipt again
+would not change that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common.protocol import RECEIPTS, Refusal
+from common.receipts import Receipt
+
+__all__ = ["ReceiptOutbox", "with_receipts"]
+
+log = logging.getLogger(__name__)
+
+
+def with_receipts(content: RecordDict, receipts: list[Receipt]) -> RecordDict:
+    """A copy of ``content`` that also carries ``receipts`` (JSON, in order)."""
+    copy = RecordDict(dict(content))
+    copy[RECEIPTS] = ConfigRecord({"receipts": [r.to_json() for r in receipts]})
+    return copy
+
+
+class ReceiptOutbox:
+    """Receipts not yet delivered, by participant, and what each message in flight carries."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[Receipt]] = {}
+        self._carrying: dict[int, int] = {}  # node id -> receipts its message carries
+
+    def pending(self, institution: str) -> list[Receipt]:
+        """The receipts ``institution`` is still owed, oldest first."""
+        return list(self._pending.get(institution, []))
+
+    def queue(self, receipts: Iterable[Receipt]) -> None:
+        """Owe each receipt to its participant."""
+        for receipt in receipts:
+            self._pending.setdefault(receipt.participant, []).append(receipt)
+
+    def attach(self, message: Message, institution: str | None) -> None:
+        """Let ``message`` (to ``institution``'s node) carry what it is owed."""
+        receipts = self._pending.get(institution or "", [])
+        if receipts:
+            message.content = with_receipts(message.content, receipts)
+            self._carrying[message.metadata.dst_node_id] = len(receipts)
+
+    def answered(self, node_id: int, institution: str | None) -> None:
+        """The node answered the message it was sent: what that carried is delivered."""
+        count = self._carrying.pop(node_id, 0)
+        if count and institution in self._pending:
+            del self._pending[institution][:count]
+
+    def deliver_remaining(
+        self, grid: Grid, nodes: Mapping[str, int], timeout: float | None
+    ) -> dict[str, str]:
+        """Send what is still owed in one query per node (``nodes``: institution -> node id).
+
+        Returns
+        -------
+        dict
+            Per participant owed something, ``"stored"``, why its node refused,
+            or that it did not answer.
+        """
+        messages = []
+        institution_of = {node: name for name, node in nodes.items()}
+        for name, receipts in self._pending.items():
+            if receipts and name in nodes:
+                message = Message(
+                    RecordDict(), dst_node_id=nodes[name], message_type=MessageType.QUERY
+                )
+                self.attach(message, name)
+                messages.append(message)
+        outcome = {name: "not delivered (no reply)" for name, owed in self._pending.items() if owed}
+        if not messages:
+            return {}
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node_id = reply.metadata.src_node_id
+            name = institution_of.get(node_id, f"node {node_id}")
+            self.answered(node_id, institution_of.get(node_id))
+            if reply.has_error():
+                outcome[name] = Refusal.from_reason(reply.error.reason or "").detail
+                log.warning("%s refused its receipts: %s", name, outcome[name])
+            else:
+                outcome[name] = "stored"
+        return outcome

@@ -1,0 +1,1 @@
+"""FedCommons tests (a package so shared helpers import as ``tests.*``)."""
