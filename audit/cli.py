@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -36,9 +37,17 @@ def verify(
         str | None,
         typer.Option(
             help="The operator's key: base64, or the consortium.json that holds it. "
-            "Without it, the signatures of the ledger's tree heads are not checked."
+            "Needed to check the signatures of the ledger's tree heads."
         ),
     ] = None,
+    skip_signatures: Annotated[
+        bool,
+        typer.Option(
+            "--skip-signatures",
+            help="Verify without the operator's key: everything but the tree heads' "
+            "signatures (the result says so).",
+        ),
+    ] = False,
     receipts: Annotated[
         Path | None,
         typer.Option(
@@ -52,9 +61,21 @@ def verify(
     """Recompute every entry, the hash chain and the Merkle tree; check every fact row,
     signed tree head and receipt.
 
-    Read-only. Exit 0 and one "intact" line if everything holds; exit 1 and
-    the first bad entry otherwise.
+    Read-only. Exit 0 and one "intact" line if every check ran and held;
+    exit 1 and the first bad entry otherwise. Without --operator-key it
+    refuses (exit 2) unless --skip-signatures says to verify the rest.
     """
+    if operator_key is None and not skip_signatures:
+        raise typer.BadParameter(
+            "give the operator's key (consortium.json or base64) to check the tree heads' "
+            "signatures, or --skip-signatures to verify everything else without them",
+            param_hint="--operator-key",
+        )
+    if operator_key is not None and skip_signatures:
+        raise typer.BadParameter(
+            "--skip-signatures and --operator-key contradict each other",
+            param_hint="--skip-signatures",
+        )
     operator = _operator_key(operator_key) if operator_key else None
     held = [(str(path), r) for path, r in read_receipts(receipts)] if receipts else []
     ledger = Ledger(ledger_url, migrate=False)
@@ -73,7 +94,9 @@ def verify(
     finally:
         ledger.close()
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps({"intact": True, **report.__dict__}))
+        complete = report.signatures_checked
+        unchecked = [] if complete else ["tree-head signatures"]
+        typer.echo(json.dumps({"intact": complete, "unchecked": unchecked, **asdict(report)}))
         return
     typer.echo(report.summary())
 

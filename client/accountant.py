@@ -204,10 +204,17 @@ def history_path(state_dir: Path, dataset_sha256: str) -> Path:
 
 
 def _read(path: Path) -> AccountantHistory:
+    if not path.is_file():
+        raise PrivacyStateError(
+            f"{path} is not a file (a folder or something else is where this dataset's "
+            "accountant history belongs); move it away, then try again"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise PrivacyStateError(f"{path} is not UTF-8 text; it is corrupt") from err
+    except OSError as err:
+        raise PrivacyStateError(f"cannot read {path}: {err.strerror}") from err
     return AccountantHistory.from_json(text, str(path))
 
 
@@ -261,4 +268,6 @@ def list_histories(state_dir: Path) -> list[AccountantHistory]:
     folder = state_dir / PRIVACY_DIR
     if not state_dir.is_dir():
         raise PrivacyStateError(f"state folder {state_dir} does not exist")
+    if folder.exists() and not folder.is_dir():
+        raise PrivacyStateError(f"{folder} is not a folder: it should hold the privacy histories")
     return [_read(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []

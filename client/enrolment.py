@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -152,6 +155,7 @@ def enrol(
             f"{enrolled[0]} exists: {state_dir} already holds an enrolment; use a new "
             "state folder (keys are never overwritten)"
         )
+    staged: Path | None = None  # new keys wait here until everything else is written
     if enrolled:
         signing = state.load_signing_key(passphrase)
         supernode_public = load_ssh_public_key(state.supernode_public_key.read_bytes())
@@ -159,9 +163,47 @@ def enrol(
             raise EnrolmentError(f"{state.supernode_public_key} is not an ECDSA key")
         supernode = supernode_public
     else:
+        keys = state.signing_key.parent
+        if keys.exists() and (not keys.is_dir() or any(keys.iterdir())):
+            raise EnrolmentError(f"{keys} holds other files: use a new state folder")
+        state.root.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=".keys.", dir=state.root))
         signing = Ed25519PrivateKey.generate()
-        write_private_key(state.signing_key, signing, passphrase=passphrase)
-        supernode = write_supernode_key(state.supernode_key, state.supernode_public_key)
+        write_private_key(staged / state.signing_key.name, signing, passphrase=passphrase)
+        supernode = write_supernode_key(
+            staged / state.supernode_key.name, staged / state.supernode_public_key.name
+        )
+    try:
+        request = _write_request(
+            state, consortium, signing, supernode, institution, kind, terms.to_dict(), manifest
+        )
+        if staged is not None:  # the keys land last: a failure before leaves no enrolment
+            if state.signing_key.parent.exists():
+                state.signing_key.parent.rmdir()  # empty, checked above
+            os.rename(staged, state.signing_key.parent)
+            staged = None
+    except OSError as err:
+        raise EnrolmentError(
+            f"cannot write the enrolment into {state.root}: {err.strerror} "
+            f"({err.filename}); nothing was enrolled, so fix it and run the same command again"
+        ) from None
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+    return request
+
+
+def _write_request(
+    state: ParticipantState,
+    consortium: Consortium,
+    signing: Ed25519PrivateKey,
+    supernode: ec.EllipticCurvePublicKey,
+    institution: str,
+    kind: str,
+    licence: dict[str, Any],
+    manifest: dict[str, Any],
+) -> Path:
+    """Copy the consortium's public files and write the signed request (if it changed)."""
     consortium.write(state.consortium)
     write_atomic(state.ca_certificate, consortium.ca_certificate)
     doc: dict[str, Any] = {
@@ -169,7 +211,7 @@ def enrol(
         "consortium_id": consortium.id,
         "institution": institution,
         "kind": kind,
-        "licence": terms.to_dict(),
+        "licence": licence,
         "dataset": manifest,
         "signing_public_key": encode_public(signing.public_key()),
         "supernode_public_key": _openssh(supernode),

@@ -117,6 +117,11 @@ def load_image_data(path: str | Path, *, num_classes: int, image_size: int) -> I
 
 
 def _read_npz(path: Path) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays, as "
+            "numpy.savez writes it)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in ("images", "labels") if k not in archive.files]
@@ -128,7 +133,14 @@ def _read_npz(path: Path) -> tuple[NDArray[np.generic], NDArray[np.generic]]:
             return archive["images"], archive["labels"]
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise DataError(
+                f"{path}: holds pickled Python objects, which FedCommons never loads (they "
+                "could run code); save plain numeric arrays"
+            ) from None
+        raise DataError(f"{path}: unreadable .npz file ({err})") from err
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: unreadable .npz file ({err})") from err
 
 

@@ -149,6 +149,21 @@ def _decode(file: Path, raw: bytes) -> str:
 def _csv_rows(
     file: Path, text: str, text_column: str, label_column: str
 ) -> list[tuple[int, str, str]]:
+    # The file is read whole already, so no field can be longer than it: lift
+    # csv's 128 KiB field limit to that (over-long texts are truncated later,
+    # at tokenization), and put the process-wide limit back afterwards.
+    previous = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    try:
+        return _csv_records(file, text, text_column, label_column)
+    except csv.Error as err:
+        raise TextDataError(f"{file}: not a readable CSV file ({err})") from None
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _csv_records(
+    file: Path, text: str, text_column: str, label_column: str
+) -> list[tuple[int, str, str]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     missing = [c for c in (text_column, label_column) if c not in header]

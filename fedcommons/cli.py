@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from typing import Any
 
 import click
@@ -20,7 +21,14 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from fedcommons.errors import EXIT_USER_ERROR, USER_ERRORS
+from fedcommons.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    USER_ERRORS,
+    mask_secrets,
+    write_crash_log,
+)
 
 __all__ = ["GROUPS", "app", "main"]
 
@@ -55,10 +63,27 @@ class _Root(TyperGroup):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as err:
-            Console(stderr=True).print(
-                f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
-            )
+            _say(str(err))
             raise typer.Exit(code=EXIT_USER_ERROR) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            _say("interrupted")
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        except Exception as err:
+            log = write_crash_log(err, sys.argv[1:])
+            _say(
+                f"unexpected {type(err).__name__}: {err}. This is a bug in FedCommons; the "
+                f"traceback is in {log} (please report it with that file)"
+            )
+            raise typer.Exit(code=EXIT_INTERNAL) from None
+
+
+def _say(message: str) -> None:
+    """One line on stderr, secrets masked."""
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {escape(mask_secrets(message))}", highlight=False, soft_wrap=True
+    )
 
 
 app = typer.Typer(

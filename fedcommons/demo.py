@@ -32,6 +32,7 @@ from fedcommons.demo_setup import (
 )
 from server.ledger import Ledger
 from server.ledger.schema import Round, RoundUpdate
+from server.ledger.store import masked_url
 from server.ledger.verify import verify_ledger
 from server.release import release_model
 from server.runs import RoundProgress, follow_run, submit_run
@@ -147,7 +148,7 @@ def run_demo(
         ],
         "final_accuracy": outcome.test_accuracy,
         "final_validation_accuracy": rounds[-1].accuracy if rounds else None,
-        "ledger_url": ledger_url,
+        "ledger_url": masked_url(ledger_url),  # a password never leaves the operator
         "tls": not insecure,
         "node_auth": not insecure,
         "superlink_db": str(federation.superlink_db),

@@ -33,7 +33,7 @@ from common.keys import encode_public, write_private_key
 from common.policy import Policy
 from common.tls import write_tls
 from server.deploy import DEPLOY_FILE, DeployConfig, OperatorFiles
-from server.flower import CONNECTION, write_connection
+from server.flower import CONNECTION, FederationError, write_connection
 from server.ledger import Ledger, admit_participant, refuse_admission
 
 __all__ = ["Register", "admit", "init_consortium"]
@@ -197,5 +197,13 @@ def admit(
         with tempfile.TemporaryDirectory() as folder:
             key_file = Path(folder) / f"{request.institution}-supernode.pub"
             key_file.write_text(request.supernode_public_key + "\n", encoding="ascii")
-            register(key_file)
+            try:
+                register(key_file)
+            except FederationError as err:
+                raise FederationError(
+                    f"{request.institution} is admitted in the ledger, but its SuperNode key "
+                    f"could not be registered with the SuperLink: {err}. Once the SuperLink is "
+                    "up, run the same 'fedcommons operator admit' again: admitting is "
+                    "idempotent and retries the registration"
+                ) from None
     return request

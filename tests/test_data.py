@@ -151,7 +151,7 @@ def test_bad_npz_names_file_and_problem(
 def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
-    with pytest.raises(DataError, match=re.escape("garbage.npz: unreadable .npz file")):
+    with pytest.raises(DataError, match=re.escape("garbage.npz: not an .npz file")):
         load_image_data(garbage, **LOAD)
     with pytest.raises(DataError, match="nothere: no such file or folder"):
         load_image_data(tmp_path / "nothere", **LOAD)
@@ -164,7 +164,10 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
 def test_pickled_object_arrays_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "objects.npz"
     np.savez(path, images=np.array([object()], dtype=object), labels=np.zeros(1, int))
-    with pytest.raises(DataError, match=re.escape("objects.npz: unreadable")):
+    with pytest.raises(
+        DataError,
+        match=re.escape("objects.npz: holds pickled Python objects, which FedCommons never loads"),
+    ):
         load_image_data(path, **LOAD)
 
 

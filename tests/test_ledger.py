@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError
 
 from common.protocol import ExclusionCode, PrivacyCharge
@@ -255,6 +257,9 @@ def test_charge_from_unenrolled_institution_is_refused(ledger: Ledger) -> None:
 
 
 def test_a_v1_ledger_migrates_forward_without_losing_rows(url: str) -> None:
+    database = make_url(url).database
+    if url.startswith("sqlite") and database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(normalise_url(url))  # a ledger as the foundation issue left it
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -365,7 +370,10 @@ def test_plain_postgresql_urls_use_psycopg3() -> None:
 
 
 def test_bad_urls_and_missing_ledgers_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(LedgerError, match="invalid ledger URL 'not a url'"):
+    with pytest.raises(
+        LedgerError,
+        match=re.escape("invalid ledger URL '(an unparseable URL)': give sqlite:///FILE"),
+    ):
         Ledger("not a url")
     with pytest.raises(LedgerError, match=r"no ledger at .*absent.db: the file does not exist"):
         Ledger(f"sqlite:///{tmp_path / 'absent.db'}", migrate=False)

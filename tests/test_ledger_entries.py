@@ -17,6 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 from typer.testing import CliRunner
 
+from common.keys import encode_public
 from common.merkle import leaf_hash
 from common.protocol import ExclusionCode, PrivacyCharge
 from fedcommons.cli import app
@@ -262,11 +263,29 @@ def test_two_concurrent_writers_make_one_valid_chain(ledger: Ledger, url: str) -
 
 def test_audit_verify_command(ledger: Ledger, url: str) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["audit", "verify", "--ledger", url])
+    operator = Ed25519PrivateKey.generate()
+    with ledger.session() as s:
+        sign_tree_head(s, operator, note="t")
+    key = ["--operator-key", encode_public(operator.public_key())]
+    result = runner.invoke(app, ["audit", "verify", "--ledger", url, *key])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("intact: 9 entries, 7 fact rows match their entries")
+    assert "1 signed tree heads (operator signatures verified)" in result.output
+    # without the key it says "intact" only if told to skip the signatures, and then not
+    refused = runner.invoke(app, ["audit", "verify", "--ledger", url])
+    assert refused.exit_code == 2 and "--skip-signatures" in refused.output
+    skipped = runner.invoke(app, ["audit", "verify", "--ledger", url, "--skip-signatures"])
+    assert skipped.exit_code == 0, skipped.output
+    assert skipped.output.startswith("consistent, signatures NOT checked: 9 entries")
+    assert "intact" not in skipped.output
+    doc = json.loads(
+        runner.invoke(
+            app, ["audit", "verify", "--ledger", url, "--skip-signatures", "--format", "json"]
+        ).output
+    )
+    assert (doc["intact"], doc["unchecked"]) == (False, ["tree-head signatures"])
     _tamper(ledger, "UPDATE ledger_entries SET kind = 'round' WHERE seq = 0")
-    result = runner.invoke(app, ["audit", "verify", "--ledger", url, "--format", "json"])
+    result = runner.invoke(app, ["audit", "verify", "--ledger", url, *key, "--format", "json"])
     assert result.exit_code == 1
     doc = json.loads(result.output)
     assert doc["intact"] is False and doc["seq"] == 0

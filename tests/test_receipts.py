@@ -470,6 +470,7 @@ def test_a_missing_or_empty_receipts_folder_is_an_error(tmp_path: Path) -> None:
             f"sqlite:///{tmp_path / 'l.db'}",
             "--receipts",
             str(tmp_path),
+            "--skip-signatures",
         ],
     )
     assert result.exit_code == 1 and "holds no receipts" in result.output

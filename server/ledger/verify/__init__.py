@@ -91,7 +91,7 @@ def verify_ledger(
     """
     if not inspect(ledger.engine).has_table("ledger_entries"):
         raise LedgerError(
-            f"{ledger.url} has no ledger_entries table: its schema predates v5 "
+            f"{ledger.shown} has no ledger_entries table: its schema predates v5 "
             "(opening it with any writing command migrates it)"
         )
     with Session(ledger.engine) as session:

@@ -39,14 +39,17 @@ class VerifyReport:
             if self.rows_before_entries
             else ""
         )
-        signed = (
-            "operator signatures verified"
-            if self.signatures_checked
-            else "signatures NOT checked (no --operator-key)"
-        )
         receipts = f", {self.receipts} receipts consistent" if self.receipts else ""
+        if not self.signatures_checked:
+            return (
+                f"consistent, signatures NOT checked: {self.entries} entries, "
+                f"{self.rows_checked} fact rows match their entries, {self.tree_heads} tree "
+                f"heads match the entries but their operator signatures were skipped"
+                f"{receipts}, tree root {self.tree_root}{legacy}; give --operator-key to "
+                "check the signatures"
+            )
         return (
             f"intact: {self.entries} entries, {self.rows_checked} fact rows match their "
-            f"entries, {self.tree_heads} signed tree heads ({signed}){receipts}, tree root "
-            f"{self.tree_root}{legacy}"
+            f"entries, {self.tree_heads} signed tree heads (operator signatures verified)"
+            f"{receipts}, tree root {self.tree_root}{legacy}"
         )

@@ -1,0 +1,289 @@
+"""Bad input to every command: one clear line, a documented exit code, nothing half-made.
+
+Each class of bad input a careless or hostile user can give, with its own
+input and message: no Python traceback, no secret in the output, read-only
+commands leave the file tree as it was, and a failed command that creates
+state can simply be run again with fixed arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from common.images import ImageData, write_npz
+from common.keys import load_ed25519_key
+from common.licences import SPDX
+from fedcommons.cli import app
+from fedcommons.errors import LOG_DIR_ENV, mask_secrets
+from server.ledger import Ledger
+from server.ledger.report import ledger_report
+from tests.test_release import Federation
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def _one_clean_line(result: Result, code: int = 1) -> str:
+    """The error line of a refused command (and that it is all there is to it)."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), result.output
+    return " ".join(" ".join(lines).split())
+
+
+def _tree(root: Path) -> dict[str, tuple[bool, int]]:
+    """Every path under ``root`` with whether it is a folder and its size."""
+    return {
+        str(p.relative_to(root)): (p.is_dir(), 0 if p.is_dir() else p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    data = ImageData(
+        rng.random((30, 1, 8, 8)).astype(np.float32), np.arange(30, dtype=np.int64) % 10, "x"
+    )
+    path = tmp_path / "lab" / "digits.npz"
+    write_npz(path, data)
+    return path
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> Path:
+    folder = tmp_path / "op"
+    result = _run("operator", "init", str(folder), "--superlink", "127.0.0.1:9")
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+# -- tracebacks become one line ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("foo://x", "unknown database 'foo'; give sqlite:///FILE or postgresql://"),
+        ("mysql://u@h/db", "the driver for 'mysql' is not installed (MySQLdb)"),
+        ("not a url", "invalid ledger URL '(an unparseable URL)'"),
+    ],
+)
+def test_a_ledger_url_fedcommons_cannot_use_is_one_line(url: str, message: str) -> None:
+    assert message in _one_clean_line(_run("audit", "show", "--ledger", url))
+
+
+def test_a_file_that_is_not_a_database_is_named(tmp_path: Path) -> None:
+    fake = tmp_path / "ledger.db"
+    fake.write_text("not a database, just text\n" * 100)
+    line = _one_clean_line(_run("audit", "show", "--ledger", f"sqlite:///{fake}"))
+    assert f"{fake} is not a ledger: not a SQLite database file" in line
+    line = _one_clean_line(
+        _run("operator", "release", "--run", "1", "--out", str(tmp_path / "r"),
+             "--ledger", f"sqlite:///{fake}", "--snapshots", str(tmp_path),
+             "--operator-key", str(tmp_path / "none.pem"))
+    )  # fmt: skip
+    assert "not a SQLite database file" in line or "none.pem" in line
+    assert fake.read_text().startswith("not a database")  # untouched
+
+
+def test_a_csv_field_longer_than_pythons_csv_limit_is_read(tmp_path: Path) -> None:
+    """Over-long texts are truncated at tokenization, so reading them must not fail."""
+    policy = tmp_path / "bert.toml"
+    policy.write_text(
+        '[model]\nname = "bert"\nnum-classes = 2\n'
+        '[data]\ndataset = "stdlib-docs"\nlabels = "short,long"\n'
+    )
+    data = tmp_path / "texts.csv"
+    data.write_text(f"text,label\nhello,short\n{'x' * 200_000},long\n")
+    result = _run("client", "check-data", str(data), "--policy", str(policy), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["examples"] == 2
+    broken = tmp_path / "broken.csv"
+    broken.write_text('text,label\n"never closed,long\n')
+    line = _one_clean_line(_run("client", "check-data", str(broken), "--policy", str(policy)))
+    assert "broken.csv" in line
+
+
+def test_a_folder_where_a_history_file_belongs_is_named(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "privacy" / f"{'a' * 64}.json").mkdir(parents=True)
+    line = _one_clean_line(_run("client", "budget", "--state", str(state)))
+    assert f"{'a' * 64}.json is not a file" in line
+
+
+def test_a_data_file_that_links_to_a_text_file_is_not_an_npz(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("these are notes, not images\n")
+    link = tmp_path / "digits.npz"
+    link.symlink_to(text)
+    line = _one_clean_line(_run("client", "check-data", str(link)))
+    assert "digits.npz: not an .npz file" in line
+    assert "allow_pickle" not in line and "unsafe" not in line
+
+
+def test_an_unknown_format_is_refused_not_ignored(tmp_path: Path) -> None:
+    result = _run("client", "budget", "--state", str(tmp_path), "--format", "yaml")
+    assert result.exit_code == 2
+    assert "Invalid value for '--format'" in result.output and "yaml" in result.output
+
+
+# -- read-only commands write nothing ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["audit", "show", "--ledger", "sqlite:///{root}/missing/deeper/ledger.db"],
+        ["audit", "verify", "--ledger", "sqlite:///{root}/missing/ledger.db", "--skip-signatures"],
+        ["audit", "verify", "--ledger", "sqlite:///{root}/l.db", "--receipts", "{root}/none",
+         "--skip-signatures"],
+        ["client", "budget", "--state", "{root}/missing/state"],
+        ["client", "check-data", "{root}/missing/data.npz"],
+        ["operator", "check-policy", "{root}/missing/policy.toml"],
+    ],
+)  # fmt: skip
+def test_read_only_commands_never_create_anything(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "existing.txt").write_text("x")
+    before = _tree(tmp_path)
+    result = _run(*[part.format(root=tmp_path) for part in command])
+    _one_clean_line(result)
+    assert _tree(tmp_path) == before
+
+
+# -- creating state is all or nothing ------------------------------------------------
+
+
+def test_a_failed_init_can_be_run_again(tmp_path: Path) -> None:
+    folder = tmp_path / "op"
+    for bad in ("foo://x", "postgresql://nobody:pw@127.0.0.1:1/none"):
+        line = _one_clean_line(_run("operator", "init", str(folder), "--ledger", bad))
+        assert "pw@" not in line
+        assert not folder.exists() and list(tmp_path.iterdir()) == []
+    result = _run("operator", "init", str(folder))
+    assert result.exit_code == 0, result.output
+
+
+def test_a_failed_enrolment_leaves_no_keys_and_can_be_run_again(
+    tmp_path: Path, operator: Path, data_file: Path
+) -> None:
+    state = tmp_path / "state"
+    (state / "ca.pem").mkdir(parents=True)  # in the way of a file the enrolment writes
+    command = [
+        "client", "enroll", "--state", str(state), "--institution", "lab-a", "--kind",
+        "academia", "--data", str(data_file), "--licence", "CC-BY-4.0",
+        "--consortium", str(operator / "consortium.json"),
+    ]  # fmt: skip
+    line = _one_clean_line(_run(*command))
+    assert "nothing was enrolled" in line and "ca.pem" in line
+    assert not (state / "keys").exists()
+    assert not any(p.name.startswith(".keys") for p in state.iterdir())
+    (state / "ca.pem").rmdir()
+    result = _run(*command)
+    assert result.exit_code == 0, result.output
+    assert (state / "keys" / "signing.pem").is_file()
+
+
+def test_a_release_while_another_writer_holds_the_lock_writes_nothing(
+    tmp_path: Path, operator: Path
+) -> None:
+    """A run to release, made by hand in the operator's own ledger, then a busy ledger."""
+    ledger = Ledger(f"sqlite:///{operator / 'ledger.db'}")
+    signer = load_ed25519_key(operator / "keys" / "operator-signing.pem")
+    federation = Federation(ledger, signer, operator / "snapshots", {})
+    federation.admit("lab-a", SPDX["CC-BY-4.0"])
+    run_id = federation.run(["lab-a"])
+    ledger.close()
+    out = tmp_path / "release"
+    connection = sqlite3.connect(operator / "ledger.db", timeout=0.1, isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        line = _one_clean_line(
+            _run("operator", "release", "--run", str(run_id), "--out", str(out), "--dir",
+                 str(operator))
+        )  # fmt: skip
+    finally:
+        connection.rollback()
+        connection.close()
+    assert "is busy: another process holds its write lock" in line
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".release")] == []
+    result = _run("operator", "release", "--run", str(run_id), "--out", str(out), "--dir",
+                  str(operator))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model-card.json", "model-card.md", "model.safetensors",
+    ]  # fmt: skip
+
+
+def test_admit_says_what_was_recorded_when_the_superlink_is_down(
+    tmp_path: Path, operator: Path, data_file: Path
+) -> None:
+    state = tmp_path / "state"
+    enrolled = _run(
+        "client", "enroll", "--state", str(state), "--institution", "lab-a", "--kind",
+        "academia", "--data", str(data_file), "--licence", "CC-BY-4.0",
+        "--consortium", str(operator / "consortium.json"),
+    )  # fmt: skip
+    assert enrolled.exit_code == 0, enrolled.output
+    request = state / "enrolment-request.json"
+    line = _one_clean_line(_run("operator", "admit", str(request), "--dir", str(operator)))
+    assert "lab-a is admitted in the ledger, but its SuperNode key could not be registered" in line
+    assert "run the same 'fedcommons operator admit' again" in line
+    ledger = Ledger(f"sqlite:///{operator / 'ledger.db'}", migrate=False)
+    with ledger.session() as s:
+        assert [p["name"] for p in ledger_report(s)["participants"]] == ["lab-a"]
+    ledger.close()
+
+
+# -- secrets --------------------------------------------------------------------------
+
+
+def test_a_password_in_a_ledger_url_is_never_shown(tmp_path: Path) -> None:
+    url = "postgresql://fedcommons:s3cret-pw@127.0.0.1:1/ledger"
+    for command in (
+        ["audit", "show", "--ledger", url],
+        ["audit", "verify", "--ledger", url, "--skip-signatures"],
+        ["operator", "init", str(tmp_path / "op"), "--ledger", url],
+    ):
+        result = _run(*command)
+        assert result.exit_code == 1 and "s3cret-pw" not in result.output, result.output
+        assert "fedcommons:***@127.0.0.1:1" in result.output
+    assert mask_secrets("at postgresql+psycopg://u:p%40ss@db:5432/x now") == (
+        "at postgresql+psycopg://u:***@db:5432/x now"
+    )
+
+
+# -- the unexpected --------------------------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_and_a_log_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (simulated here) shows no traceback: exit 70 and the file that holds it."""
+    from common.policy import Policy
+
+    def broken(path: object) -> object:
+        raise ZeroDivisionError("postgresql://op:hunter2@db/x divided by zero")
+
+    monkeypatch.setattr(Policy, "load", broken)
+    monkeypatch.setenv(LOG_DIR_ENV, str(tmp_path / "logs"))
+    line = _one_clean_line(_run("operator", "check-policy", "p.toml"), code=70)
+    assert "unexpected ZeroDivisionError" in line and "hunter2" not in line
+    (log,) = (tmp_path / "logs").iterdir()
+    assert str(log) in line.replace(" ", "") or log.name in line
+    text = log.read_text()
+    assert "Traceback" in text and "ZeroDivisionError" in text and "hunter2" not in text
+    assert os.stat(log).st_size > 0
