@@ -47,19 +47,32 @@ class PrivacyStateError(PrivacyError):
 
 
 class BudgetExhausted(PrivacyError):
-    """Training the coming round would push epsilon past the budget."""
+    """The budget left cannot cover the run's plan, or the coming round would pass it."""
 
     def __init__(
-        self, *, institution: str, dataset_sha256: str, spent: float, budget: float, next_eps: float
+        self,
+        *,
+        institution: str,
+        dataset_sha256: str,
+        spent: float,
+        budget: float,
+        next_eps: float,
+        rounds: int | None = None,
     ) -> None:
         self.institution = institution
         self.dataset_sha256 = dataset_sha256
         self.spent = spent
         self.budget = budget
         self.next_epsilon = next_eps
+        what = (
+            f"the {rounds} round(s) left of this run's plan would reach at least "
+            f"{next_eps:.3f}, so it cannot fit; nothing was trained"
+            if rounds is not None
+            else f"this round would reach {next_eps:.3f}"
+        )
         super().__init__(
             f"privacy budget exhausted for {institution} (dataset {dataset_sha256[:12]}): "
-            f"epsilon spent {spent:.3f} of {budget:.3f}; this round would reach {next_eps:.3f}"
+            f"epsilon spent {spent:.3f} of {budget:.3f}; {what}"
         )
 
 

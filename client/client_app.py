@@ -59,7 +59,7 @@ def train(message: Message, context: Context) -> Message:
             accept_receipts(setup.identity(), setup.institution, receipts)
         global_weights = arrays_of(message.content.array_records[ARRAYS])
         config = TrainConfig.from_record(message.content.config_records[CONFIG])
-        outcome = train_round(setup, global_weights, config)
+        outcome = train_round(setup, global_weights, config, run_id=context.run_id)
         sealing = time.perf_counter()
         envelope = seal_update(
             setup.identity(),

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from client.accountant import BudgetExhausted, locked_history
 from client.enrolment import ParticipantState
 from common.arrays import Arrays
-from common.dp import epsilon_of, plan_round
+from common.dp import PlanExceedsBudget, epsilon_of, plan_round
 from common.local_data import LocalData, load_local_data, to_examples
 from common.model import build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy, PolicyError
@@ -92,13 +92,18 @@ class RoundOutcome:
     charge: PrivacyCharge
 
 
-def train_round(setup: ClientSetup, global_weights: Arrays, config: TrainConfig) -> RoundOutcome:
+def train_round(
+    setup: ClientSetup, global_weights: Arrays, config: TrainConfig, *, run_id: int = 0
+) -> RoundOutcome:
     """Train the global weights locally, with DP-SGD unless the policy turned it off.
 
-    With DP, the dataset's accountant history is restored first and the
-    round is refused (:class:`~client.accountant.BudgetExhausted`) before any
-    model is built or gradient computed if it would push epsilon past the
-    budget; after training, the extended history is saved.
+    With DP, the dataset's accountant history is restored first. The noise
+    for the run (Flower's ``run_id``) is planned from the budget that is
+    left, for the rounds left of the policy's plan (this one included), so
+    the run fits; a plan that cannot fit, or a round that would push epsilon
+    past the budget, is refused (:class:`~client.accountant.BudgetExhausted`)
+    before any model is built or gradient computed. After training, the
+    extended history is saved.
     """
     policy, privacy = setup.policy, setup.policy.privacy
     server_round, base_sha256 = config.server_round, config.base_sha256
@@ -127,13 +132,26 @@ def train_round(setup: ClientSetup, global_weights: Arrays, config: TrainConfig)
         dataset_sha256=dataset_sha256,
         num_records=len(setup.data),
     ) as state:
-        plan = plan_round(
-            privacy,
-            policy.training,
-            num_records=len(setup.data),
-            planned_rounds=policy.federation.rounds,
-            cache=state.derived_noise,
-        )
+        rounds_left = max(policy.federation.rounds - server_round + 1, 1)
+        try:
+            plan = plan_round(
+                privacy,
+                policy.training,
+                num_records=len(setup.data),
+                rounds_left=rounds_left,
+                history=state.history,
+                cache=state.derived_noise,
+                plan_key=f"run={run_id}",
+            )
+        except PlanExceedsBudget as err:
+            raise BudgetExhausted(
+                institution=setup.institution,
+                dataset_sha256=dataset_sha256,
+                spent=err.spent,
+                budget=err.budget,
+                next_eps=err.needed,
+                rounds=err.rounds,
+            ) from None
         next_eps = epsilon_of([*state.history, plan.entry], privacy.delta, privacy.accountant)
         if next_eps > privacy.epsilon:
             raise BudgetExhausted(

@@ -9,10 +9,10 @@ bookkeeping (:mod:`client.accountant`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.validators import ModuleValidator
 from torch import nn
 
@@ -20,8 +20,10 @@ from common.errors import UserError
 from common.policy import PrivacyConfig, TrainingConfig
 
 __all__ = [
+    "MAX_NOISE_MULTIPLIER",
     "DPPlan",
     "HistoryEntry",
+    "PlanExceedsBudget",
     "PrivacyError",
     "check_delta",
     "check_model_for_dp",
@@ -98,47 +100,111 @@ class DPPlan:
         return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
+MAX_NOISE_MULTIPLIER = 100.0
+"""The most noise a derived plan may add: beyond it an update is all noise, so a plan
+that would need more cannot be covered by the budget left, and is refused."""
+
+
+class PlanExceedsBudget(PrivacyError):
+    """The budget left cannot cover the rounds planned for this run."""
+
+    def __init__(self, *, spent: float, budget: float, needed: float, rounds: int) -> None:
+        self.spent, self.budget, self.needed, self.rounds = spent, budget, needed, rounds
+        super().__init__(
+            f"epsilon spent {spent:.3f} of {budget:.3f}; the {rounds} round(s) planned would "
+            f"reach at least {needed:.3f}"
+        )
+
+
 def plan_round(
     privacy: PrivacyConfig,
     training: TrainingConfig,
     *,
     num_records: int,
-    planned_rounds: int,
+    rounds_left: int,
+    history: Sequence[HistoryEntry] = (),
     cache: dict[str, float] | None = None,
+    plan_key: str = "",
 ) -> DPPlan:
     """The noise, sample rate and steps of one round for a dataset of ``num_records``.
 
-    An explicit ``privacy.noise-multiplier`` is used as it is; otherwise the
-    multiplier is derived once from the budget so that ``planned_rounds``
-    rounds of ``local-epochs`` epochs spend ``privacy.epsilon`` in full. The
-    derivation (a binary search over the accountant, about a second) is kept
-    in ``cache`` under its inputs, so later rounds look it up.
+    Budget-safe: the plan covers ``rounds_left`` rounds (this one included)
+    on top of the dataset's ``history``, so it always fits the budget that is
+    left. An explicit ``privacy.noise-multiplier`` is used as it is, once the
+    whole plan is checked to fit; otherwise the multiplier is derived so that
+    the history and the planned rounds spend ``privacy.epsilon`` in full. The
+    derivation (a bisection over the accountant) is kept in ``cache`` under
+    ``plan_key`` (one per run) and its inputs, so the run's later rounds,
+    and a node that missed some, use the same noise and stay within budget.
+
+    Raises
+    ------
+    PlanExceedsBudget
+        The budget left cannot cover the planned rounds (even at
+        :data:`MAX_NOISE_MULTIPLIER`, or at the explicit multiplier).
     """
     check_delta(privacy.delta, num_records)
+    if rounds_left < 1:
+        raise PrivacyError(f"a plan needs at least one round left, not {rounds_left}")
     batches = math.ceil(num_records / training.batch_size)
     sample_rate = 1.0 / batches
     steps = training.local_epochs * batches
-    sigma = privacy.noise_multiplier
+    total = steps * rounds_left
     key = (
-        f"{privacy.accountant}:eps={privacy.epsilon!r}:delta={privacy.delta!r}:"
-        f"q={sample_rate!r}:steps={steps * planned_rounds}"
+        f"{plan_key}:{privacy.accountant}:eps={privacy.epsilon!r}:delta={privacy.delta!r}:"
+        f"q={sample_rate!r}:steps={steps}"
     )
-    if sigma == 0.0 and cache is not None and key in cache:
-        sigma = cache[key]
+    sigma = privacy.noise_multiplier
+    if sigma == 0.0 and cache is not None and plan_key and key in cache:
+        sigma = cache[key]  # derived at this run's first round: the plan still fits
     elif sigma == 0.0:
-        try:
-            sigma = get_noise_multiplier(
-                target_epsilon=privacy.epsilon,
-                target_delta=privacy.delta,
-                sample_rate=sample_rate,
-                steps=steps * planned_rounds,
-                accountant=privacy.accountant,
+        sigma = _noise_for_budget(privacy, list(history), sample_rate, total, rounds_left)
+        if cache is not None and plan_key:
+            cache[key] = sigma
+    else:
+        planned = [*history, (sigma, sample_rate, total)]
+        needed = epsilon_of(planned, privacy.delta, privacy.accountant)
+        if needed > privacy.epsilon:
+            spent = epsilon_of(list(history), privacy.delta, privacy.accountant)
+            raise PlanExceedsBudget(
+                spent=spent, budget=privacy.epsilon, needed=needed, rounds=rounds_left
             )
-        except ValueError as err:
-            raise PrivacyError(
-                f"cannot reach epsilon = {privacy.epsilon} in {planned_rounds} rounds "
-                f"of {steps} steps: {err}"
-            ) from err
-        if cache is not None:
-            cache[key] = float(sigma)
     return DPPlan(noise_multiplier=float(sigma), sample_rate=sample_rate, steps=steps)
+
+
+def _noise_for_budget(
+    privacy: PrivacyConfig,
+    history: list[HistoryEntry],
+    sample_rate: float,
+    steps: int,
+    rounds: int,
+) -> float:
+    """The least noise multiplier with which ``history`` plus ``steps`` fits the budget.
+
+    Bisection on the accountant's epsilon, which falls as the noise grows;
+    the answer returned is on the safe side (its epsilon is within budget).
+    """
+
+    def spends(sigma: float) -> float:
+        planned = [*history, (sigma, sample_rate, steps)]
+        return epsilon_of(planned, privacy.delta, privacy.accountant)
+
+    budget = privacy.epsilon
+    if spends(MAX_NOISE_MULTIPLIER) > budget:
+        raise PlanExceedsBudget(
+            spent=epsilon_of(history, privacy.delta, privacy.accountant),
+            budget=budget,
+            needed=spends(MAX_NOISE_MULTIPLIER),
+            rounds=rounds,
+        )
+    low, high = 0.0, MAX_NOISE_MULTIPLIER
+    while spends(high / 2) <= budget and high > 1e-3:  # bracket quickly from above
+        high /= 2
+    low = high / 2
+    while high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        if spends(middle) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high

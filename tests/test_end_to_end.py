@@ -215,13 +215,18 @@ def test_no_operator_setting_travelled_to_the_nodes(demo: DemoRun) -> None:
     )
 
 
-def test_a_second_demo_in_the_same_folder_is_refused_for_spent_budgets(demo: DemoRun) -> None:
-    """Runs last here: it adds a failed run to the shared demo's ledger."""
-    again = CliRunner().invoke(app, demo.command)
+def test_a_second_run_whose_plan_cannot_fit_is_refused_before_training(demo: DemoRun) -> None:
+    """Runs last here: it adds a failed run to the shared demo's ledger.
+
+    The same data, now under a budget of 7.5: more than that is spent, so no
+    plan fits, whatever the noise; each node refuses before training.
+    """
+    again = CliRunner().invoke(app, [*demo.command, "--epsilon", "7.5"])
     assert again.exit_code == 1
     assert "fewer than 3 institutions have privacy budget left" in again.output
     for name in INSTITUTIONS:
         assert f"privacy budget exhausted for {name}" in again.output
+    assert "so it cannot fit; nothing was trained" in " ".join(again.output.split())
     ledger = Ledger(demo.summary["ledger_url"], migrate=False)
     with ledger.session() as session:
         report = ledger_report(session)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from client.accountant import (
     locked_history,
 )
 from client.task import ClientSetup, train_round
-from common.dp import DPPlan, PrivacyError, epsilon_of, plan_round
+from common.dp import DPPlan, PlanExceedsBudget, PrivacyError, epsilon_of, plan_round
 from common.images import write_npz
 from common.model import DigitsCNN, build_model, get_arrays
 from common.policy import Policy, PrivacyConfig, TrainingConfig
@@ -124,14 +123,20 @@ def test_history_accumulates_across_runs_and_accountants_agree(data_dir: Path) -
 
 def test_derived_noise_spends_exactly_the_budget_over_the_planned_rounds() -> None:
     privacy, training = PrivacyConfig(epsilon=3.0), TrainingConfig(local_epochs=2, batch_size=32)
-    plan = plan_round(privacy, training, num_records=420, planned_rounds=8)
+    plan = plan_round(privacy, training, num_records=420, rounds_left=8)
     assert plan.sample_rate == pytest.approx(1 / 14) and plan.steps == 28
     spent = epsilon_of([(plan.noise_multiplier, plan.sample_rate, 8 * 28)], 1e-5, "rdp")
     assert 3.0 - 0.01 <= spent <= 3.0
     explicit = plan_round(
-        PrivacyConfig(noise_multiplier=0.7), training, num_records=420, planned_rounds=8
+        PrivacyConfig(noise_multiplier=1.2), training, num_records=420, rounds_left=8
     )
-    assert explicit.noise_multiplier == 0.7
+    assert explicit.noise_multiplier == 1.2  # used as it is, once the plan fits (ε < 8)
+    with pytest.raises(PlanExceedsBudget, match="would reach at least 17"):
+        plan_round(PrivacyConfig(noise_multiplier=0.7), training, num_records=420, rounds_left=8)
+    # half-way through, what is left is planned for the rounds left: the same noise
+    half = [(plan.noise_multiplier, plan.sample_rate, 4 * 28)]
+    rest = plan_round(privacy, training, num_records=420, rounds_left=4, history=half)
+    assert rest.noise_multiplier == pytest.approx(plan.noise_multiplier, rel=0.01)
 
 
 # -- DP-SGD against plain SGD -------------------------------------------------
@@ -223,19 +228,48 @@ def test_refusal_happens_before_any_model_or_gradient(
     assert not history_path(data_dir.parent / "state", setup.data.sha256()).exists()
 
 
-def test_derived_budget_is_spent_by_one_run_and_refused_on_the_next(data_dir: Path) -> None:
+def test_a_second_run_plans_from_what_is_left_and_finishes_within_the_budget(
+    data_dir: Path,
+) -> None:
     setup = _setup(data_dir, epsilon=2.0)
     weights = _start(setup)
-    for server_round in (1, 2, 3):  # the planned rounds
-        outcome = train_round(setup, weights, TrainConfig(server_round))
-        weights = outcome.weights
-    assert 1.95 <= outcome.charge.epsilon <= 2.0
+    first_run = [train_round(setup, weights, TrainConfig(r), run_id=1) for r in (1, 2)]
+    spent = first_run[-1].charge.epsilon  # 2 of 3 planned rounds: the run was cut short
+    assert 1.0 < spent < 1.95
+    second_run = [train_round(setup, weights, TrainConfig(r), run_id=2) for r in (1, 2, 3)]
+    sigmas = {o.charge.noise_multiplier for o in second_run}
+    assert len(sigmas) == 1 and sigmas.pop() > first_run[0].charge.noise_multiplier
+    final = second_run[-1].charge.epsilon
+    assert 1.95 <= final <= 2.0  # the whole plan fits what was left, and spends it
+    path = history_path(data_dir.parent / "state", setup.data.sha256())
+    history = json.loads(path.read_text())["history"]
+    assert epsilon_of([tuple(e) for e in history], 1e-5, "rdp") == pytest.approx(final)
+
+
+def test_a_plan_that_cannot_fit_is_refused_before_any_training(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import client.task
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("training must not start for a plan that cannot fit")
+
+    setup = _setup(data_dir, epsilon=2.0)
+    weights = _start(setup)
+    for server_round in (1, 2, 3):
+        weights = train_round(setup, weights, TrainConfig(server_round), run_id=1).weights
     path = history_path(data_dir.parent / "state", setup.data.sha256())
     saved = path.read_bytes()
-    with pytest.raises(BudgetExhausted) as caught:
-        train_round(setup, weights, TrainConfig(1))  # a second run on the same data
-    assert caught.value.spent == pytest.approx(outcome.charge.epsilon)
-    assert caught.value.next_epsilon > 2.0 and caught.value.budget == 2.0
+    monkeypatch.setattr(client.task, "train_private", forbidden)
+    # a later policy with a smaller budget: already spent, whatever the noise
+    smaller = _setup(data_dir, epsilon=1.5)
+    with pytest.raises(BudgetExhausted, match=r"epsilon spent 1\.9\d\d of 1\.500; the 3 round"):
+        train_round(smaller, weights, TrainConfig(1), run_id=2)
+    # an explicit noise multiplier too small for what is left
+    fixed = _setup(data_dir, epsilon=2.5, noise_multiplier=0.5)
+    with pytest.raises(BudgetExhausted, match="cannot fit; nothing was trained") as caught:
+        train_round(fixed, weights, TrainConfig(1), run_id=3)
+    assert caught.value.next_epsilon > 2.5
     assert path.read_bytes() == saved  # a refusal charges nothing
 
 
@@ -243,14 +277,12 @@ def test_delta_at_or_above_one_over_n_is_refused(data_dir: Path) -> None:
     with pytest.raises(PrivacyError, match=r"privacy.delta = 0.005 must be below 1/N = 0.005 "):
         train_round(_setup(data_dir, delta=0.005), _start(_setup(data_dir)), TrainConfig(1))
     with pytest.raises(PrivacyError, match="N = 1000 records"):
-        plan_round(PrivacyConfig(delta=0.002), TrainingConfig(), num_records=1000, planned_rounds=1)
+        plan_round(PrivacyConfig(delta=0.002), TrainingConfig(), num_records=1000, rounds_left=1)
 
 
 def test_unreachable_budget_is_a_clear_error() -> None:
-    with pytest.raises(PrivacyError, match=re.escape("cannot reach epsilon = 0.001 in 8 rounds")):
-        plan_round(
-            PrivacyConfig(epsilon=0.001), TrainingConfig(), num_records=300, planned_rounds=8
-        )
+    with pytest.raises(PlanExceedsBudget, match=r"spent 0\.000 of 0\.001; the 8 round\(s\)"):
+        plan_round(PrivacyConfig(epsilon=0.001), TrainingConfig(), num_records=300, rounds_left=8)
 
 
 # -- the history file ---------------------------------------------------------
@@ -318,25 +350,27 @@ def test_a_failed_round_writes_no_charge(tmp_path: Path) -> None:
     assert list_histories(tmp_path) == []
 
 
-def test_derived_noise_is_computed_once_and_kept_with_the_history(
+def test_derived_noise_is_computed_once_per_run_and_kept_with_the_history(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import common.dp
 
-    calls: list[float] = []
-    real = common.dp.get_noise_multiplier  # type: ignore[attr-defined]
+    calls: list[int] = []
+    real = common.dp._noise_for_budget
 
-    def counting(**kwargs: float) -> float:
-        calls.append(kwargs["target_epsilon"])
-        return float(real(**kwargs))
+    def counting(*args: Any) -> float:
+        calls.append(args[-1])  # the rounds planned
+        return real(*args)
 
-    monkeypatch.setattr(common.dp, "get_noise_multiplier", counting)
+    monkeypatch.setattr(common.dp, "_noise_for_budget", counting)
     setup = _setup(data_dir, epsilon=5.0)
     weights = _start(setup)
-    first = train_round(setup, weights, TrainConfig(1)).charge
-    second = train_round(setup, weights, TrainConfig(2)).charge
-    assert calls == [5.0]  # derived in round 1, looked up in round 2
+    first = train_round(setup, weights, TrainConfig(1), run_id=1).charge
+    second = train_round(setup, weights, TrainConfig(2), run_id=1).charge
+    assert calls == [3]  # derived in round 1 for the 3 rounds planned, looked up in round 2
     assert first.noise_multiplier == second.noise_multiplier
     path = history_path(data_dir.parent / "state", setup.data.sha256())
     (sigma,) = json.loads(path.read_text())["derived_noise"].values()
     assert sigma == first.noise_multiplier
+    train_round(setup, weights, TrainConfig(3), run_id=2)  # a resumed run plans again
+    assert calls == [3, 1]
