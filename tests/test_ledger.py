@@ -178,7 +178,7 @@ def test_nested_sessions_share_one_transaction(ledger: Ledger) -> None:
 def test_finish_run_checks_status_and_run(ledger: Ledger) -> None:
     run_id = _start(ledger)
     with (
-        pytest.raises(LedgerError, match="finished or failed, not 'done'"),
+        pytest.raises(LedgerError, match="ends as finished, failed, interrupted, not 'done'"),
         ledger.session() as s,
     ):
         finish_run(s, run_id, "done")
@@ -282,7 +282,7 @@ def test_a_v1_ledger_migrates_forward_without_losing_rows(url: str) -> None:
             )
         }  # fmt: skip
         head = s.execute(text("SELECT id, size, chain_hash FROM ledger_head")).all()
-    assert version == "0007"
+    assert version == "0008"
     assert counts == dict.fromkeys(counts, 0)
     assert [tuple(row) for row in head] == [(1, 0, "0" * 64)]
     assert [(p["name"], p["kind"], p["public_key"]) for p in report["participants"]] == [

@@ -16,13 +16,12 @@ from server.ledger.facts import (
     admitted_datasets,
     admitted_keys,
     enrol_participant,
-    finish_run,
     record_exclusions,
     record_privacy,
     record_round,
     refuse_admission,
-    start_run,
 )
+from server.ledger.runs import finish_run, start_run
 from server.ledger.store import Ledger, LedgerError, normalise_url
 
 __all__ = [

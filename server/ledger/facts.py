@@ -30,7 +30,6 @@ from server.ledger.schema import (
 from server.ledger.store import LedgerError
 
 __all__ = [
-    "RUN_STATUSES",
     "ChargeFact",
     "ExclusionFact",
     "UpdateFact",
@@ -38,12 +37,10 @@ __all__ = [
     "admitted_datasets",
     "admitted_keys",
     "enrol_participant",
-    "finish_run",
     "record_exclusions",
     "record_privacy",
     "record_round",
     "refuse_admission",
-    "start_run",
 ]
 
 
@@ -137,33 +134,6 @@ def admitted_keys(session: Session) -> dict[str, str]:
     """Admitted participants and their signing keys (base64), by institution name."""
     rows = session.scalars(select(Participant).where(Participant.public_key.is_not(None)))
     return {p.name: str(p.public_key) for p in rows}
-
-
-def start_run(
-    session: Session,
-    *,
-    policy_sha256: str,
-    policy_toml: str,
-    model: str,
-    dataset: str,
-    initial_model_sha256: str,
-    planned_rounds: int,
-    flower_run_id: int | None,
-    base_model_sha256: str | None = None,
-) -> Run:
-    """Open a run; ``flower_run_id`` links it to Flower's own run record."""
-    run = Run(
-        policy_sha256=policy_sha256,
-        policy_toml=policy_toml,
-        model=model,
-        dataset=dataset,
-        initial_model_sha256=initial_model_sha256,
-        base_model_sha256=base_model_sha256,
-        planned_rounds=planned_rounds,
-        flower_run_id=None if flower_run_id is None else str(flower_run_id),
-    )
-    record_row(session, run, "run")
-    return run
 
 
 @dataclass(frozen=True)
@@ -295,29 +265,3 @@ def record_exclusions(
             reason=reason,
         )
         record_row(session, exclusion, "exclusion")
-
-
-RUN_STATUSES = ("running", "finished", "failed")
-
-
-def finish_run(
-    session: Session,
-    run_id: int,
-    status: str,
-    *,
-    test_accuracy: float | None = None,
-    test_loss: float | None = None,
-    reason: str | None = None,
-) -> None:
-    """Close a run with its final status, its test metrics if it finished, or why it stopped."""
-    if status not in RUN_STATUSES[1:]:
-        raise LedgerError(f"a run ends as finished or failed, not {status!r}")
-    run = session.get(Run, run_id)
-    if run is None:
-        raise LedgerError(f"run {run_id} is not in the ledger")
-    run.status = status
-    run.ended_at = utcnow()
-    run.test_accuracy = test_accuracy
-    run.test_loss = test_loss
-    run.status_reason = reason
-    record_row(session, run, "run")

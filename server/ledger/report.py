@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.epsilon import epsilon_for_json
-from server.ledger.schema import Charge, Exclusion, Participant, Release, Run
+from server.ledger.schema import Charge, Exclusion, FlowerRun, Participant, Release, Run
 
 __all__ = ["ledger_report", "privacy_spent"]
 
@@ -35,6 +35,10 @@ def privacy_spent(session: Session) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda row: (row["institution"], row["dataset_sha256"]))
 
 
+def _carried(flower_run_id: str | None, first_round: int, at: datetime) -> dict[str, Any]:
+    return {"flower_run_id": flower_run_id, "first_round": first_round, "started_at": _iso(at)}
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -49,6 +53,9 @@ def ledger_report(session: Session) -> dict[str, Any]:
     exclusions: dict[int, list[Exclusion]] = {}
     for e in session.scalars(select(Exclusion).order_by(Exclusion.id)):
         exclusions.setdefault(e.run_id, []).append(e)
+    carried: dict[int, list[FlowerRun]] = {}
+    for flower_run in session.scalars(select(FlowerRun).order_by(FlowerRun.id)):
+        carried.setdefault(flower_run.run_id, []).append(flower_run)
     releases: dict[int, list[Release]] = {}
     for release in session.scalars(select(Release).order_by(Release.id)):
         releases.setdefault(release.run_id, []).append(release)
@@ -94,6 +101,13 @@ def ledger_report(session: Session) -> dict[str, Any]:
                 "started_at": _iso(run.started_at),
                 "ended_at": _iso(run.ended_at),
                 "status_reason": run.status_reason,
+                "flower_runs": [
+                    _carried(run.flower_run_id, 1, run.started_at),
+                    *(
+                        _carried(f.flower_run_id, f.first_round, f.started_at)
+                        for f in carried.get(run.id, [])
+                    ),
+                ],
                 "exclusions": [
                     {
                         "round": e.round_number,

@@ -181,6 +181,24 @@ class Run(Base):
     rounds: Mapped[list[Round]] = relationship(back_populates="run", order_by="Round.number")
 
 
+class FlowerRun(Base):
+    """One Flower run that carried a ledger run (ledger v8): the first, then each resume.
+
+    ``first_round`` is the ledger round it started from (1, or the round after
+    the last one recorded before a crash).
+    """
+
+    __tablename__ = "flower_runs"
+
+    id: Mapped[IntPk]
+    # The ledger entry that records this row.
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    flower_run_id: Mapped[str] = mapped_column(String(20), index=True)
+    first_round: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[Timestamp]
+
+
 class Round(Base):
     """One completed round: the global model before and after, and its metrics."""
 
@@ -242,11 +260,12 @@ class Charge(Base):
     ``epsilon`` is cumulative over every round of every run on the dataset,
     as the client's persistent accountant computes it; infinite when the run
     trained without DP. Charges are recorded as replies arrive, also for a
-    round that later fails, since the client has spent the budget anyway.
+    round that later fails, since the client has spent the budget anyway. A
+    round trained again after a crash is charged again (ledger v8 lifted the
+    one-charge-per-round rule): both charges stand.
     """
 
     __tablename__ = "privacy_charges"
-    __table_args__ = (UniqueConstraint("run_id", "round_number", "participant_id"),)
 
     id: Mapped[IntPk]
     # The ledger entry that records this row as it is now (ledger v5).

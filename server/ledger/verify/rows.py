@@ -19,6 +19,7 @@ from server.ledger.schema import (
     Charge,
     Dataset,
     Exclusion,
+    FlowerRun,
     LedgerEntry,
     Participant,
     Release,
@@ -43,6 +44,7 @@ FACT_TABLES: tuple[type[Base], ...] = (
     Charge,
     Exclusion,
     Release,
+    FlowerRun,
 )
 
 Row = tuple[Any, int | None, bytes | None]
