@@ -90,6 +90,20 @@ class ExclusionCode(IntEnum):
     """The server rejected the reply (malformed, or outside the policy)."""
     LICENCE = 451
     """The node's data licence does not allow the run's purpose (any more)."""
+    UNAVAILABLE = 503
+    """Flower could not reach the node (its SuperNode is gone) or its ClientApp crashed."""
+    NO_REPLY = 504
+    """The node did not answer within the round's timeout."""
+
+    @classmethod
+    def of_reply(cls, code: int) -> ExclusionCode:
+        """The exclusion for a reply's error code: a node's own refusal keeps its code; any
+        code of Flower's own (below 100: node unavailable, ClientApp crashed) is
+        :attr:`UNAVAILABLE`."""
+        try:
+            return cls(code)
+        except ValueError:
+            return cls.UNAVAILABLE
 
     @property
     def label(self) -> str:
@@ -103,6 +117,8 @@ _LABELS = {
     ExclusionCode.RECEIPT_REJECTED: "receipt rejected",
     ExclusionCode.REJECTED: "update rejected",
     ExclusionCode.LICENCE: "licence",
+    ExclusionCode.UNAVAILABLE: "unavailable",
+    ExclusionCode.NO_REPLY: "no reply",
 }
 
 

@@ -52,14 +52,25 @@ def make_charge(epsilon: float = 2.5, dp: bool = True) -> PrivacyCharge:
     return PrivacyCharge(dp, epsilon, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
 
 
-class NoGrid:  # configure_train only needs node ids from the grid
+class NoGrid:
+    """configure_train only needs node ids from the grid: these nodes are connected."""
+
+    def __init__(self, nodes: tuple[int, ...] = (10, 11, 12)) -> None:
+        self.nodes = nodes
+
     def get_node_ids(self) -> list[int]:
-        return [10, 11, 12]
+        return list(self.nodes)
 
 
-def begin_round(strategy: ConsortiumStrategy, server_round: int, model: Arrays) -> None:
+def begin_round(
+    strategy: ConsortiumStrategy,
+    server_round: int,
+    model: Arrays,
+    nodes: tuple[int, ...] = (10, 11, 12),
+) -> None:
     """Start a round as Flower does: configure_train tells the gate what was sent."""
-    list(strategy.configure_train(server_round, record_of(model), ConfigRecord(), NoGrid()))  # type: ignore[arg-type]
+    grid = NoGrid(nodes)
+    list(strategy.configure_train(server_round, record_of(model), ConfigRecord(), grid))  # type: ignore[arg-type]
 
 
 def seal_for(
@@ -70,9 +81,10 @@ def seal_for(
     server_round: int,
     model: Arrays,
     charge: PrivacyCharge | None = None,
+    run: int = RUN,
 ) -> Envelope:
     header = UpdateHeader(
-        run_id=str(RUN),
+        run_id=str(run),
         round=server_round,
         participant=institution,
         model_sha256=arrays_sha256(model),
@@ -147,6 +159,7 @@ def make_strategy(
     today: Callable[[], date] = date.today,
     signer: Ed25519PrivateKey | None = None,
     evaluator: Callable[[Arrays], tuple[float, float]] = lambda w: (float(w["w"].sum()), 0.75),
+    nodes: tuple[int, ...] = (10, 11, 12),
 ) -> ConsortiumStrategy:
     """The parts composed as the ServerApp composes them; round ``server_round`` begun."""
     gate = LicenceGate(licences, purpose="research", today=today)
@@ -166,7 +179,7 @@ def make_strategy(
         recorder=recorder,
     )
     if server_round:
-        begin_round(strategy, server_round, model)
+        begin_round(strategy, server_round, model, nodes)
     return strategy
 
 

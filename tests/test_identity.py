@@ -395,7 +395,7 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
     from client.sealing import seal_update
     from common.policy import PolicyError
     from common.protocol import PrivacyCharge, TrainConfig
-    from server.strategy.intake import UpdateGate
+    from server.strategy.gate import UpdateGate
 
     state = ParticipantState(tmp_path / "state")
     _enrol(operator, data_file, state.root)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp.strategy import FedAvgM
 
 from client.receipts import ReceiptBook
@@ -174,8 +175,9 @@ def test_exhausted_node_is_excluded_and_recorded_while_the_rest_carry_on(tmp_pat
 def test_too_few_nodes_within_budget_stops_the_run_and_keeps_the_record(tmp_path: Path) -> None:
     ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1"))
     strategy = make_strategy(
-        tmp_path, ledger, run_id, min_nodes=2, model={"w": np.zeros(2, np.float32)}, server_round=4
-    )
+        tmp_path, ledger, run_id, min_nodes=2, model={"w": np.zeros(2, np.float32)},
+        server_round=4, nodes=(10, 11),
+    )  # fmt: skip
     replies = [
         sealed_reply(
             10, "inst0", {"w": np.ones(2, np.float32)}, 1, make_charge(7.5), server_round=4
@@ -412,6 +414,53 @@ def test_every_contributor_gets_a_receipt_for_every_round(tmp_path: Path) -> Non
     ledger.close()
 
 
+def test_a_node_gone_mid_round_is_excluded_by_name_and_still_owed_its_receipts(
+    tmp_path: Path,
+) -> None:
+    """Flower answers for a vanished node itself, from the SuperLink's own node id."""
+    names = ("inst0", "inst1", "inst2")
+    ledger, run_id = ledger_with_run(tmp_path, names, flower_run_id=RUN)
+    model = {"w": np.zeros(2, np.float32)}
+    strategy = make_strategy(
+        tmp_path, ledger, run_id, model=model, server_round=0,
+        signer=Ed25519PrivateKey.generate(), evaluator=lambda w: (0.0, 0.5),
+    )  # fmt: skip
+    nodes = dict(zip((10, 11, 12), names, strict=True))
+    for server_round in (1, 2):
+        grid = NoGrid(tuple(nodes))
+        messages = list(
+            strategy.configure_train(server_round, record_of(model), ConfigRecord(), grid)  # type: ignore[arg-type]
+        )
+        for message in messages:  # what Flower's push does to each message sent
+            message.metadata.__dict__["_message_id"] = message.object_id
+        ones = {"w": np.ones(2, np.float32)}
+        replies = [
+            sealed_reply(node, name, ones, 5, None, server_round, model=model)
+            for node, name in nodes.items()
+            if server_round == 1 or name != "inst2"
+        ]
+        if server_round == 2:  # inst2's SuperNode missed its heartbeats: the SuperLink answers
+            (request,) = [m for m in messages if m.metadata.dst_node_id == 12]
+            replies.append(
+                create_message_error_unavailable_res_message(request.metadata, "node_unavail")
+            )
+            assert replies[-1].metadata.src_node_id != 12
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert arrays is not None
+        model = arrays_of(arrays)
+        strategy.finish_round(server_round, arrays)
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    ledger.close()
+    (gone,) = run["exclusions"]
+    assert (gone["round"], gone["institution"], gone["node_id"]) == (2, "inst2", "12")
+    assert gone["code"] == ExclusionCode.UNAVAILABLE
+    assert gone["reason"].startswith("Flower error 5: ")
+    # inst2 never saw round 2's message, so round 1's receipt is still owed to it
+    assert [r.round for r in strategy.outbox.pending("inst2")] == [1]
+    assert [r.round for r in strategy.outbox.pending("inst0")] == [2]
+
+
 @pytest.mark.parametrize("metrics", [{}, {"train-loss": float("nan"), "train-seconds": 1.0}])
 def test_a_reply_without_finite_metrics_is_rejected_not_recorded(
     tmp_path: Path, metrics: dict[str, int | float | list[int] | list[float]]
@@ -419,7 +468,7 @@ def test_a_reply_without_finite_metrics_is_rejected_not_recorded(
     """SQLite cannot store NaN, so a missing or NaN train-loss never reaches the ledger."""
     ledger, run_id = ledger_with_run(tmp_path, ("inst0", "inst1"))
     model = {"w": np.zeros(2, np.float32)}
-    strategy = make_strategy(tmp_path, ledger, run_id, min_nodes=1, model=model)
+    strategy = make_strategy(tmp_path, ledger, run_id, min_nodes=1, model=model, nodes=(10, 11))
     odd = reply_carrying(
         11, seal_for("inst1", {"w": np.ones(2, np.float32)}, 5, server_round=1, model=model)
     )

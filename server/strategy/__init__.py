@@ -8,7 +8,8 @@ opens each sealed update through the :class:`UpdateGate`), a
 
 from server.strategy.admission import LicenceGate
 from server.strategy.composed import ConsortiumStrategy, Evaluator, RoundFailed
-from server.strategy.intake import UpdateGate, UpdateIntake, expected_tensors
+from server.strategy.gate import UpdateGate, expected_tensors
+from server.strategy.intake import UpdateIntake
 from server.strategy.outbox import ReceiptOutbox
 from server.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
 

@@ -19,11 +19,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from common.arrays import Arrays, arrays_of, arrays_sha256
+from common.arrays import Arrays, arrays_of, arrays_sha256, record_of
 from common.protocol import ExclusionCode
 from server.ledger import ExclusionFact
 from server.strategy.admission import LicenceGate
-from server.strategy.intake import RoundIntake, UpdateIntake
+from server.strategy.intake import RoundIntake, UpdateIntake, sender
 from server.strategy.outbox import ReceiptOutbox
 from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
 
@@ -59,6 +59,9 @@ class ConsortiumStrategy(Strategy):
         Keeps the record (default: :class:`~.recorder.NullRecorder`).
     outbox : ReceiptOutbox, optional
         Holds the receipts the recorder owes (default: a new one).
+    rounds_done : int (default: 0)
+        Rounds the ledger run already recorded: a resumed run numbers its
+        rounds after them (Flower's round 1 is round ``rounds_done + 1``).
     """
 
     def __init__(
@@ -71,9 +74,13 @@ class ConsortiumStrategy(Strategy):
         min_nodes: int,
         recorder: RoundRecorder | None = None,
         outbox: ReceiptOutbox | None = None,
+        rounds_done: int = 0,
     ) -> None:
         if min_nodes < 1:
             raise ValueError(f"min_nodes must be >= 1, got {min_nodes}")
+        if rounds_done < 0:
+            raise ValueError(f"rounds_done must be >= 0, got {rounds_done}")
+        self.rounds_done = rounds_done
         self.aggregator = aggregator
         self.intake = intake
         self.licences = licences
@@ -84,10 +91,12 @@ class ConsortiumStrategy(Strategy):
         self._started = time.monotonic()
         self._model_before = ""
         self._round = RoundIntake()
+        self._sent: list[Message] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.rounds_done  # the ledger's round number, also on the wire
         self._started = time.monotonic()
         self._model_before = arrays_sha256(arrays_of(arrays))
         self.intake.begin_round(server_round, self._model_before)
@@ -105,17 +114,28 @@ class ConsortiumStrategy(Strategy):
                     "round %d: %s not asked to train: %s", server_round, institution, reason
                 )
         self.recorder.record_exclusions(server_round, excluded)
+        self._sent = kept  # Flower's push gives each its message id
         return kept
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Record every charge and exclusion, then aggregate the accepted updates."""
+        """Record every charge and exclusion, then aggregate the accepted updates.
+
+        A node that did not answer is excluded too; the round goes on if the
+        quorum (``min_nodes``) returned a usable update.
+        """
+        server_round += self.rounds_done
         replies = list(replies)
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            self.outbox.answered(node, self.intake.institution_of(node))
-        self._round = intake = self.intake.take(replies)
+        sent = [m.metadata.dst_node_id for m in self._sent]
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
+        asked.pop("", None)  # a message never pushed has no id
+        senders = [sender(r, asked) for r in replies]
+        for reply, node in zip(replies, senders, strict=True):
+            if _from_client_app(reply):  # it took the receipts before anything else
+                self.outbox.answered(node, self.intake.institution_of(node))
+        self._round = intake = self.intake.take(replies, asked)
+        intake.exclusions += self.intake.missing(sent, senders)
         charges = [a.charge for a in intake.accepted]
         self.recorder.record_replies(server_round, charges, intake.exclusions)
         for e in intake.exclusions:
@@ -134,12 +154,13 @@ class ConsortiumStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.rounds_done
         return self.aggregator.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.aggregator.aggregate_evaluate(server_round, replies)
+        return self.aggregator.aggregate_evaluate(server_round + self.rounds_done, replies)
 
     def summary(self) -> None:
         self.aggregator.summary()
@@ -149,6 +170,7 @@ class ConsortiumStrategy(Strategy):
         weights = arrays_of(arrays)
         loss, accuracy = self.evaluator(weights)
         if server_round > 0:
+            server_round += self.rounds_done
             receipts = self.recorder.record_round(
                 FinishedRound(
                     number=server_round,
@@ -160,15 +182,38 @@ class ConsortiumStrategy(Strategy):
                     started=self._started,
                     updates=[a.update for a in self._round.accepted],
                     envelopes={a.update.institution: a.envelope for a in self._round.accepted},
+                    server_state=self.server_state(weights),
                 )
             )
             self.outbox.queue(receipts)
             log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
+    def server_state(self, weights: Arrays) -> Arrays:
+        """The aggregator's own state after a round, by parameter name: FedAvgM's momentum.
+
+        Saved with each snapshot, so a resumed run continues with it.
+        """
+        momentum = getattr(self.aggregator, "momentum_vector", None)
+        if momentum is None:
+            return {}
+        return dict(zip(weights, momentum, strict=True))
+
+    def restore(self, weights: Arrays, server_state: Arrays) -> None:
+        """Continue from a recorded round: its global model and the aggregator's state."""
+        if hasattr(self.aggregator, "current_arrays"):
+            self.aggregator.current_arrays = record_of(weights)
+        if server_state and hasattr(self.aggregator, "momentum_vector"):
+            self.aggregator.momentum_vector = [server_state[name] for name in weights]
+
     def deliver_receipts(self, grid: Grid, timeout: float | None) -> dict[str, str]:
         """Send the receipts still owed (the last round's) in one query per node."""
         return self.outbox.deliver_remaining(grid, self.intake.nodes, timeout)
+
+
+def _from_client_app(reply: Message) -> bool:
+    """Whether the node's ClientApp wrote ``reply`` (an update or its own refusal), not Flower."""
+    return not reply.has_error() or ExclusionCode.of_reply(reply.error.code) == reply.error.code
 
 
 def _describe(exclusion: ExclusionFact) -> str:

@@ -1,56 +1,32 @@
-"""Opening the sealed updates of one run: every check, in a fixed order.
+"""The update intake: a round's replies sorted into accepted updates and exclusions.
 
-For each envelope the :class:`UpdateGate` checks, and stops at the first
-failure:
-
-1. the header parses (``malformed``);
-2. it names an admitted participant (``unknown-participant``);
-3. the signature verifies with that participant's registered key (``bad-signature``);
-4. the header is bound to this run, this round and the model the server sent
-   (``wrong-run``, ``replay`` for an earlier round, ``wrong-round``, ``wrong-model``);
-5. it is the participant's first update this round (``duplicate``);
-6. it decrypts (``undecryptable``);
-7. the tensors have the expected names, shapes and dtypes and are finite
-   (``malformed-tensors``, ``wrong-names``, ``wrong-shape``, ``wrong-dtype``,
-   ``non-finite``).
-
-A failure raises :class:`~common.envelope.EnvelopeError` with that reason;
-the strategy rejects that update only and records the reason in the ledger.
-
-:class:`UpdateIntake` takes a round's replies through the gate and then the
-run's own rules (the privacy charge the update signed must fit the policy,
-its dataset's licence must still allow the run, the metrics must be finite
-numbers), and sorts them into accepted updates, ready for Flower's
-aggregation, and exclusions with their reasons.
+:class:`UpdateIntake` takes each reply through the :class:`~server.strategy.gate.UpdateGate`
+(signature, binding, decryption, tensors) and then the run's own rules (the
+privacy charge the update signed must fit the policy, its dataset's licence
+must still allow the run, the metrics must be finite numbers). An accepted
+update is handed to Flower's aggregation decrypted and weighted by the
+example count its participant signed; every other reply, a node's refusal,
+Flower's word that a node is gone, and a node that never answered become
+exclusions with their reasons.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from flwr.app import Message, MetricRecord, RecordDict
-from safetensors import SafetensorError
-from safetensors.numpy import load
+from flwr.app import Error, Message, MetricRecord, RecordDict
 
-from common.arrays import Arrays, arrays_to_bytes, record_of
+from common.arrays import record_of
 from common.envelope import (
     Envelope,
     EnvelopeError,
     UpdateHeader,
-    decrypt,
     envelope_of,
-    verify_signature,
 )
-from common.keys import key_id
 from common.policy import PrivacyConfig
 from common.protocol import (
     ARRAYS,
@@ -66,167 +42,9 @@ from common.protocol import (
 )
 from server.ledger import ChargeFact, ExclusionFact, UpdateFact
 from server.strategy.admission import LicenceGate
+from server.strategy.gate import UpdateGate
 
-__all__ = [
-    "Accepted",
-    "OpenedUpdate",
-    "RoundIntake",
-    "TensorSpec",
-    "UpdateGate",
-    "UpdateIntake",
-    "expected_tensors",
-]
-
-TensorSpec = tuple[tuple[int, ...], str]
-"""A tensor's shape and NumPy dtype name."""
-
-
-def expected_tensors(arrays: Arrays) -> dict[str, TensorSpec]:
-    """The names, shapes and dtypes an update of ``arrays`` must have."""
-    return {name: (tuple(a.shape), a.dtype.name) for name, a in arrays.items()}
-
-
-@dataclass(frozen=True)
-class OpenedUpdate:
-    """A verified, decrypted update and the evidence the ledger keeps of it."""
-
-    header: UpdateHeader
-    arrays: Arrays
-    plaintext_sha256: str
-    ciphertext_sha256: str
-    signature: str
-    """Base64 of the Ed25519 signature."""
-    signer_key_id: str
-    """Id of the participant's registered key, which verified the signature."""
-    arrays_sha256: str
-    """:func:`common.model.arrays_sha256` of ``arrays``: the update's canonical identity."""
-    arrays_bytes: int
-    """Size of ``arrays`` serialised canonically (what travelled, before sealing)."""
-
-
-class UpdateGate:
-    """Verifies and decrypts the sealed updates of one run.
-
-    Parameters
-    ----------
-    run_id : str
-        Flower's id of this run; an update bound to another run is rejected.
-    aggregator_key : X25519PrivateKey
-        The aggregator's private key, which updates are encrypted to.
-    participants : mapping of str to Ed25519PublicKey
-        Admitted participants and their registered signing keys.
-    expected : mapping of str to TensorSpec
-        Names, shapes and dtypes of the trainable parameters.
-    base_model_sha256 : str
-        Hash of the frozen base model every update must be built on.
-    """
-
-    def __init__(
-        self,
-        *,
-        run_id: str,
-        aggregator_key: X25519PrivateKey,
-        participants: Mapping[str, Ed25519PublicKey],
-        expected: Mapping[str, TensorSpec],
-        base_model_sha256: str,
-    ) -> None:
-        self.run_id = run_id
-        self.aggregator_key = aggregator_key
-        self.participants = dict(participants)
-        self.expected = dict(expected)
-        self.base_model_sha256 = base_model_sha256
-        self.round = 0
-        self.model_sha256 = ""
-        self._seen: set[str] = set()
-
-    def begin_round(self, server_round: int, model_sha256: str) -> None:
-        """Expect updates for ``server_round`` trained from the model with ``model_sha256``."""
-        if server_round <= self.round:
-            raise ValueError(f"round {server_round} does not follow round {self.round}")
-        self.round, self.model_sha256 = server_round, model_sha256
-        self._seen.clear()
-
-    def open(self, envelope: Envelope) -> OpenedUpdate:
-        """Run every check on ``envelope``; :class:`EnvelopeError` names the first failure."""
-        header = UpdateHeader.parse(envelope.header)
-        public = self.participants.get(header.participant)
-        if public is None:
-            raise EnvelopeError(
-                "unknown-participant",
-                f"{header.participant!r} is not an admitted participant of this consortium",
-            )
-        verify_signature(envelope, public)
-        self._check_binding(header)
-        if header.participant in self._seen:
-            raise EnvelopeError(
-                "duplicate",
-                f"a second update from {header.participant!r} in round {self.round}",
-            )
-        self._seen.add(header.participant)
-        plaintext = decrypt(envelope, header, self.aggregator_key)
-        arrays = self._tensors(plaintext)
-        canonical = arrays_to_bytes(arrays)  # serialised once, for its hash and size
-        return OpenedUpdate(
-            header=header,
-            arrays=arrays,
-            plaintext_sha256=hashlib.sha256(plaintext).hexdigest(),
-            ciphertext_sha256=envelope.ciphertext_sha256(),
-            signature=base64.b64encode(envelope.signature).decode(),
-            signer_key_id=key_id(public),  # the registered key that verified it
-            arrays_sha256=hashlib.sha256(canonical).hexdigest(),
-            arrays_bytes=len(canonical),
-        )
-
-    def _check_binding(self, header: UpdateHeader) -> None:
-        if header.run_id != self.run_id:
-            raise EnvelopeError(
-                "wrong-run", f"the update is for run {header.run_id}, this is run {self.run_id}"
-            )
-        if header.round < self.round:
-            raise EnvelopeError(
-                "replay", f"an update from round {header.round} replayed in round {self.round}"
-            )
-        if header.round != self.round:
-            raise EnvelopeError(
-                "wrong-round", f"the update claims round {header.round}; this is {self.round}"
-            )
-        if header.model_sha256 != self.model_sha256:
-            raise EnvelopeError(
-                "wrong-model",
-                f"trained from model {header.model_sha256[:16]}..., not this round's "
-                f"global model {self.model_sha256[:16]}...",
-            )
-        if header.base_model_sha256 != self.base_model_sha256:
-            raise EnvelopeError(
-                "wrong-model",
-                f"built on base model {header.base_model_sha256[:16]}..., not "
-                f"{self.base_model_sha256[:16]}...",
-            )
-
-    def _tensors(self, plaintext: bytes) -> Arrays:
-        try:
-            arrays: Arrays = dict(load(plaintext))
-        except (SafetensorError, ValueError, TypeError) as err:
-            raise EnvelopeError(
-                "malformed-tensors", f"the plaintext is not safetensors: {err}"
-            ) from err
-        if set(arrays) != set(self.expected):
-            missing = sorted(set(self.expected) - set(arrays))
-            extra = sorted(set(arrays) - set(self.expected))
-            raise EnvelopeError("wrong-names", f"missing {missing}, unexpected {extra}")
-        for name, (shape, dtype) in self.expected.items():
-            array = arrays[name]
-            if tuple(array.shape) != shape:
-                raise EnvelopeError(
-                    "wrong-shape", f"'{name}' has shape {tuple(array.shape)}, expected {shape}"
-                )
-            if array.dtype.name != dtype:
-                raise EnvelopeError(
-                    "wrong-dtype", f"'{name}' has dtype {array.dtype.name}, expected {dtype}"
-                )
-            if not np.all(np.isfinite(array)):
-                raise EnvelopeError("non-finite", f"'{name}' holds NaN or infinite values")
-        return {name: arrays[name] for name in self.expected}  # the model's order
+__all__ = ["Accepted", "RoundIntake", "UpdateIntake", "sender"]
 
 
 @dataclass(frozen=True)
@@ -294,16 +112,19 @@ class UpdateIntake:
         """Expect updates for ``server_round`` trained from the model with ``model_sha256``."""
         self.gate.begin_round(server_round, model_sha256)
 
-    def take(self, replies: Iterable[Message]) -> RoundIntake:
-        """Open and check every reply; sort it into accepted updates and exclusions."""
+    def take(
+        self, replies: Iterable[Message], asked: Mapping[str, int] | None = None
+    ) -> RoundIntake:
+        """Open and check every reply; sort them into accepted updates and exclusions.
+
+        ``asked`` maps each request's message id to the node it went to (see
+        :func:`sender`).
+        """
         intake = RoundIntake()
         for message in replies:
-            node_id = message.metadata.src_node_id
+            node_id = sender(message, asked or {})
             if message.has_error():
-                refusal = Refusal.from_reason(message.error.reason or "")
-                intake.exclusions.append(
-                    ExclusionFact(refusal.institution, node_id, message.error.code, refusal.detail)
-                )
+                intake.exclusions.append(self._refused(node_id, message.error))
                 continue
             try:
                 intake.accepted.append(self._accept(message))
@@ -313,6 +134,30 @@ class UpdateIntake:
                     ExclusionFact(_claimed(message), node_id, ExclusionCode.REJECTED, reason)
                 )
         return intake
+
+    def _refused(self, node_id: int, error: Error) -> ExclusionFact:
+        """A node's refusal, or Flower's word that the node or its ClientApp is gone."""
+        refusal = Refusal.from_reason(error.reason or "")
+        code = ExclusionCode.of_reply(error.code)
+        detail = refusal.detail
+        if code != error.code:  # one of Flower's own codes
+            detail = f"Flower error {error.code}: {detail}"
+        return ExclusionFact(
+            refusal.institution or self.institution_of(node_id), node_id, code, detail
+        )
+
+    def missing(self, sent: Iterable[int], answered: Iterable[int]) -> list[ExclusionFact]:
+        """Who was asked (node ids ``sent``) and did not answer within the round's timeout."""
+        answered = set(answered)
+        return [
+            ExclusionFact(
+                self.institution_of(node),
+                node,
+                ExclusionCode.NO_REPLY,
+                "no answer within the round's timeout",
+            )
+            for node in sorted(set(sent) - answered)
+        ]
 
     def _accept(self, message: Message) -> Accepted:
         envelope = envelope_of(message.content.config_records.get(ENVELOPE))
@@ -361,6 +206,15 @@ class UpdateIntake:
                 "privacy",
                 f"reports epsilon {charge.epsilon:.4f}, past the budget {self.privacy.epsilon}",
             )
+
+
+def sender(reply: Message, asked: Mapping[str, int]) -> int:
+    """The node ``reply`` answers for: the one its request went to, by ``asked`` (message ids).
+
+    Flower writes the error for a node that is gone itself, from the
+    SuperLink's own node id; the request it answers names the node.
+    """
+    return asked.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 def _claimed(message: Message) -> str | None:

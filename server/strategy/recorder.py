@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from common.arrays import Arrays
 from common.envelope import Envelope
@@ -31,8 +33,15 @@ from server.ledger import (
     record_privacy,
     record_round,
 )
-from server.ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
-from server.snapshots import save_envelopes, save_snapshot
+from server.ledger.runs import flower_runs
+from server.ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
+from server.ledger.tree_heads import (
+    LedgerTree,
+    round_receipts,
+    sign_tree_head,
+    tree_head_from_row,
+)
+from server.snapshots import save_envelopes, save_server_state, save_snapshot
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder"]
 
@@ -51,6 +60,8 @@ class FinishedRound:
     """``time.monotonic()`` when the round was configured."""
     updates: Sequence[UpdateFact]
     envelopes: Mapping[str, Envelope]
+    server_state: Arrays = field(default_factory=dict)
+    """The aggregator's own state (FedAvgM's momentum), kept to resume from this round."""
 
 
 class RoundRecorder(Protocol):
@@ -120,6 +131,41 @@ class LedgerRecorder:
         self._tree = LedgerTree()
         self._heads: dict[str, TreeHead] = {}  # the last head each participant was given
 
+    def resume(self, rounds_done: int) -> list[Receipt]:
+        """Continue a run after a crash: the heads each participant was given, and the
+        receipts of the last recorded round, which may never have reached them.
+
+        The heads are the ones signed after the rounds each participant
+        contributed to, so the receipts after the resume carry consistency
+        proofs from them: across the crash. The last round's receipts are
+        built again exactly as before (same head, same previous head), so a
+        node that already holds them finds them identical.
+        """
+        owed: list[Receipt] = []
+        if self.signer is None or rounds_done == 0:
+            return owed
+        with self.ledger.session() as session:
+            self._tree.sync(session)
+            carriers = flower_runs(session, self.run_id)
+            heads: dict[str, TreeHead] = {}
+            for number, round_id, contributors, last_seq in _recorded_rounds(session, self.run_id):
+                head = _head_covering(session, last_seq)
+                if number == rounds_done and head is not None:
+                    flower_run = [f for f, first in carriers if first <= number][-1]
+                    owed = round_receipts(
+                        session,
+                        self._tree,
+                        head,
+                        round_id=round_id,
+                        server_round=number,
+                        flower_run_id=str(flower_run),
+                        previous=dict(heads),
+                    )
+                if head is not None:
+                    heads.update(dict.fromkeys(contributors, head))
+        self._heads = heads
+        return owed
+
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         if exclusions:
             with self.ledger.session() as session:
@@ -137,6 +183,8 @@ class LedgerRecorder:
         if self.snapshot_dir is not None:
             save_snapshot(self.snapshot_dir, result.number, result.weights, result.model_after)
             save_envelopes(self.snapshot_dir, result.number, result.envelopes)
+            if result.server_state:
+                save_server_state(self.snapshot_dir, result.number, result.server_state)
         with self.ledger.session() as session:
             row = record_round(
                 session,
@@ -169,3 +217,31 @@ class LedgerRecorder:
         for receipt in receipts:
             self._heads[receipt.participant] = head
         return receipts
+
+
+def _recorded_rounds(session: Session, run_id: int) -> list[tuple[int, int, list[str], int]]:
+    """Each recorded round of ``run_id``: number, row id, contributors, last entry seq."""
+    rounds: dict[int, tuple[int, list[str], int]] = {}
+    for number, round_id, round_seq, name, update_seq in session.execute(
+        select(Round.number, Round.id, Round.entry_seq, Participant.name, RoundUpdate.entry_seq)
+        .outerjoin(RoundUpdate, RoundUpdate.round_id == Round.id)
+        .outerjoin(Participant, Participant.id == RoundUpdate.participant_id)
+        .where(Round.run_id == run_id)
+        .order_by(Round.number)
+    ):
+        _, names, last = rounds.get(number, (round_id, [], round_seq or 0))
+        if name is not None:
+            names.append(name)
+        rounds[number] = (round_id, names, max(last, update_seq or 0))
+    return [(n, rid, names, last) for n, (rid, names, last) in sorted(rounds.items())]
+
+
+def _head_covering(session: Session, seq: int) -> TreeHead | None:
+    """The first signed tree head whose tree holds entry ``seq``."""
+    row = session.scalar(
+        select(LedgerTreeHead)
+        .where(LedgerTreeHead.tree_size > seq)
+        .order_by(LedgerTreeHead.tree_size, LedgerTreeHead.id)
+        .limit(1)
+    )
+    return tree_head_from_row(row) if row is not None else None
