@@ -161,8 +161,14 @@ def show(
                 str(r["participants"]), f"{r['seconds']:.1f}", r["model_sha256_after"][:16] + "…",
             )  # fmt: skip
         console.print(table)
+        if len(run["flower_runs"]) > 1:  # resumed: every Flower run that carried it
+            carried = ", ".join(
+                f"{f['flower_run_id']} from round {f['first_round']}" for f in run["flower_runs"]
+            )
+            console.print(f"  resumed; Flower runs: {carried}", highlight=False)
         if run["status_reason"]:
-            console.print(f"[red]stopped:[/] {run['status_reason']}", highlight=False)
+            label = "stopped" if run["status"] != "finished" else "note"
+            console.print(f"[red]{label}:[/] {run['status_reason']}", highlight=False)
         for e in run["exclusions"]:
             console.print(
                 f"  excluded in round {e['round']}: {e['institution'] or 'node ' + e['node_id']} "

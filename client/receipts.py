@@ -87,11 +87,10 @@ class ReceiptBook:
                     f"the receipt's ledger entry {receipt.seq} for round {receipt.round} records "
                     f"another update than the one this node sent ({column} differs)"
                 )
-        if receipt.previous_size is not None:  # the head it extends was given in this run
-            held = {
-                r.tree_head.tree_size: r.tree_head.root
-                for r in self.receipts(run_id=receipt.run_id)
-            }
+        if receipt.previous_size is not None:  # the head it extends, if this node holds it
+            # One ledger, one tree: a head of the same size held from any run (a run
+            # resumed after a crash is a new Flower run) must have the same root.
+            held = {r.tree_head.tree_size: r.tree_head.root for r in self.receipts()}
             if (
                 receipt.previous_size in held
                 and held[receipt.previous_size] != receipt.previous_root

@@ -20,6 +20,7 @@ from common.epsilon import epsilon_for_json
 from common.errors import UserError
 from common.licences import PURPOSES, SPDX, Licence, LicenceError, obligations
 from common.policy import Policy
+from server.ledger.runs import flower_runs
 from server.ledger.schema import (
     Charge,
     Dataset,
@@ -187,6 +188,10 @@ def build_card(
         "run": {
             "id": run.id,
             "flower_run_id": run.flower_run_id,
+            "flower_runs": [  # more than one when the run was resumed
+                {"flower_run_id": flower_id, "first_round": first}
+                for flower_id, first in flower_runs(session, run.id)
+            ],
             "model": run.model,
             "dataset": run.dataset,
             "purpose": policy.federation.purpose,

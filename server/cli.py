@@ -23,9 +23,10 @@ from server.consortium import admit, init_consortium
 from server.deploy import DeployError, OperatorFiles
 from server.flower import CONNECTION, FlwrCli
 from server.ledger import Ledger
-from server.progress import round_bar, rounds_table
+from server.operate import resume_run, run_policy, summary_of
+from server.progress import rounds_table
 from server.release import release_model
-from server.runs import follow_run, submit_run
+from server.runs import RunOutcome
 
 __all__ = ["app"]
 
@@ -182,28 +183,47 @@ def run(
     """
     policy = Policy.load(policy_file)
     files = OperatorFiles(folder.resolve())
-    deploy = files.deploy()
-    cli = FlwrCli(files.flwr_home, federation)
-    ledger = Ledger(deploy.ledger_url)
     console = Console(stderr=output_format is OutputFormat.json)
-    try:
-        flower_run_id = submit_run(cli, policy)
-        console.print(f"submitted Flower run {flower_run_id} ({policy.federation.rounds} rounds)")
-        with round_bar(console, policy.federation.rounds) as on_round:
-            outcome = follow_run(cli, ledger, flower_run_id, on_round=on_round)
-    finally:
-        ledger.close()
-    summary = {
-        "flower_run_id": outcome.flower_run_id,
-        "ledger_run_id": outcome.ledger_run_id,
-        "status": outcome.status,
-        "policy_sha256": policy.sha256(),
-        "test_accuracy": outcome.test_accuracy,
-        "test_loss": outcome.test_loss,
-        "rounds": [asdict(r) for r in outcome.rounds],
-    }
+    outcome = run_policy(files, policy, FlwrCli(files.flwr_home, federation), console)
+    _print_outcome(console, outcome, policy, output_format)
+
+
+@app.command("resume")
+def resume(
+    run_id: Annotated[
+        int, typer.Option("--run", help="The ledger's run id ('fedcommons audit show').")
+    ],
+    folder: FolderOption = Path("."),
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="The run's policy, checked against the one it recorded (optional)."
+        ),
+    ] = None,
+    federation: Annotated[
+        str, typer.Option(help="The flwr CLI connection in DIR/flwr-home to submit to.")
+    ] = CONNECTION,
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Continue a run that did not finish (a crash, a signal, a lost quorum) from its last round.
+
+    A new Flower run takes the same ledger run over from the last recorded
+    round's snapshot (checked against the ledger's hash), with the server's
+    optimiser state; the round in flight is trained again.
+    """
+    files = OperatorFiles(folder.resolve())
+    console = Console(stderr=output_format is OutputFormat.json)
+    policy = Policy.load(policy_file) if policy_file else None
+    cli = FlwrCli(files.flwr_home, federation)
+    recorded, outcome = resume_run(files, run_id, cli, console, policy=policy)
+    _print_outcome(console, outcome, recorded, output_format)
+
+
+def _print_outcome(
+    console: Console, outcome: RunOutcome, policy: Policy, output_format: OutputFormat
+) -> None:
     if output_format is OutputFormat.json:
-        typer.echo(json.dumps(summary, indent=2, default=str))
+        typer.echo(json.dumps(summary_of(outcome, policy), indent=2, default=str))
         return
     console.print(rounds_table(outcome.rounds))
     accuracy = "-" if outcome.test_accuracy is None else f"{outcome.test_accuracy:.2%}"

@@ -34,6 +34,13 @@ def _eps(value: float | str) -> str:
 def card_markdown(card: dict[str, Any]) -> str:
     """``model-card.md``: the card for people, obligations first."""
     run, model, owed = card["run"], card["model"], card["obligations"]
+    # a v2 card before resumes existed names one Flower run only
+    carried = run.get("flower_runs") or [{"flower_run_id": run["flower_run_id"], "first_round": 1}]
+    carried_by = ", ".join(
+        f"{c['flower_run_id']}" if len(carried) == 1 else
+        f"{c['flower_run_id']} (from round {c['first_round']})"
+        for c in carried
+    )  # fmt: skip
     lines = [
         f"# Model card: run {run['id']} ({run['model']} on {run['dataset']})",
         "",
@@ -51,7 +58,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                 ["policy sha256", f"`{run['policy_sha256']}`"],
                 ["rounds", f"{run['rounds']} of {run['planned_rounds']} planned"],
                 ["test accuracy", _pct(run["test_accuracy"])],
-                ["Flower run id", str(run["flower_run_id"])],
+                ["Flower run id" if len(carried) == 1 else "Flower runs (resumed)", carried_by],
             ],
         ),
         "## Obligations",

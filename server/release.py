@@ -30,7 +30,7 @@ from safetensors.numpy import save as save_safetensors
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.arrays import Arrays, arrays_sha256
+from common.arrays import Arrays
 from common.atomic import write_atomic
 from common.canonical import canonical_json
 from common.policy import Policy, PolicyError
@@ -42,7 +42,7 @@ from server.ledger.schema import LedgerEntry, LedgerTreeHead, Release, Round, Ru
 from server.ledger.tree_heads import LedgerTree, sign_tree_head, tree_head_from_row
 from server.ledger.verify import verify_ledger
 from server.model_card import CARD_JSON, CARD_MARKDOWN, MODEL_FILE, card_markdown
-from server.snapshots import load_snapshot, snapshot_path
+from server.snapshots import SnapshotError, checked_snapshot
 
 __all__ = ["MODEL_FILE", "ModelRelease", "ReleaseError", "release_model"]
 
@@ -205,23 +205,11 @@ def _policy_of(run: Run) -> Policy:
 
 def _final_model(run: Run, last: Round, folder: Path) -> Arrays:
     """The final round's snapshot, refused unless it is the model the ledger records."""
-    path = snapshot_path(folder, last.number)
-    if not path.is_file():
-        raise ReleaseError(
-            f"the snapshot of run {run.id}'s final round {last.number} is missing: no {path}"
-        )
     try:
-        number, arrays = load_snapshot(path)
-    except Exception as err:
-        raise ReleaseError(f"cannot read the snapshot {path}: {err}") from None
-    found = arrays_sha256(arrays)
-    if number != last.number or found != last.model_sha256_after:
-        raise ReleaseError(
-            f"{path} is not run {run.id}'s final model: its sha256 is {found} (round "
-            f"{number}), the ledger records {last.model_sha256_after} for round {last.number}; "
-            "another run may have overwritten it"
-        )
-    return arrays
+        return checked_snapshot(folder, last.number, last.model_sha256_after)
+    except SnapshotError as err:
+        hint = "; another run may have overwritten it" if err.mismatch else ""
+        raise ReleaseError(f"run {run.id}'s final model: {err}{hint}") from None
 
 
 def _proof(

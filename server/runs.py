@@ -24,8 +24,8 @@ from sqlalchemy import select
 from common.policy import Policy
 from common.protocol import ExclusionCode
 from server.flower import FederationError, FlwrCli, build_app_dir, write_run_config
-from server.ledger import Ledger
-from server.ledger.schema import Charge, Exclusion, Round, Run
+from server.ledger import Ledger, finish_run
+from server.ledger.schema import Charge, Exclusion, FlowerRun, Round, Run
 
 __all__ = [
     "PrivacyBudgetExhausted",
@@ -33,6 +33,7 @@ __all__ = [
     "RunFailed",
     "RunOutcome",
     "follow_run",
+    "mark_interrupted",
     "read_rounds",
     "submit_run",
 ]
@@ -93,6 +94,12 @@ def read_rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[Ro
     """The ledger's run for a Flower run id (``None`` until it starts) and its rounds."""
     with ledger.session() as session:
         run = session.scalar(select(Run).where(Run.flower_run_id == str(flower_run_id)))
+        if run is None:  # a resumed run: carried by this Flower run from a later round
+            run = session.scalar(
+                select(Run)
+                .join(FlowerRun, FlowerRun.run_id == Run.id)
+                .where(FlowerRun.flower_run_id == str(flower_run_id))
+            )
         if run is None:
             return None, []
         rows = session.scalars(
@@ -171,6 +178,9 @@ def follow_run(
     for progress in rounds[seen:]:
         if on_round is not None:
             on_round(progress)
+    if run is not None and run.status == "running":  # the ServerApp could not say how it ended
+        reason = f"the Flower run ended as {status['status']} ({status.get('status-details', '')})"
+        run = mark_interrupted(ledger, run.id, reason)
     if run is None or run.status != "finished" or not str(status["status"]).endswith("completed"):
         exhausted = exhausted_budgets(ledger, run.id) if run is not None else []
         if run is not None and exhausted:
@@ -201,3 +211,16 @@ def follow_run(
 
 def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
+
+
+def mark_interrupted(ledger: Ledger, run_id: int, reason: str) -> Run | None:
+    """Record that a run whose processes are gone did not finish (if it still says running).
+
+    The ServerApp records how its run ends; one killed outright cannot, so
+    whoever notices (the demo, ``operator run``, ``operator resume``) does.
+    """
+    with ledger.session() as session:
+        run = session.get(Run, run_id)
+        if run is not None and run.status in ("running", "resuming"):
+            finish_run(session, run_id, "interrupted", reason=reason)
+        return run

@@ -15,23 +15,22 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvgM
 
-from common.arrays import Arrays, arrays_of, arrays_sha256, record_of
+from common.arrays import Arrays, arrays_of, record_of
 from common.keys import (
-    decode_ed25519_public,
     encode_public,
     load_ed25519_key,
     load_x25519_key,
     passphrase_from_env,
 )
-from common.licences import Licence
 from common.local_data import load_local_data, server_split_path, to_examples
 from common.model import build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy
 from common.protocol import TrainConfig
 from common.training import Examples, evaluate
 from server.deploy import DeployConfig
-from server.grid import PollingGrid
-from server.ledger import Ledger, admitted_datasets, admitted_keys, finish_run, start_run
+from server.grid import PollingGrid, QuorumLost
+from server.ledger import Ledger, finish_run
+from server.run_start import open_run
 from server.strategy import (
     ConsortiumStrategy,
     LedgerRecorder,
@@ -56,7 +55,7 @@ def _load_server_split(policy: Policy, deploy: DeployConfig, name: str) -> Examp
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the policy's rounds and record them."""
+    """Run the policy's rounds (or the rest of a run being resumed) and record them."""
     policy = Policy.from_run_config(context.run_config)
     deploy = DeployConfig.from_environment()
     validation = _load_server_split(policy, deploy, "validation")
@@ -78,33 +77,30 @@ def main(grid: Grid, context: Context) -> None:
         else None
     )
     ledger = Ledger(deploy.ledger_url)
-    with ledger.session() as session:
-        participants = {
-            name: decode_ed25519_public(key, f"{name}'s signing key in the ledger")
-            for name, key in admitted_keys(session).items()
-        }
-        licences = {
-            key: Licence.from_dict(terms) for key, terms in admitted_datasets(session).items()
-        }
-        run_id = start_run(
-            session,
-            policy_sha256=policy.sha256(),
-            policy_toml=policy.to_toml(),
-            model=policy.model.name,
-            dataset=policy.data.dataset,
-            initial_model_sha256=arrays_sha256(initial),
-            base_model_sha256=base_sha256,
-            planned_rounds=policy.federation.rounds,
-            flower_run_id=context.run_id,
-        ).id
-    federation = policy.federation
-    licence_gate = LicenceGate(licences, purpose=federation.purpose)
+    opened = open_run(
+        ledger,
+        policy,
+        deploy,
+        flower_run_id=context.run_id,
+        initial=initial,
+        base_sha256=base_sha256,
+    )
+    point, federation = opened.point, policy.federation
+    licence_gate = LicenceGate(opened.licences, purpose=federation.purpose)
     gate = UpdateGate(
         run_id=str(context.run_id),
         aggregator_key=aggregator,
-        participants=participants,
+        participants=opened.participants,
         expected=expected_tensors(initial),
         base_model_sha256=base_sha256,
+        accepted_before=opened.accepted_before,
+    )
+    recorder = LedgerRecorder(
+        ledger,
+        opened.run_id,
+        flower_run_id=str(context.run_id),
+        snapshot_dir=deploy.snapshot_dir,
+        signer=signer,
     )
     strategy = ConsortiumStrategy(
         FedAvgM(
@@ -120,33 +116,41 @@ def main(grid: Grid, context: Context) -> None:
         licences=licence_gate,
         evaluator=lambda weights: score(validation, weights),
         min_nodes=federation.min_nodes,
-        recorder=LedgerRecorder(
-            ledger,
-            run_id,
-            flower_run_id=str(context.run_id),
-            snapshot_dir=deploy.snapshot_dir,
-            signer=signer,
-        ),
+        recorder=recorder,
+        rounds_done=point.rounds_done,
     )
-    status, test_loss, test_accuracy, reason = "failed", None, None, None
-    polling = PollingGrid(grid, federation.poll_interval)
+    weights = point.weights if point.weights is not None else initial
+    if point.rounds_done:
+        log.info("resuming run %d after round %d", opened.run_id, point.rounds_done)
+        strategy.restore(weights, point.server_state)
+        strategy.outbox.queue(recorder.resume(point.rounds_done))
+    status, test_loss, test_accuracy, reason = "interrupted", None, None, None
+    polling = PollingGrid(
+        grid,
+        federation.poll_interval,
+        quorum=federation.min_nodes,
+        quorum_wait=federation.round_timeout,
+    )
     try:
-        result = strategy.start(
-            grid=polling,
-            initial_arrays=record_of(initial),
-            num_rounds=federation.rounds,
-            timeout=federation.round_timeout,
-            train_config=ConfigRecord(
-                dict(
-                    TrainConfig(
-                        server_round=1,  # Flower sets each round's own number
-                        base_sha256=base_sha256,
-                        aggregator_key=encode_public(aggregator.public_key()),
-                    ).server_fields()
-                )
-            ),
-            evaluate_fn=strategy.finish_round,
-        )
+        rounds_left = federation.rounds - point.rounds_done
+        if rounds_left > 0:
+            result = strategy.start(
+                grid=polling,
+                initial_arrays=record_of(weights),
+                num_rounds=rounds_left,
+                timeout=federation.round_timeout,
+                train_config=ConfigRecord(
+                    dict(
+                        TrainConfig(
+                            server_round=1,  # Flower sets each round's own number
+                            base_sha256=base_sha256,
+                            aggregator_key=encode_public(aggregator.public_key()),
+                        ).server_fields()
+                    )
+                ),
+                evaluate_fn=strategy.finish_round,
+            )
+            weights = arrays_of(result.arrays)
         # The last round's receipts: the only ones no train message carried.
         delivering = time.monotonic()
         delivered = strategy.deliver_receipts(polling, federation.round_timeout)
@@ -156,18 +160,25 @@ def main(grid: Grid, context: Context) -> None:
                 time.monotonic() - delivering,
                 ", ".join(f"{k} {v}" for k, v in sorted(delivered.items())),
             )
-        test_loss, test_accuracy = score(test, arrays_of(result.arrays))
+        test_loss, test_accuracy = score(test, weights)
         status = "finished"
         log.info("test accuracy %.4f, loss %.4f", test_accuracy, test_loss)
-    except RoundFailed as err:
-        reason = str(err)
+    except (RoundFailed, QuorumLost) as err:
+        status, reason = "failed", str(err)
         log.error("run stopped: %s", reason)
+        raise
+    except BaseException as err:  # a signal, a lost SuperLink, a crash: the run can resume
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            reason = "interrupted: the ServerApp was stopped (Ctrl-C, SIGTERM or 'flwr stop')"
+        else:
+            reason = f"interrupted: {type(err).__name__}: {err}"
+        log.error("run interrupted: %s", reason)
         raise
     finally:
         with ledger.session() as session:
             finish_run(
                 session,
-                run_id,
+                opened.run_id,
                 status,
                 test_accuracy=test_accuracy,
                 test_loss=test_loss,

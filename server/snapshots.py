@@ -15,11 +15,23 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save
 
-from common.arrays import Arrays
+from common.arrays import Arrays, arrays_sha256
 from common.atomic import write_atomic
 from common.envelope import Envelope
+from common.errors import UserError
 
-__all__ = ["latest_snapshot", "load_snapshot", "save_envelopes", "save_snapshot", "snapshot_path"]
+__all__ = [
+    "SnapshotError",
+    "checked_snapshot",
+    "latest_snapshot",
+    "load_server_state",
+    "load_snapshot",
+    "save_envelopes",
+    "save_server_state",
+    "save_snapshot",
+    "server_state_path",
+    "snapshot_path",
+]
 
 
 def snapshot_path(directory: Path, server_round: int) -> Path:
@@ -34,6 +46,28 @@ def save_snapshot(directory: Path, server_round: int, arrays: Arrays, model_sha2
         metadata={"round": str(server_round), "model_sha256": model_sha256},
     )
     return write_atomic(snapshot_path(directory, server_round), data)
+
+
+def server_state_path(directory: Path, server_round: int) -> Path:
+    """Where the aggregator's state after round ``server_round`` lives (FedAvgM's momentum)."""
+    return directory / f"round-{server_round:04d}-server.safetensors"
+
+
+def save_server_state(directory: Path, server_round: int, state: Arrays) -> Path:
+    """Keep the aggregator's state after a round, to resume from it."""
+    data = save(
+        {k: np.ascontiguousarray(v) for k, v in state.items()},
+        metadata={"round": str(server_round)},
+    )
+    return write_atomic(server_state_path(directory, server_round), data)
+
+
+def load_server_state(directory: Path, server_round: int) -> Arrays:
+    """The aggregator's state after ``server_round``; empty if none was kept."""
+    path = server_state_path(directory, server_round)
+    if not path.is_file():
+        return {}
+    return load_snapshot(path)[1]
 
 
 def save_envelopes(directory: Path, server_round: int, envelopes: Mapping[str, Envelope]) -> Path:
@@ -59,7 +93,43 @@ def load_snapshot(path: Path) -> tuple[int, Arrays]:
     return int(metadata["round"]), arrays
 
 
+class SnapshotError(UserError, ValueError):
+    """A round's snapshot is missing, unreadable, or not the model the ledger records."""
+
+    def __init__(self, message: str, *, mismatch: bool = False) -> None:
+        super().__init__(message)
+        self.mismatch = mismatch
+
+
+def checked_snapshot(directory: Path, server_round: int, model_sha256: str) -> Arrays:
+    """Round ``server_round``'s snapshot, refused unless it holds the model ``model_sha256``.
+
+    Raises
+    ------
+    SnapshotError
+        The file is missing or unreadable, or holds another round or model
+        (``mismatch``).
+    """
+    path = snapshot_path(directory, server_round)
+    if not path.is_file():
+        raise SnapshotError(f"the snapshot of round {server_round} is missing: no {path}")
+    try:
+        number, arrays = load_snapshot(path)
+    except Exception as err:
+        raise SnapshotError(f"cannot read the snapshot {path}: {err}") from None
+    found = arrays_sha256(arrays)
+    if number != server_round or found != model_sha256:
+        raise SnapshotError(
+            f"{path} holds model {found} (round {number}); the ledger records "
+            f"{model_sha256} for round {server_round}",
+            mismatch=True,
+        )
+    return arrays
+
+
 def latest_snapshot(directory: Path) -> Path | None:
     """The snapshot of the highest round in ``directory``, if any."""
-    candidates = sorted(directory.glob("round-*.safetensors"))
+    candidates = sorted(
+        p for p in directory.glob("round-*.safetensors") if not p.stem.endswith("-server")
+    )
     return candidates[-1] if candidates else None

@@ -449,12 +449,15 @@ def test_a_missing_or_different_checkpoint_is_refused(demo: Federation, tmp_path
     run_id = demo.run(["university-a"])
     final = demo.snapshots / "round-0002.safetensors"
     final.rename(tmp_path / "aside.safetensors")
-    with pytest.raises(ReleaseError, match=r"final round 2 is missing: no .*round-0002"):
+    with pytest.raises(
+        ReleaseError, match=rf"run {run_id}'s final model: the snapshot of round 2 is missing: no "
+    ):
         demo.release(run_id, tmp_path / "out")
     save_snapshot(demo.snapshots, 2, _weights(7), "x")  # another run's model
     with pytest.raises(
         ReleaseError,
-        match=rf"is not run {run_id}'s final model: its sha256 is {arrays_sha256(_weights(7))}",
+        match=rf"run {run_id}'s final model: .*round-0002.safetensors holds model "
+        rf"{arrays_sha256(_weights(7))} \(round 2\); the ledger records .*overwritten it",
     ):
         demo.release(run_id, tmp_path / "out")
     # the real one, from another folder
@@ -539,7 +542,7 @@ def test_operator_release_command(tmp_path: Path) -> None:
         (["--run", str(run_id), "--out", str(tmp_path / "r1")], "r1 is not empty"),
         (
             ["--run", str(run_id), "--out", str(tmp_path / "r3"), "--snapshots", str(tmp_path)],
-            f"the snapshot of run {run_id}'s final round 2 is missing",
+            f"run {run_id}'s final model: the snapshot of round 2 is missing",
         ),
     ):
         result = runner.invoke(app, [*command, *args])

@@ -1,0 +1,290 @@
+"""Resuming a run after a crash, on a real ledger with real sealed updates and snapshots.
+
+A run records round 1, then "crashes" in round 2 (its charges for round 2
+recorded, the round not). The resumed run starts from round 1's snapshot,
+refuses every envelope sealed before the crash with its reason, and gives
+receipts that extend the heads handed out before; a resume that cannot be
+made is refused with nothing written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Message
+from flwr.serverapp.strategy import FedAvgM
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from common.arrays import Arrays, arrays_of, arrays_sha256
+from common.envelope import Envelope
+from common.keys import write_private_key
+from common.policy import Policy, PrivacyConfig
+from common.receipts import Receipt
+from fedcommons.cli import app
+from server.consortium import init_consortium
+from server.deploy import OperatorFiles
+from server.ledger import Ledger, enrol_participant, finish_run, start_run
+from server.ledger.report import ledger_report
+from server.ledger.runs import request_resume
+from server.ledger.schema import LedgerEntry
+from server.ledger.verify import verify_ledger
+from server.run_start import open_run
+from server.snapshots import save_snapshot, snapshot_path
+from server.strategy import (
+    ConsortiumStrategy,
+    LedgerRecorder,
+    LicenceGate,
+    RoundFailed,
+    UpdateGate,
+    UpdateIntake,
+    expected_tensors,
+)
+from tests.sealed_updates import (
+    AGGREGATOR,
+    BASE,
+    RUN,
+    SIGNERS,
+    begin_round,
+    make_charge,
+    reply_carrying,
+    seal_for,
+    server_task_identity,
+)
+
+pytestmark = pytest.mark.usefixtures("server_task_identity")
+assert server_task_identity  # imported so that pytest finds the fixture
+
+POLICY = Policy().with_overrides({"federation.rounds": 3, "federation.min-nodes": 2})
+ZEROS: Arrays = {"w": np.zeros(2, np.float32)}
+NEW_RUN = RUN + 1000
+OPERATOR = Ed25519PrivateKey.generate()
+
+
+@dataclass
+class Crashed:
+    """A run that recorded round 1 and crashed in round 2."""
+
+    ledger: Ledger
+    run_id: int
+    operator: OperatorFiles
+    after_round_1: Arrays
+    receipts_round_1: list[Receipt]
+    sealed: dict[int, dict[str, Envelope]]
+    """The updates each round's nodes sealed, before the crash."""
+
+
+def _strategy(
+    ledger: Ledger, run_id: int, snapshots: Path, flower_run: int, gate: UpdateGate, done: int = 0
+) -> tuple[ConsortiumStrategy, LedgerRecorder]:
+    recorder = LedgerRecorder(
+        ledger, run_id, flower_run_id=str(flower_run), snapshot_dir=snapshots, signer=OPERATOR
+    )
+    licences = LicenceGate(None)
+    strategy = ConsortiumStrategy(
+        FedAvgM(min_available_nodes=1),
+        intake=UpdateIntake(gate, privacy=PrivacyConfig(epsilon=8.0), licences=licences),
+        licences=licences,
+        evaluator=lambda w: (0.5, 0.5),
+        min_nodes=2,
+        recorder=recorder,
+        rounds_done=done,
+    )
+    return strategy, recorder
+
+
+def _gate(flower_run: int, accepted: set[str] | None = None) -> UpdateGate:
+    return UpdateGate(
+        run_id=str(flower_run),
+        aggregator_key=AGGREGATOR,
+        participants={n: SIGNERS[n].public_key() for n in ("inst0", "inst1")},
+        expected=expected_tensors(ZEROS),
+        base_model_sha256=BASE,
+        accepted_before=accepted or set(),
+    )
+
+
+NODES = {"inst0": 10, "inst1": 11}
+
+
+def _sealed(number: int, model: Arrays, run: int = RUN) -> dict[str, Envelope]:
+    return {
+        name: seal_for(name, {"w": np.full(2, 1.0 + i, np.float32)}, 5, server_round=number,
+                       model=model, charge=make_charge(1.0 + number), run=run)
+        for i, name in enumerate(NODES)
+    }  # fmt: skip
+
+
+def _replies(envelopes: dict[str, Envelope]) -> list[Message]:
+    """Fresh reply messages (the intake replaces an accepted reply's content)."""
+    return [reply_carrying(NODES[name], envelope) for name, envelope in envelopes.items()]
+
+
+@pytest.fixture
+def crashed(url: str, tmp_path: Path) -> Crashed:
+    operator = init_consortium(
+        tmp_path / "op", name="t", superlink="127.0.0.1:9", hosts=["127.0.0.1"], ledger_url=url
+    )
+    write_private_key(tmp_path / "signing.pem", OPERATOR)
+    deploy = operator.deploy().with_values(
+        {"operator-key": str(tmp_path / "signing.pem")}, operator.root, "test"
+    )
+    operator.deploy_file.write_text(deploy.to_toml(operator.root))
+    ledger = Ledger(url)
+    with ledger.session() as s:
+        for name in ("inst0", "inst1"):
+            enrol_participant(s, name, "academia")
+        run_id = start_run(
+            s,
+            policy_sha256=POLICY.sha256(),
+            policy_toml=POLICY.to_toml(),
+            model="cnn",
+            dataset="digits",
+            initial_model_sha256=arrays_sha256(ZEROS),
+            planned_rounds=3,
+            flower_run_id=RUN,
+        ).id
+    strategy, _ = _strategy(ledger, run_id, operator.snapshot_dir, RUN, _gate(RUN))
+    sealed = {1: _sealed(1, ZEROS)}
+    begin_round(strategy, 1, ZEROS, nodes=(10, 11))
+    arrays, _ = strategy.aggregate_train(1, _replies(sealed[1]))
+    assert arrays is not None
+    strategy.finish_round(1, arrays)
+    receipts = [r for name in ("inst0", "inst1") for r in strategy.outbox.pending(name)]
+    after = arrays_of(arrays)
+    sealed[2] = _sealed(2, after)
+    begin_round(strategy, 2, after, nodes=(10, 11))
+    strategy.aggregate_train(2, _replies(sealed[2]))  # charged; then the crash
+    return Crashed(ledger, run_id, operator, after, receipts, sealed)
+
+
+def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
+    with crashed.ledger.session() as s:
+        request_resume(s, crashed.run_id)
+    opened = open_run(
+        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
+        initial=ZEROS, base_sha256=BASE,
+    )  # fmt: skip
+    assert (opened.run_id, opened.point.rounds_done) == (crashed.run_id, 1)
+    assert opened.point.weights is not None
+    assert arrays_sha256(opened.point.weights) == arrays_sha256(crashed.after_round_1)
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert run["status"] == "running"
+    assert [(f["flower_run_id"], f["first_round"]) for f in run["flower_runs"]] == [
+        (str(RUN), 1), (str(NEW_RUN), 2),
+    ]  # fmt: skip
+    # round 2's charges from before the crash stay: spent is spent
+    assert [c["round"] for c in run["privacy_charges"]] == [1, 1, 2, 2]
+    verify_ledger(crashed.ledger, OPERATOR.public_key())
+    # a second ServerApp with the same policy starts a new run: only one takes it over
+    again = open_run(
+        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN + 1,
+        initial=ZEROS, base_sha256=BASE,
+    )  # fmt: skip
+    assert again.run_id != crashed.run_id and again.point.rounds_done == 0
+    crashed.ledger.close()
+
+
+def test_envelopes_sealed_before_the_crash_are_refused_after_it_with_reasons(
+    crashed: Crashed,
+) -> None:
+    with crashed.ledger.session() as s:
+        request_resume(s, crashed.run_id)
+    opened = open_run(
+        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
+        initial=ZEROS, base_sha256=BASE,
+    )  # fmt: skip
+    strategy, _ = _strategy(
+        crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
+        _gate(NEW_RUN, opened.accepted_before), done=1,
+    )  # fmt: skip
+    begin_round(strategy, 1, crashed.after_round_1, nodes=(10, 11))  # the ledger's round 2
+    replayed = reply_carrying(10, crashed.sealed[1]["inst0"])  # accepted in round 1
+    in_flight = reply_carrying(11, crashed.sealed[2]["inst1"])  # sealed for round 2, crashed
+    with pytest.raises(RoundFailed, match="0 of the required 2 nodes"):
+        strategy.aggregate_train(1, [replayed, in_flight])
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    after_crash = [e for e in run["exclusions"] if e["round"] == 2]
+    reasons = {e["institution"]: e["reason"] for e in after_crash}
+    assert reasons["inst0"].startswith("update rejected (replay): this update from 'inst0'")
+    assert reasons["inst1"].startswith(f"update rejected (wrong-run): the update is for run {RUN}")
+    crashed.ledger.close()
+
+
+def test_receipts_after_a_resume_extend_the_heads_given_before(crashed: Crashed) -> None:
+    with crashed.ledger.session() as s:
+        request_resume(s, crashed.run_id)
+    opened = open_run(
+        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
+        initial=ZEROS, base_sha256=BASE,
+    )  # fmt: skip
+    strategy, recorder = _strategy(
+        crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
+        _gate(NEW_RUN, opened.accepted_before), done=1,
+    )  # fmt: skip
+    owed = recorder.resume(1)  # round 1's, built again exactly as before the crash
+    assert [r.to_json() for r in owed] == [r.to_json() for r in crashed.receipts_round_1]
+    begin_round(strategy, 1, crashed.after_round_1, nodes=(10, 11))
+    resealed = _sealed(2, crashed.after_round_1, run=NEW_RUN)  # round 2 again, after the resume
+    arrays, _ = strategy.aggregate_train(1, _replies(resealed))
+    assert arrays is not None
+    strategy.finish_round(1, arrays)
+    after = [r for name in ("inst0", "inst1") for r in strategy.outbox.pending(name)]
+    assert [r.round for r in after] == [2, 2]
+    for receipt, before in zip(after, crashed.receipts_round_1, strict=True):
+        receipt.verify(OPERATOR.public_key())  # the consistency proof spans the crash
+        assert (receipt.previous_size, receipt.previous_root) == (
+            before.tree_head.tree_size,
+            before.tree_head.root,
+        )
+    crashed.ledger.close()
+
+
+def _entries(ledger: Ledger) -> int:
+    with ledger.session() as s:
+        return int(s.scalar(select(func.count()).select_from(LedgerEntry)) or 0)
+
+
+@pytest.mark.parametrize("fault", ["missing", "changed", "finished", "other-policy"])
+def test_a_resume_that_cannot_be_made_is_refused_with_nothing_written(
+    crashed: Crashed, tmp_path: Path, fault: str
+) -> None:
+    snapshot = snapshot_path(crashed.operator.snapshot_dir, 1)
+    command = [
+        "operator",
+        "resume",
+        "--run",
+        str(crashed.run_id),
+        "--dir",
+        str(crashed.operator.root),
+    ]
+    expected = {
+        "missing": "cannot resume: the snapshot of round 1 is missing",
+        "changed": "holds model",
+        "finished": "is finished: a run that finished does not resume",
+        "other-policy": "recorded policy",
+    }[fault]
+    if fault == "missing":
+        snapshot.unlink()
+    elif fault == "changed":
+        save_snapshot(snapshot.parent, 1, {"w": np.full(2, 9.0, np.float32)}, "x")
+    elif fault == "finished":
+        with crashed.ledger.session() as s:
+            finish_run(s, crashed.run_id, "finished", test_accuracy=0.5)
+    else:
+        other = tmp_path / "other.toml"
+        other.write_text(POLICY.with_overrides({"federation.rounds": 4}).to_toml())
+        command += ["--policy", str(other)]
+    before = _entries(crashed.ledger)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 1, result.output
+    assert expected in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert _entries(crashed.ledger) == before  # nothing written
+    crashed.ledger.close()
