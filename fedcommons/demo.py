@@ -11,6 +11,7 @@ released and verified as an operator and an auditor would.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,14 +31,29 @@ from fedcommons.demo_setup import (
     demo_consortium,
     started_federation,
 )
+from fedcommons.local_federation import LocalFederation
+from server.flower import FederationError
 from server.ledger import Ledger
-from server.ledger.schema import Round, RoundUpdate
+from server.ledger.runs import RESUMABLE, flower_runs
+from server.ledger.schema import Round, RoundUpdate, Run
 from server.ledger.store import masked_url
 from server.ledger.verify import verify_ledger
+from server.operate import prepare_resume
 from server.release import release_model
-from server.runs import RoundProgress, follow_run, submit_run
+from server.resume import ResumeError
+from server.runs import (
+    RoundProgress,
+    RunFailed,
+    RunOutcome,
+    follow_run,
+    mark_interrupted,
+    read_rounds,
+    submit_run,
+)
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "unfinished_run"]
+
+log = logging.getLogger(__name__)
 
 
 def run_demo(
@@ -48,6 +64,7 @@ def run_demo(
     on_round: Callable[[RoundProgress], None] | None = None,
     status_interval: float = 2.0,
     insecure: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the whole demo and return (and write) ``summary.json``.
 
@@ -57,6 +74,12 @@ def run_demo(
     with the SuperLink. Both are reused when the demo runs again in the same
     folder. ``insecure`` turns TLS and SuperNode authentication off (updates
     stay encrypted and signed).
+
+    A SuperNode that dies is left out of its round (the run goes on while the
+    quorum holds). If the SuperLink dies, or the demo is interrupted, the run
+    is recorded ``interrupted``; ``resume`` then continues the folder's last
+    unfinished run with its own policy (``policy`` is not used) from its last
+    recorded round, and the summary covers the whole run.
 
     Raises
     ------
@@ -68,20 +91,19 @@ def run_demo(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
+    resuming = unfinished_run(workdir, ledger_url) if resume else None
+    if resuming is not None:
+        policy = resuming[1]
     demo = demo_consortium(workdir, policy, ledger_url)
     operator, layout = demo.operator, demo.layout
     ledger = Ledger(ledger_url)
     try:
         with started_federation(demo, policy, insecure=insecure) as federation:
+            if resuming is not None:
+                snapshots = operator.deploy().snapshot_dir
+                prepare_resume(ledger, snapshots, resuming[0], federation.cli)
             flower_run_id = submit_run(federation.cli, policy, workdir / "run")
-            outcome = follow_run(
-                federation.cli,
-                ledger,
-                flower_run_id,
-                on_round=on_round,
-                check=federation.check_alive,
-                status_interval=status_interval,
-            )
+            outcome = _follow(ledger, federation, flower_run_id, on_round, status_interval)
         run_id, rounds = outcome.ledger_run_id, outcome.rounds
         with ledger.session() as session:
             update_bytes, crypto_seconds = session.execute(
@@ -111,9 +133,12 @@ def run_demo(
     model = build_model(policy.model, policy.federation.seed)
     model_bytes = len(arrays_to_bytes(full_arrays(model)))  # the whole model
     trainable_bytes = len(arrays_to_bytes(get_arrays(model)))  # what travels
+    with ledger.session() as session:
+        carriers = [f for f, _ in flower_runs(session, run_id)]
     summary: dict[str, Any] = {
         "engine": "flower-deployment",
         "flower_run_id": flower_run_id,
+        "flower_run_ids": carriers,  # more than one when the run was resumed
         "ledger_run_id": run_id,
         "model": policy.model.name,
         "dataset": policy.data.dataset,
@@ -173,3 +198,61 @@ def run_demo(
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _follow(
+    ledger: Ledger,
+    federation: LocalFederation,
+    flower_run_id: int,
+    on_round: Callable[[RoundProgress], None] | None,
+    status_interval: float,
+) -> RunOutcome:
+    """Follow the run; a SuperNode may die (the quorum decides), the SuperLink may not."""
+    lost: set[str] = set()
+
+    def check() -> None:
+        federation.check_alive()
+        for name in set(federation.dead_nodes()) - lost:
+            lost.add(name)
+            log.warning("the SuperNode of %s exited; the run goes on while the quorum holds", name)
+
+    try:
+        return follow_run(
+            federation.cli,
+            ledger,
+            flower_run_id,
+            on_round=on_round,
+            check=check,
+            status_interval=status_interval,
+        )
+    except (FederationError, KeyboardInterrupt) as err:
+        if isinstance(err, RunFailed):
+            raise
+        run, rounds = read_rounds(ledger, flower_run_id)
+        if run is None:
+            raise
+        why = "interrupted (Ctrl-C or SIGTERM)" if isinstance(err, KeyboardInterrupt) else str(err)
+        mark_interrupted(ledger, run.id, why)
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise FederationError(
+            f"{err}. Run {run.id} stopped after round {len(rounds)} and is recorded as "
+            "interrupted; 'fedcommons demo --resume' in the same folder continues it"
+        ) from None
+
+
+def unfinished_run(workdir: Path, ledger_url: str) -> tuple[int, Policy]:
+    """The folder's last run that did not finish, and its own policy; refuse if none."""
+    if not (workdir / "operator" / "consortium.json").is_file():
+        raise ResumeError(f"{workdir} holds no demo to resume (no operator folder)")
+    ledger = Ledger(ledger_url)
+    try:
+        with ledger.session() as session:
+            run = session.scalar(
+                select(Run).where(Run.status.in_(RESUMABLE)).order_by(Run.id.desc()).limit(1)
+            )
+            if run is None:
+                raise ResumeError(f"{workdir} holds no unfinished run to resume")
+            return run.id, Policy.from_recorded(run.policy_toml)
+    finally:
+        ledger.close()

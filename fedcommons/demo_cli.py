@@ -13,7 +13,7 @@ from rich.table import Table
 
 from common.epsilon import format_epsilon
 from common.policy import MODELS, Policy, PolicyError
-from fedcommons.demo import run_demo
+from fedcommons.demo import run_demo, unfinished_run
 from fedcommons.demo_setup import with_model
 from server.progress import round_bar, rounds_table
 from server.runs import RoundProgress
@@ -69,6 +69,14 @@ def demo(
             "encrypted and signed).",
         ),
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the work folder's unfinished run (after a crash or Ctrl-C) from its "
+            "last recorded round, with its own policy.",
+        ),
+    ] = False,
 ) -> None:
     """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes.
 
@@ -77,7 +85,19 @@ def demo(
     their registered SuperNodes, and every update is encrypted and signed.
     """
     console = Console()
+    given = {"--rounds": rounds, "--model": model, "--partition": partition, "--seed": seed,
+             "--policy": policy_file, "--epsilon": epsilon}  # fmt: skip
+    if resume and any(value is not None for value in given.values()):
+        options = ", ".join(name for name, value in given.items() if value is not None)
+        raise typer.BadParameter(
+            f"--resume continues the run with the policy it recorded; leave out {options}",
+            param_hint="--resume",
+        )
     policy = Policy.load(policy_file) if policy_file else Policy()
+    if resume:  # shown as the run recorded it
+        url = ledger_url or f"sqlite:///{workdir.resolve() / 'ledger.db'}"
+        run_id, policy = unfinished_run(workdir.resolve(), url)
+        console.print(f"[bold]resuming run {run_id}[/] in {workdir}")
     if model is not None:
         if model not in MODELS:
             raise PolicyError(
@@ -114,10 +134,18 @@ def demo(
     try:
         with round_bar(console, policy.federation.rounds) as on_round:
             summary = run_demo(
-                workdir, policy, ledger_url=ledger_url, on_round=on_round, insecure=insecure
+                workdir,
+                policy,
+                ledger_url=ledger_url,
+                on_round=on_round,
+                insecure=insecure,
+                resume=resume,
             )
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: every Flower process started was stopped[/]")
+        console.print(
+            "[yellow]interrupted: every Flower process started was stopped; the run is "
+            "recorded as interrupted and 'fedcommons demo --resume' continues it[/]"
+        )
         raise typer.Exit(code=130) from None
 
     table = Table(title="Institutions")

@@ -23,12 +23,26 @@ from typing import IO, Any, Literal
 
 from common.protocol import NodeConfig
 from common.tls import TlsFiles
+from fedcommons.processes import ProcessTree
 from server.deploy import OPERATOR_DIR_ENV
 from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
 
 __all__ = ["LocalFederation", "NodeSpec", "free_port"]
 
 log = logging.getLogger(__name__)
+
+RESTART_PATIENCE = 120.0
+"""Seconds a restarted SuperNode is started again whenever it exits with an error.
+
+After a node's crash the SuperLink keeps its old session online until two
+heartbeat intervals (60 s by default) pass without a heartbeat; a node
+restarted sooner is refused ("Exit Code: 305 ... Failed to activate
+SuperNode" in its log, exit status 1) and must simply be started again, as
+``Restart=on-failure`` does under systemd.
+"""
+
+RESTART_BACKOFF = 3.0
+"""Seconds between attempts to restart a node the SuperLink still holds online."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,12 @@ class LocalFederation:
         self.flwr_home = (flwr_home or default_home).resolve()
         self.log_dir = self.workdir / "logs"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        """The latest process under each name (a restarted node replaces its old one)."""
+        self._started: list[subprocess.Popen[bytes]] = []
+        self.tree = ProcessTree()
+        """Every process started here and everything they started, down to the ClientApps."""
         self._logs: list[IO[bytes]] = []
+        self._restarts: dict[str, tuple[NodeSpec, int, float, float]] = {}
         self.superlink_port = 0
         self.superlink_db = self.workdir / "superlink.db"
         bin_dir = Path(sys.executable).parent
@@ -184,6 +203,8 @@ class LocalFederation:
             start_new_session=True,
         )
         self.processes[name] = process
+        self._started.append(process)
+        self.tree.add_root(process.pid)
         return process
 
     def start(self) -> None:
@@ -265,32 +286,53 @@ class LocalFederation:
             ],
         )  # fmt: skip
 
+    def restart_node(self, node: NodeSpec, port: int | None = None) -> None:
+        """Start ``node``'s SuperNode again after it died, as its machine would after a reboot.
+
+        While the SuperLink still holds the dead node's session it refuses
+        the new one; :meth:`check_alive` then starts the node again every
+        :data:`RESTART_BACKOFF` seconds, for up to :data:`RESTART_PATIENCE`
+        seconds, until the SuperLink lets it in.
+        """
+        port = port if port is not None else free_port()
+        now = time.monotonic()
+        self._restarts[node.institution] = (node, port, now, now)
+        self.start_node(node, port)
+
+    def _retry_restarts(self) -> None:
+        now = time.monotonic()
+        for name, (node, port, first, last) in list(self._restarts.items()):
+            process = self.processes.get(f"supernode-{name}")
+            if process is None or process.poll() in (None, 0):
+                continue
+            if now - first > RESTART_PATIENCE:
+                del self._restarts[name]  # given up: dead_nodes() reports it
+            elif now - last >= RESTART_BACKOFF:
+                log.info("%s's SuperNode was refused (see its log); starting it again", name)
+                self._restarts[name] = (node, port, first, now)
+                self.start_node(node, port)
+
     def register_node(self, public_key: Path, name: str | None = None) -> int:
         """Add a SuperNode's public key to the SuperLink's allow-list; return its node id."""
         return self.cli.register_node(public_key, name)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop every process group this object started (SIGTERM, then SIGKILL)."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                self._signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for process in self.processes.values():
+        """Stop every process this object started and all they started (SIGTERM, then SIGKILL).
+
+        Descendants are found through ``/proc`` and noted with their start
+        times whenever :meth:`check_alive` looks, so even a ServerApp whose
+        SuperLink was killed (it lives on in its own session) is stopped,
+        and no reused PID is ever signalled.
+        """
+        self.tree.stop(grace)
+        for process in self._started:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            # The leader may be gone while its helpers linger: clear the group.
-            self._signal_group(process, signal.SIGKILL)
-            if process.poll() is None:
-                process.wait()
+                process.wait(timeout=grace)
         self.processes.clear()
+        self._started.clear()
         for handle in self._logs:
             handle.close()
         self._logs.clear()
-
-    @staticmethod
-    def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)  # the group id is the leader's pid
 
     # -- runs ---------------------------------------------------------------
 
@@ -311,9 +353,40 @@ class LocalFederation:
         return self.cli.run_log(run_id)
 
     def check_alive(self) -> None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                raise FederationError(
-                    f"{name} exited unexpectedly with code {process.returncode}; "
-                    f"see {self.log_dir / (name + '.log')}"
-                )
+        """Raise :class:`FederationError` if the SuperLink is gone (a SuperNode may come and go).
+
+        Also notes every process started since the last look (see :meth:`stop`)
+        and starts again a restarted node that the SuperLink refused because
+        it still held the node's old session (see :meth:`restart_node`).
+        """
+        self.tree.look()
+        self._retry_restarts()
+        superlink = self.processes.get("superlink")
+        if superlink is not None and superlink.poll() is not None:
+            raise FederationError(
+                f"the SuperLink exited unexpectedly with code {superlink.returncode}; "
+                f"see {self.log_dir / 'superlink.log'}"
+            )
+
+    def crash_superlink(self) -> set[int]:
+        """Kill the SuperLink and what it started (SuperExec, the ServerApp) at once: SIGKILL.
+
+        For fault tests and benchmarks: a crash, not a stop, so nothing is
+        recorded by the processes themselves. Returns the PIDs killed.
+        """
+        superlink = self.processes["superlink"]
+        # taken while the SuperLink lives: its detached SuperExec and the ServerApp
+        killed = self.tree.descendants(superlink.pid)
+        for pid in killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        superlink.wait()
+        return killed
+
+    def dead_nodes(self) -> list[str]:
+        """The institutions whose SuperNode process has exited."""
+        return [
+            name.removeprefix("supernode-")
+            for name, process in self.processes.items()
+            if name.startswith("supernode-") and process.poll() is not None
+        ]

@@ -1,0 +1,106 @@
+"""Every process a federation started, children and grandchildren, stopped by PID.
+
+Flower's SuperLink starts its SuperExec in a new session, and the SuperExec
+starts the ServerApp: stopping the SuperLink's process group leaves them
+running, orphaned, once the SuperLink is gone. :class:`ProcessTree` notes
+every descendant of the processes it was given (from ``/proc``, each with
+its start time, so a reused PID is never mistaken for one of ours) whenever
+it is asked to look, and :meth:`ProcessTree.stop` signals each one it noted
+that is still the same process, and its process group, however it was
+detached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+__all__ = ["ProcessTree"]
+
+_PROC = Path("/proc")
+
+
+def _stat(pid: int) -> tuple[int, int, int] | None:
+    """``(parent pid, process group, start time)`` of ``pid``, or ``None`` if it is gone."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
+    if state == "Z":  # a zombie has finished; only its parent's wait is left
+        return None
+    return ppid, pgrp, int(fields[19])
+
+
+class ProcessTree:
+    """The processes started under some roots, noted as they appear."""
+
+    def __init__(self) -> None:
+        self._roots: set[int] = set()
+        self._known: dict[int, int] = {}  # pid -> start time
+
+    def add_root(self, pid: int) -> None:
+        """Watch ``pid`` (a process this program started) and what it starts."""
+        self._roots.add(pid)
+        self.look()
+
+    def look(self) -> set[int]:
+        """Note every live descendant of the roots; return the live processes known."""
+        parents: dict[int, list[int]] = {}
+        if _PROC.is_dir():
+            for entry in _PROC.iterdir():
+                if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+                    parents.setdefault(stat[0], []).append(int(entry.name))
+        frontier = [pid for pid in self._roots | set(self._known) if self._alive(pid)]
+        while frontier:
+            pid = frontier.pop()
+            stat = _stat(pid)
+            if stat is None:
+                continue
+            self._known.setdefault(pid, stat[2])
+            frontier += [child for child in parents.get(pid, []) if child not in self._known]
+        return {pid for pid in self._known if self._alive(pid)}
+
+    def _alive(self, pid: int) -> bool:
+        stat = _stat(pid)
+        return stat is not None and self._known.get(pid, stat[2]) == stat[2]
+
+    def descendants(self, pid: int) -> set[int]:
+        """The live processes noted as started, directly or not, by ``pid`` (and ``pid``)."""
+        parents: dict[int, int] = {}
+        for known in self.look():
+            stat = _stat(known)
+            if stat is not None:
+                parents[known] = stat[0]
+        found = {pid} if pid in self._known else set()
+        changed = True
+        while changed:
+            changed = False
+            for child, parent in parents.items():
+                if parent in found and child not in found:
+                    found.add(child)
+                    changed = True
+        return found
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM every live process noted (and its group), then SIGKILL what is left."""
+        self._signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.look() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        for pid in self.look():
+            stat = _stat(pid)
+            if stat is None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if stat[1] == pid:  # a group leader (a detached session): its whole group
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)

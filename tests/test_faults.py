@@ -1,0 +1,265 @@
+"""Faults on real Flower processes: a SuperNode killed, the SuperLink killed, a SIGTERM.
+
+Each test builds the demo's consortium (three institutions, TLS, SuperNode
+authentication, sealed updates, DP) in its own folder, injects its fault
+with ``kill -9`` or SIGTERM, and checks the ledger, the nodes' own privacy
+accountants, the receipts and that no process outlives its run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from client.accountant import list_histories
+from common.policy import Policy
+from fedcommons.cli import app
+from fedcommons.demo import run_demo
+from fedcommons.demo_setup import collect_receipts, demo_consortium, started_federation
+from fedcommons.local_federation import LocalFederation
+from fedcommons.processes import ProcessTree
+from server.ledger import Ledger
+from server.ledger.report import ledger_report
+from server.runs import follow_run, read_rounds, submit_run
+
+pytestmark = pytest.mark.e2e
+
+INSTITUTIONS = ["company-c", "university-a", "university-b"]
+
+
+def _report(url: str) -> dict[str, Any]:
+    ledger = Ledger(url, migrate=False)
+    with ledger.session() as session:
+        report = ledger_report(session)
+    ledger.close()
+    return report
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def _clientapp_of(federation: LocalFederation, name: str) -> bool:
+    """Whether a ClientApp process of ``name``'s SuperNode is running now."""
+    node = federation.processes[f"supernode-{name}"]
+    for pid in federation.tree.descendants(node.pid):
+        try:
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGKILL)  # the machine goes down: node and ClientApp
+    process.wait()
+
+
+def test_a_supernode_killed_mid_round_is_left_out_and_rejoins_later(tmp_path: Path) -> None:
+    policy = Policy().with_overrides(
+        {"federation.rounds": 4, "federation.min-nodes": 2, "federation.round-timeout": 150.0}
+    )
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    consortium = demo_consortium(tmp_path, policy, url)
+    node = next(n for n in consortium.nodes if n.institution == "company-c")
+    ledger = Ledger(url)
+    events: list[str] = []
+    killed_at: list[float] = []
+    with started_federation(consortium, policy) as federation:
+        flower_run_id = submit_run(federation.cli, policy, tmp_path / "run")
+
+        def fault() -> None:
+            federation.check_alive()
+            _, rounds = read_rounds(ledger, flower_run_id)
+            if not events and len(rounds) == 1 and _clientapp_of(federation, "company-c"):
+                _kill_group(federation.processes["supernode-company-c"])
+                killed_at.append(time.monotonic())
+                events.append(f"killed in round {len(rounds) + 1}")
+            elif len(events) == 1 and time.monotonic() > killed_at[0] + 5:  # the machine reboots
+                federation.restart_node(node)
+                events.append("restarted")
+
+        outcome = follow_run(federation.cli, ledger, flower_run_id, check=fault, poll=0.3)
+    ledger.close()
+    assert events == ["killed in round 2", "restarted"]
+    assert [r.round for r in outcome.rounds] == [1, 2, 3, 4]
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "finished"
+    contributors = {r["round"]: {u["institution"] for u in r["updates"]} for r in run["rounds"]}
+    assert contributors[1] == set(INSTITUTIONS)
+    assert contributors[2] == {"university-a", "university-b"}  # the quorum carried round 2
+    assert "company-c" in contributors[3] | contributors[4]  # back from a later round
+    # the round ended when Flower reported the node gone (two missed heartbeats), well
+    # before its timeout: 503, not 504
+    (left_out,) = [e for e in run["exclusions"] if e["round"] == 2]
+    assert (left_out["institution"], left_out["code"]) == ("company-c", 503)
+    held = collect_receipts(tmp_path / "receipts", consortium.nodes)
+    assert len(list(held.glob("*/*.json"))) == sum(map(len, contributors.values()))
+    audit = CliRunner().invoke(
+        app,
+        ["audit", "verify", "--ledger", url, "--operator-key",
+         str(consortium.operator.consortium_file), "--receipts", str(held)],
+    )  # fmt: skip
+    assert audit.exit_code == 0 and audit.output.startswith("intact: "), audit.output
+
+
+def test_the_superlink_killed_in_round_3_then_resumed_records_every_round_once(
+    tmp_path: Path,
+) -> None:
+    policy = Policy().with_overrides({"federation.rounds": 6, "federation.min-nodes": 2})
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    consortium = demo_consortium(tmp_path, policy, url)
+    ledger = Ledger(url)
+    with started_federation(consortium, policy) as federation:
+        flower_run_id = submit_run(federation.cli, policy, tmp_path / "run")
+        _wait(lambda: len(read_rounds(ledger, flower_run_id)[1]) == 2, 300, "round 2")
+        _wait(lambda: _clientapp_of(federation, "university-a"), 60, "round 3's training")
+        killed = federation.crash_superlink()  # kill -9 of the SuperLink and its ServerApp
+        assert len(killed) >= 3  # the SuperLink, its SuperExec and the ServerApp
+        _wait(lambda: not killed & federation.tree.look(), 10, "the ServerApp to die")
+    ledger.close()
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "running" and len(run["rounds"]) == 2  # nobody could say
+
+    summary = run_demo(tmp_path, policy, ledger_url=url, resume=True)
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "finished"
+    assert [r["round"] for r in run["rounds"]] == [1, 2, 3, 4, 5, 6]  # each exactly once
+    assert [r["round"] for r in summary["rounds"]] == [1, 2, 3, 4, 5, 6]
+    assert len(summary["flower_run_ids"]) == 2
+    assert [(f["first_round"]) for f in run["flower_runs"]] == [1, 3]
+    chain = [(r["model_sha256_before"], r["model_sha256_after"]) for r in run["rounds"]]
+    assert chain[0][0] == run["initial_model_sha256"]
+    assert all(after == before for (_, after), (before, _) in itertools.pairwise(chain))
+    # every institution's epsilon is within budget and is its own accountant's figure
+    for name in INSTITUTIONS:
+        (history,) = list_histories(tmp_path / "institutions" / name / "state")
+        charged = [c for c in run["privacy_charges"] if c["institution"] == name]
+        assert charged[-1]["epsilon"] == pytest.approx(history.epsilon(), rel=1e-9)
+        assert history.epsilon() <= 8.0
+    card = json.loads((tmp_path / "releases" / f"run-{run['id']}" / "model-card.json").read_text())
+    assert [f["first_round"] for f in card["run"]["flower_runs"]] == [1, 3]  # every Flower run
+    shown = CliRunner().invoke(app, ["audit", "show", "--ledger", url], terminal_width=200)
+    text = " ".join(shown.output.split())  # however the console wrapped it
+    assert ", finished, " in text
+    first, second = (str(f["flower_run_id"]) for f in run["flower_runs"])
+    assert f"resumed; Flower runs: {first} from round 1, {second} from round 3" in text
+    # receipts span the crash: the auditor holding them finds the ledger consistent
+    assert summary["ledger_verified"] is True and summary["receipts"] >= 12
+    for name in INSTITUTIONS:
+        held = sorted((Path(summary["receipts_dir"]) / name).glob("*.json"))
+        assert len({json.loads(p.read_text())["round"] for p in held}) == len(held)
+
+
+def test_sigterm_records_the_run_interrupted_stops_everything_and_resume_finishes_it(
+    tmp_path: Path,
+) -> None:
+    workdir = tmp_path / "demo"
+    command = [sys.executable, "-m", "fedcommons.cli", "demo", "--rounds", "3"]
+    command += ["--workdir", str(workdir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tree = ProcessTree()
+    tree.add_root(demo.pid)
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+
+    def one_round() -> bool:
+        tree.look()
+        if not (workdir / "ledger.db").exists():
+            return False
+        runs = _report(url)["runs"]
+        return bool(runs) and len(runs[0]["rounds"]) >= 1
+
+    try:
+        _wait(one_round, 300, "round 1")
+        seen = tree.look()
+        assert len(seen) > 5  # the demo, SuperLink, SuperExec, ServerApp, nodes, ClientApps
+        demo.send_signal(signal.SIGTERM)
+        output, _ = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            tree.stop()
+    assert demo.returncode == 130, output.decode()
+    assert b"recorded as interrupted" in b" ".join(output.split())  # however it wrapped
+    assert tree.look() == set()  # no child or grandchild outlives the demo
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "interrupted" and run["status_reason"]
+    shown = CliRunner().invoke(app, ["audit", "show", "--ledger", url], terminal_width=200)
+    text = " ".join(shown.output.split())
+    assert ", interrupted, " in text and "stopped: interrupted" in text
+
+    result = CliRunner().invoke(app, ["demo", "--resume", "--workdir", str(workdir)])
+    assert result.exit_code == 0, result.output
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "finished"
+    assert [r["round"] for r in run["rounds"]] == [1, 2, 3]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert len(summary["flower_run_ids"]) == 2 and summary["ledger_verified"] is True
+
+
+def test_the_demo_stops_only_when_the_quorum_is_lost_and_says_so(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[federation]\nrounds = 3\nmin-nodes = 2\nround-timeout = 150.0\n")
+    command = [sys.executable, "-m", "fedcommons.cli", "demo", "--policy", str(policy)]
+    command += ["--workdir", str(workdir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tree = ProcessTree()
+    tree.add_root(demo.pid)
+    url = f"sqlite:///{workdir / 'ledger.db'}"
+
+    def supernode_of(name: str) -> int | None:
+        """The PID of ``name``'s SuperNode among the processes the demo started."""
+        for pid in tree.look():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"flower-supernode" in a for a in argv[:2]) and any(
+                f'institution="{name}"'.encode() in a for a in argv
+            ):
+                return pid
+        return None
+
+    def round_one() -> bool:
+        tree.look()
+        if not (workdir / "ledger.db").exists():
+            return False
+        runs = _report(url)["runs"]
+        return bool(runs) and len(runs[0]["rounds"]) >= 1
+
+    try:
+        _wait(round_one, 300, "round 1")
+        for name in ("company-c", "university-b"):  # two of three machines go down
+            pid = supernode_of(name)
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)
+        output, _ = demo.communicate(timeout=300)
+    finally:
+        if demo.poll() is None:
+            tree.stop()
+    text = " ".join(output.decode().split())
+    assert demo.returncode == 1, text
+    assert "round 2: 1 of the required 2 nodes returned an update" in text
+    assert tree.look() == set()
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "failed"
+    assert run["status_reason"].startswith("round 2: 1 of the required 2 nodes")
+    gone = {(e["institution"], e["code"]) for e in run["exclusions"] if e["round"] == 2}
+    assert gone == {("company-c", 503), ("university-b", 503)}
