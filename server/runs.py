@@ -32,11 +32,16 @@ __all__ = [
     "RoundProgress",
     "RunFailed",
     "RunOutcome",
+    "SuperLinkLost",
     "follow_run",
     "mark_interrupted",
     "read_rounds",
     "submit_run",
 ]
+
+
+class SuperLinkLost(FederationError):
+    """The SuperLink stopped answering while a run was followed; the run is resumable."""
 
 
 class RunFailed(FederationError):
@@ -141,6 +146,7 @@ def follow_run(
     check: Callable[[], None] | None = None,
     poll: float = 0.5,
     status_interval: float = 2.0,
+    lost_after: float = 30.0,
 ) -> RunOutcome:
     """Report each round as the ledger records it, until Flower says the run finished.
 
@@ -149,6 +155,10 @@ def follow_run(
     check : callable, optional
         Called on every poll; raise from it to stop following (the demo
         checks that its processes are alive).
+    lost_after : float (default: 30.0)
+        Seconds the SuperLink may fail to answer before the run counts as
+        lost: it is recorded ``interrupted`` (resumable) and
+        :class:`SuperLinkLost` is raised.
 
     Raises
     ------
@@ -160,6 +170,7 @@ def follow_run(
     """
     seen, next_status = 0, 0.0
     status: dict[str, Any] = {}
+    unanswered_since: float | None = None
     while True:
         _, rounds = read_rounds(ledger, flower_run_id)
         for progress in rounds[seen:]:
@@ -169,9 +180,15 @@ def follow_run(
         if check is not None:
             check()
         if time.monotonic() >= next_status:
-            status = cli.run_status(flower_run_id)
+            try:
+                status = cli.run_status(flower_run_id)
+                unanswered_since = None
+            except FederationError as err:
+                unanswered_since = unanswered_since or time.monotonic()
+                if time.monotonic() - unanswered_since >= lost_after:
+                    _lost(ledger, flower_run_id, err, lost_after)
             next_status = time.monotonic() + status_interval
-            if str(status["status"]).startswith("finished"):
+            if str(status.get("status", "")).startswith("finished"):
                 break
         time.sleep(poll)
     run, rounds = read_rounds(ledger, flower_run_id)
@@ -211,6 +228,20 @@ def follow_run(
 
 def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
+
+
+def _lost(ledger: Ledger, flower_run_id: int, err: FederationError, waited: float) -> None:
+    """The SuperLink stopped answering: record the run interrupted and say how to go on."""
+    run, rounds = read_rounds(ledger, flower_run_id)
+    reason = f"lost the SuperLink: no answer for {waited:.0f} s ({err})"
+    if run is None:
+        raise SuperLinkLost(f"{reason}; Flower run {flower_run_id} recorded nothing yet")
+    mark_interrupted(ledger, run.id, reason)
+    raise SuperLinkLost(
+        f"{reason}. Run {run.id} stopped after round {len(rounds)} and is recorded as "
+        f"interrupted; once the SuperLink is back, 'fedcommons operator resume --run {run.id}' "
+        "continues it"
+    )
 
 
 def mark_interrupted(ledger: Ledger, run_id: int, reason: str) -> Run | None:

@@ -26,14 +26,17 @@ from common.keys import write_private_key
 from common.policy import Policy, PrivacyConfig
 from common.receipts import Receipt
 from fedcommons.cli import app
+from fedcommons.local_federation import free_port
 from server.consortium import init_consortium
 from server.deploy import OperatorFiles
+from server.flower import FlwrCli, write_connection
 from server.ledger import Ledger, enrol_participant, finish_run, start_run
 from server.ledger.report import ledger_report
 from server.ledger.runs import request_resume
 from server.ledger.schema import LedgerEntry
 from server.ledger.verify import verify_ledger
 from server.run_start import open_run
+from server.runs import SuperLinkLost, follow_run
 from server.snapshots import save_snapshot, snapshot_path
 from server.strategy import (
     ConsortiumStrategy,
@@ -287,4 +290,23 @@ def test_a_resume_that_cannot_be_made_is_refused_with_nothing_written(
     assert expected in " ".join(result.output.split())
     assert "Traceback" not in result.output
     assert _entries(crashed.ledger) == before  # nothing written
+    crashed.ledger.close()
+
+
+def test_a_run_whose_superlink_stops_answering_is_recorded_interrupted(
+    crashed: Crashed, tmp_path: Path
+) -> None:
+    """The operator's follower notices what the killed ServerApp could not record."""
+    home = tmp_path / "flwr-home"
+    write_connection(home, "fedcommons", f"127.0.0.1:{free_port()}", None)  # nothing listens
+    with pytest.raises(SuperLinkLost) as raised:
+        follow_run(FlwrCli(home), crashed.ledger, RUN, lost_after=0.0, poll=0.01)
+    message = " ".join(str(raised.value).split())
+    assert message.startswith("lost the SuperLink: no answer for 0 s (")
+    assert f"Run {crashed.run_id} stopped after round 1 and is recorded as interrupted" in message
+    assert f"'fedcommons operator resume --run {crashed.run_id}' continues it" in message
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert run["status"] == "interrupted"
+    assert run["status_reason"].startswith("lost the SuperLink")
     crashed.ledger.close()
