@@ -82,14 +82,20 @@ class Crashed:
 
 
 def _strategy(
-    ledger: Ledger, run_id: int, snapshots: Path, flower_run: int, gate: UpdateGate, done: int = 0
+    ledger: Ledger,
+    run_id: int,
+    snapshots: Path,
+    flower_run: int,
+    gate: UpdateGate,
+    done: int = 0,
+    aggregator: FedAvgM | None = None,
 ) -> tuple[ConsortiumStrategy, LedgerRecorder]:
     recorder = LedgerRecorder(
         ledger, run_id, flower_run_id=str(flower_run), snapshot_dir=snapshots, signer=OPERATOR
     )
     licences = LicenceGate(None)
     strategy = ConsortiumStrategy(
-        FedAvgM(min_available_nodes=1),
+        aggregator or FedAvgM(min_available_nodes=1),
         intake=UpdateIntake(gate, privacy=PrivacyConfig(epsilon=8.0), licences=licences),
         licences=licences,
         evaluator=lambda w: (0.5, 0.5),
@@ -129,6 +135,11 @@ def _replies(envelopes: dict[str, Envelope]) -> list[Message]:
 
 @pytest.fixture
 def crashed(url: str, tmp_path: Path) -> Crashed:
+    return _crash(url, tmp_path)
+
+
+def _crash(url: str, tmp_path: Path, aggregator: FedAvgM | None = None) -> Crashed:
+    """Record round 1, charge round 2, then stop as a killed ServerApp would."""
     operator = init_consortium(
         tmp_path / "op", name="t", superlink="127.0.0.1:9", hosts=["127.0.0.1"], ledger_url=url
     )
@@ -151,7 +162,9 @@ def crashed(url: str, tmp_path: Path) -> Crashed:
             planned_rounds=3,
             flower_run_id=RUN,
         ).id
-    strategy, _ = _strategy(ledger, run_id, operator.snapshot_dir, RUN, _gate(RUN))
+    strategy, _ = _strategy(
+        ledger, run_id, operator.snapshot_dir, RUN, _gate(RUN), aggregator=aggregator
+    )
     sealed = {1: _sealed(1, ZEROS)}
     begin_round(strategy, 1, ZEROS, nodes=(10, 11))
     arrays, _ = strategy.aggregate_train(1, _replies(sealed[1]))
@@ -309,4 +322,56 @@ def test_a_run_whose_superlink_stops_answering_is_recorded_interrupted(
         (run,) = ledger_report(s)["runs"]
     assert run["status"] == "interrupted"
     assert run["status_reason"].startswith("lost the SuperLink")
+    crashed.ledger.close()
+
+
+def _momentum() -> FedAvgM:
+    return FedAvgM(min_available_nodes=1, server_learning_rate=0.5, server_momentum=0.9)
+
+
+def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path: Path) -> None:
+    """The round counter and FedAvgM's momentum come back with the snapshot."""
+    # the same two rounds without a crash (no ledger needed)
+    licences = LicenceGate(None)
+    steady = ConsortiumStrategy(
+        _momentum(),
+        intake=UpdateIntake(_gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licences=licences),
+        licences=licences,
+        evaluator=lambda w: (0.5, 0.5),
+        min_nodes=2,
+    )
+    begin_round(steady, 1, ZEROS, nodes=(10, 11))
+    first, _ = steady.aggregate_train(1, _replies(_sealed(1, ZEROS)))
+    assert first is not None
+    steady.finish_round(1, first)
+    after = arrays_of(first)
+    begin_round(steady, 2, after, nodes=(10, 11))
+    second, _ = steady.aggregate_train(2, _replies(_sealed(2, after)))
+    assert second is not None
+
+    crashed = _crash(url, tmp_path, _momentum())
+    assert arrays_sha256(crashed.after_round_1) == arrays_sha256(after)
+    with crashed.ledger.session() as s:
+        request_resume(s, crashed.run_id)
+    opened = open_run(
+        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
+        initial=ZEROS, base_sha256=BASE,
+    )  # fmt: skip
+    assert opened.point.weights is not None and set(opened.point.server_state) == {"w"}
+
+    def redo_round_2(restore_state: bool) -> Arrays:
+        strategy, _ = _strategy(
+            crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
+            _gate(NEW_RUN, opened.accepted_before), done=1, aggregator=_momentum(),
+        )  # fmt: skip
+        assert opened.point.weights is not None
+        strategy.restore(opened.point.weights, opened.point.server_state if restore_state else {})
+        begin_round(strategy, 1, opened.point.weights, nodes=(10, 11))  # Flower's round 1
+        redone, _ = strategy.aggregate_train(1, _replies(_sealed(2, after, run=NEW_RUN)))
+        assert redone is not None
+        return arrays_of(redone)
+
+    np.testing.assert_allclose(redo_round_2(True)["w"], arrays_of(second)["w"], rtol=1e-6)
+    # without the saved momentum the same round gives another model: the state matters
+    assert not np.allclose(redo_round_2(False)["w"], arrays_of(second)["w"])
     crashed.ledger.close()
