@@ -25,7 +25,7 @@ from server.progress import round_bar
 from server.resume import ResumeError, ResumePoint, check_resumable
 from server.runs import RunOutcome, follow_run, mark_interrupted, read_rounds, submit_run
 
-__all__ = ["prepare_resume", "resume_run", "run_policy", "summary_of"]
+__all__ = ["follow_with_progress", "prepare_resume", "resume_run", "run_policy", "summary_of"]
 
 
 def run_policy(files: OperatorFiles, policy: Policy, cli: FlwrCli, console: Console) -> RunOutcome:
@@ -34,7 +34,7 @@ def run_policy(files: OperatorFiles, policy: Policy, cli: FlwrCli, console: Cons
     try:
         flower_run_id = submit_run(cli, policy)
         console.print(f"submitted Flower run {flower_run_id} ({policy.federation.rounds} rounds)")
-        return _follow(cli, ledger, flower_run_id, policy, console)
+        return follow_with_progress(cli, ledger, flower_run_id, policy, console)
     finally:
         ledger.close()
 
@@ -64,7 +64,7 @@ def resume_run(
             f"resuming run {run_id} after round {point.rounds_done} of "
             f"{recorded.federation.rounds} as Flower run {flower_run_id}"
         )
-        return recorded, _follow(cli, ledger, flower_run_id, recorded, console)
+        return recorded, follow_with_progress(cli, ledger, flower_run_id, recorded, console)
     finally:
         ledger.close()
 
@@ -111,7 +111,7 @@ def _refuse_if_alive(cli: FlwrCli, run_id: int, flower_run_id: str | None) -> No
         )
 
 
-def _follow(
+def follow_with_progress(
     cli: FlwrCli, ledger: Ledger, flower_run_id: int, policy: Policy, console: Console
 ) -> RunOutcome:
     """Follow with a progress bar; on Ctrl-C or SIGTERM stop the run and record it."""

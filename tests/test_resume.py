@@ -9,14 +9,17 @@ made is refused with nothing written.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Message
 from flwr.serverapp.strategy import FedAvgM
+from rich.console import Console
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -35,6 +38,7 @@ from server.ledger.report import ledger_report
 from server.ledger.runs import request_resume
 from server.ledger.schema import LedgerEntry
 from server.ledger.verify import verify_ledger
+from server.operate import follow_with_progress
 from server.run_start import open_run
 from server.runs import SuperLinkLost, follow_run
 from server.snapshots import save_snapshot, snapshot_path
@@ -374,4 +378,34 @@ def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path:
     np.testing.assert_allclose(redo_round_2(True)["w"], arrays_of(second)["w"], rtol=1e-6)
     # without the saved momentum the same round gives another model: the state matters
     assert not np.allclose(redo_round_2(False)["w"], arrays_of(second)["w"])
+    crashed.ledger.close()
+
+
+class _InterruptedCli(FlwrCli):
+    """The flwr CLI as Ctrl-C finds it: waiting on the run's status; it notes 'flwr stop'."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home)
+        self.stopped: list[tuple[str, ...]] = []
+
+    def run_status(self, run_id: int) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    def json(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        self.stopped.append(args)
+        return {"success": True}
+
+
+def test_ctrl_c_on_the_operator_side_stops_the_flower_run_and_records_it(
+    crashed: Crashed, tmp_path: Path
+) -> None:
+    cli = _InterruptedCli(tmp_path / "flwr-home")
+    with pytest.raises(KeyboardInterrupt):
+        follow_with_progress(cli, crashed.ledger, RUN, POLICY, Console(file=io.StringIO()))
+    assert cli.stopped == [("stop", str(RUN), cli.connection)]
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert (run["status"], run["status_reason"]) == (
+        "interrupted", "stopped by the operator (Ctrl-C or SIGTERM)",
+    )  # fmt: skip
     crashed.ledger.close()
