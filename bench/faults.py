@@ -75,7 +75,7 @@ from fedcommons.local_federation import LocalFederation, NodeSpec  # noqa: E402
 from server.ledger import Ledger  # noqa: E402
 from server.ledger.report import ledger_report  # noqa: E402
 from server.operate import prepare_resume  # noqa: E402
-from server.runs import RoundProgress, follow_run, read_rounds, submit_run  # noqa: E402
+from server.runs import RoundProgress, follow_run, submit_run  # noqa: E402
 
 REBOOT_SECONDS = 5.0
 LATEST_KILL = 8.0  # a fault strikes 0..LATEST_KILL seconds into its round
@@ -165,14 +165,17 @@ def _follow(
     ``after``: rounds an earlier Flower run recorded (not this run's start-up).
     """
 
+    recorded: list[RoundProgress] = []  # the ledger run's rounds, as follow_run reads them
+
     def on_round(progress: RoundProgress) -> None:
+        recorded.append(progress)
         if progress.round > after and not startup:
             startup.append(time.monotonic() - progress.seconds - started)
 
     def poll() -> None:
         federation.check_alive()
         if check is not None:
-            check(read_rounds(ledger, flower_run_id)[1])
+            check(recorded)
 
     return follow_run(
         federation.cli, ledger, flower_run_id, on_round=on_round, check=poll, poll=0.3
@@ -181,15 +184,7 @@ def _follow(
 
 def _wait_for_client_apps(federation: LocalFederation, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        running = False
-        for pid in federation.tree.look():
-            try:
-                running |= b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-        if not running:
-            return
+    while time.monotonic() < deadline and federation.tree.running(b"flwr-clientapp"):
         time.sleep(0.5)
 
 

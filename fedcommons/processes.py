@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["ProcessTree"]
@@ -68,6 +69,20 @@ class ProcessTree:
     def _alive(self, pid: int) -> bool:
         stat = _stat(pid)
         return stat is not None and self._known.get(pid, stat[2]) == stat[2]
+
+    @staticmethod
+    def argv(pid: int) -> list[bytes]:
+        """The command line ``pid`` runs (empty once it is gone or has exited)."""
+        try:
+            text = (_PROC / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            return []
+        return text.split(b"\0") if text else []  # a zombie's is empty
+
+    def running(self, program: bytes, among: Iterable[int] | None = None) -> list[int]:
+        """The live processes noted (or those in ``among``) whose command line names ``program``."""
+        pids = self.look() if among is None else among
+        return [pid for pid in pids if any(program in arg for arg in self.argv(pid)[:2])]
 
     def descendants(self, pid: int) -> set[int]:
         """The live processes noted as started, directly or not, by ``pid`` (and ``pid``)."""

@@ -20,6 +20,7 @@ from common.epsilon import epsilon_for_json
 from common.errors import UserError
 from common.licences import PURPOSES, SPDX, Licence, LicenceError, obligations
 from common.policy import Policy
+from server.ledger.report import exclusion_doc
 from server.ledger.runs import flower_runs
 from server.ledger.schema import (
     Charge,
@@ -223,15 +224,6 @@ def build_card(
             }
             for r in run.rounds
         ],
-        "exclusions": [
-            {
-                "round": e.round_number,
-                "institution": e.participant.name if e.participant else None,
-                "node_id": e.node_id,
-                "code": e.code,
-                "reason": e.reason,
-            }
-            for e in exclusions
-        ],
+        "exclusions": [exclusion_doc(e) for e in exclusions],
         "ledger": proof,
     }

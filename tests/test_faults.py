@@ -15,7 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,36 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 def _clientapp_of(federation: LocalFederation, name: str) -> bool:
     """Whether a ClientApp process of ``name``'s SuperNode is running now."""
     node = federation.processes[f"supernode-{name}"]
-    for pid in federation.tree.descendants(node.pid):
-        try:
-            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
-        except OSError:
-            continue
-    return False
+    return bool(federation.tree.running(b"flwr-clientapp", federation.tree.descendants(node.pid)))
+
+
+@contextmanager
+def _demo_process(
+    workdir: Path, *args: str
+) -> Iterator[tuple[subprocess.Popen[bytes], ProcessTree, Callable[[], bool]]]:
+    """``fedcommons demo ARGS`` as a subprocess, with every process it starts watched.
+
+    Also yields a check that round 1 is recorded. Whatever the test does, no
+    process the demo started is left running.
+    """
+    command = [sys.executable, "-m", "fedcommons.cli", "demo", *args, "--workdir", str(workdir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tree = ProcessTree()
+    tree.add_root(demo.pid)
+
+    def round_one() -> bool:
+        tree.look()
+        if not (workdir / "ledger.db").exists():
+            return False
+        runs = _report(f"sqlite:///{workdir / 'ledger.db'}")["runs"]
+        return bool(runs) and len(runs[0]["rounds"]) >= 1
+
+    try:
+        yield demo, tree, round_one
+    finally:
+        if demo.poll() is None:
+            tree.stop()
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -170,30 +194,13 @@ def test_sigterm_records_the_run_interrupted_stops_everything_and_resume_finishe
     tmp_path: Path,
 ) -> None:
     workdir = tmp_path / "demo"
-    command = [sys.executable, "-m", "fedcommons.cli", "demo", "--rounds", "3"]
-    command += ["--workdir", str(workdir)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    tree = ProcessTree()
-    tree.add_root(demo.pid)
     url = f"sqlite:///{workdir / 'ledger.db'}"
-
-    def one_round() -> bool:
-        tree.look()
-        if not (workdir / "ledger.db").exists():
-            return False
-        runs = _report(url)["runs"]
-        return bool(runs) and len(runs[0]["rounds"]) >= 1
-
-    try:
-        _wait(one_round, 300, "round 1")
+    with _demo_process(workdir, "--rounds", "3") as (demo, tree, round_one):
+        _wait(round_one, 300, "round 1")
         seen = tree.look()
         assert len(seen) > 5  # the demo, SuperLink, SuperExec, ServerApp, nodes, ClientApps
         demo.send_signal(signal.SIGTERM)
         output, _ = demo.communicate(timeout=120)
-    finally:
-        if demo.poll() is None:
-            tree.stop()
     assert demo.returncode == 130, output.decode()
     assert b"recorded as interrupted" in b" ".join(output.split())  # however it wrapped
     assert tree.look() == set()  # no child or grandchild outlives the demo
@@ -216,44 +223,22 @@ def test_the_demo_stops_only_when_the_quorum_is_lost_and_says_so(tmp_path: Path)
     workdir = tmp_path / "demo"
     policy = tmp_path / "policy.toml"
     policy.write_text("[federation]\nrounds = 3\nmin-nodes = 2\nround-timeout = 150.0\n")
-    command = [sys.executable, "-m", "fedcommons.cli", "demo", "--policy", str(policy)]
-    command += ["--workdir", str(workdir)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    tree = ProcessTree()
-    tree.add_root(demo.pid)
     url = f"sqlite:///{workdir / 'ledger.db'}"
+    with _demo_process(workdir, "--policy", str(policy)) as (demo, tree, round_one):
 
-    def supernode_of(name: str) -> int | None:
-        """The PID of ``name``'s SuperNode among the processes the demo started."""
-        for pid in tree.look():
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(b"flower-supernode" in a for a in argv[:2]) and any(
-                f'institution="{name}"'.encode() in a for a in argv
-            ):
-                return pid
-        return None
+        def supernode_of(name: str) -> int:
+            """The PID of ``name``'s SuperNode among the processes the demo started."""
+            (pid,) = [
+                pid
+                for pid in tree.running(b"flower-supernode")
+                if f'institution="{name}"'.encode() in b" ".join(tree.argv(pid))
+            ]
+            return pid
 
-    def round_one() -> bool:
-        tree.look()
-        if not (workdir / "ledger.db").exists():
-            return False
-        runs = _report(url)["runs"]
-        return bool(runs) and len(runs[0]["rounds"]) >= 1
-
-    try:
         _wait(round_one, 300, "round 1")
         for name in ("company-c", "university-b"):  # two of three machines go down
-            pid = supernode_of(name)
-            assert pid is not None
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(supernode_of(name), signal.SIGKILL)
         output, _ = demo.communicate(timeout=300)
-    finally:
-        if demo.poll() is None:
-            tree.stop()
     text = " ".join(output.decode().split())
     assert demo.returncode == 1, text
     assert "round 2: 1 of the required 2 nodes returned an update" in text

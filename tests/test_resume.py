@@ -39,7 +39,7 @@ from server.ledger.runs import request_resume
 from server.ledger.schema import LedgerEntry
 from server.ledger.verify import verify_ledger
 from server.operate import follow_with_progress
-from server.run_start import open_run
+from server.run_start import OpenedRun, open_run
 from server.runs import SuperLinkLost, follow_run
 from server.snapshots import save_snapshot, snapshot_path
 from server.strategy import (
@@ -182,13 +182,29 @@ def _crash(url: str, tmp_path: Path, aggregator: FedAvgM | None = None) -> Crash
     return Crashed(ledger, run_id, operator, after, receipts, sealed)
 
 
-def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
+def _resume(crashed: Crashed) -> OpenedRun:
+    """Ask for the resume, then open the run as the next ServerApp does."""
     with crashed.ledger.session() as s:
         request_resume(s, crashed.run_id)
-    opened = open_run(
+    return open_run(
         crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
         initial=ZEROS, base_sha256=BASE,
     )  # fmt: skip
+
+
+def _resumed_strategy(
+    crashed: Crashed, opened: OpenedRun, aggregator: FedAvgM | None = None
+) -> tuple[ConsortiumStrategy, LedgerRecorder]:
+    """The new Flower run's strategy, numbering its rounds after those recorded."""
+    return _strategy(
+        crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
+        _gate(NEW_RUN, opened.accepted_before), done=opened.point.rounds_done,
+        aggregator=aggregator,
+    )  # fmt: skip
+
+
+def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
+    opened = _resume(crashed)
     assert (opened.run_id, opened.point.rounds_done) == (crashed.run_id, 1)
     assert opened.point.weights is not None
     assert arrays_sha256(opened.point.weights) == arrays_sha256(crashed.after_round_1)
@@ -213,16 +229,8 @@ def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
 def test_envelopes_sealed_before_the_crash_are_refused_after_it_with_reasons(
     crashed: Crashed,
 ) -> None:
-    with crashed.ledger.session() as s:
-        request_resume(s, crashed.run_id)
-    opened = open_run(
-        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
-        initial=ZEROS, base_sha256=BASE,
-    )  # fmt: skip
-    strategy, _ = _strategy(
-        crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
-        _gate(NEW_RUN, opened.accepted_before), done=1,
-    )  # fmt: skip
+    opened = _resume(crashed)
+    strategy, _ = _resumed_strategy(crashed, opened)
     begin_round(strategy, 1, crashed.after_round_1, nodes=(10, 11))  # the ledger's round 2
     replayed = reply_carrying(10, crashed.sealed[1]["inst0"])  # accepted in round 1
     in_flight = reply_carrying(11, crashed.sealed[2]["inst1"])  # sealed for round 2, crashed
@@ -238,16 +246,8 @@ def test_envelopes_sealed_before_the_crash_are_refused_after_it_with_reasons(
 
 
 def test_receipts_after_a_resume_extend_the_heads_given_before(crashed: Crashed) -> None:
-    with crashed.ledger.session() as s:
-        request_resume(s, crashed.run_id)
-    opened = open_run(
-        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
-        initial=ZEROS, base_sha256=BASE,
-    )  # fmt: skip
-    strategy, recorder = _strategy(
-        crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
-        _gate(NEW_RUN, opened.accepted_before), done=1,
-    )  # fmt: skip
+    opened = _resume(crashed)
+    strategy, recorder = _resumed_strategy(crashed, opened)
     owed = recorder.resume(1)  # round 1's, built again exactly as before the crash
     assert [r.to_json() for r in owed] == [r.to_json() for r in crashed.receipts_round_1]
     begin_round(strategy, 1, crashed.after_round_1, nodes=(10, 11))
@@ -355,19 +355,11 @@ def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path:
 
     crashed = _crash(url, tmp_path, _momentum())
     assert arrays_sha256(crashed.after_round_1) == arrays_sha256(after)
-    with crashed.ledger.session() as s:
-        request_resume(s, crashed.run_id)
-    opened = open_run(
-        crashed.ledger, POLICY, crashed.operator.deploy(), flower_run_id=NEW_RUN,
-        initial=ZEROS, base_sha256=BASE,
-    )  # fmt: skip
+    opened = _resume(crashed)
     assert opened.point.weights is not None and set(opened.point.server_state) == {"w"}
 
     def redo_round_2(restore_state: bool) -> Arrays:
-        strategy, _ = _strategy(
-            crashed.ledger, crashed.run_id, crashed.operator.snapshot_dir, NEW_RUN,
-            _gate(NEW_RUN, opened.accepted_before), done=1, aggregator=_momentum(),
-        )  # fmt: skip
+        strategy, _ = _resumed_strategy(crashed, opened, _momentum())
         assert opened.point.weights is not None
         strategy.restore(opened.point.weights, opened.point.server_state if restore_state else {})
         begin_round(strategy, 1, opened.point.weights, nodes=(10, 11))  # Flower's round 1

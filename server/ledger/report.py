@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from common.epsilon import epsilon_for_json
 from server.ledger.schema import Charge, Exclusion, FlowerRun, Participant, Release, Run
 
-__all__ = ["ledger_report", "privacy_spent"]
+__all__ = ["exclusion_doc", "ledger_report", "privacy_spent"]
 
 
 def privacy_spent(session: Session) -> list[dict[str, Any]]:
@@ -37,6 +37,17 @@ def privacy_spent(session: Session) -> list[dict[str, Any]]:
 
 def _carried(flower_run_id: str | None, first_round: int, at: datetime) -> dict[str, Any]:
     return {"flower_run_id": flower_run_id, "first_round": first_round, "started_at": _iso(at)}
+
+
+def exclusion_doc(e: Exclusion) -> dict[str, Any]:
+    """One exclusion as reports and model cards show it."""
+    return {
+        "round": e.round_number,
+        "institution": e.participant.name if e.participant else None,
+        "node_id": e.node_id,
+        "code": e.code,
+        "reason": e.reason,
+    }
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -108,16 +119,7 @@ def ledger_report(session: Session) -> dict[str, Any]:
                         for f in carried.get(run.id, [])
                     ),
                 ],
-                "exclusions": [
-                    {
-                        "round": e.round_number,
-                        "institution": e.participant.name if e.participant else None,
-                        "node_id": e.node_id,
-                        "code": e.code,
-                        "reason": e.reason,
-                    }
-                    for e in exclusions.get(run.id, [])
-                ],
+                "exclusions": [exclusion_doc(e) for e in exclusions.get(run.id, [])],
                 "privacy_charges": [
                     {
                         "round": c.round_number,

@@ -20,16 +20,13 @@ from server.ledger.store import LedgerError
 
 __all__ = [
     "RESUMABLE",
-    "RUN_STATUSES",
     "finish_run",
     "flower_runs",
-    "record_flower_run",
     "request_resume",
     "start_run",
     "take_over_resume",
 ]
 
-RUN_STATUSES = ("running", "finished", "failed", "interrupted", "resuming")
 ENDINGS = ("finished", "failed", "interrupted")
 RESUMABLE = ("running", "failed", "interrupted", "resuming")
 """A run not finished can go on (``running`` only once its processes are gone)."""
@@ -62,7 +59,7 @@ def start_run(
     return run
 
 
-def record_flower_run(
+def _record_flower_run(
     session: Session, run_id: int, flower_run_id: int, *, first_round: int
 ) -> None:
     """Record that Flower run ``flower_run_id`` carries ``run_id`` from ``first_round`` on."""
@@ -119,7 +116,7 @@ def take_over_resume(session: Session, policy_sha256: str, flower_run_id: int) -
     run.status = "running"
     run.status_reason = None
     record_row(session, run, "run")
-    record_flower_run(session, run.id, flower_run_id, first_round=last + 1)
+    _record_flower_run(session, run.id, flower_run_id, first_round=last + 1)
     return run
 
 
