@@ -50,9 +50,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -247,9 +245,7 @@ class Injector:
             f"  {now - self.started:6.1f} s  kill -9 {fault.target} in round {done + 1}"
         )
         if fault.kind == "node":
-            process = federation.processes[f"supernode-{fault.target}"]
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            federation.crash_node(fault.target)
             self.rebooting[fault.target] = now + REBOOT_SECONDS
             return
         federation.crash_superlink()

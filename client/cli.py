@@ -13,6 +13,7 @@ from rich.table import Table
 
 from client.accountant import list_histories
 from client.enrolment import ParticipantState, enrol
+from client.supernode import start as start_supernode
 from common.epsilon import format_epsilon
 from common.images import ImageData
 from common.keys import PASSPHRASE_ENV, passphrase_for_new_keys
@@ -157,5 +158,44 @@ def enroll(
     Console().print(
         f"[green]enrolment request written[/]: {request}\n"
         f"send it to the operator ('fedcommons operator admit {request.name}');\n"
-        f"keys (keep secret, mode 0600): {files.signing_key}, {files.supernode_key}"
+        f"keys (keep secret, mode 0600): {files.signing_key}, {files.supernode_key}\n"
+        f"once admitted: fedcommons client start --state {state}"
     )
+
+
+@app.command("start")
+def start(
+    state: Annotated[
+        Path, typer.Option("--state", help="This node's state folder ('client enroll').")
+    ],
+    superlink: Annotated[
+        str | None,
+        typer.Option(help="host:port of the SuperLink (default: the one in consortium.json)."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="Local port for its ClientApps (needed only to run several nodes on one machine)."
+        ),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the SuperLink to accept connections.")
+    ] = 60.0,
+    insecure: Annotated[bool, typer.Option("--insecure", hidden=True)] = False,
+) -> None:
+    """Start this node's SuperNode and stay in the foreground (Ctrl-C or SIGTERM stops it).
+
+    Refuses to start when the state folder is incomplete, the data no longer
+    match the manifest the operator admitted, or the SuperLink's certificate
+    was not issued by the pinned consortium CA.
+    """
+    console = Console(stderr=True)
+    code = start_supernode(
+        state,
+        superlink=superlink,
+        clientappio_port=port,
+        insecure=insecure,
+        wait=wait,
+        say=lambda line: console.print(line, highlight=False),
+    )
+    raise typer.Exit(code)

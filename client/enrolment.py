@@ -99,6 +99,16 @@ class ParticipantState:
     def request(self) -> Path:
         return self.root / "enrolment-request.json"
 
+    @property
+    def node_settings(self) -> Path:
+        """Which institution this node is and where its data are (``client start`` reads it)."""
+        return self.root / "node.toml"
+
+    @property
+    def data_policy(self) -> Path:
+        """How the data were read at enrolment, so the start can check them the same way."""
+        return self.root / "data-policy.toml"
+
     def load_signing_key(self, passphrase: str | None = None) -> Ed25519PrivateKey:
         return load_ed25519_key(self.signing_key, passphrase=passphrase)
 
@@ -176,6 +186,13 @@ def enrol(
     try:
         request = _write_request(
             state, consortium, signing, supernode, institution, kind, terms.to_dict(), manifest
+        )
+        write_atomic(state.data_policy, (policy or Policy()).to_toml())
+        write_atomic(
+            state.node_settings,
+            "# written by 'fedcommons client enroll'; read by 'fedcommons client start'\n"
+            f"institution = {json.dumps(institution)}\n"
+            f"data = {json.dumps(str(data_path.resolve()))}\n",
         )
         if staged is not None:  # the keys land last: a failure before leaves no enrolment
             if state.signing_key.parent.exists():

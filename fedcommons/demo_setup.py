@@ -10,7 +10,6 @@ SuperNodes, admitting each institution as the SuperLink comes up.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,9 +194,7 @@ def started_federation(
                 ledger,
                 consortium,
                 ParticipantState(node.state_dir).request,
-                register=None
-                if insecure
-                else functools.partial(federation.register_node, name=node.institution),
+                register=None if insecure else federation.register_node,
                 purpose=policy.federation.purpose,
             )
 
@@ -205,7 +202,7 @@ def started_federation(
         with LocalFederation(
             demo.workdir,
             demo.nodes,
-            tls=None if insecure else demo.operator.tls,
+            insecure=insecure,
             on_superlink=admit_institutions,
             operator_dir=demo.operator.root,
         ) as federation:
@@ -244,7 +241,7 @@ def _enrol_institutions(
             policy=policy,
             reuse_keys=True,
         )
-        nodes.append(dataclasses.replace(node, state_dir=state.root, auth_key=state.supernode_key))
+        nodes.append(dataclasses.replace(node, state_dir=state.root))
     return nodes
 
 

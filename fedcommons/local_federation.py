@@ -1,5 +1,11 @@
 """Run a real Flower federation on loopback: one SuperLink, N SuperNodes, ``flwr run``.
 
+With an operator folder, the SuperLink is started exactly as an operator
+starts it (``fedcommons operator serve``) and each enrolled node exactly as
+its institution does (``fedcommons client start``), with every check those
+commands make; without one (Flower-only tests and benchmarks) the same
+command lines are run directly, in plaintext.
+
 Every process is started in its own session so that it and the helpers it
 spawns (SuperExec, ClientApp and ServerApp subprocesses) can be stopped as one
 group; only groups this object started are ever signalled.
@@ -19,13 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any
 
+from client.supernode import supernode_argv
+from common.processes import ProcessTree
 from common.protocol import NodeConfig
-from common.tls import TlsFiles
-from fedcommons.processes import ProcessTree
-from server.deploy import OPERATOR_DIR_ENV
+from server.deploy import OPERATOR_DIR_ENV, OperatorFiles
 from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
+from server.superlink import SuperLinkSettings, superlink_argv
 
 __all__ = ["LocalFederation", "NodeSpec", "free_port"]
 
@@ -56,12 +63,6 @@ class NodeSpec:
     institution: str
     data_dir: Path
     state_dir: Path | None = None
-    auth_key: Path | None = None
-    """The SuperNode's authentication key (OpenSSH ECDSA); needed when the SuperLink has TLS."""
-
-    def node_config(self) -> str:
-        """Flower's ``--node-config`` string for this node (one thread per ClientApp)."""
-        return NodeConfig(self.institution, self.data_dir, self.state_dir).to_flag()
 
 
 def free_port() -> int:
@@ -98,17 +99,18 @@ class LocalFederation:
         Seconds each process may take to start listening.
     env : mapping, optional
         Extra environment variables for every process.
-    tls : TlsFiles, optional
-        The SuperLink's certificate, key and CA. With them the SuperLink
-        serves TLS and admits only registered SuperNodes (each node needs its
-        ``auth_key``); without them everything is plaintext and any node may
-        join, which is only for tests and benchmarks of Flower itself.
     on_superlink : callable, optional
         Called with this object once the SuperLink listens and before any
         SuperNode starts: register the nodes' keys here (:meth:`register_node`).
     operator_dir : Path, optional
-        The operator folder the ServerApp reads its deploy settings from
-        (``$FEDCOMMONS_OPERATOR_DIR`` in the SuperLink's environment).
+        The consortium folder (``operator init``). With it, the SuperLink is
+        ``fedcommons operator serve`` (TLS with the folder's certificate,
+        registered SuperNodes only; the ServerApp reads the folder's deploy
+        settings) and each node ``fedcommons client start`` from its state
+        folder. Without it everything is plaintext and any node may join,
+        which is only for tests and benchmarks of Flower itself.
+    insecure : bool (default: False)
+        With ``operator_dir``: the same commands, TLS and authentication off.
     flwr_home : Path, optional
         Where the ``flwr`` CLI's connection is written (default:
         ``operator_dir/flwr-home``, else ``workdir/flwr-home``), named
@@ -122,22 +124,22 @@ class LocalFederation:
         *,
         startup_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
-        tls: TlsFiles | None = None,
         on_superlink: Callable[[LocalFederation], None] | None = None,
         operator_dir: Path | None = None,
+        insecure: bool = False,
         flwr_home: Path | None = None,
     ) -> None:
         if not nodes:
             raise ValueError("a federation needs at least one node")
-        if tls is not None:
-            tls.check()
+        self.operator = OperatorFiles(operator_dir.resolve()) if operator_dir else None
+        if self.operator is not None:
             for node in nodes:
-                if node.auth_key is None:
+                if node.state_dir is None:
                     raise ValueError(
-                        f"node {node.institution!r} has no auth_key: with TLS, the "
-                        "SuperLink admits registered SuperNodes only"
+                        f"node {node.institution!r} has no state folder: 'client start' "
+                        "needs the one 'client enroll' made"
                     )
-        self.tls = tls
+        self.insecure = insecure or self.operator is None
         self.on_superlink = on_superlink
         self.workdir = workdir.resolve()
         self.nodes = nodes
@@ -214,35 +216,24 @@ class LocalFederation:
         self.superlink_port = free_port()
         for stale in self.workdir.glob("superlink.db*"):
             stale.unlink()
-        security = (
-            [
-                "--ssl-ca-certfile", str(self.tls.ca_certificate),
-                "--ssl-certfile", str(self.tls.certificate),
-                "--ssl-keyfile", str(self.tls.private_key),
-                "--enable-supernode-auth",
-            ]
-            if self.tls is not None
-            else ["--insecure"]
-        )  # fmt: skip
-        if self.tls is None:
+        if self.operator is None:
             log.warning("starting the SuperLink WITHOUT TLS and SuperNode authentication")
-        superlink = self._spawn(
-            "superlink",
-            [
-                "flower-superlink",
-                *security,
+            settings = SuperLinkSettings("127.0.0.1", self.superlink_port, self.superlink_db, None)
+            argv = superlink_argv(settings)
+        else:
+            argv = self._fedcommons(
+                "operator", "serve", str(self.operator.root),
                 "--host", "127.0.0.1",
                 "--port", str(self.superlink_port),
                 "--database", str(self.superlink_db),
-                "--disable-runtime-dependency-installation",
-            ],
-        )  # fmt: skip
+            )  # fmt: skip
+        superlink = self._spawn("superlink", argv)
         _wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
         write_connection(
             self.flwr_home,
             CONNECTION,
             f"127.0.0.1:{self.superlink_port}",
-            self.tls.ca_certificate if self.tls is not None else None,
+            None if self.insecure or self.operator is None else self.operator.tls.ca_certificate,
         )
         if self.on_superlink is not None:
             self.on_superlink(self)
@@ -254,37 +245,34 @@ class LocalFederation:
         for port, process, name in started:
             _wait_for_port(port, process, f"SuperNode {name}", self.startup_timeout)
 
-    def start_node(
-        self,
-        node: NodeSpec,
-        port: int,
-        *,
-        ca_certificate: Path | Literal["default"] | None = "default",
-    ) -> subprocess.Popen[bytes]:
-        """Start one SuperNode (its ClientAppIo API on ``port``) and return its process.
+    def _fedcommons(self, *args: str) -> list[str]:
+        """A ``fedcommons`` command line (run by this Python), ``--insecure`` if so asked."""
+        return [
+            sys.executable, "-m", "fedcommons.cli", *args,
+            *(["--insecure"] if self.insecure else []),
+        ]  # fmt: skip
 
-        ``ca_certificate`` overrides the CA the node trusts (``None``: the
-        system's roots), for tests of a node that lacks the consortium CA.
-        """
-        if ca_certificate == "default":
-            ca_certificate = self.tls.ca_certificate if self.tls is not None else None
-        security: list[str] = []
-        if self.tls is None:
-            security.append("--insecure")
-        elif ca_certificate is not None:
-            security += ["--root-certificates", str(ca_certificate)]
-        if node.auth_key is not None and self.tls is not None:
-            security += ["--auth-supernode-private-key", str(node.auth_key)]
-        return self._spawn(
-            f"supernode-{node.institution}",
-            [
-                "flower-supernode",
-                *security,
-                "--superlink", f"127.0.0.1:{self.superlink_port}",
+    def start_node(self, node: NodeSpec, port: int) -> subprocess.Popen[bytes]:
+        """Start one SuperNode (its ClientAppIo API on ``port``) and return its process."""
+        address = f"127.0.0.1:{self.superlink_port}"
+        if self.operator is not None and node.state_dir is not None:
+            argv = self._fedcommons(
+                "client", "start",
+                "--state", str(node.state_dir),
+                "--superlink", address,
                 "--port", str(port),
-                "--node-config", node.node_config(),
-            ],
-        )  # fmt: skip
+                "--wait", "0",
+            )  # fmt: skip
+        else:
+            argv = supernode_argv(
+                superlink=address,
+                node_config=NodeConfig(node.institution, node.data_dir, node.state_dir),
+                ca_certificate=None,
+                auth_key=None,
+                clientappio_port=port,
+                insecure=True,
+            )
+        return self._spawn(f"supernode-{node.institution}", argv)
 
     def restart_node(self, node: NodeSpec, port: int | None = None) -> None:
         """Start ``node``'s SuperNode again after it died, as its machine would after a reboot.
@@ -374,13 +362,20 @@ class LocalFederation:
         For fault tests and benchmarks: a crash, not a stop, so nothing is
         recorded by the processes themselves. Returns the PIDs killed.
         """
-        superlink = self.processes["superlink"]
-        # taken while the SuperLink lives: its detached SuperExec and the ServerApp
-        killed = self.tree.descendants(superlink.pid)
+        return self._crash("superlink")
+
+    def crash_node(self, institution: str) -> set[int]:
+        """Kill a SuperNode and what it started (its ClientApps) at once, as a power cut would."""
+        return self._crash(f"supernode-{institution}")
+
+    def _crash(self, name: str) -> set[int]:
+        process = self.processes[name]
+        # taken while it lives: the processes it detached into sessions of their own
+        killed = self.tree.descendants(process.pid)
         for pid in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        superlink.wait()
+        process.wait()
         return killed
 
     def dead_nodes(self) -> list[str]:

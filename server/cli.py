@@ -27,6 +27,8 @@ from server.operate import resume_run, run_policy, summary_of
 from server.progress import rounds_table
 from server.release import release_model
 from server.runs import RunOutcome
+from server.status import consortium_status, registrar, status_tables
+from server.superlink import serve
 
 __all__ = ["app"]
 
@@ -136,12 +138,13 @@ def admit_request(
     consortium = files.consortium()
     policy = files.policy()
     ledger = Ledger(files.deploy().ledger_url)
+
     try:
         admitted = admit(
             ledger,
             consortium,
             request,
-            register=cli.register_node if register else None,
+            register=registrar(files, cli) if register else None,
             purpose=policy.federation.purpose,
         )
     finally:
@@ -164,6 +167,58 @@ def admit_request(
         f"{admitted.licence_terms.id}), signing key {admitted.signing_key_id[:12]}…"
         + ("; SuperNode key registered" if register else "; SuperNode key NOT registered")
     )
+
+
+@app.command("serve")
+def serve_superlink(
+    folder: Annotated[Path, typer.Argument(help="The consortium folder ('operator init').")],
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default: all of this host's).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on (default: the one in DIR/consortium.json)."),
+    ] = None,
+    database: Annotated[
+        Path | None,
+        typer.Option(help="The SuperLink's state database (default: DIR/superlink.db)."),
+    ] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", hidden=True)] = False,
+) -> None:
+    """Start the consortium's SuperLink and stay in the foreground (Ctrl-C or SIGTERM stops it).
+
+    TLS with the consortium's certificate, registered SuperNodes only, state
+    kept in a database across restarts; the ServerApps it starts read DIR's
+    deploy settings. Everything is checked before it starts.
+    """
+    files = OperatorFiles(folder.resolve())
+    console = Console(stderr=True)
+    code = serve(
+        files,
+        host=host,
+        port=port,
+        database=database,
+        insecure=insecure,
+        say=lambda line: console.print(line, highlight=False),
+    )
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status(
+    folder: FolderOption = Path("."),
+    federation: Annotated[
+        str, typer.Option(help="The flwr CLI connection in DIR/flwr-home to ask.")
+    ] = CONNECTION,
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Connected SuperNodes by institution, and each run with its last recorded round."""
+    files = OperatorFiles(folder.resolve())
+    found = consortium_status(files, FlwrCli(files.flwr_home, federation))
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    Console().print(*status_tables(found))
 
 
 @app.command("run")

@@ -160,8 +160,8 @@ def _move_into_place(staging: Path, root: Path) -> None:
         raise
 
 
-Register = Callable[[Path], object]
-"""Adds a SuperNode's OpenSSH public key file to the SuperLink's allow-list."""
+Register = Callable[[Path, str], object]
+"""Adds a SuperNode's OpenSSH public key file to the SuperLink's allow-list, for an institution."""
 
 
 def admit(
@@ -198,7 +198,7 @@ def admit(
             key_file = Path(folder) / f"{request.institution}-supernode.pub"
             key_file.write_text(request.supernode_public_key + "\n", encoding="ascii")
             try:
-                register(key_file)
+                register(key_file, request.institution)
             except FederationError as err:
                 raise FederationError(
                     f"{request.institution} is admitted in the ledger, but its SuperNode key "

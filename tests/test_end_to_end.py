@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from common.keys import load_x25519_key
 from common.policy import Policy
 from fedcommons.cli import app
 from fedcommons.demo_setup import demo_consortium, prepare_data, started_federation
+from fedcommons.errors import EXIT_USER_ERROR
 from fedcommons.local_federation import LocalFederation, NodeSpec, free_port
 from fedcommons.partition import load_digits_data
 from server.consortium import admit, init_consortium
@@ -260,7 +260,18 @@ def test_operator_run_against_the_demo_superlink(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, [*command, "--format", "json"])
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout)
+        status = CliRunner().invoke(
+            app, ["operator", "status", "--dir", str(consortium.operator.root), "--format", "json"]
+        )
+        assert status.exit_code == 0, status.output
     assert all(_gone(pid) for pid in pids)
+    found = json.loads(status.stdout)
+    assert sorted((n["institution"], n["status"]) for n in found["nodes"]) == [
+        ("company-c", "online"), ("university-a", "online"), ("university-b", "online"),
+    ]  # fmt: skip
+    (listed,) = found["runs"]
+    assert (listed["status"], listed["last_round"], listed["rounds"]) == ("finished", 1, 1)
+    assert listed["flower_runs"] == {str(summary["flower_run_id"]): "finished:completed"}
     assert summary["status"] == "finished:completed"
     assert summary["policy_sha256"] == policy.sha256()
     assert [r["round"] for r in summary["rounds"]] == [1]
@@ -335,7 +346,7 @@ def _enrolled_node(folder: Path, operator: OperatorFiles, name: str, data_dir: P
         licence="CC-BY-4.0",
         consortium_file=operator.consortium_file,
     )
-    return NodeSpec(name, data_dir, state.root, state.supernode_key)
+    return NodeSpec(name, data_dir, state.root)
 
 
 def _admit_all(
@@ -348,45 +359,48 @@ def _admit_all(
                 ledger,
                 operator.consortium(),
                 ParticipantState(node.state_dir).request,
-                register=functools.partial(federation.register_node, name=node.institution),
+                register=federation.register_node,
                 purpose="research",
             )
 
     return on_superlink
 
 
-def test_unregistered_node_and_node_without_the_ca_are_refused(tmp_path: Path) -> None:
-    """Only admitted SuperNodes that trust the consortium CA get in."""
+def test_unregistered_node_and_node_pinning_another_ca_are_refused(tmp_path: Path) -> None:
+    """Only admitted nodes get in; a node never talks to a SuperLink its CA did not certify."""
     operator = init_consortium(
         tmp_path / "operator", name="t", superlink="127.0.0.1:1", hosts=["127.0.0.1"]
+    )
+    elsewhere = init_consortium(
+        tmp_path / "elsewhere", name="e", superlink="127.0.0.1:1", hosts=["127.0.0.1"]
     )
     data_dir = tmp_path / "data"
     write_npz(data_dir / "d.npz", load_digits_data().subset(np.arange(40)))
     node = _enrolled_node(tmp_path, operator, "lab-a", data_dir)
     rogue = _enrolled_node(tmp_path, operator, "lab-rogue", data_dir)  # enrolled, never admitted
+    lost = _enrolled_node(tmp_path, elsewhere, "lab-lost", data_dir)  # pins another CA
     ledger = Ledger(operator.deploy().ledger_url)
     federation = LocalFederation(
         tmp_path / "fed",
         [node],
-        tls=operator.tls,
+        operator_dir=operator.root,
         on_superlink=_admit_all(ledger, operator, [node]),
     )
     with federation:
         unregistered = federation.start_node(rogue, free_port())
-        # the admitted key, but a node that does not trust the consortium CA
-        no_ca = federation.start_node(
-            dataclasses.replace(node, institution="lab-a-no-ca"), free_port(), ca_certificate=None
-        )
+        wrong_ca = federation.start_node(lost, free_port())
         pids = [p.pid for p in federation.processes.values()]
         assert unregistered.wait(timeout=60) != 0
-        assert no_ca.wait(timeout=60) != 0
+        assert wrong_ca.wait(timeout=60) == EXIT_USER_ERROR
         nodes = federation.flwr("supernode", "list", CONNECTION)["nodes"]
     ledger.close()
     assert [n["status"] for n in nodes] == ["online"]  # lab-a only
     logs = tmp_path / "fed" / "logs"
     assert "Failed to activate SuperNode" in (logs / "supernode-lab-rogue.log").read_text()
     assert "No SuperNode found with the given public key" in (logs / "superlink.log").read_text()
-    assert "CERTIFICATE_VERIFY_FAILED" in (logs / "supernode-lab-a-no-ca.log").read_text()
+    refused = " ".join((logs / "supernode-lab-lost.log").read_text().split())
+    assert "presented a certificate that the pinned consortium CA" in refused
+    assert "flower-supernode" not in refused  # refused before Flower was started
     assert all(_gone(pid) for pid in pids)
 
 
@@ -399,17 +413,16 @@ def test_bad_participant_data_fails_the_run_with_the_file_named(tmp_path: Path) 
     bad_dir = tmp_path / "bad-node"
     write_npz(bad_dir / "mine.npz", load_digits_data().subset(np.arange(40)))
     node = _enrolled_node(tmp_path, operator, "lab-x", bad_dir)
-    # the data went bad after enrolment: the node finds out before training
-    np.savez(bad_dir / "mine.npz", images=np.zeros((4, 8, 8)), labels=np.array([0, 1, 2, 42]))
     ledger = Ledger(operator.deploy().ledger_url)
     federation = LocalFederation(
         tmp_path,
         [node],
-        tls=operator.tls,
         on_superlink=_admit_all(ledger, operator, [node]),
         operator_dir=operator.root,
     )
     with federation:
+        # the data went bad while the node ran: it finds out before training
+        np.savez(bad_dir / "mine.npz", images=np.zeros((4, 8, 8)), labels=np.array([0, 1, 2, 42]))
         pids = [p.pid for p in federation.processes.values()]
         run_id = submit_run(federation.cli, policy)
         with pytest.raises(RunFailed) as failed:

@@ -25,11 +25,11 @@ from typer.testing import CliRunner
 
 from client.accountant import list_histories
 from common.policy import Policy
+from common.processes import ProcessTree
 from fedcommons.cli import app
 from fedcommons.demo import run_demo
 from fedcommons.demo_setup import collect_receipts, demo_consortium, started_federation
 from fedcommons.local_federation import LocalFederation
-from fedcommons.processes import ProcessTree
 from server.ledger import Ledger
 from server.ledger.report import ledger_report
 from server.runs import follow_run, read_rounds, submit_run
@@ -89,11 +89,6 @@ def _demo_process(
             tree.stop()
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    os.killpg(process.pid, signal.SIGKILL)  # the machine goes down: node and ClientApp
-    process.wait()
-
-
 def test_a_supernode_killed_mid_round_is_left_out_and_rejoins_later(tmp_path: Path) -> None:
     policy = Policy().with_overrides(
         {"federation.rounds": 4, "federation.min-nodes": 2, "federation.round-timeout": 150.0}
@@ -111,7 +106,7 @@ def test_a_supernode_killed_mid_round_is_left_out_and_rejoins_later(tmp_path: Pa
             federation.check_alive()
             _, rounds = read_rounds(ledger, flower_run_id)
             if not events and len(rounds) == 1 and _clientapp_of(federation, "company-c"):
-                _kill_group(federation.processes["supernode-company-c"])
+                federation.crash_node("company-c")  # the machine goes down
                 killed_at.append(time.monotonic())
                 events.append(f"killed in round {len(rounds) + 1}")
             elif len(events) == 1 and time.monotonic() > killed_at[0] + 5:  # the machine reboots

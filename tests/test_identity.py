@@ -310,7 +310,7 @@ def test_admission_records_keys_manifest_and_licence_and_registers_the_node(
         ledger,
         operator.consortium(),
         path,
-        register=lambda key: registered.append(key.read_text()),
+        register=lambda key, _institution: registered.append(key.read_text()),
         purpose="commercial",
     )
     assert registered == [request.supernode_public_key + "\n"]

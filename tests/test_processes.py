@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from fedcommons.processes import ProcessTree
+from common.processes import ProcessTree
 
 # the child starts a detached grandchild (its own session), prints its PID, then waits
 CHILD = (

@@ -8,6 +8,10 @@ its start time, so a reused PID is never mistaken for one of ours) whenever
 it is asked to look, and :meth:`ProcessTree.stop` signals each one it noted
 that is still the same process, and its process group, however it was
 detached.
+
+:func:`run_foreground` is how a role command (``operator serve``, ``client
+start``) runs its Flower process: in the foreground, with a stop signal
+passed on exactly once and nothing left behind.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
-__all__ = ["ProcessTree"]
+__all__ = ["GRACEFUL_EXITS", "ProcessTree", "run_foreground"]
 
 _PROC = Path("/proc")
 
@@ -119,3 +125,68 @@ class ProcessTree:
                     os.killpg(pid, sig)
                 else:
                     os.kill(pid, sig)
+
+
+GRACEFUL_EXITS = frozenset({0, 1, 2, 3, -signal.SIGINT, -signal.SIGTERM})
+"""Exit statuses of a Flower process that stopped because it was asked to.
+
+Flower exits 1, 2 or 3 after a graceful stop on SIGINT, SIGQUIT or SIGTERM.
+"""
+
+
+def run_foreground(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    grace: float = 10.0,
+) -> int:
+    """Run ``argv`` until it exits or this process is asked to stop; return its exit status.
+
+    The child runs in its own process group, so a terminal's Ctrl-C or a
+    service manager's SIGTERM reaches it once, from here: Flower stops
+    gracefully on the first SIGINT or SIGTERM and dies on the second. Its
+    output goes where this process's goes. When it has exited (or ``grace``
+    seconds after the signal), every process it started, however detached,
+    is stopped too.
+
+    Returns
+    -------
+    int
+        0 if it stopped because this process was signalled, else its own
+        exit status (negative: the signal that killed it).
+    """
+    tree = ProcessTree()
+    asked: list[float] = []  # when the stop signal came
+    started: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if not asked and started and started[0].poll() is None:
+            started[0].send_signal(signum)
+        asked.append(time.monotonic())
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        started.append(subprocess.Popen(list(argv), env=dict(env), cwd=cwd, process_group=0))
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
+    process = started[0]
+    tree.add_root(process.pid)
+    if asked:  # the signal came while it started
+        process.send_signal(signal.SIGTERM)
+    try:
+        while True:
+            try:
+                code = process.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                tree.look()
+                if asked and time.monotonic() - asked[0] > grace:
+                    process.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        tree.stop(min(grace, 5.0))
+    return 0 if asked and code in GRACEFUL_EXITS else code

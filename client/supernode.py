@@ -1,0 +1,271 @@
+"""A participant's SuperNode: one way to build its command line, one way to start it.
+
+:func:`supernode_argv` is the only place a ``flower-supernode`` command line
+is written; ``fedcommons client start`` (:func:`start`) and the demo's
+loopback federation both use it. :func:`start` reads everything from the
+state folder ``client enroll`` created and refuses to start, with the reason,
+when that folder is incomplete, when the data no longer match the manifest
+the operator admitted, or when the SuperLink's certificate is not one the
+pinned consortium CA issued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+from client.enrolment import ParticipantState, dataset_manifest
+from common.consortium import Consortium, check_institution, read_json_object
+from common.errors import UserError
+from common.keys import KeyFileError, passphrase_from_env
+from common.policy import Policy
+from common.processes import run_foreground
+from common.protocol import NodeConfig
+
+__all__ = [
+    "NodeStartError",
+    "ReadyNode",
+    "check_state",
+    "check_superlink_certificate",
+    "start",
+    "supernode_argv",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NodeStartError(UserError, RuntimeError):
+    """The SuperNode must not start from this state folder (the message says why)."""
+
+
+def supernode_argv(
+    *,
+    superlink: str,
+    node_config: NodeConfig,
+    ca_certificate: Path | None,
+    auth_key: Path | None,
+    clientappio_port: int | None = None,
+    insecure: bool = False,
+) -> list[str]:
+    """The ``flower-supernode`` command line.
+
+    Parameters
+    ----------
+    superlink : str
+        ``host:port`` of the consortium's SuperLink.
+    node_config : NodeConfig
+        Institution, data and state folder, handed to every ClientApp.
+    ca_certificate : Path or None
+        The CA the SuperLink's certificate must come from (``None``: the
+        system's roots).
+    auth_key : Path or None
+        The SuperNode's authentication key (the SuperLink admits registered keys only).
+    clientappio_port : int, optional
+        Local port for its ClientApps (each SuperNode on one machine needs its own).
+    insecure : bool (default: False)
+        Plaintext, for Flower-only tests on one machine.
+    """
+    security: list[str] = []
+    if insecure:
+        security.append("--insecure")
+    else:
+        if ca_certificate is not None:
+            security += ["--root-certificates", str(ca_certificate)]
+        if auth_key is not None:
+            security += ["--auth-supernode-private-key", str(auth_key)]
+    port = ["--port", str(clientappio_port)] if clientappio_port is not None else []
+    return [
+        "flower-supernode",
+        *security,
+        "--superlink", superlink,
+        *port,
+        "--node-config", node_config.to_flag(),
+    ]  # fmt: skip
+
+
+def supernode_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The SuperNode's environment: Flower beside this Python first, nothing downloaded."""
+    env = dict(os.environ if base is None else base)
+    here = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (here, env.get("PATH", "")) if p)
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+@dataclass(frozen=True)
+class ReadyNode:
+    """A state folder that passed every check: what the SuperNode starts with."""
+
+    state: ParticipantState
+    consortium: Consortium
+    node_config: NodeConfig
+    dataset_sha256: str
+
+
+def _require(path: Path, made_by: str) -> None:
+    if not path.is_file():
+        raise NodeStartError(
+            f"the state folder {path.parent} is incomplete: {path.name} is missing ({made_by}). "
+            "Restore the folder from its backup, or enrol again into a new folder and have "
+            "the operator admit the new request"
+        )
+
+
+def check_state(state_dir: Path) -> ReadyNode:
+    """Every file ``client enroll`` wrote is there and consistent, and the data are unchanged."""
+    if not state_dir.is_dir():
+        raise NodeStartError(
+            f"no state folder at {state_dir}: create it with 'fedcommons client enroll --state'"
+        )
+    state = ParticipantState(state_dir.resolve())
+    for path, made_by in (
+        (state.signing_key, "this node's signing key"),
+        (state.supernode_key, "this node's SuperNode key"),
+        (state.supernode_public_key, "its public half"),
+        (state.consortium, "the consortium you enrolled in"),
+        (state.ca_certificate, "the consortium CA, which the SuperLink must match"),
+        (state.request, "the enrolment request the operator admitted"),
+        (state.node_settings, "which institution and data this node serves"),
+        (state.data_policy, "how the data were read at enrolment"),
+    ):
+        _require(path, made_by)
+    consortium = Consortium.load(state.consortium)
+    if state.ca_certificate.read_text(encoding="ascii").strip() != (
+        consortium.ca_certificate.strip()
+    ):
+        raise NodeStartError(
+            f"{state.ca_certificate} is not the CA in {state.consortium}: the pinned CA was "
+            "changed; restore both from the folder's backup"
+        )
+    request = read_json_object(state.request, "enrolment request")
+    institution, data = _node_settings(state)
+    if request.get("institution") != institution:
+        raise NodeStartError(
+            f"{state.node_settings} names {institution!r} but the enrolment request is for "
+            f"{request.get('institution')!r}"
+        )
+    public = state.supernode_public_key.read_text(encoding="ascii").strip()
+    if request.get("supernode_public_key", "").strip() != public:
+        raise NodeStartError(
+            f"{state.supernode_public_key} is not the SuperNode key in the admitted request: "
+            "the SuperLink would refuse this node"
+        )
+    try:
+        state.load_signing_key(passphrase_from_env())
+    except KeyFileError as err:
+        raise NodeStartError(f"{err} (every update is signed with it)") from None
+    enrolled = str(request.get("dataset", {}).get("sha256", ""))
+    try:
+        now = dataset_manifest(Policy.load(state.data_policy), data)["sha256"]
+    except UserError as err:
+        raise NodeStartError(
+            f"the data this node was enrolled with cannot be read: {err}"
+        ) from None
+    if now != enrolled:
+        raise NodeStartError(
+            f"the data at {data} no longer match the manifest the operator admitted "
+            f"(sha256 {enrolled[:16]}... at enrolment, {now[:16]}... now): restore the "
+            "enrolled data, or enrol the new data in a new state folder and have it admitted"
+        )
+    node_config = NodeConfig(institution, data, state.root)
+    return ReadyNode(state, consortium, node_config, enrolled)
+
+
+def _node_settings(state: ParticipantState) -> tuple[str, Path]:
+    try:
+        doc = tomllib.loads(state.node_settings.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise NodeStartError(f"{state.node_settings} is not valid TOML: {err}") from None
+    institution, data = doc.get("institution"), doc.get("data")
+    if not isinstance(institution, str) or not isinstance(data, str) or not data:
+        raise NodeStartError(
+            f'{state.node_settings} needs institution = "..." and data = "..." '
+            f"(got {institution!r}, {data!r})"
+        )
+    return check_institution(institution), Path(data)
+
+
+def check_superlink_certificate(address: str, ca_certificate: Path, *, wait: float = 60.0) -> None:
+    """Connect to the SuperLink and check its certificate against the pinned CA.
+
+    Waits up to ``wait`` seconds for it to accept connections (it may be
+    starting). :class:`NodeStartError` if it never does, or if its
+    certificate was not issued by the CA for this address.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit():
+        raise NodeStartError(f"the SuperLink address {address!r} is not host:port")
+    context = ssl.create_default_context(cafile=str(ca_certificate))
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            with (
+                socket.create_connection((host, int(port_text)), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=host),
+            ):
+                return
+        except ssl.SSLCertVerificationError as err:
+            raise NodeStartError(
+                f"the SuperLink at {address} presented a certificate that the pinned "
+                f"consortium CA ({ca_certificate}) did not issue for {host}: "
+                f"{err.verify_message}. Not connecting: this may not be your consortium's "
+                "SuperLink"
+            ) from None
+        except (OSError, ssl.SSLError) as err:
+            if time.monotonic() >= deadline:
+                raise NodeStartError(
+                    f"cannot reach the SuperLink at {address}: {err}. Is the operator's "
+                    "SuperLink running, and does the firewall let this host reach that port?"
+                ) from None
+            if not said:
+                log.warning("waiting for the SuperLink at %s (%s)", address, err)
+                said = True
+            time.sleep(1.0)
+
+
+def start(
+    state_dir: Path,
+    *,
+    superlink: str | None = None,
+    clientappio_port: int | None = None,
+    insecure: bool = False,
+    wait: float = 60.0,
+    say: Callable[[str], None] = log.info,
+) -> int:
+    """Check the state folder and the SuperLink, then run the SuperNode in the foreground.
+
+    Returns its exit status: 0 after SIGTERM or Ctrl-C; non-zero when the
+    SuperLink refused it (not registered, or a session it still holds).
+    """
+    node = check_state(state_dir)
+    address = superlink or node.consortium.superlink
+    if insecure:
+        say("WARNING: starting the SuperNode WITHOUT TLS (not checking the SuperLink)")
+    else:
+        check_superlink_certificate(address, node.state.ca_certificate, wait=wait)
+    argv = supernode_argv(
+        superlink=address,
+        node_config=node.node_config,
+        ca_certificate=node.state.ca_certificate,
+        auth_key=node.state.supernode_key,
+        clientappio_port=clientappio_port,
+        insecure=insecure,
+    )
+    say(
+        f"SuperNode for {node.node_config.institution} -> {address} (data "
+        f"{node.dataset_sha256[:12]}... as admitted); Ctrl-C or SIGTERM stops it"
+    )
+    return run_foreground(argv, env=supernode_env(), cwd=node.state.root)
