@@ -14,7 +14,7 @@ from rich.table import Table
 from common.epsilon import format_epsilon
 from common.policy import MODELS, Policy, PolicyError
 from fedcommons.demo import run_demo, unfinished_run
-from fedcommons.demo_setup import with_model
+from fedcommons.demo_setup import prepare_data, with_model
 from server.progress import round_bar, rounds_table
 from server.runs import RoundProgress
 
@@ -69,6 +69,15 @@ def demo(
             "encrypted and signed).",
         ),
     ] = False,
+    data_only: Annotated[
+        bool,
+        typer.Option(
+            "--data-only",
+            help="Only write each institution's share of the data and the operator's "
+            "validation and test splits into the work folder, then stop (to try the "
+            "role commands by hand, on one machine or several).",
+        ),
+    ] = False,
     resume: Annotated[
         bool,
         typer.Option(
@@ -114,6 +123,19 @@ def demo(
         },
         source="the command-line options",
     )
+    if data_only:
+        layout = prepare_data(workdir, policy)
+        table = Table(title=f"Data written into {workdir}")
+        table.add_column("party")
+        table.add_column("examples")
+        table.add_column("folder")
+        for node in layout.nodes:
+            table.add_row(
+                node.institution, str(layout.examples[node.institution]), str(node.data_dir)
+            )
+        table.add_row("operator (validation, test)", "", str(layout.server_data_dir))
+        console.print(table)
+        return
     if insecure:
         console.print(
             "[bold yellow]WARNING: --insecure: the SuperLink runs WITHOUT TLS and accepts "

@@ -74,7 +74,8 @@ def init(
         typer.Option(
             "--host",
             help="A host name or IP address for the SuperLink certificate (repeatable; "
-            "default: the --superlink host, localhost and 127.0.0.1).",
+            "default: the --superlink host). localhost and 127.0.0.1 are always added: the "
+            "SuperLink's own processes connect there.",
         ),
     ] = None,
     ledger_url: Annotated[
@@ -90,7 +91,9 @@ def init(
     ] = False,
 ) -> None:
     """Create a consortium: keys, CA and SuperLink TLS, ledger, policy and deploy settings."""
-    hosts = host or list(dict.fromkeys([superlink.rsplit(":", 1)[0], "localhost", "127.0.0.1"]))
+    # the SuperLink's own SuperExec and ServerApp reach it on 127.0.0.1, through TLS too
+    named = host or [superlink.rsplit(":", 1)[0]]
+    hosts = list(dict.fromkeys([*named, "localhost", "127.0.0.1"]))
     try:
         files = init_consortium(
             folder,

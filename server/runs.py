@@ -147,6 +147,7 @@ def follow_run(
     poll: float = 0.5,
     status_interval: float = 2.0,
     lost_after: float = 30.0,
+    start_within: float = 180.0,
 ) -> RunOutcome:
     """Report each round as the ledger records it, until Flower says the run finished.
 
@@ -159,6 +160,9 @@ def follow_run(
         Seconds the SuperLink may fail to answer before the run counts as
         lost: it is recorded ``interrupted`` (resumable) and
         :class:`SuperLinkLost` is raised.
+    start_within : float (default: 180.0)
+        Seconds Flower may keep the run pending (no ServerApp started) before
+        it is stopped and :class:`RunFailed` says where to look.
 
     Raises
     ------
@@ -171,6 +175,7 @@ def follow_run(
     seen, next_status = 0, 0.0
     status: dict[str, Any] = {}
     unanswered_since: float | None = None
+    started = time.monotonic()
     while True:
         _, rounds = read_rounds(ledger, flower_run_id)
         for progress in rounds[seen:]:
@@ -190,6 +195,14 @@ def follow_run(
             next_status = time.monotonic() + status_interval
             if str(status.get("status", "")).startswith("finished"):
                 break
+            if status.get("status") == "pending" and time.monotonic() - started > start_within:
+                cli.json("stop", str(flower_run_id), cli.connection)
+                raise RunFailed(
+                    f"Flower run {flower_run_id} was still pending after {start_within:.0f} s: "
+                    "the SuperLink never started its ServerApp, so it was stopped. Its log "
+                    "says why (often: its SuperExec cannot reach it, e.g. a certificate "
+                    "that does not cover 127.0.0.1)"
+                )
         time.sleep(poll)
     run, rounds = read_rounds(ledger, flower_run_id)
     for progress in rounds[seen:]:

@@ -171,6 +171,30 @@ def _check_certificate_pair(tls: TlsFiles) -> None:
         raise ServeError(f"{tls.private_key} is not the key of {tls.certificate}")
 
 
+def local_address(host: str) -> str:
+    """Where the SuperLink's own SuperExec and ServerApps connect to it (as Flower resolves it)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def _check_certificate_covers(tls: TlsFiles, host: str) -> None:
+    """The certificate names ``host``: the SuperExec verifies it like any client."""
+    certificate = x509.load_pem_x509_certificate(tls.certificate.read_bytes())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    covered = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} | set(
+        names.get_values_for_type(x509.DNSName)
+    )
+    wanted = local_address(host)
+    if wanted not in covered:
+        raise ServeError(
+            f"{tls.certificate} does not cover {wanted} (it names {', '.join(sorted(covered))}): "
+            f"the SuperLink's own SuperExec connects there and would be refused. Listen on "
+            "an address it names (--host), or issue the certificate again with it"
+        )
+
+
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -203,6 +227,8 @@ def serve(
     if insecure:
         log.warning("starting the SuperLink WITHOUT TLS and SuperNode authentication")
         settings = SuperLinkSettings(settings.host, settings.port, settings.database, None)
+    if settings.tls is not None:
+        _check_certificate_covers(settings.tls, settings.host)
     _check_port_free(settings.host, settings.port)
     settings.database.parent.mkdir(parents=True, exist_ok=True)
     say(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from client.accountant import list_histories
@@ -32,6 +33,7 @@ from fedcommons.demo_setup import collect_receipts, demo_consortium, started_fed
 from fedcommons.local_federation import LocalFederation
 from server.ledger import Ledger
 from server.ledger.report import ledger_report
+from server.ledger.store import LedgerError
 from server.runs import follow_run, read_rounds, submit_run
 
 pytestmark = pytest.mark.e2e
@@ -79,7 +81,10 @@ def _demo_process(
         tree.look()
         if not (workdir / "ledger.db").exists():
             return False
-        runs = _report(f"sqlite:///{workdir / 'ledger.db'}")["runs"]
+        try:
+            runs = _report(f"sqlite:///{workdir / 'ledger.db'}")["runs"]
+        except (LedgerError, DBAPIError):  # the demo is still creating it (migrations)
+            return False
         return bool(runs) and len(runs[0]["rounds"]) >= 1
 
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography import x509
 from typer.testing import CliRunner
 
 from client.enrolment import ParticipantState, enrol
@@ -355,3 +356,32 @@ def test_node_names_are_noted_per_node_id(operator: OperatorFiles) -> None:
     names.note(7, "lab-a")
     assert names.read() == {"7": "lab-a", "9": "lab-b"}
     assert os.stat(names.path).st_size > 0
+
+
+def test_serve_refuses_a_certificate_that_does_not_cover_its_local_address(
+    tmp_path: Path,
+) -> None:
+    remote_only = init_consortium(
+        tmp_path / "remote", name="r", superlink="10.9.9.9:9092", hosts=["10.9.9.9"]
+    )
+    said = _serve(remote_only.root)
+    assert "does not cover 127.0.0.1 (it names 10.9.9.9)" in said
+    assert "SuperExec connects there" in said
+
+
+def test_init_always_certifies_the_superlinks_local_address(tmp_path: Path) -> None:
+    folder = tmp_path / "op"
+    result = runner.invoke(
+        app, ["operator", "init", str(folder), "--superlink", "10.9.9.9:9092", "--host", "10.9.9.9"]
+    )
+    assert result.exit_code == 0, result.output
+    check_operator_folder(OperatorFiles(folder))
+    certificate = x509.load_pem_x509_certificate(OperatorFiles(folder).tls.certificate.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} == {
+        "10.9.9.9",
+        "127.0.0.1",
+    }
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    # every check passes but the last: 10.9.9.9 is not an address of this machine
+    assert "cannot listen on 10.9.9.9:9092" in _serve(folder, "--host", "10.9.9.9")
