@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
+from typer.testing import CliRunner
 
 from client.client_app import train
 from common.policy import Policy
 from common.protocol import ExclusionCode, Refusal
+from fedcommons.cli import app
 from server.consortium import init_consortium
 from server.deploy import OPERATOR_DIR_ENV, DeployConfig, DeployError, OperatorFiles
 from server.ledger import LedgerError
@@ -120,3 +124,38 @@ def test_a_client_app_refuses_a_run_config_that_carries_operator_settings(
     assert reply.has_error() and reply.error.code == ExclusionCode.BAD_INPUT
     detail = Refusal.from_reason(reply.error.reason or "").detail
     assert "the [deploy] section is the operator's own" in detail
+
+
+UNITS = Path(__file__).resolve().parent.parent / "deploy" / "systemd"
+
+
+def _exec_start(unit: Path) -> list[str]:
+    (line,) = [x for x in unit.read_text().splitlines() if x.startswith("ExecStart=")]
+    return line.removeprefix("ExecStart=").split()
+
+
+@pytest.mark.parametrize("unit", sorted(UNITS.glob("*.service")), ids=lambda p: p.name)
+def test_service_units_run_a_role_command_unprivileged_and_restart(unit: Path) -> None:
+    text = unit.read_text()
+    assert "User=fedcommons" in text and "User=root" not in text
+    assert "Restart=on-failure" in text and "NoNewPrivileges=true" in text
+    binary, *args = _exec_start(unit)
+    assert binary.endswith("/bin/fedcommons")
+    assert args[:2] in (["operator", "serve"], ["client", "start"])
+    result = CliRunner().invoke(app, [*args, "--help"])  # every option in the line exists
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_service_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    fedcommons = Path(sys.executable).parent / "fedcommons"
+    for unit in sorted(UNITS.glob("*.service")):
+        text = unit.read_text().replace("/opt/fedcommons/venv/bin/fedcommons", str(fedcommons))
+        (tmp_path / unit.name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *sorted(str(p) for p in tmp_path.glob("*.service"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
