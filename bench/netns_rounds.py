@@ -52,6 +52,7 @@ def _loopback(work: Path, rounds: int) -> list[float]:
     psql = ["psql", "-q", "-h", SOCKET, "-U", "postgres", "-d", "postgres", "-c"]
     subprocess.run([*psql, f"CREATE DATABASE {database}"], check=True)
     try:
+        work.mkdir(parents=True, exist_ok=True)
         policy = work / "policy.toml"
         policy.write_text(
             f"[federation]\nrounds = {rounds}\nmin-nodes = 3\nround-timeout = 300.0\n"
@@ -59,7 +60,7 @@ def _loopback(work: Path, rounds: int) -> list[float]:
         subprocess.run(
             [
                 "fedcommons", "demo", "--policy", str(policy), "--workdir", str(work / "demo"),
-                "--ledger", f"postgresql://postgres@/{database}?host={SOCKET}",
+                "--ledger-url", f"postgresql://postgres@/{database}?host={SOCKET}",
             ],
             env=_env(),
             check=True,
