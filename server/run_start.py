@@ -19,7 +19,13 @@ from common.keys import decode_ed25519_public
 from common.licences import Licence
 from common.policy import Policy
 from server.deploy import DeployConfig
-from server.ledger import Ledger, admitted_datasets, admitted_keys, start_run
+from server.ledger import (
+    Ledger,
+    admitted_datasets,
+    admitted_keys,
+    admitted_records,
+    start_run,
+)
 from server.ledger.runs import take_over_resume
 from server.ledger.schema import RoundUpdate
 from server.resume import ResumeError, ResumePoint, resume_point
@@ -36,6 +42,8 @@ class OpenedRun:
     """Where training goes on from (round 0 and the initial model for a new run)."""
     participants: dict[str, Ed25519PublicKey]
     licences: dict[tuple[str, str], Licence]
+    records: dict[tuple[str, str], int]
+    """Each admitted dataset's record count: no update may claim more examples."""
     accepted_before: set[str]
     """Ciphertext hashes of every update the ledger holds."""
 
@@ -65,6 +73,7 @@ def open_run(
         licences = {
             key: Licence.from_dict(terms) for key, terms in admitted_datasets(session).items()
         }
+        records = admitted_records(session)
         accepted = {
             str(digest)
             for digest in session.scalars(select(RoundUpdate.ciphertext_sha256))
@@ -93,4 +102,11 @@ def open_run(
                 flower_run_id=flower_run_id,
             ).id
             point = ResumePoint(run_id, 0, None, {}, arrays_sha256(initial))
-    return OpenedRun(run_id, point, participants, licences, accepted)
+    return OpenedRun(
+        run_id=run_id,
+        point=point,
+        participants=participants,
+        licences=licences,
+        records=records,
+        accepted_before=accepted,
+    )

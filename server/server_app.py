@@ -32,6 +32,7 @@ from server.grid import PollingGrid, QuorumLost
 from server.ledger import Ledger, finish_run
 from server.run_start import open_run
 from server.strategy import (
+    ClaimCheck,
     ConsortiumStrategy,
     LedgerRecorder,
     LicenceGate,
@@ -112,7 +113,12 @@ def main(grid: Grid, context: Context) -> None:
             server_learning_rate=federation.server_learning_rate,
             server_momentum=federation.server_momentum,
         ),
-        intake=UpdateIntake(gate, privacy=policy.privacy, licences=licence_gate),
+        intake=UpdateIntake(
+            gate,
+            privacy=policy.privacy,
+            licences=licence_gate,
+            claims=ClaimCheck(opened.records),
+        ),
         licences=licence_gate,
         evaluator=lambda weights: score(validation, weights),
         min_nodes=federation.min_nodes,

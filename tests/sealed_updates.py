@@ -22,6 +22,7 @@ from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge, Re
 from common.receipts import Receipt
 from server.ledger import Ledger, enrol_participant, start_run
 from server.strategy import (
+    ClaimCheck,
     ConsortiumStrategy,
     LedgerRecorder,
     LicenceGate,
@@ -160,6 +161,7 @@ def make_strategy(
     signer: Ed25519PrivateKey | None = None,
     evaluator: Callable[[Arrays], tuple[float, float]] = lambda w: (float(w["w"].sum()), 0.75),
     nodes: tuple[int, ...] = (10, 11, 12),
+    records: Mapping[tuple[str, str], int] | None = None,
 ) -> ConsortiumStrategy:
     """The parts composed as the ServerApp composes them; round ``server_round`` begun."""
     gate = LicenceGate(licences, purpose="research", today=today)
@@ -172,7 +174,12 @@ def make_strategy(
     )
     strategy = ConsortiumStrategy(
         aggregator or FedAvgM(min_available_nodes=1),
-        intake=UpdateIntake(make_gate(model), privacy=PrivacyConfig(epsilon=8.0), licences=gate),
+        intake=UpdateIntake(
+            make_gate(model),
+            privacy=PrivacyConfig(epsilon=8.0),
+            licences=gate,
+            claims=ClaimCheck(records),
+        ),
         licences=gate,
         evaluator=evaluator,
         min_nodes=min_nodes,

@@ -130,6 +130,12 @@ def admitted_datasets(session: Session) -> dict[tuple[str, str], dict[str, Any]]
     return {(d.participant.name, d.sha256): json.loads(str(d.licence_terms)) for d in rows}
 
 
+def admitted_records(session: Session) -> dict[tuple[str, str], int]:
+    """Record count of every admitted dataset, from its manifest, by (institution, sha256)."""
+    rows = session.scalars(select(Dataset).where(Dataset.licence_terms.is_not(None)))
+    return {(d.participant.name, d.sha256): int(d.records) for d in rows}
+
+
 def admitted_keys(session: Session) -> dict[str, str]:
     """Admitted participants and their signing keys (base64), by institution name."""
     rows = session.scalars(select(Participant).where(Participant.public_key.is_not(None)))

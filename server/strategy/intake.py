@@ -42,6 +42,7 @@ from common.protocol import (
 )
 from server.ledger import ChargeFact, ExclusionFact, UpdateFact
 from server.strategy.admission import LicenceGate
+from server.strategy.claims import ClaimCheck
 from server.strategy.gate import UpdateGate
 
 __all__ = ["Accepted", "RoundIntake", "UpdateIntake", "sender"]
@@ -78,6 +79,9 @@ class UpdateIntake:
         required, or reporting an epsilon past the budget, is rejected.
     licences : LicenceGate
         Each update's dataset must be admitted, under a licence that allows the run.
+    claims : ClaimCheck, optional
+        Each update's example count must not exceed its admitted dataset's
+        record count (default: not checked).
     arrayrecord_key, weighted_by_key : str
         Where the aggregation strategy reads the arrays and the weight
         (Flower's FedAvg: ``"arrays"``, ``"num-examples"``).
@@ -89,12 +93,14 @@ class UpdateIntake:
         *,
         privacy: PrivacyConfig,
         licences: LicenceGate,
+        claims: ClaimCheck | None = None,
         arrayrecord_key: str = ARRAYS,
         weighted_by_key: str = NUM_EXAMPLES,
     ) -> None:
         self.gate = gate
         self.privacy = privacy
         self.licences = licences
+        self.claims = claims if claims is not None else ClaimCheck(None)
         self.arrayrecord_key = arrayrecord_key
         self.weighted_by_key = weighted_by_key
         self._institution_of: dict[int, str] = {}  # learnt from verified updates
@@ -168,6 +174,7 @@ class UpdateIntake:
         self._institution_of[message.metadata.src_node_id] = header.participant
         self._check_charge(header.privacy)
         self.licences.check_update(header)
+        self.claims.check(header)
         metrics = message.content.metric_records.get(METRICS, MetricRecord())
         train_loss = _metric(metrics, TRAIN_LOSS)
         train_seconds = _metric(metrics, TRAIN_SECONDS)
