@@ -33,6 +33,7 @@ from fedcommons.partition import (
 from server.consortium import admit, init_consortium
 from server.deploy import DeployConfig, OperatorFiles
 from server.ledger import Ledger
+from server.status import registrar
 
 __all__ = [
     "BERT_DEMO",
@@ -194,7 +195,7 @@ def started_federation(
                 ledger,
                 consortium,
                 ParticipantState(node.state_dir).request,
-                register=None if insecure else federation.register_node,
+                register=None if insecure else registrar(demo.operator, federation.cli),
                 purpose=policy.federation.purpose,
             )
 
