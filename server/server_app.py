@@ -13,7 +13,6 @@ import time
 
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvgM
 
 from common.arrays import Arrays, arrays_of, record_of
 from common.keys import (
@@ -34,11 +33,13 @@ from server.run_start import open_run
 from server.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
+    Defences,
     LedgerRecorder,
     LicenceGate,
     RoundFailed,
     UpdateGate,
     UpdateIntake,
+    build_aggregator,
     expected_tensors,
 )
 
@@ -104,15 +105,7 @@ def main(grid: Grid, context: Context) -> None:
         signer=signer,
     )
     strategy = ConsortiumStrategy(
-        FedAvgM(
-            fraction_train=federation.fraction_train,
-            fraction_evaluate=federation.fraction_evaluate,
-            min_train_nodes=federation.min_nodes,
-            min_evaluate_nodes=federation.min_nodes,
-            min_available_nodes=federation.min_nodes,
-            server_learning_rate=federation.server_learning_rate,
-            server_momentum=federation.server_momentum,
-        ),
+        build_aggregator(federation),
         intake=UpdateIntake(
             gate,
             privacy=policy.privacy,
@@ -124,6 +117,7 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=federation.min_nodes,
         recorder=recorder,
         rounds_done=point.rounds_done,
+        defences=Defences.of(federation),
     )
     weights = point.weights if point.weights is not None else initial
     if point.rounds_done:

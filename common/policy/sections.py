@@ -11,12 +11,19 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from common.licences import PURPOSES
-from common.policy.spec import PolicyError, Section, fraction, open_fraction, positive, spec
+from common.policy.federation import AGGREGATORS, FederationConfig
+from common.policy.spec import (
+    PolicyError,
+    Section,
+    open_fraction,
+    positive,
+    spec,
+)
 
 __all__ = [
     "ACCOUNTANTS",
     "ACTIVATIONS",
+    "AGGREGATORS",
     "DATASETS",
     "GRAD_SAMPLE_MODES",
     "LR_SCHEDULES",
@@ -34,83 +41,6 @@ DATASETS = ("digits", "stdlib-docs")
 LR_SCHEDULES = ("constant", "cosine")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
-
-
-@dataclass(frozen=True)
-class FederationConfig(Section):
-    """How rounds are run.
-
-    Parameters
-    ----------
-    rounds : int (default: 8)
-        Number of federated rounds.
-    min_nodes : int (default: 3)
-        Nodes that must be connected and take part in every round.
-    fraction_train : float (default: 1.0)
-        Fraction of connected nodes sampled for training each round.
-    fraction_evaluate : float (default: 0.0)
-        Fraction sampled for client-side evaluation; 0 skips it (the server
-        evaluates the global model on its own validation split every round).
-    round_timeout : float (default: 600.0)
-        Seconds the server waits for replies in one round.
-    poll_interval : float (default: 0.2)
-        Seconds between the ServerApp's polls for replies.
-    seed : int (default: 42)
-        Seed for model initialisation, partitioning and data order.
-    server_learning_rate : float (default: 1.0)
-        FedAvgM server learning rate applied to the averaged update.
-    server_momentum : float (default: 0.0)
-        FedAvgM server momentum; with 0 and a server learning rate of 1 the
-        strategy is plain FedAvg. Momentum averages the clients' DP noise
-        over rounds.
-    purpose : str (default: "research")
-        What the run is for (``research``, ``education`` or ``commercial``):
-        data whose licence does not allow it is refused at admission and its
-        updates from then on.
-    """
-
-    SECTION: ClassVar[str] = "federation"
-    rounds: int = field(
-        default=8,
-        metadata=spec("rounds", int, lambda v: 1 <= v <= 10_000, "an integer from 1 to 10000"),
-    )
-    min_nodes: int = field(
-        default=3, metadata=spec("min-nodes", int, lambda v: v >= 1, "an integer >= 1")
-    )
-    fraction_train: float = field(
-        default=1.0,
-        metadata=spec("fraction-train", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
-    )
-    fraction_evaluate: float = field(
-        default=0.0, metadata=spec("fraction-evaluate", float, fraction, "a number in [0, 1]")
-    )
-    round_timeout: float = field(
-        default=600.0, metadata=spec("round-timeout", float, positive, "a number of seconds > 0")
-    )
-    poll_interval: float = field(
-        default=0.2,
-        metadata=spec(
-            "poll-interval",
-            float,
-            lambda v: 0.01 <= v <= 10.0,
-            "a number of seconds from 0.01 to 10",
-        ),
-    )
-    seed: int = field(default=42, metadata=spec("seed", int, lambda v: v >= 0, "an integer >= 0"))
-    server_learning_rate: float = field(
-        default=1.0,
-        metadata=spec(
-            "server-learning-rate", float, lambda v: positive(v) and v <= 10, "a number in (0, 10]"
-        ),
-    )
-    server_momentum: float = field(
-        default=0.0,
-        metadata=spec("server-momentum", float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
-    )
-    purpose: str = field(
-        default="research",
-        metadata=spec("purpose", str, lambda v: v in PURPOSES, f"one of: {', '.join(PURPOSES)}"),
-    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,16 @@ from typing import Any, ClassVar
 
 from common.errors import UserError
 
-__all__ = ["PolicyError", "Scalar", "Section", "fraction", "open_fraction", "positive", "spec"]
+__all__ = [
+    "NUMBER_OR_WORD",
+    "PolicyError",
+    "Scalar",
+    "Section",
+    "fraction",
+    "open_fraction",
+    "positive",
+    "spec",
+]
 
 Scalar = bool | int | float | str
 
@@ -24,13 +33,17 @@ class PolicyError(UserError, ValueError):
 
 
 def spec(
-    key: str, kind: type, check: Callable[[Any], bool] | None = None, allowed: str = ""
+    key: str, kind: Any, check: Callable[[Any], bool] | None = None, allowed: str = ""
 ) -> dict[str, Any]:
     return {"key": key, "kind": kind, "check": check, "allowed": allowed}
 
 
-def _coerce(key: str, value: Any, kind: type, allowed: str) -> Scalar:
+def _coerce(key: str, value: Any, kind: Any, allowed: str) -> Scalar:
     """Check ``value``'s TOML type against ``kind`` (ints are accepted as floats)."""
+    if kind == NUMBER_OR_WORD:  # a number, or one of a few words the check allows
+        if isinstance(value, str):
+            return value
+        kind = float
     ok = (
         (kind is bool and isinstance(value, bool))
         or (kind is int and isinstance(value, int) and not isinstance(value, bool))
@@ -45,7 +58,11 @@ def _coerce(key: str, value: Any, kind: type, allowed: str) -> Scalar:
     return float(value) if kind is float else value
 
 
-_KIND_NAMES: dict[type, str] = {
+NUMBER_OR_WORD = (float, str)
+"""A field ``kind`` for a value that is a number or a word (``update-norm-bound``)."""
+
+_KIND_NAMES: dict[Any, str] = {
+    NUMBER_OR_WORD: "a number or a word",
     bool: "true or false",
     int: "an integer",
     float: "a number",

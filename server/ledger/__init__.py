@@ -10,6 +10,7 @@ migrating), :mod:`~server.ledger.facts` (recording), :mod:`~server.ledger.report
 
 from server.ledger.facts import (
     ChargeFact,
+    DefenceFact,
     ExclusionFact,
     UpdateFact,
     admit_participant,
@@ -17,6 +18,7 @@ from server.ledger.facts import (
     admitted_keys,
     admitted_records,
     enrol_participant,
+    record_defences,
     record_exclusions,
     record_privacy,
     record_round,
@@ -27,6 +29,7 @@ from server.ledger.store import Ledger, LedgerError, normalise_url
 
 __all__ = [
     "ChargeFact",
+    "DefenceFact",
     "ExclusionFact",
     "Ledger",
     "LedgerError",
@@ -38,6 +41,7 @@ __all__ = [
     "enrol_participant",
     "finish_run",
     "normalise_url",
+    "record_defences",
     "record_exclusions",
     "record_privacy",
     "record_round",

@@ -20,6 +20,7 @@ from server.ledger.schema import (
     PARTICIPANT_KINDS,
     Charge,
     Dataset,
+    Defence,
     Exclusion,
     Participant,
     Round,
@@ -31,12 +32,15 @@ from server.ledger.store import LedgerError
 
 __all__ = [
     "ChargeFact",
+    "DefenceFact",
     "ExclusionFact",
     "UpdateFact",
     "admit_participant",
     "admitted_datasets",
     "admitted_keys",
+    "admitted_records",
     "enrol_participant",
+    "record_defences",
     "record_exclusions",
     "record_privacy",
     "record_round",
@@ -227,6 +231,38 @@ class ExclusionFact:
     node_id: int
     code: int
     reason: str
+
+
+@dataclass(frozen=True)
+class DefenceFact:
+    """What a defence did to one accepted update (see :class:`~server.ledger.schema.Defence`)."""
+
+    institution: str
+    rule: str
+    action: str
+    detail: str
+    norm_before: float | None = None
+    norm_after: float | None = None
+    share: float | None = None
+
+
+def record_defences(
+    session: Session, run_id: int, round_number: int, defences: list[DefenceFact]
+) -> None:
+    """Record what the round's defences did, one entry per update they touched."""
+    for fact in defences:
+        row = Defence(
+            run_id=run_id,
+            round_number=round_number,
+            participant_id=_participant(session, fact.institution, "defence").id,
+            rule=fact.rule,
+            action=fact.action,
+            norm_before=fact.norm_before,
+            norm_after=fact.norm_after,
+            share=fact.share,
+            detail=fact.detail,
+        )
+        record_row(session, row, "defence")
 
 
 def record_privacy(

@@ -10,7 +10,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.epsilon import epsilon_for_json
-from server.ledger.schema import Charge, Exclusion, FlowerRun, Participant, Release, Run
+from server.ledger.schema import (
+    Charge,
+    Defence,
+    Exclusion,
+    FlowerRun,
+    Participant,
+    Release,
+    Run,
+)
 
 __all__ = ["exclusion_doc", "ledger_report", "privacy_spent"]
 
@@ -64,6 +72,9 @@ def ledger_report(session: Session) -> dict[str, Any]:
     exclusions: dict[int, list[Exclusion]] = {}
     for e in session.scalars(select(Exclusion).order_by(Exclusion.id)):
         exclusions.setdefault(e.run_id, []).append(e)
+    defences: dict[int, list[Defence]] = {}
+    for defence in session.scalars(select(Defence).order_by(Defence.id)):
+        defences.setdefault(defence.run_id, []).append(defence)
     carried: dict[int, list[FlowerRun]] = {}
     for flower_run in session.scalars(select(FlowerRun).order_by(FlowerRun.id)):
         carried.setdefault(flower_run.run_id, []).append(flower_run)
@@ -120,6 +131,19 @@ def ledger_report(session: Session) -> dict[str, Any]:
                     ),
                 ],
                 "exclusions": [exclusion_doc(e) for e in exclusions.get(run.id, [])],
+                "defences": [
+                    {
+                        "round": d.round_number,
+                        "institution": d.participant.name,
+                        "rule": d.rule,
+                        "action": d.action,
+                        "norm_before": d.norm_before,
+                        "norm_after": d.norm_after,
+                        "share": d.share,
+                        "detail": d.detail,
+                    }
+                    for d in defences.get(run.id, [])
+                ],
                 "privacy_charges": [
                     {
                         "round": c.round_number,

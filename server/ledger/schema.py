@@ -288,6 +288,34 @@ class Charge(Base):
     participant: Mapped[Participant] = relationship()
 
 
+class Defence(Base):
+    """What a robustness defence did to one accepted update in one round (ledger v9).
+
+    ``rule`` is ``norm-bound`` (the update was clipped: ``norm_before`` and
+    ``norm_after`` say how much) or the aggregation rule that left the update
+    out (``action`` ``discarded``) or used only part of it (``trimmed``:
+    ``share`` of its coordinates were not used).
+    """
+
+    __tablename__ = "defences"
+
+    id: Mapped[IntPk]
+    # The ledger entry that records this row.
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_number: Mapped[int] = mapped_column(Integer)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    rule: Mapped[str] = mapped_column(String(24))
+    action: Mapped[str] = mapped_column(String(16))
+    norm_before: Mapped[float | None] = mapped_column(Float, default=None)
+    norm_after: Mapped[float | None] = mapped_column(Float, default=None)
+    share: Mapped[float | None] = mapped_column(Float, default=None)
+    detail: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant] = relationship()
+
+
 class Exclusion(Base):
     """A node left out of a round, and why (refused to train, or its update was rejected)."""
 

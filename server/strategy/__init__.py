@@ -14,19 +14,24 @@ from server.strategy.gate import UpdateGate, expected_tensors
 from server.strategy.intake import UpdateIntake
 from server.strategy.outbox import ReceiptOutbox
 from server.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
+from server.strategy.robust import Defences, NormBound, build_aggregator, rule_effects
 
 __all__ = [
     "ClaimCheck",
     "ConsortiumStrategy",
+    "Defences",
     "Evaluator",
     "FinishedRound",
     "LedgerRecorder",
     "LicenceGate",
+    "NormBound",
     "NullRecorder",
     "ReceiptOutbox",
     "RoundFailed",
     "RoundRecorder",
     "UpdateGate",
     "UpdateIntake",
+    "build_aggregator",
     "expected_tensors",
+    "rule_effects",
 ]

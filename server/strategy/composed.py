@@ -26,6 +26,7 @@ from server.strategy.admission import LicenceGate
 from server.strategy.intake import RoundIntake, UpdateIntake, sender
 from server.strategy.outbox import ReceiptOutbox
 from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
+from server.strategy.robust import Defences
 
 __all__ = ["ConsortiumStrategy", "Evaluator", "RoundFailed"]
 
@@ -62,6 +63,9 @@ class ConsortiumStrategy(Strategy):
     rounds_done : int (default: 0)
         Rounds the ledger run already recorded: a resumed run numbers its
         rounds after them (Flower's round 1 is round ``rounds_done + 1``).
+    defences : Defences, optional
+        Bounds each accepted update's norm and records what the aggregation
+        rule leaves out (default: none).
     """
 
     def __init__(
@@ -75,12 +79,15 @@ class ConsortiumStrategy(Strategy):
         recorder: RoundRecorder | None = None,
         outbox: ReceiptOutbox | None = None,
         rounds_done: int = 0,
+        defences: Defences | None = None,
     ) -> None:
         if min_nodes < 1:
             raise ValueError(f"min_nodes must be >= 1, got {min_nodes}")
         if rounds_done < 0:
             raise ValueError(f"rounds_done must be >= 0, got {rounds_done}")
         self.rounds_done = rounds_done
+        self.defences = defences
+        self._global: Arrays = {}
         self.aggregator = aggregator
         self.intake = intake
         self.licences = licences
@@ -98,7 +105,8 @@ class ConsortiumStrategy(Strategy):
     ) -> Iterable[Message]:
         server_round += self.rounds_done  # the ledger's round number, also on the wire
         self._started = time.monotonic()
-        self._model_before = arrays_sha256(arrays_of(arrays))
+        self._global = arrays_of(arrays)
+        self._model_before = arrays_sha256(self._global)
         self.intake.begin_round(server_round, self._model_before)
         kept, excluded = [], []
         for message in self.aggregator.configure_train(server_round, arrays, config, grid):
@@ -149,6 +157,10 @@ class ConsortiumStrategy(Strategy):
                 f"round {server_round}: {len(intake.accepted)} of the required {self.min_nodes} "
                 "nodes returned an update" + (f" ({reasons})" if reasons else "")
             )
+        if self.defences is not None:
+            key = self.intake.arrayrecord_key
+            effects = self.defences.apply(self._global, intake.accepted, key)
+            self.recorder.record_defences(server_round, effects)
         return self.aggregator.aggregate_train(server_round, [a.message for a in intake.accepted])
 
     def configure_evaluate(

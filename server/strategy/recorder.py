@@ -26,9 +26,11 @@ from common.envelope import Envelope
 from common.receipts import Receipt, TreeHead
 from server.ledger import (
     ChargeFact,
+    DefenceFact,
     ExclusionFact,
     Ledger,
     UpdateFact,
+    record_defences,
     record_exclusions,
     record_privacy,
     record_round,
@@ -75,6 +77,9 @@ class RoundRecorder(Protocol):
     ) -> None:
         """The privacy each update charged, and the replies left out, as soon as they arrive."""
 
+    def record_defences(self, server_round: int, defences: list[DefenceFact]) -> None:
+        """What the norm bound and the aggregation rule did to the round's updates."""
+
     def record_round(self, result: FinishedRound) -> list[Receipt]:
         """An evaluated round; returns the receipts owed to its contributors."""
 
@@ -88,6 +93,9 @@ class NullRecorder:
     def record_replies(
         self, server_round: int, charges: list[ChargeFact], exclusions: list[ExclusionFact]
     ) -> None:
+        return None
+
+    def record_defences(self, server_round: int, defences: list[DefenceFact]) -> None:
         return None
 
     def record_round(self, result: FinishedRound) -> list[Receipt]:
@@ -178,6 +186,11 @@ class LedgerRecorder:
             record_privacy(
                 session, self.run_id, server_round, charges=charges, exclusions=exclusions
             )
+
+    def record_defences(self, server_round: int, defences: list[DefenceFact]) -> None:
+        if defences:
+            with self.ledger.session() as session:
+                record_defences(session, self.run_id, server_round, defences)
 
     def record_round(self, result: FinishedRound) -> list[Receipt]:
         if self.snapshot_dir is not None:

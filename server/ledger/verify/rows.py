@@ -18,6 +18,7 @@ from server.ledger.schema import (
     Base,
     Charge,
     Dataset,
+    Defence,
     Exclusion,
     FlowerRun,
     LedgerEntry,
@@ -45,6 +46,7 @@ FACT_TABLES: tuple[type[Base], ...] = (
     Exclusion,
     Release,
     FlowerRun,
+    Defence,
 )
 
 Row = tuple[Any, int | None, bytes | None]

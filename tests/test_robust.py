@@ -1,0 +1,208 @@
+"""Robust aggregation: Flower's rules chosen by the policy, the norm bound, and their record.
+
+Through the composed strategy with real sealed envelopes from five
+participants; numbers checked against NumPy, reasons read back from the
+ledger, and the ledger verified after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.serverapp.strategy import FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+from common.arrays import arrays_of
+from common.policy import FederationConfig, Policy, PolicyError
+from server.ledger.report import ledger_report
+from server.ledger.verify import verify_ledger
+from server.strategy import Defences, NormBound, build_aggregator, rule_effects
+from tests.sealed_updates import (
+    ledger_with_run,
+    make_strategy,
+    sealed_reply,
+    server_task_identity,
+)
+
+pytestmark = pytest.mark.usefixtures("server_task_identity")
+assert server_task_identity  # imported so that pytest finds the fixture
+
+NAMES = ("inst0", "inst1", "inst2", "i0", "i1")
+NODES = (10, 11, 12, 13, 14)
+MODEL = {"w": np.zeros(4, np.float32)}
+HONEST = [np.array(v, np.float32) for v in ([1, 2, 3, 4], [2, 2, 2, 2], [1, 1, 3, 3], [2, 3, 2, 3])]
+
+
+def _federation(**values: object) -> FederationConfig:
+    return Policy.from_sections({"federation": {"min-nodes": 5, **values}}).federation
+
+
+def _run(
+    tmp_path: Path, federation: FederationConfig, attack: np.ndarray
+) -> tuple[np.ndarray, list[dict[str, object]]]:
+    """One round through the composed strategy: four honest updates and ``attack`` from i1."""
+    ledger, run_id = ledger_with_run(tmp_path, NAMES)
+    strategy = make_strategy(
+        tmp_path,
+        ledger,
+        run_id,
+        min_nodes=5,
+        model=MODEL,
+        aggregator=build_aggregator(federation),
+        nodes=NODES,
+    )
+    strategy.defences = Defences.of(federation)
+    replies = [
+        sealed_reply(node, name, {"w": w}, 100, model=MODEL)
+        for node, name, w in zip(NODES, NAMES, [*HONEST, attack], strict=True)
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert verify_ledger(ledger).rows_checked > 0
+    ledger.close()
+    return arrays_of(arrays)["w"], run["defences"]
+
+
+# -- the policy chooses Flower's class ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rule", "cls"),
+    [
+        ("fedavg", FedAvgM),
+        ("trimmed-mean", FedTrimmedAvg),
+        ("median", FedMedian),
+        ("krum", Krum),
+        ("multi-krum", MultiKrum),
+    ],
+)
+def test_the_policy_names_flowers_own_class(rule: str, cls: type) -> None:
+    aggregator = build_aggregator(_federation(aggregator=rule, **{"update-norm-bound": "off"}))
+    assert type(aggregator) is cls
+    assert aggregator.min_available_nodes == 5
+
+
+def test_median_is_the_coordinate_wise_median_of_the_updates(tmp_path: Path) -> None:
+    attack = np.full(4, 1000.0, np.float32)
+    federation = _federation(aggregator="median", **{"update-norm-bound": "off"})
+    result, defences = _run(tmp_path, federation, attack)
+    np.testing.assert_allclose(result, np.median(np.stack([*HONEST, attack]), axis=0))
+    attacker = [d for d in defences if d["institution"] == "i1"]
+    assert attacker == [
+        {
+            "round": 1, "institution": "i1", "rule": "median", "action": "trimmed",
+            "norm_before": None, "norm_after": None, "share": 1.0,
+            "detail": "100.0% of its coordinates unused (not the median)",
+        }
+    ]  # fmt: skip
+
+
+def test_trimmed_mean_is_the_mean_without_the_extremes(tmp_path: Path) -> None:
+    attack = np.full(4, -1000.0, np.float32)
+    federation = _federation(aggregator="trimmed-mean", **{"update-norm-bound": "off"})
+    result, defences = _run(tmp_path, federation, attack)
+    stack = np.sort(np.stack([*HONEST, attack]), axis=0)
+    np.testing.assert_allclose(result, stack[1:-1].mean(axis=0), rtol=1e-6)  # cut 1 of 5 per end
+    shares = {d["institution"]: d["share"] for d in defences}
+    assert shares["i1"] == 1.0  # every coordinate of the attack was cut
+
+
+def test_krum_keeps_one_update_and_records_the_others_as_discarded(tmp_path: Path) -> None:
+    attack = np.full(4, 1000.0, np.float32)
+    federation = _federation(aggregator="krum", byzantine=1, **{"update-norm-bound": "off"})
+    result, defences = _run(tmp_path, federation, attack)
+    assert any(np.array_equal(result, h) for h in HONEST)  # one honest update, as it was
+    discarded = sorted(str(d["institution"]) for d in defences if d["action"] == "discarded")
+    assert len(discarded) == 4 and "i1" in discarded
+
+
+# -- the norm bound -------------------------------------------------------------------
+
+
+def test_a_fixed_bound_clips_only_longer_updates_to_exactly_the_bound() -> None:
+    bound = NormBound(5.0)
+    short, long = {"w": np.array([3.0, 0.0], np.float32)}, {"w": np.array([30.0, 40.0], np.float32)}
+    zero = {"w": np.zeros(2, np.float32)}
+    (kept, clipped), (fact,) = bound.apply(zero, [("a", short), ("b", long)])
+    assert kept is short
+    np.testing.assert_allclose(clipped["w"], [3.0, 4.0])
+    assert (fact.institution, fact.norm_before, fact.norm_after) == ("b", 50.0, 5.0)
+    assert fact.detail == "update norm 50 clipped to 5 (the policy's fixed bound)"
+
+
+def test_an_adaptive_bound_is_the_quantile_of_the_rounds_norms() -> None:
+    base = {"w": np.ones(1, np.float32)}
+    updates = [
+        (f"n{i}", {"w": np.array([1.0 + norm], np.float32)})
+        for i, norm in enumerate([1, 2, 3, 4, 1000])
+    ]
+    clipped, facts = NormBound("adaptive", 0.5).apply(base, updates)
+    assert [f.institution for f in facts] == ["n3", "n4"]  # above the median norm, 3
+    np.testing.assert_allclose([c["w"][0] - 1.0 for c in clipped], [1, 2, 3, 3, 3])
+    assert facts[1].norm_before == pytest.approx(1000.0) and facts[1].norm_after == 3.0
+    assert "adaptive: the 0.5 quantile of this round's 5 norms" in facts[1].detail
+    off_arrays, off_facts = NormBound("off").apply(base, updates)
+    assert off_facts == [] and off_arrays == [u for _, u in updates]
+
+
+def test_a_scaled_update_is_bounded_by_default_and_the_ledger_says_by_how_much(
+    tmp_path: Path,
+) -> None:
+    """The attack from the issue: one update scaled x1000, with the default defences."""
+    attack = HONEST[0] * 1000
+    federation = _federation()
+    assert federation.update_norm_bound == "adaptive"
+    result, defences = _run(tmp_path, federation, attack)
+    norms = sorted(float(np.linalg.norm(w)) for w in [*HONEST, attack])
+    bound = norms[2]  # the median of five norms
+    (clip,) = [d for d in defences if d["institution"] == "i1"]
+    assert (clip["rule"], clip["action"]) == ("norm-bound", "clipped")
+    assert clip["norm_before"] == pytest.approx(norms[-1], rel=1e-6)
+    assert clip["norm_after"] == pytest.approx(bound, rel=1e-6)
+    assert float(np.linalg.norm(result)) <= bound + 1e-4  # one average of bounded updates
+    assert float(np.linalg.norm(result)) < 10
+
+
+def test_rule_effects_of_fedavg_are_none() -> None:
+    assert rule_effects(_federation(), ["a"], [], []) == []
+
+
+# -- combinations the policy refuses ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"aggregator": "krum", "byzantine": 2, "min-nodes": 6}, "needs min-nodes >= 7, got 6"),
+        ({"aggregator": "multi-krum", "byzantine": 1, "min-nodes": 4}, "min-nodes >= 5, got 4"),
+        ({"aggregator": "bulyan", "byzantine": 1, "min-nodes": 6}, "min-nodes >= 7, got 6"),
+        (
+            {"aggregator": "trimmed-mean", "byzantine": 2, "min-nodes": 5},
+            "cuts 1 of 5 updates at each end, fewer than the 2 declared attacker(s)",
+        ),
+        ({"byzantine": 1}, "fedavg tolerates no attacker"),
+        (
+            {"aggregator": "median", "server-momentum": 0.9},
+            "apply to fedavg only, not to 'median'",
+        ),
+        ({"update-norm-bound": "huge"}, 'must be a number > 0, "adaptive" or "off"'),
+        ({"update-norm-bound": -1.0}, 'must be a number > 0, "adaptive" or "off"'),
+        ({"update-norm-quantile": 0.0}, "must be a number in (0, 1]"),
+        ({"aggregator": "mean"}, "must be one of: fedavg, trimmed-mean, median"),
+    ],
+)
+def test_invalid_robustness_settings_are_refused_when_the_policy_is_read(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PolicyError) as refused:
+        Policy.from_sections({"federation": values})
+    assert message in str(refused.value)
+
+
+def test_a_number_bound_survives_the_run_config() -> None:
+    policy = Policy.from_sections({"federation": {"update-norm-bound": 2}})
+    assert policy.to_run_config()["federation.update-norm-bound"] == 2.0
+    assert Policy.from_run_config(policy.to_run_config()) == policy
