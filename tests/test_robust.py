@@ -18,6 +18,7 @@ from common.policy import FederationConfig, Policy, PolicyError
 from server.ledger.report import ledger_report
 from server.ledger.verify import verify_ledger
 from server.strategy import Defences, NormBound, build_aggregator, rule_effects
+from tests.attacks import ATTACKS
 from tests.sealed_updates import (
     ledger_with_run,
     make_strategy,
@@ -31,6 +32,7 @@ assert server_task_identity  # imported so that pytest finds the fixture
 NAMES = ("inst0", "inst1", "inst2", "i0", "i1")
 NODES = (10, 11, 12, 13, 14)
 MODEL = {"w": np.zeros(4, np.float32)}
+RECORDS = {(name, "d" * 64): 100 for name in NAMES}
 HONEST = [np.array(v, np.float32) for v in ([1, 2, 3, 4], [2, 2, 2, 2], [1, 1, 3, 3], [2, 3, 2, 3])]
 
 
@@ -206,3 +208,55 @@ def test_a_number_bound_survives_the_run_config() -> None:
     policy = Policy.from_sections({"federation": {"update-norm-bound": 2}})
     assert policy.to_run_config()["federation.update-norm-bound"] == 2.0
     assert Policy.from_run_config(policy.to_run_config()) == policy
+
+
+# -- every update attack against the default defences -----------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_each_attack_is_rejected_or_bounded_and_the_others_still_count(
+    tmp_path: Path, name: str
+) -> None:
+    """One authentic attacker (i1) among five, default defences, real sealed envelopes."""
+    rng = np.random.default_rng(7)
+    model = {"w": rng.normal(0, 1, 64).astype(np.float32)}
+    honest = [{"w": model["w"] + rng.normal(0, 0.1, 64).astype(np.float32)} for _ in NAMES]
+    sent, claimed = ATTACKS[name](model, honest[-1], 100, rng)
+    ledger, run_id = ledger_with_run(tmp_path, NAMES)
+    strategy = make_strategy(
+        tmp_path, ledger, run_id, min_nodes=4, model=model, nodes=NODES, records=RECORDS
+    )
+    strategy.defences = Defences.of(_federation())
+    replies = [
+        sealed_reply(node, inst, w, 100, model=model)
+        for node, inst, w in zip(NODES[:-1], NAMES[:-1], honest[:-1], strict=True)
+    ] + [sealed_reply(NODES[-1], "i1", sent, claimed, model=model)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert verify_ledger(ledger).rows_checked > 0
+    ledger.close()
+    charged = sorted(c["institution"] for c in run["privacy_charges"])
+    assert set(NAMES[:-1]) <= set(charged)  # the honest four always count
+    deltas = [h["w"] - model["w"] for h in honest[:-1]]
+    bound = float(np.median([np.linalg.norm(d) for d in [*deltas, sent["w"] - model["w"]]]))
+    moved = arrays_of(arrays)["w"] - model["w"]
+    if name == "inflated-examples":  # rejected, with its reason
+        (exclusion,) = run["exclusions"]
+        assert exclusion["reason"].startswith("update rejected (inflated-claim)")
+        assert "i1" not in charged
+        clipped, _ = NormBound("adaptive").apply(
+            model, list(zip(NAMES[:-1], honest[:-1], strict=True))
+        )
+        expected = np.mean([c["w"] - model["w"] for c in clipped], axis=0)  # the four, bounded
+        np.testing.assert_allclose(moved, expected, atol=1e-5)
+        return
+    attack_norm = float(np.linalg.norm(sent["w"] - model["w"]))
+    clips = [d for d in run["defences"] if d["institution"] == "i1"]
+    if attack_norm > bound:  # bounded, with its norms in the ledger
+        (clip,) = clips
+        assert clip["norm_before"] == pytest.approx(attack_norm, rel=1e-5)
+        assert clip["norm_after"] == pytest.approx(bound, rel=1e-5)
+    # whatever it sent, one of five updates of at most the bound moves the model little
+    assert float(np.linalg.norm(moved - np.mean(deltas, axis=0))) <= bound / 5 * 2 + 1e-4

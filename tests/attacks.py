@@ -1,0 +1,66 @@
+"""Authentic but hostile participants, for tests: what each attack turns an honest update into.
+
+Never part of the shipped ClientApp. Each attack takes the round's global
+model and the update the participant honestly trained, and returns the
+weights and example count it signs and seals with its own, registered key:
+the signature is genuine, the content is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from common.arrays import Arrays
+
+__all__ = ["ATTACKS", "Attack"]
+
+Attack = Callable[[Arrays, Arrays, int, np.random.Generator], tuple[Arrays, int]]
+"""``(global, honest, examples, rng) -> (weights sent, examples claimed)``."""
+
+
+def _delta(global_weights: Arrays, weights: Arrays) -> Arrays:
+    return {k: weights[k] - global_weights[k] for k in weights}
+
+
+def _apply(global_weights: Arrays, delta: Arrays) -> Arrays:
+    return {k: (global_weights[k] + delta[k]).astype(global_weights[k].dtype) for k in delta}
+
+
+def scaled(g: Arrays, honest: Arrays, n: int, rng: np.random.Generator) -> tuple[Arrays, int]:
+    """Its update multiplied by 1000: boosting, to take the round over."""
+    return _apply(g, {k: v * 1000 for k, v in _delta(g, honest).items()}), n
+
+
+def sign_flipped(g: Arrays, honest: Arrays, n: int, rng: np.random.Generator) -> tuple[Arrays, int]:
+    """Its update reversed: pushing the model away from where the data lead."""
+    return _apply(g, {k: -v for k, v in _delta(g, honest).items()}), n
+
+
+def inflated(g: Arrays, honest: Arrays, n: int, rng: np.random.Generator) -> tuple[Arrays, int]:
+    """The genuine update, claiming 10^9 examples to weigh ~1 in the average."""
+    return honest, 10**9
+
+
+def noise(g: Arrays, honest: Arrays, n: int, rng: np.random.Generator) -> tuple[Arrays, int]:
+    """Random weights: Gaussian noise 100 times the honest update's scale."""
+    scale = 100 * max(
+        float(np.linalg.norm(np.concatenate([v.ravel() for v in _delta(g, honest).values()]))), 1.0
+    )
+    return _apply(g, {k: rng.normal(0, scale, v.shape).astype(v.dtype) for k, v in g.items()}), n
+
+
+def free_rider(g: Arrays, honest: Arrays, n: int, rng: np.random.Generator) -> tuple[Arrays, int]:
+    """The global model sent back untrained: a share of the credit for no work."""
+    return {k: v.copy() for k, v in g.items()}, n
+
+
+ATTACKS: dict[str, Attack] = {
+    "scaled-x1000": scaled,
+    "sign-flipped": sign_flipped,
+    "inflated-examples": inflated,
+    "noise": noise,
+    "free-rider": free_rider,
+}
+"""Update attacks by name. Label flipping is a data attack: it needs real training."""
