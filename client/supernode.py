@@ -12,12 +12,10 @@ pinned consortium CA issued.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from common.consortium import Consortium, check_institution, read_json_object
 from common.errors import UserError
 from common.keys import KeyFileError, passphrase_from_env
 from common.policy import Policy
-from common.processes import run_foreground
+from common.processes import flower_env, run_foreground
 from common.protocol import NodeConfig
 
 __all__ = [
@@ -90,17 +88,6 @@ def supernode_argv(
         *port,
         "--node-config", node_config.to_flag(),
     ]  # fmt: skip
-
-
-def supernode_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The SuperNode's environment: Flower beside this Python first, nothing downloaded."""
-    env = dict(os.environ if base is None else base)
-    here = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in (here, env.get("PATH", "")) if p)
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
 
 
 @dataclass(frozen=True)
@@ -268,4 +255,5 @@ def start(
         f"SuperNode for {node.node_config.institution} -> {address} (data "
         f"{node.dataset_sha256[:12]}... as admitted); Ctrl-C or SIGTERM stops it"
     )
-    return run_foreground(argv, env=supernode_env(), cwd=node.state.root)
+    env = flower_env(FLWR_TELEMETRY_ENABLED="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return run_foreground(argv, env=env, cwd=node.state.root)

@@ -20,12 +20,13 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-__all__ = ["GRACEFUL_EXITS", "ProcessTree", "run_foreground"]
+__all__ = ["GRACEFUL_EXITS", "ProcessTree", "flower_env", "run_foreground"]
 
 _PROC = Path("/proc")
 
@@ -125,6 +126,18 @@ class ProcessTree:
                     os.killpg(pid, sig)
                 else:
                     os.kill(pid, sig)
+
+
+def flower_env(base: Mapping[str, str] | None = None, **defaults: str) -> dict[str, str]:
+    """``base`` (default: this process's environment) with the Flower and FedCommons
+    commands installed beside this Python first on ``PATH``, and each of
+    ``defaults`` set unless already there (``FLWR_TELEMETRY_ENABLED="0"``)."""
+    env = dict(os.environ if base is None else base)
+    here = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (here, env.get("PATH", "")) if p)
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    return env
 
 
 GRACEFUL_EXITS = frozenset({0, 1, 2, 3, -signal.SIGINT, -signal.SIGTERM})

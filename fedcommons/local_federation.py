@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from client.supernode import supernode_argv
-from common.processes import ProcessTree
+from common.processes import ProcessTree, flower_env
 from common.protocol import NodeConfig
 from server.deploy import OPERATOR_DIR_ENV, OperatorFiles
 from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
@@ -156,10 +156,8 @@ class LocalFederation:
         self._restarts: dict[str, tuple[NodeSpec, int, float, float]] = {}
         self.superlink_port = 0
         self.superlink_db = self.workdir / "superlink.db"
-        bin_dir = Path(sys.executable).parent
         self.env = {
-            **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            **flower_env(),
             "FLWR_HOME": str(self.flwr_home),
             "FLWR_TELEMETRY_ENABLED": "0",
             "HF_HUB_OFFLINE": "1",

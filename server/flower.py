@@ -11,10 +11,8 @@ packages and sends to the SuperLink.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from common.errors import UserError
 from common.policy import Policy, Scalar
+from common.processes import flower_env
 
 __all__ = [
     "CONNECTION",
@@ -68,9 +67,7 @@ class FlwrCli:
     def _env(self) -> dict[str, str]:
         """The environment given, with ``FLWR_HOME`` set and the ``flwr`` installed beside
         this Python first on the ``PATH``."""
-        env = dict(self.env if self.env is not None else os.environ)
-        here = str(Path(sys.executable).parent)
-        env["PATH"] = os.pathsep.join(p for p in (here, env.get("PATH", "")) if p)
+        env = flower_env(self.env)
         env["FLWR_HOME"] = str(self.flwr_home)
         return env
 

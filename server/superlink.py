@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from common.keys import (
     load_x25519_key,
     passphrase_from_env,
 )
-from common.processes import run_foreground
+from common.processes import flower_env, run_foreground
 from common.tls import TlsFiles
 from server.deploy import OPERATOR_DIR_ENV, DeployError, OperatorFiles
 from server.ledger import Ledger
@@ -91,14 +89,10 @@ def superlink_argv(settings: SuperLinkSettings) -> list[str]:
     ]  # fmt: skip
 
 
-def superlink_env(files: OperatorFiles, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def superlink_env(files: OperatorFiles) -> dict[str, str]:
     """The SuperLink's environment: the operator folder for the ServerApp, Flower on PATH."""
-    env = dict(os.environ if base is None else base)
-    here = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in (here, env.get("PATH", "")) if p)
+    env = flower_env(FLWR_TELEMETRY_ENABLED="0", PYTHONUNBUFFERED="1")
     env[OPERATOR_DIR_ENV] = str(files.root.resolve())
-    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 

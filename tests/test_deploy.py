@@ -146,7 +146,10 @@ def test_service_units_run_a_role_command_unprivileged_and_restart(unit: Path) -
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed (Debian package systemd)",
+)
 def test_service_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     fedcommons = Path(sys.executable).parent / "fedcommons"
     for unit in sorted(UNITS.glob("*.service")):

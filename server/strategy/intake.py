@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import Error, Message, MetricRecord, RecordDict
 
-from common.arrays import record_of
+from common.arrays import Arrays, record_of
 from common.envelope import (
     Envelope,
     EnvelopeError,
@@ -54,6 +54,8 @@ class Accepted:
 
     message: Message
     """The reply with its content replaced by the decrypted arrays and their weight."""
+    arrays: Arrays
+    """The decrypted arrays the message carries (as opened, before any defence)."""
     update: UpdateFact
     charge: ChargeFact
     envelope: Envelope
@@ -202,7 +204,8 @@ class UpdateIntake:
             seal_seconds=_optional_metric(metrics, SEAL_SECONDS),
             open_seconds=open_seconds,
         )
-        return Accepted(message, update, ChargeFact(header.participant, header.privacy), envelope)
+        charge = ChargeFact(header.participant, header.privacy)
+        return Accepted(message, opened.arrays, update, charge, envelope)
 
     def _check_charge(self, charge: PrivacyCharge) -> None:
         """Reject an update whose signed privacy charge breaks the policy."""

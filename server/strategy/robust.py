@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import (
 )
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
-from common.arrays import Arrays, arrays_of, record_of
+from common.arrays import Arrays, record_of
 from common.policy import FederationConfig
 from server.ledger import DefenceFact
 from server.strategy.intake import Accepted
@@ -228,7 +228,7 @@ class Defences:
     ) -> list[DefenceFact]:
         """Clip the accepted updates in place (their messages) and say what was done."""
         names = [a.update.institution for a in accepted]
-        opened = [arrays_of(a.message.content.array_records[arrays_key]) for a in accepted]
+        opened = [a.arrays for a in accepted]
         pairs = list(zip(names, opened, strict=True))
         bounded, facts = self.norm_bound.apply(global_weights, pairs)
         for item, before, after in zip(accepted, opened, bounded, strict=True):
