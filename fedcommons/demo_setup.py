@@ -1,17 +1,18 @@
 """The demo's consortium, built as its members would: data, keys, enrolment, admission.
 
-:func:`prepare_data` splits an embedded data set among three institutions and
-the operator; :func:`demo_consortium` creates the operator's folder (once),
-enrols each institution from its own state folder and returns everything
-:func:`started_federation` needs to start the loopback SuperLink and
-SuperNodes, admitting each institution as the SuperLink comes up.
+:func:`prepare_data` splits an embedded data set among the institutions (the
+demo's three by default) and the operator; :func:`demo_consortium` creates
+the operator's folder (once), enrols each institution from its own state
+folder and returns everything :func:`started_federation` needs to start the
+loopback SuperLink and SuperNodes, admitting each institution as the
+SuperLink comes up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,15 @@ class DemoLayout:
     server_data_dir: Path
 
 
-def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
+def prepare_data(
+    workdir: Path,
+    policy: Policy,
+    institutions: Sequence[tuple[str, str]] = DEMO_INSTITUTIONS,
+) -> DemoLayout:
     """Split the embedded data set and write each party's share to its own folder.
+
+    ``institutions`` are ``(name, kind)`` pairs (default: the demo's three);
+    the benchmarks size larger consortia with them.
 
     Digits become ``.npz`` files, the standard-library docstrings ``.jsonl``
     files (the formats a participant would supply). Every file is read back
@@ -103,7 +111,9 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
     else:
         splits = split_holdout(load_digits_data(), *fractions, seed)
     train, validation, test = splits
-    count = len(DEMO_INSTITUTIONS)
+    count = len(institutions)
+    if count < 1 or len({name for name, _ in institutions}) != count:
+        raise ValueError(f"institutions need distinct names, got {list(institutions)}")
     if policy.data.partition == "iid":
         parts = partition_iid(len(train), count, seed)
     else:
@@ -112,7 +122,7 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
     for split, split_data in (("validation", validation), ("test", test)):
         _write(server_split_path(policy, server_dir, split), split_data, policy)
     nodes, examples = [], {}
-    for (name, _kind), index in zip(DEMO_INSTITUTIONS, parts, strict=True):
+    for (name, _kind), index in zip(institutions, parts, strict=True):
         data_dir = workdir / "institutions" / name / "data"
         _write(
             data_dir / f"{policy.data.dataset}{data_suffix(policy)}", train.subset(index), policy
@@ -124,7 +134,7 @@ def prepare_data(workdir: Path, policy: Policy) -> DemoLayout:
         examples[name] = len(loaded)
     for split in ("validation", "test"):
         load_local_data(policy, server_split_path(policy, server_dir, split))
-    return DemoLayout(nodes, dict(DEMO_INSTITUTIONS), examples, server_dir)
+    return DemoLayout(nodes, dict(institutions), examples, server_dir)
 
 
 DEMO_LICENCES = {"university-a": "CC-BY-4.0", "university-b": "CC-BY-NC-4.0"}

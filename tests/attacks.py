@@ -13,8 +13,9 @@ from collections.abc import Callable
 import numpy as np
 
 from common.arrays import Arrays
+from common.images import ImageData
 
-__all__ = ["ATTACKS", "Attack"]
+__all__ = ["ATTACKS", "Attack", "flip_labels"]
 
 Attack = Callable[[Arrays, Arrays, int, np.random.Generator], tuple[Arrays, int]]
 """``(global, honest, examples, rng) -> (weights sent, examples claimed)``."""
@@ -64,3 +65,14 @@ ATTACKS: dict[str, Attack] = {
     "free-rider": free_rider,
 }
 """Update attacks by name. Label flipping is a data attack: it needs real training."""
+
+
+def flip_labels(data: ImageData, num_classes: int) -> ImageData:
+    """The data attack: every label ``y`` replaced by ``num_classes - 1 - y``.
+
+    The participant then trains honestly, with DP, on what it holds: its update
+    is authentic in every checkable way and points where the flipped labels lead.
+    """
+    if data.labels.size and (data.labels.min() < 0 or data.labels.max() >= num_classes):
+        raise ValueError(f"labels outside 0..{num_classes - 1}")
+    return ImageData(data.images, (num_classes - 1 - data.labels).astype(np.int64), data.source)

@@ -30,6 +30,7 @@ from server.strategy import (
     UpdateGate,
     UpdateIntake,
 )
+from tests.hostile_federation import StaticGrid, task_identity
 
 RUN = 7
 AGGREGATOR = X25519PrivateKey.generate()
@@ -39,28 +40,20 @@ BASE = "f" * 64
 
 @pytest.fixture
 def server_task_identity() -> Iterator[None]:
-    """Messages take their run and node ids from the process's task identity,
-    which Flower's ServerApp runtime sets; set it as that runtime does."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN, 1, 3
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    """Messages take their run and node ids from the process's task identity."""
+    with task_identity(RUN):
+        yield
 
 
 def make_charge(epsilon: float = 2.5, dp: bool = True) -> PrivacyCharge:
     return PrivacyCharge(dp, epsilon, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
 
 
-class NoGrid:
+class NoGrid(StaticGrid):
     """configure_train only needs node ids from the grid: these nodes are connected."""
 
     def __init__(self, nodes: tuple[int, ...] = (10, 11, 12)) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
+        super().__init__(nodes)
 
 
 def begin_round(

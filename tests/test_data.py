@@ -7,7 +7,10 @@ import pytest
 from PIL import Image
 
 from common.images import DataError, ImageData, load_image_data, write_npz
+from common.policy import Policy
+from fedcommons.demo_setup import prepare_data
 from fedcommons.partition import load_digits_data, partition_dirichlet, partition_iid, split_holdout
+from tests.attacks import flip_labels
 
 LOAD = {"num_classes": 10, "image_size": 8}
 
@@ -196,3 +199,32 @@ def test_image_data_subset_keeps_source() -> None:
     data = ImageData(np.zeros((3, 1, 8, 8), np.float32), np.arange(3), "x")
     assert data.subset(np.array([2])).labels.tolist() == [2]
     assert data.subset(np.array([2])).source == "x"
+
+
+def test_the_demo_split_serves_any_number_of_institutions(tmp_path: Path) -> None:
+    """Benchmarks size larger consortia with the demo's own split: every record used once."""
+    policy = Policy()
+    names = [(f"inst{i}", "academia" if i % 2 else "industry") for i in range(5)]
+    layout = prepare_data(tmp_path, policy, names)
+    assert [n.institution for n in layout.nodes] == [name for name, _ in names]
+    assert layout.kinds == dict(names)
+    assert all(count >= 10 for count in layout.examples.values())
+    three = prepare_data(tmp_path / "three", policy)  # the demo's default
+    assert sum(layout.examples.values()) == sum(three.examples.values())
+
+
+@pytest.mark.parametrize("names", [[], [("a", "academia"), ("a", "industry")]])
+def test_the_demo_split_refuses_no_or_repeated_institutions(
+    tmp_path: Path, names: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(ValueError, match="distinct names"):
+        prepare_data(tmp_path, Policy(), names)
+
+
+def test_label_flipping_maps_each_label_to_its_mirror() -> None:
+    data = ImageData(np.zeros((4, 1, 8, 8), np.float32), np.array([0, 3, 9, 5]), "x")
+    flipped = flip_labels(data, 10)
+    assert flipped.labels.tolist() == [9, 6, 0, 4]
+    assert flipped.images is data.images
+    with pytest.raises(ValueError, match="outside"):
+        flip_labels(data, 5)

@@ -14,11 +14,15 @@ import pytest
 from flwr.serverapp.strategy import FedAvgM, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
 from common.arrays import arrays_of
+from common.images import ImageData
+from common.local_data import load_local_data
 from common.policy import FederationConfig, Policy, PolicyError
+from fedcommons.demo_setup import prepare_data
 from server.ledger.report import ledger_report
 from server.ledger.verify import verify_ledger
-from server.strategy import Defences, NormBound, build_aggregator, rule_effects
+from server.strategy import Defences, LedgerRecorder, NormBound, build_aggregator, rule_effects
 from tests.attacks import ATTACKS
+from tests.hostile_federation import FLOWER_RUN, LABEL_FLIP, HostileFederation
 from tests.sealed_updates import (
     ledger_with_run,
     make_strategy,
@@ -260,3 +264,46 @@ def test_each_attack_is_rejected_or_bounded_and_the_others_still_count(
         assert clip["norm_after"] == pytest.approx(bound, rel=1e-5)
     # whatever it sent, one of five updates of at most the bound moves the model little
     assert float(np.linalg.norm(moved - np.mean(deltas, axis=0))) <= bound / 5 * 2 + 1e-4
+
+
+# -- the data attack: label flipping, trained for real ----------------------------------
+
+
+def test_a_label_flipping_participant_is_accepted_as_authentic_and_bounded_by_default(
+    tmp_path: Path,
+) -> None:
+    """i1 trains with DP on mirrored labels: a real, sealed update the gate cannot refuse.
+
+    The default defences bound it like every update: each norm above the
+    round's median is clipped to it, with both norms in the ledger.
+    """
+    policy = Policy().with_overrides({"federation.rounds": 1, "training.local-epochs": 1})
+    institutions = [(name, "academia") for name in NAMES]
+    honest = prepare_data(tmp_path / "clean", policy, institutions)
+    ledger, run_id = ledger_with_run(tmp_path, NAMES)
+    recorder = LedgerRecorder(
+        ledger, run_id, flower_run_id=str(FLOWER_RUN), snapshot_dir=tmp_path / "snap"
+    )
+    federation = HostileFederation(
+        policy, tmp_path / "work", institutions, attacker="i1", attack=LABEL_FLIP, recorder=recorder
+    )
+    attacker = federation.setups[-1]
+    original = load_local_data(policy, honest.nodes[-1].data_dir)
+    assert isinstance(attacker.data, ImageData) and isinstance(original, ImageData)
+    assert (attacker.data.labels == 9 - original.labels).all()  # what it trains on
+    before = federation.weights
+    federation.round(1)
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert verify_ledger(ledger).rows_checked > 0
+    ledger.close()
+    assert run["exclusions"] == []
+    assert sorted(c["institution"] for c in run["privacy_charges"]) == sorted(NAMES)
+    clips = [d for d in run["defences"] if d["action"] == "clipped"]
+    assert len(clips) == 2  # of five distinct norms, the two above the median
+    (bound,) = {d["norm_after"] for d in clips}
+    assert all(d["norm_before"] > bound for d in clips)
+    moved = np.linalg.norm(
+        np.concatenate([(federation.weights[k] - before[k]).ravel() for k in before])
+    )
+    assert 0 < moved <= bound * (1 + 1e-5)  # a mean of updates each at most the bound
