@@ -9,6 +9,10 @@ envelopes, and the consortium strategy composed as the ServerApp composes it
 (update gate, claim check, norm bound, Flower's aggregation rule). Only
 Flower's transport is left out, which changes no number.
 
+Rows: ``clean`` (all five honest), ``absent`` (the attacker never answers:
+what rejecting every one of its updates leaves, its data included) and
+each attack.
+
 Defences (columns):
 
 - ``none``: FedAvg, no norm bound, example counts not checked (what the
@@ -48,7 +52,7 @@ from record import write_record  # noqa: E402  (bench/record.py)
 from common.policy import Policy, PolicyError, Scalar  # noqa: E402
 from server.strategy import RoundFailed  # noqa: E402
 from tests.attacks import ATTACKS  # noqa: E402
-from tests.hostile_federation import LABEL_FLIP, HostileFederation  # noqa: E402
+from tests.hostile_federation import ABSENT, LABEL_FLIP, HostileFederation  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "attacks.json"
 
@@ -60,7 +64,7 @@ INSTITUTIONS = (
     ("company-e", "industry"),
 )
 ATTACKER = "company-e"
-ATTACK_NAMES = ["clean", *sorted(ATTACKS), LABEL_FLIP]
+ATTACK_NAMES = ["clean", ABSENT, *sorted(ATTACKS), LABEL_FLIP]
 
 ROBUST: dict[str, Scalar] = {"federation.byzantine": 1, "federation.update-norm-bound": "off"}
 DEFENCES: dict[str, dict[str, Scalar]] = {
