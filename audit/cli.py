@@ -16,8 +16,9 @@ from common.consortium import Consortium
 from common.keys import decode_ed25519_public
 from common.output import OutputFormat
 from common.receipts import read_receipts
-from server.ledger import Ledger
+from server.ledger import Ledger, contributions_report
 from server.ledger.report import ledger_report
+from server.ledger.schema import Run
 from server.ledger.verify import LedgerTampered, verify_ledger
 
 __all__ = ["app"]
@@ -185,3 +186,52 @@ def show(
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+@app.command("contributions")
+def contributions(
+    ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    run: Annotated[int | None, typer.Option("--run", help="Only this run (ledger id).")] = None,
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Each institution's contribution value per round, and its share of each run.
+
+    Values are in parts per million of validation utility (accuracy by
+    default): a coalition's value is how much the model aggregated from its
+    updates improved on the round's starting model. ``audit verify``
+    recomputes every value from the recorded coalition utilities.
+    """
+    ledger = Ledger(ledger_url, migrate=False)
+    try:
+        with ledger.session() as session:
+            if run is not None and session.get(Run, run) is None:
+                raise typer.BadParameter(f"the ledger has no run {run}", param_hint="--run")
+            report = contributions_report(session, run_id=run)
+    finally:
+        ledger.close()
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps({"runs": report}, indent=2))
+        return
+    console = Console()
+    for entry in report:
+        if not entry["rounds"]:
+            console.print(f"Run {entry['run']}: no round was valued", highlight=False)
+            continue
+        names = [i["name"] for i in sorted(entry["institutions"], key=lambda i: i["name"])]
+        table = Table(title=f"Run {entry['run']}: values per round (ppm of utility)")
+        for column in ("round", "method", "evaluations", "gain", *names):
+            table.add_column(column, justify="right")
+        for r in entry["rounds"]:
+            table.add_row(
+                str(r["round"]), r["method"], str(r["evaluations"]), str(r["gain_ppm"]),
+                *(str(r["values_ppm"].get(n, "-")) for n in names),
+            )  # fmt: skip
+        console.print(table)
+        shares = Table(title=f"Run {entry['run']}: cumulative shares")
+        for column in ("institution", "kind", "value (ppm)", "share"):
+            shares.add_column(column)
+        for i in entry["institutions"]:
+            shares.add_row(i["name"], i["kind"], str(i["value_ppm"]), _pct(i["share"]))
+        for k in entry["kinds"]:
+            shares.add_row(f"all {k['name']}", k["name"], str(k["value_ppm"]), _pct(k["share"]))
+        console.print(shares)

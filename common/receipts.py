@@ -173,6 +173,9 @@ class Receipt:
     previous_size, previous_root, consistency : optional
         The head of the last receipt this participant was given in the run, and
         the consistency proof from it to ``tree_head``.
+    value_seq, value_payload, value_inclusion : optional
+        The entry recording the participant's contribution value in the round
+        (``contributions``), with its inclusion proof under the same head.
     """
 
     participant: str
@@ -185,6 +188,9 @@ class Receipt:
     previous_size: int | None = None
     previous_root: str | None = None
     consistency: list[str] | None = None
+    value_seq: int | None = None
+    value_payload: str | None = None
+    value_inclusion: list[str] | None = None
 
     @property
     def file_name(self) -> str:
@@ -197,6 +203,26 @@ class Receipt:
         if not isinstance(row, dict) or doc.get("kind") != "update":
             raise ReceiptError(f"receipt entry {self.seq} does not record an update")
         return row
+
+    def contribution(self) -> int | None:
+        """The participant's value in the round (parts per million of utility), if carried."""
+        if self.value_payload is None:
+            return None
+        doc = json.loads(self.value_payload)
+        row = doc.get("row") if isinstance(doc, dict) else None
+        if not isinstance(row, dict) or doc.get("kind") != "contribution":
+            raise ReceiptError(f"receipt entry {self.value_seq} does not record a contribution")
+        value = row.get("value")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ReceiptError(f"receipt entry {self.value_seq} holds no integer value")
+        if row.get("round_number") != self.round or row.get("participant_id") != self.update().get(
+            "participant_id"
+        ):
+            raise ReceiptError(
+                f"receipt for round {self.round}: its value entry {self.value_seq} is for "
+                "another round or participant"
+            )
+        return value
 
     def verify(self, operator: Ed25519PublicKey) -> None:
         """Check the signature, the inclusion proof and (if given) the consistency proof.
@@ -222,19 +248,12 @@ class Receipt:
             raise ReceiptError(f"receipt for round {self.round}: the entry is not canonical JSON")
         self.update()
         root = bytes.fromhex(self.tree_head.root)
-        try:
-            verify_inclusion(
-                leaf_hash(self.payload.encode("ascii")),
-                self.seq,
-                self.tree_head.tree_size,
-                _hashes(self.inclusion, "the inclusion proof"),
-                root,
-            )
-        except ProofError as err:
-            raise ReceiptError(
-                f"receipt for round {self.round}: entry {self.seq} is not in the signed tree "
-                f"of size {self.tree_head.tree_size} ({err})"
-            ) from None
+        self._included(self.payload, self.seq, self.inclusion, root)
+        if self.value_seq is not None or self.value_payload is not None:
+            if self.value_seq is None or self.value_payload is None or not self.value_inclusion:
+                raise ReceiptError(f"receipt for round {self.round}: an incomplete value proof")
+            self._included(self.value_payload, self.value_seq, self.value_inclusion, root)
+            self.contribution()
         if self.previous_size is None:
             return
         if self.previous_root is None or self.consistency is None:
@@ -252,6 +271,28 @@ class Receipt:
                 f"receipt for round {self.round}: the tree of size {self.tree_head.tree_size} "
                 f"does not extend the one of size {self.previous_size} the participant was "
                 f"given before: the ledger was rewritten ({err})"
+            ) from None
+
+    def _included(self, payload: str, seq: int, proof: list[str], root: bytes) -> None:
+        """Raise unless ``payload`` is canonical and entry ``seq`` of the signed tree."""
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            raise ReceiptError(f"receipt for round {self.round}: entry {seq} is not JSON") from None
+        if canonical_json(doc, floats_as_strings=True).decode("ascii") != payload:
+            raise ReceiptError(f"receipt for round {self.round}: entry {seq} is not canonical")
+        try:
+            verify_inclusion(
+                leaf_hash(payload.encode("ascii")),
+                seq,
+                self.tree_head.tree_size,
+                _hashes(proof, "the inclusion proof"),
+                root,
+            )
+        except ProofError as err:
+            raise ReceiptError(
+                f"receipt for round {self.round}: entry {seq} is not in the signed tree "
+                f"of size {self.tree_head.tree_size} ({err})"
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,6 +327,9 @@ class Receipt:
             "previous_size": (int, type(None)),
             "previous_root": (str, type(None)),
             "consistency": (list, type(None)),
+            "value_seq": (int, type(None)),
+            "value_payload": (str, type(None)),
+            "value_inclusion": (list, type(None)),
         }
         for name, kinds in fields.items():
             value = doc.get(name)
@@ -298,6 +342,10 @@ class Receipt:
         _hashes(doc["inclusion"], f"{source}'s inclusion proof")
         if doc["consistency"] is not None:
             _hashes(doc["consistency"], f"{source}'s consistency proof")
+        if doc["value_inclusion"] is not None:
+            _hashes(doc["value_inclusion"], f"{source}'s value inclusion proof")
+        if doc["value_seq"] is not None and not 0 <= doc["value_seq"] < tree_head.tree_size:
+            raise ReceiptError(f"{source}: value entry {doc['value_seq']} is outside the head")
         if doc["previous_root"] is not None and not _is_hex_digest(doc["previous_root"]):
             raise ReceiptError(f"{source}: previous_root is not a hex SHA-256 digest")
         return cls(tree_head=tree_head, **{name: doc[name] for name in fields})

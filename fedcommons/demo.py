@@ -33,7 +33,7 @@ from fedcommons.demo_setup import (
 )
 from fedcommons.local_federation import LocalFederation
 from server.flower import FederationError
-from server.ledger import Ledger
+from server.ledger import Ledger, contributions_report
 from server.ledger.runs import RESUMABLE, flower_runs
 from server.ledger.schema import Round, RoundUpdate, Run
 from server.ledger.store import masked_url
@@ -135,6 +135,7 @@ def run_demo(
     trainable_bytes = len(arrays_to_bytes(get_arrays(model)))  # what travels
     with ledger.session() as session:
         carriers = [f for f, _ in flower_runs(session, run_id)]
+        (valued,) = contributions_report(session, run_id=run_id)
     summary: dict[str, Any] = {
         "engine": "flower-deployment",
         "flower_run_id": flower_run_id,
@@ -171,6 +172,14 @@ def run_demo(
             }
             for r in rounds
         ],
+        # each institution's cumulative share of the run's contribution value
+        "contributions": {i["name"]: i["share"] for i in valued["institutions"]},
+        "valuation": {
+            "method": policy.valuation.method,
+            "rounds_valued": len(valued["rounds"]),
+            "evaluations": sum(r["evaluations"] for r in valued["rounds"]),
+            "seconds": sum(r["seconds"] for r in valued["rounds"]),
+        },
         "final_accuracy": outcome.test_accuracy,
         "final_validation_accuracy": rounds[-1].accuracy if rounds else None,
         "ledger_url": masked_url(ledger_url),  # a password never leaves the operator

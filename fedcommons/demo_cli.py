@@ -171,15 +171,17 @@ def demo(
         raise typer.Exit(code=130) from None
 
     table = Table(title="Institutions")
-    for column in ("institution", "kind", "examples", "ε spent"):
+    for column in ("institution", "kind", "examples", "ε spent", "contribution share"):
         table.add_column(column)
     for inst in summary["institutions"]:
         eps = inst["epsilon"]
+        share = summary["contributions"].get(inst["name"])
         table.add_row(
             inst["name"],
             inst["kind"],
             str(inst["examples"]),
             "-" if eps is None else format_epsilon(float(eps)),
+            "-" if share is None else f"{share:.1%}",
         )
     console.print(table)
     console.print(rounds_table(_rounds(summary)))

@@ -20,6 +20,7 @@ from common.epsilon import epsilon_for_json
 from common.errors import UserError
 from common.licences import PURPOSES, SPDX, Licence, LicenceError, obligations
 from common.policy import Policy
+from server.ledger.contributions import contributions_report
 from server.ledger.report import exclusion_doc
 from server.ledger.runs import flower_runs
 from server.ledger.schema import (
@@ -225,5 +226,17 @@ def build_card(
             for r in run.rounds
         ],
         "exclusions": [exclusion_doc(e) for e in exclusions],
+        "contributions": _contribution_shares(session, run.id),
         "ledger": proof,
+    }
+
+
+def _contribution_shares(session: Session, run_id: int) -> dict[str, Any]:
+    """Cumulative values and shares by institution and kind (empty if no round was valued)."""
+    (report,) = contributions_report(session, run_id=run_id)
+    return {
+        "rounds_valued": len(report["rounds"]),
+        "methods": sorted({r["method"] for r in report["rounds"]}),
+        "institutions": report["institutions"],
+        "kinds": report["kinds"],
     }

@@ -128,6 +128,20 @@ def card_markdown(card: dict[str, Any]) -> str:
                 for e in card["exclusions"]
             ],
         )  # fmt: skip
+    shares = card.get("contributions") or {}  # cards before v10 of the ledger have none
+    if shares.get("rounds_valued"):
+        lines += [
+            f"## Contributions ({', '.join(shares['methods'])} values over "
+            f"{shares['rounds_valued']} rounds, share of the total)",
+            "",
+        ]
+        lines += _table(
+            ["institution", "kind", "value (ppm of utility)", "share"],
+            [[i["name"], i["kind"], str(i["value_ppm"]), _pct(i["share"])]
+             for i in shares["institutions"]]
+            + [[f"all {k['name']}", k["name"], str(k["value_ppm"]), _pct(k["share"])]
+               for k in shares["kinds"]],
+        )  # fmt: skip
     proof = card["ledger"]
     signed = proof["tree_head"]
     lines += [

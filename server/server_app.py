@@ -42,6 +42,7 @@ from server.strategy import (
     build_aggregator,
     expected_tensors,
 )
+from server.valuation import Valuer
 
 __all__ = ["app"]
 
@@ -118,6 +119,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder=recorder,
         rounds_done=point.rounds_done,
         defences=Defences.of(federation),
+        valuer=Valuer(policy.valuation, federation.seed),
     )
     weights = point.weights if point.weights is not None else initial
     if point.rounds_done:

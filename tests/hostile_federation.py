@@ -45,12 +45,16 @@ from server.strategy import (
     expected_tensors,
 )
 from server.strategy.recorder import FinishedRound, RoundRecorder
+from server.valuation import RoundValues, Valuer
 from tests.attacks import ATTACKS, flip_labels
 
-__all__ = ["LABEL_FLIP", "HostileFederation", "StaticGrid", "Tally", "task_identity"]
+__all__ = ["ABSENT", "LABEL_FLIP", "HostileFederation", "StaticGrid", "Tally", "task_identity"]
 
 LABEL_FLIP = "label-flip"
 """The data attack's name beside the update attacks of :data:`tests.attacks.ATTACKS`."""
+
+ABSENT = "absent"
+"""Not an attack: the participant never answers (the baseline an excluded attacker leaves)."""
 
 FLOWER_RUN = 7
 
@@ -85,6 +89,7 @@ class Tally:
 
     exclusions: list[tuple[int, ExclusionFact]] = field(default_factory=list)
     defences: list[tuple[int, DefenceFact]] = field(default_factory=list)
+    valuations: list[RoundValues] = field(default_factory=list)
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         self.exclusions += [(server_round, e) for e in exclusions]
@@ -98,6 +103,8 @@ class Tally:
         self.defences += [(server_round, d) for d in defences]
 
     def record_round(self, result: FinishedRound) -> list[Receipt]:
+        if result.valuation is not None:
+            self.valuations.append(result.valuation)
         return []
 
 
@@ -120,6 +127,8 @@ class HostileFederation:
         (the product always checks; ``False`` shows the damage without it).
     recorder : RoundRecorder, optional
         Keeps the record (default: a :class:`Tally`, kept as ``tally``).
+    valued : bool (default: False)
+        Whether each round is valued as the policy's ``[valuation]`` says.
     """
 
     def __init__(
@@ -132,8 +141,9 @@ class HostileFederation:
         attack: str | None = None,
         check_claims: bool = True,
         recorder: RoundRecorder | None = None,
+        valued: bool = False,
     ) -> None:
-        if attack is not None and attack != LABEL_FLIP and attack not in ATTACKS:
+        if attack is not None and attack not in (LABEL_FLIP, ABSENT) and attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}")
         if (attack is None) != (attacker is None):
             raise ValueError("name both the attacker and its attack, or neither")
@@ -191,6 +201,7 @@ class HostileFederation:
             min_nodes=federation.min_nodes,
             recorder=recorder if recorder is not None else self.tally,
             defences=Defences.of(federation),
+            valuer=Valuer(policy.valuation, federation.seed) if valued else None,
         )
         self.rng = np.random.default_rng(federation.seed)
 
@@ -242,7 +253,12 @@ class HostileFederation:
             )
             by_node = {self.nodes[s.institution]: s for s in self.setups}
             replies = [
-                self._reply(r, by_node[r.metadata.dst_node_id], server_round) for r in requests
+                self._reply(r, by_node[r.metadata.dst_node_id], server_round)
+                for r in requests
+                if not (
+                    self.attack == ABSENT
+                    and by_node[r.metadata.dst_node_id].institution == self.attacker
+                )
             ]
             arrays, _ = self.strategy.aggregate_train(server_round, replies)
             assert arrays is not None

@@ -1,7 +1,7 @@
 """The federation policy: one TOML file, parsed once into frozen dataclasses.
 
 A policy file has one table per section (``[federation]``, ``[model]``,
-``[training]``, ``[privacy]``, ``[data]``) with kebab-case keys. The same
+``[training]``, ``[privacy]``, ``[data]``, ``[valuation]``) with kebab-case keys. The same
 values travel to Flower as a flat run config (``"training.batch-size" = 32``),
 and :meth:`Policy.from_run_config` turns that back into the same dataclasses,
 so the ServerApp and the ClientApp validate exactly what the operator wrote.
@@ -36,6 +36,7 @@ from common.policy.sections import (
     TrainingConfig,
 )
 from common.policy.spec import PolicyError, Scalar, Section
+from common.policy.valuation import VALUATION_METHODS, VALUATION_UTILITIES, ValuationConfig
 
 __all__ = [
     "ACCOUNTANTS",
@@ -44,6 +45,8 @@ __all__ = [
     "GRAD_SAMPLE_MODES",
     "LR_SCHEDULES",
     "MODELS",
+    "VALUATION_METHODS",
+    "VALUATION_UTILITIES",
     "DataConfig",
     "FederationConfig",
     "ModelConfig",
@@ -52,11 +55,19 @@ __all__ = [
     "PrivacyConfig",
     "Scalar",
     "TrainingConfig",
+    "ValuationConfig",
 ]
 
 _SECTIONS: dict[str, type[Section]] = {
     cls.SECTION: cls
-    for cls in (FederationConfig, ModelConfig, TrainingConfig, PrivacyConfig, DataConfig)
+    for cls in (
+        FederationConfig,
+        ModelConfig,
+        TrainingConfig,
+        PrivacyConfig,
+        DataConfig,
+        ValuationConfig,
+    )
 }
 
 _MOVED_SECTIONS = {
@@ -78,6 +89,7 @@ class Policy:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    valuation: ValuationConfig = field(default_factory=ValuationConfig)
 
     def __post_init__(self) -> None:
         text = self.model.name == "bert"

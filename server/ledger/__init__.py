@@ -8,6 +8,12 @@ migrating), :mod:`~server.ledger.facts` (recording), :mod:`~server.ledger.report
 :mod:`~server.ledger.verify` (recomputing everything from the raw rows).
 """
 
+from server.ledger.contributions import (
+    Contribution,
+    Valuation,
+    contributions_report,
+    record_valuation,
+)
 from server.ledger.facts import (
     ChargeFact,
     DefenceFact,
@@ -29,15 +35,18 @@ from server.ledger.store import Ledger, LedgerError, normalise_url
 
 __all__ = [
     "ChargeFact",
+    "Contribution",
     "DefenceFact",
     "ExclusionFact",
     "Ledger",
     "LedgerError",
     "UpdateFact",
+    "Valuation",
     "admit_participant",
     "admitted_datasets",
     "admitted_keys",
     "admitted_records",
+    "contributions_report",
     "enrol_participant",
     "finish_run",
     "normalise_url",
@@ -45,6 +54,7 @@ __all__ = [
     "record_exclusions",
     "record_privacy",
     "record_round",
+    "record_valuation",
     "refuse_admission",
     "start_run",
 ]

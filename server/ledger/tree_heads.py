@@ -162,6 +162,7 @@ def round_receipts(
     server_round: int,
     flower_run_id: str,
     previous: Mapping[str, TreeHead],
+    contributions: Mapping[str, int] | None = None,
 ) -> list[Receipt]:
     """A receipt for every update recorded in round ``round_id``, under ``head``.
 
@@ -172,7 +173,19 @@ def round_receipts(
     previous : mapping
         The last signed head each participant was given, if any: its receipt
         then carries a consistency proof from that head.
+    contributions : mapping, optional
+        The entry recording each participant's value in the round, by name:
+        its receipt then carries that entry and its inclusion proof too.
     """
+    contributions = contributions or {}
+    value_payloads: dict[int, str] = {
+        seq: payload
+        for seq, payload in session.execute(
+            select(LedgerEntry.seq, LedgerEntry.payload).where(
+                LedgerEntry.seq.in_(list(contributions.values()))
+            )
+        )
+    }
     size = head.tree_size
     rows = session.execute(
         select(Participant.name, LedgerEntry.seq, LedgerEntry.payload)
@@ -186,6 +199,9 @@ def round_receipts(
         if seq >= size:
             raise TreeHeadError(f"{name}'s update (entry {seq}) is not under the signed head")
         before = previous.get(name)
+        value_seq = contributions.get(name)
+        if value_seq is not None and value_seq >= size:
+            raise TreeHeadError(f"{name}'s value (entry {value_seq}) is not under the signed head")
         receipts.append(
             Receipt(
                 participant=name,
@@ -198,6 +214,9 @@ def round_receipts(
                 previous_size=before.tree_size if before else None,
                 previous_root=before.root if before else None,
                 consistency=tree.consistency(before.tree_size, size) if before else None,
+                value_seq=value_seq,
+                value_payload=value_payloads.get(value_seq) if value_seq is not None else None,
+                value_inclusion=tree.inclusion(value_seq, size) if value_seq is not None else None,
             )
         )
     return receipts

@@ -27,6 +27,7 @@ from server.strategy.intake import RoundIntake, UpdateIntake, sender
 from server.strategy.outbox import ReceiptOutbox
 from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
 from server.strategy.robust import Defences
+from server.valuation import RoundValues, Valuer
 
 __all__ = ["ConsortiumStrategy", "Evaluator", "RoundFailed"]
 
@@ -66,6 +67,9 @@ class ConsortiumStrategy(Strategy):
     defences : Defences, optional
         Bounds each accepted update's norm and records what the aggregation
         rule leaves out (default: none).
+    valuer : Valuer, optional
+        Values each round's accepted updates before the round is recorded
+        (default: not valued).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class ConsortiumStrategy(Strategy):
         outbox: ReceiptOutbox | None = None,
         rounds_done: int = 0,
         defences: Defences | None = None,
+        valuer: Valuer | None = None,
     ) -> None:
         if min_nodes < 1:
             raise ValueError(f"min_nodes must be >= 1, got {min_nodes}")
@@ -87,6 +92,7 @@ class ConsortiumStrategy(Strategy):
             raise ValueError(f"rounds_done must be >= 0, got {rounds_done}")
         self.rounds_done = rounds_done
         self.defences = defences
+        self.valuer = valuer
         self._global: Arrays = {}
         self.aggregator = aggregator
         self.intake = intake
@@ -183,6 +189,7 @@ class ConsortiumStrategy(Strategy):
         loss, accuracy = self.evaluator(weights)
         if server_round > 0:
             server_round += self.rounds_done
+            valuation = self._value(server_round)
             receipts = self.recorder.record_round(
                 FinishedRound(
                     number=server_round,
@@ -195,11 +202,42 @@ class ConsortiumStrategy(Strategy):
                     updates=[a.update for a in self._round.accepted],
                     envelopes={a.update.institution: a.envelope for a in self._round.accepted},
                     server_state=self.server_state(weights),
+                    valuation=valuation,
                 )
             )
             self.outbox.queue(receipts)
             log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+    def _value(self, server_round: int) -> RoundValues | None:
+        """What each of the round's accepted (bounded) updates was worth, if valued."""
+        if self.valuer is None:
+            return None
+        valuation = self.valuer.value(
+            server_round, self._global, self.round_updates(), self.evaluator
+        )
+        if valuation is not None:
+            log.info(
+                "round %d: %s values from %d coalition evaluations in %.2f s",
+                server_round,
+                valuation.method,
+                valuation.evaluations,
+                valuation.seconds,
+            )
+        return valuation
+
+    def round_updates(self) -> list[tuple[str, Arrays, int]]:
+        """The last round's accepted updates as aggregated (bounded), with their example counts."""
+        key = self.intake.arrayrecord_key
+        return [
+            (a.update.institution, arrays_of(a.message.content.array_records[key]), n)
+            for a, n in ((a, a.update.num_examples) for a in self._round.accepted)
+        ]
+
+    @property
+    def round_start(self) -> Arrays:
+        """The global model the last configured round started from."""
+        return self._global
 
     def server_state(self, weights: Arrays) -> Arrays:
         """The aggregator's own state after a round, by parameter name: FedAvgM's momentum.

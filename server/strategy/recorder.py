@@ -35,6 +35,7 @@ from server.ledger import (
     record_privacy,
     record_round,
 )
+from server.ledger.contributions import record_valuation
 from server.ledger.runs import flower_runs
 from server.ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
 from server.ledger.tree_heads import (
@@ -44,6 +45,7 @@ from server.ledger.tree_heads import (
     tree_head_from_row,
 )
 from server.snapshots import save_envelopes, save_server_state, save_snapshot
+from server.valuation import RoundValues
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder"]
 
@@ -64,6 +66,8 @@ class FinishedRound:
     envelopes: Mapping[str, Envelope]
     server_state: Arrays = field(default_factory=dict)
     """The aggregator's own state (FedAvgM's momentum), kept to resume from this round."""
+    valuation: RoundValues | None = None
+    """What each accepted update was worth (``None``: not valued)."""
 
 
 class RoundRecorder(Protocol):
@@ -210,6 +214,11 @@ class LedgerRecorder:
                 seconds=time.monotonic() - result.started,
                 updates=list(result.updates),
             )
+            values = (
+                record_valuation(session, self.run_id, result.number, result.valuation)
+                if result.valuation is not None
+                else {}
+            )
             if self.signer is None:
                 return []
             head = sign_tree_head(
@@ -226,6 +235,7 @@ class LedgerRecorder:
                 server_round=result.number,
                 flower_run_id=self.flower_run_id,
                 previous=self._heads,
+                contributions=values,
             )
         for receipt in receipts:
             self._heads[receipt.participant] = head

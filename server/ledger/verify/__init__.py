@@ -14,7 +14,9 @@ Checks, in order:
    there are (a deleted tail is caught), has the RFC 6962 root of the first
    ``tree_size`` entries, and, given the operator's public key, carries the
    operator's signature;
-7. every receipt a participant holds (given with ``receipts``) still agrees
+7. every contribution value equals the one recomputed from its round's
+   recorded coalition utilities (and GTG-Shapley's permutations);
+8. every receipt a participant holds (given with ``receipts``) still agrees
    with the ledger: its entry is the ledger's entry at that position, and
    the first ``tree_size`` entries of the current tree still have the root
    it was signed over (the receipt's head is consistent with the current
@@ -41,6 +43,7 @@ from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
 from common.receipts import Receipt
+from server.ledger.contributions import check_valuations
 from server.ledger.store import Ledger, LedgerError
 from server.ledger.verify.entries import check_entries
 from server.ledger.verify.heads import check_tree_heads
@@ -101,6 +104,7 @@ def verify_ledger(
             leaves, entries, last_chain = check_entries(session, parallel)
             checked, legacy = check_rows(session, entries, parallel)
             heads, tree_root = check_tree_heads(session, leaves, operator, parallel)
+            values = check_valuations(session)
             checked_receipts = check_receipts(leaves, receipts, operator)
         finally:
             if parallel is not None:
@@ -115,4 +119,5 @@ def verify_ledger(
         tree_heads=heads,
         signatures_checked=operator is not None,
         receipts=checked_receipts,
+        values_checked=values,
     )

@@ -32,6 +32,8 @@ class VerifyReport:
     """Signed tree heads checked against the entries."""
     signatures_checked: bool = False
     receipts: int = 0
+    values_checked: int = 0
+    """Contribution values recomputed from their rounds' coalition utilities."""
 
     def summary(self) -> str:
         legacy = (
@@ -40,6 +42,8 @@ class VerifyReport:
             else ""
         )
         receipts = f", {self.receipts} receipts consistent" if self.receipts else ""
+        if self.values_checked:
+            receipts += f", {self.values_checked} contribution values recomputed"
         if not self.signatures_checked:
             return (
                 f"consistent, signatures NOT checked: {self.entries} entries, "

@@ -13,6 +13,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
+from server.ledger.contributions import Contribution, Valuation
 from server.ledger.entries import SKIPPED_COLUMNS, canonical_payload, column_facts
 from server.ledger.schema import (
     Base,
@@ -47,6 +48,8 @@ FACT_TABLES: tuple[type[Base], ...] = (
     Release,
     FlowerRun,
     Defence,
+    Valuation,
+    Contribution,
 )
 
 Row = tuple[Any, int | None, bytes | None]

@@ -1,0 +1,244 @@
+"""Contribution values in the ledger: each round's valuation and every participant's value.
+
+A round's :class:`Valuation` row keeps what is needed to recompute its values
+(method, players, the utility of every evaluated coalition and, for
+GTG-Shapley, the sampled permutations); each participant's value is its own
+:class:`Contribution` row, so a receipt can prove it. Values are integers
+(parts per million of validation utility): no floats to disagree on. Both
+are entries like every other fact, covered by the round's signed tree head;
+:func:`check_valuations` (run by ``audit verify``) recomputes every value
+from the recorded utilities and compares.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from common.canonical import canonical_json
+from server.ledger.entries import record_row
+from server.ledger.schema import Base, IntPk, Participant, Run, Timestamp
+from server.ledger.store import LedgerError
+from server.valuation.shapley import RoundValues, recompute
+
+__all__ = [
+    "Contribution",
+    "Valuation",
+    "check_valuations",
+    "contributions_report",
+    "record_valuation",
+]
+
+
+class Valuation(Base):
+    """How one round's accepted updates were valued (ledger v10)."""
+
+    __tablename__ = "valuations"
+
+    id: Mapped[IntPk]
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_number: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(16))
+    utility: Mapped[str] = mapped_column(String(16))
+    # Canonical JSON: the players (sorted), [[coalition bitmask, utility ppm], ...]
+    # and GTG-Shapley's permutations (lists of player indices).
+    players: Mapped[str] = mapped_column(Text)
+    utilities: Mapped[str] = mapped_column(Text)
+    permutations: Mapped[str] = mapped_column(Text)
+    truncation: Mapped[int] = mapped_column(BigInteger)
+    evaluations: Mapped[int] = mapped_column(Integer)
+    gain: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[Timestamp]
+
+
+class Contribution(Base):
+    """One participant's value in one round, in parts per million of utility (ledger v10)."""
+
+    __tablename__ = "contributions"
+
+    id: Mapped[IntPk]
+    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_number: Mapped[int] = mapped_column(Integer)
+    valuation_id: Mapped[int] = mapped_column(ForeignKey("valuations.id"))
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    value: Mapped[int] = mapped_column(BigInteger)
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant] = relationship()
+
+
+def _text(value: Any) -> str:
+    return canonical_json(value).decode("ascii")
+
+
+def record_valuation(
+    session: Session, run_id: int, round_number: int, values: RoundValues
+) -> dict[str, int]:
+    """Record a round's valuation and each participant's value; their entries' seqs by name."""
+    doc = values.to_doc()
+    row = Valuation(
+        run_id=run_id,
+        round_number=round_number,
+        method=values.method,
+        utility=values.utility,
+        players=_text(doc["players"]),
+        utilities=_text(doc["utilities"]),
+        permutations=_text(doc["permutations"]),
+        truncation=values.truncation,
+        evaluations=values.evaluations,
+        gain=values.gain,
+        seconds=float(values.seconds),
+    )
+    record_row(session, row, "valuation")
+    seqs = {}
+    for name in values.players:
+        participant = session.scalar(select(Participant).where(Participant.name == name))
+        if participant is None:
+            raise LedgerError(f"a contribution value for {name!r}, who is not enrolled")
+        contribution = Contribution(
+            run_id=run_id,
+            round_number=round_number,
+            valuation_id=row.id,
+            participant_id=participant.id,
+            value=values.values[name],
+        )
+        seqs[name] = record_row(session, contribution, "contribution")
+    return seqs
+
+
+def round_values(row: Valuation) -> RoundValues:
+    """A recorded valuation, parsed back (``ValueError`` if it is malformed)."""
+    try:
+        players = json.loads(row.players)
+        doc = {
+            "method": row.method,
+            "players": players,
+            "utilities": json.loads(row.utilities),
+            "permutations": json.loads(row.permutations),
+            "truncation": row.truncation,
+            "values": {p: 0 for p in players},
+        }
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"a malformed valuation record: {err}") from None
+    return RoundValues.from_doc(doc, row.seconds, row.utility)
+
+
+def check_valuations(session: Session) -> int:
+    """Recompute every recorded value from its valuation's utilities; return how many.
+
+    Raises ``LedgerTampered`` (naming the entry) when a value, a utility or the
+    recorded gain no longer agree.
+    """
+    from server.ledger.verify.result import LedgerTampered  # the verifier's own error
+
+    recorded: dict[int, dict[str, tuple[int, int | None]]] = {}
+    for c in session.scalars(select(Contribution).order_by(Contribution.id)):
+        recorded.setdefault(c.valuation_id, {})[c.participant.name] = (c.value, c.entry_seq)
+    checked = 0
+    for row in session.scalars(select(Valuation).order_by(Valuation.id)):
+        where = f"run {row.run_id} round {row.round_number}"
+        try:
+            parsed = round_values(row)
+            values = recompute(parsed)
+            gain = parsed.gain
+        except (ValueError, KeyError) as err:
+            raise LedgerTampered(row.entry_seq, "valuation", f"{where}: {err}") from None
+        if gain != row.gain or len(parsed.utilities) != row.evaluations:
+            raise LedgerTampered(
+                row.entry_seq, "valuation", f"{where}: the recorded gain or count disagrees"
+            )
+        stated = recorded.get(row.id, {})
+        if set(stated) != set(values):
+            raise LedgerTampered(
+                row.entry_seq,
+                "valuation",
+                f"{where}: values are recorded for {sorted(stated)}, not the valued "
+                f"{sorted(values)}",
+            )
+        for name, (value, seq) in sorted(stated.items()):
+            if value != values[name]:
+                raise LedgerTampered(
+                    seq,
+                    "contribution",
+                    f"{where}: {name}'s recorded value {value} is not the {values[name]} "
+                    "recomputed from the recorded coalition utilities",
+                )
+        checked += len(values)
+    return checked
+
+
+def contributions_report(
+    session: Session, kinds: Mapping[str, str] | None = None, run_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Each run's values by round, and cumulative values and shares by institution and kind.
+
+    A share is an institution's positive cumulative value over the sum of all
+    positive ones (a harmful participant, with a negative value, has share 0).
+    """
+    if kinds is None:
+        kinds = {p.name: p.kind for p in session.scalars(select(Participant))}
+    query = select(Run).order_by(Run.id)
+    if run_id is not None:
+        query = query.where(Run.id == run_id)
+    runs = []
+    for run in session.scalars(query):
+        rows = session.scalars(
+            select(Valuation).where(Valuation.run_id == run.id).order_by(Valuation.id)
+        ).all()
+        values = session.scalars(
+            select(Contribution).where(Contribution.run_id == run.id).order_by(Contribution.id)
+        ).all()
+        by_round: dict[int, dict[str, int]] = {}
+        for c in values:
+            by_round.setdefault(c.valuation_id, {})[c.participant.name] = c.value
+        total: dict[str, int] = {}
+        for c in values:
+            total[c.participant.name] = total.get(c.participant.name, 0) + c.value
+        runs.append(
+            {
+                "run": run.id,
+                "rounds": [
+                    {
+                        "round": v.round_number,
+                        "method": v.method,
+                        "utility": v.utility,
+                        "evaluations": v.evaluations,
+                        "gain_ppm": v.gain,
+                        "seconds": v.seconds,
+                        "values_ppm": dict(sorted(by_round.get(v.id, {}).items())),
+                    }
+                    for v in rows
+                ],
+                "institutions": _shares(total, kinds),
+                "kinds": _shares(_by_kind(total, kinds), None),
+            }
+        )
+    return runs
+
+
+def _by_kind(total: Mapping[str, int], kinds: Mapping[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, value in total.items():
+        kind = kinds.get(name, "unknown")
+        out[kind] = out.get(kind, 0) + value
+    return out
+
+
+def _shares(total: Mapping[str, int], kinds: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    positive = sum(max(v, 0) for v in total.values())
+    return [
+        {
+            "name": name,
+            **({"kind": kinds.get(name, "unknown")} if kinds is not None else {}),
+            "value_ppm": value,
+            "share": round(max(value, 0) / positive, 6) if positive else None,
+        }
+        for name, value in sorted(total.items(), key=lambda item: (-item[1], item[0]))
+    ]

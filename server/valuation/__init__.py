@@ -1,0 +1,134 @@
+"""Who contributed how much: each round's accepted updates valued on the validation split.
+
+A coalition's model is rebuilt from the updates the round already received,
+with no retraining (as GTG-Shapley does): the example-weighted mean of its
+members' accepted (norm-bounded) updates, FedAvg's rule, whatever rule
+aggregated the round itself; the empty coalition is the round's starting
+model. Its utility is the model's validation accuracy (or negated loss), in
+parts per million; :mod:`.shapley` turns those integers into values.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.arrays import Arrays
+from common.policy import ValuationConfig
+from server.valuation.shapley import RoundValues, recompute, value_round
+
+__all__ = ["CoalitionUtility", "RoundValues", "Valuer", "recompute", "to_ppm"]
+
+PPM = 1_000_000
+WORST_LOSS = 1e6
+"""A coalition model whose loss is not finite is scored as this loss."""
+
+
+def to_ppm(x: float) -> int:
+    """``x`` in parts per million, rounded to an integer."""
+    return round(x * PPM)
+
+
+class CoalitionUtility:
+    """The utility (parts per million) of the model aggregated from a coalition's updates.
+
+    Parameters
+    ----------
+    start : Arrays
+        The round's starting (global) model: the empty coalition.
+    updates : sequence of (institution, arrays, examples)
+        The round's accepted updates, as aggregated, with the example count
+        each signed.
+    evaluator : callable
+        ``(loss, accuracy)`` of weights on the server's validation split.
+    utility : str
+        ``"accuracy"`` or ``"loss"`` (the negated loss).
+    """
+
+    def __init__(
+        self,
+        start: Arrays,
+        updates: Sequence[tuple[str, Arrays, int]],
+        evaluator: Callable[[Arrays], tuple[float, float]],
+        utility: str = "accuracy",
+    ) -> None:
+        ordered = sorted(updates, key=lambda item: item[0])
+        self.players = tuple(name for name, _, _ in ordered)
+        if len(set(self.players)) != len(self.players):
+            raise ValueError(f"one update per institution, got {list(self.players)}")
+        self.start = start
+        self.stacked = {
+            k: np.stack([np.asarray(a[k], np.float64) for _, a, _ in ordered]) for k in start
+        }
+        self.examples = np.array([float(n) for _, _, n in ordered])
+        self.evaluator = evaluator
+        self.utility = utility
+
+    def model(self, mask: int) -> Arrays:
+        """The coalition's model: its members' example-weighted mean (the start if empty)."""
+        if mask == 0:
+            return self.start
+        members = np.array([bool(mask >> i & 1) for i in range(len(self.players))])
+        weights = self.examples[members] / self.examples[members].sum()
+        return {
+            k: np.tensordot(weights, stack[members], axes=1).astype(self.start[k].dtype)
+            for k, stack in self.stacked.items()
+        }
+
+    def __call__(self, mask: int) -> int:
+        loss, accuracy = self.evaluator(self.model(mask))
+        if self.utility == "accuracy":
+            return to_ppm(accuracy)
+        return -to_ppm(loss if math.isfinite(loss) else WORST_LOSS)
+
+
+@dataclass(frozen=True)
+class Valuer:
+    """Values each round's accepted updates as the policy's ``[valuation]`` says.
+
+    Parameters
+    ----------
+    config : ValuationConfig
+        Method, utility, GTG-Shapley's truncation and convergence.
+    seed : int
+        The run's seed; round ``r`` samples with ``seed`` and ``r``.
+    """
+
+    config: ValuationConfig
+    seed: int
+
+    def value(
+        self,
+        server_round: int,
+        start: Arrays,
+        updates: Sequence[tuple[str, Arrays, int]],
+        evaluator: Callable[[Arrays], tuple[float, float]],
+    ) -> RoundValues | None:
+        """The round's values, or ``None`` when valuation is off or nothing was accepted."""
+        if self.config.method == "none" or not updates:
+            return None
+        started = time.perf_counter()
+        utility = CoalitionUtility(start, updates, evaluator, self.config.utility)
+        values = value_round(
+            utility.players,
+            utility,
+            method=self.config.method,
+            exact_max=self.config.exact_max,
+            truncation=to_ppm(self.config.truncation),
+            convergence=self.config.convergence,
+            seed=self.seed * 1_000_003 + server_round,
+        )
+        return RoundValues(
+            values.method,
+            values.players,
+            values.utilities,
+            values.values,
+            values.truncation,
+            values.permutations,
+            time.perf_counter() - started,
+            utility=self.config.utility,
+        )
