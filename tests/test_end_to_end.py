@@ -29,6 +29,7 @@ from common.envelope import Envelope, UpdateHeader, decrypt
 from common.images import write_npz
 from common.keys import load_x25519_key
 from common.policy import Policy
+from common.receipts import Receipt
 from fedcommons.cli import app
 from fedcommons.demo_setup import demo_consortium, prepare_data, started_federation
 from fedcommons.errors import EXIT_USER_ERROR
@@ -191,6 +192,17 @@ def test_the_release_and_every_receipt_verify(demo: DemoRun) -> None:
     audit_command += ["--operator-key", str(operator.consortium_file)]
     audit = CliRunner().invoke(app, audit_command)
     assert audit.exit_code == 0 and "6 receipts consistent" in audit.output, audit.output
+    assert "6 contribution values recomputed" in audit.output
+    # each round valued by exact Shapley on the server's validation split; the
+    # shares are in the summary, the card and every receipt
+    assert summary["valuation"]["method"] == "shapley"
+    assert summary["valuation"]["rounds_valued"] == 2
+    assert summary["valuation"]["evaluations"] == 2 * 8
+    assert set(summary["contributions"]) == set(INSTITUTIONS)
+    assert card["contributions"]["rounds_valued"] == 2
+    for name in INSTITUTIONS:
+        for path in (receipts_dir / name).glob("*.json"):
+            assert Receipt.from_json(path.read_text()).contribution() is not None
 
 
 def test_the_superlink_held_only_ciphertext(demo: DemoRun) -> None:

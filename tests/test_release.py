@@ -41,6 +41,7 @@ from server.ledger import (
     finish_run,
     record_privacy,
     record_round,
+    record_valuation,
     start_run,
 )
 from server.ledger.report import ledger_report
@@ -49,6 +50,7 @@ from server.ledger.tree_heads import sign_tree_head
 from server.ledger.verify import LedgerTampered, verify_ledger
 from server.release import ModelRelease, ReleaseError, release_model
 from server.snapshots import load_snapshot, save_snapshot
+from server.valuation.shapley import value_round
 
 H = "a" * 64
 COMPANY = Licence(
@@ -122,6 +124,7 @@ class Federation:
         status: str = "finished",
         sign: bool = True,
         trained_on: dict[str, str] | None = None,
+        worth: dict[str, int] | None = None,
     ) -> int:
         """A run in which ``contributors`` train every round and ``excluded`` never do."""
         trained_on = trained_on or {}
@@ -167,6 +170,26 @@ class Federation:
                         for name in contributors
                     ],
                 )
+                if worth:  # an additive game: each one's Shapley value is its worth
+                    players = sorted(contributors)
+
+                    def game(m: int, players: list[str] = players) -> int:
+                        return sum(worth[p] for i, p in enumerate(players) if m >> i & 1)
+
+                    record_valuation(
+                        s,
+                        run_id,
+                        number,
+                        value_round(
+                            players,
+                            game,
+                            method="shapley",
+                            exact_max=10,
+                            truncation=0,
+                            convergence=0.2,
+                            seed=0,
+                        ),
+                    )
                 if sign:
                     sign_tree_head(s, self.operator, note=f"run {run_id} round {number}")
         if status != "running":
@@ -560,3 +583,35 @@ def test_operator_release_command(tmp_path: Path) -> None:
     with ledger.session() as s:
         assert len(s.scalars(select(Release)).all()) == 2  # the refused ones left no row
     ledger.close()
+
+
+def test_the_card_shares_the_contributions_by_institution_and_kind(
+    demo: Federation, tmp_path: Path
+) -> None:
+    worth = {"university-a": 30_000, "university-b": 10_000, "company-c": -5_000}
+    run_id = demo.run(["university-a", "university-b", "company-c"], worth=worth)
+    card = demo.release(run_id, tmp_path / "release").card
+    shares = card["contributions"]
+    assert (shares["rounds_valued"], shares["methods"]) == (2, ["shapley"])
+    assert [(i["name"], i["kind"], i["value_ppm"], i["share"]) for i in shares["institutions"]] == [
+        ("university-a", "academia", 60_000, 0.75),
+        ("university-b", "academia", 20_000, 0.25),
+        ("company-c", "industry", -10_000, 0.0),  # harmful on balance: no share
+    ]
+    assert [(k["name"], k["value_ppm"], k["share"]) for k in shares["kinds"]] == [
+        ("academia", 80_000, 1.0),
+        ("industry", -10_000, 0.0),
+    ]
+    markdown = (tmp_path / "release" / "model-card.md").read_text()
+    assert "## Contributions (shapley values over 2 rounds, share of the total)" in markdown
+    assert "| university-a | academia | 60000 | 75.00% |" in markdown
+    assert "| all academia | academia | 80000 | 100.00% |" in markdown
+
+
+def test_a_card_of_a_run_never_valued_has_no_contributions_table(
+    demo: Federation, tmp_path: Path
+) -> None:
+    run_id = demo.run(["university-a", "university-b"])
+    card = demo.release(run_id, tmp_path / "release").card
+    assert card["contributions"]["rounds_valued"] == 0
+    assert "## Contributions" not in (tmp_path / "release" / "model-card.md").read_text()
