@@ -42,7 +42,7 @@ from server.strategy import (
     build_aggregator,
     expected_tensors,
 )
-from server.valuation import Valuer
+from server.valuation import Valuer, batch_evaluator
 
 __all__ = ["app"]
 
@@ -119,7 +119,12 @@ def main(grid: Grid, context: Context) -> None:
         recorder=recorder,
         rounds_done=point.rounds_done,
         defences=Defences.of(federation),
-        valuer=Valuer(policy.valuation, federation.seed),
+        valuer=Valuer(
+            policy.valuation,
+            federation.seed,
+            # the CNN's coalition models are scored many at once; BERT's one by one
+            batch_evaluator(model, validation) if policy.model.name == "cnn" else None,
+        ),
     )
     weights = point.weights if point.weights is not None else initial
     if point.rounds_done:

@@ -45,7 +45,7 @@ from server.strategy import (
     expected_tensors,
 )
 from server.strategy.recorder import FinishedRound, RoundRecorder
-from server.valuation import RoundValues, Valuer
+from server.valuation import RoundValues, Valuer, batch_evaluator
 from tests.attacks import ATTACKS, flip_labels
 
 __all__ = ["ABSENT", "LABEL_FLIP", "HostileFederation", "StaticGrid", "Tally", "task_identity"]
@@ -201,7 +201,11 @@ class HostileFederation:
             min_nodes=federation.min_nodes,
             recorder=recorder if recorder is not None else self.tally,
             defences=Defences.of(federation),
-            valuer=Valuer(policy.valuation, federation.seed) if valued else None,
+            valuer=Valuer(
+                policy.valuation, federation.seed, batch_evaluator(self.model, self.validation)
+            )
+            if valued
+            else None,
         )
         self.rng = np.random.default_rng(federation.seed)
 

@@ -187,6 +187,11 @@ def ledger_with_run(
     tmp_path: Path, names: tuple[str, ...], flower_run_id: int = 9
 ) -> tuple[Ledger, int]:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    return ledger, run_in(ledger, names, flower_run_id)
+
+
+def run_in(ledger: Ledger, names: tuple[str, ...], flower_run_id: int = 9) -> int:
+    """Enrol ``names`` (academia) in ``ledger`` and start a one-round run; its id."""
     with ledger.session() as s:
         for name in names:
             enrol_participant(s, name, "academia")
@@ -200,7 +205,7 @@ def ledger_with_run(
             planned_rounds=1,
             flower_run_id=flower_run_id,
         ).id
-    return ledger, run_id
+    return run_id
 
 
 class QueryGrid:

@@ -24,7 +24,7 @@ from fedcommons.cli import app
 from server.ledger import Ledger, contributions_report, record_valuation
 from server.ledger.verify import LedgerTampered, verify_ledger
 from server.strategy import LedgerRecorder
-from server.valuation import CoalitionUtility
+from server.valuation import CoalitionUtility, batch_evaluator
 from server.valuation.shapley import (
     RoundValues,
     exact_values,
@@ -35,7 +35,7 @@ from server.valuation.shapley import (
     value_round,
 )
 from tests.hostile_federation import FLOWER_RUN, HostileFederation
-from tests.sealed_updates import ledger_with_run
+from tests.sealed_updates import run_in
 
 THREE = {0: 0, 0b001: 10, 0b010: 20, 0b100: 30, 0b011: 40, 0b101: 50, 0b110: 60, 0b111: 90}
 """A 3-player game: A = bit 0, B = bit 1, C = bit 2."""
@@ -193,10 +193,10 @@ def test_gtg_agrees_with_exact_shapley_on_eight_institutions() -> None:
 
 
 @pytest.fixture
-def recorded(tmp_path: Path) -> tuple[Ledger, Ed25519PrivateKey, HostileFederation]:
-    """A real round valued and recorded in a SQLite ledger, with signed receipts."""
+def recorded(ledger: Ledger, tmp_path: Path) -> tuple[Ledger, Ed25519PrivateKey, HostileFederation]:
+    """A real round valued and recorded (SQLite file and PostgreSQL), with signed receipts."""
     names = ("u-a", "u-b", "c-c")
-    ledger, run_id = ledger_with_run(tmp_path, names)
+    run_id = run_in(ledger, names, FLOWER_RUN)
     operator = Ed25519PrivateKey.generate()
     recorder = LedgerRecorder(
         ledger, run_id, flower_run_id=str(FLOWER_RUN), snapshot_dir=None, signer=operator
@@ -296,10 +296,9 @@ def test_a_value_recorded_against_its_own_utilities_is_caught(
 
 
 def test_audit_contributions_shows_values_and_shares(
-    recorded: tuple[Ledger, Ed25519PrivateKey, HostileFederation], tmp_path: Path
+    recorded: tuple[Ledger, Ed25519PrivateKey, HostileFederation], url: str
 ) -> None:
     ledger, _, _ = recorded
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger.close()
     runner = CliRunner()
     result = runner.invoke(app, ["audit", "contributions", "--ledger", url, "--format", "json"])
@@ -311,3 +310,23 @@ def test_audit_contributions_shows_values_and_shares(
     assert result.exit_code == 0 and "cumulative shares" in result.output
     result = runner.invoke(app, ["audit", "contributions", "--ledger", url, "--run", "99"])
     assert result.exit_code == 2 and "no run 99" in result.output
+
+
+def test_coalitions_scored_together_score_as_one_by_one(
+    real_round: tuple[HostileFederation, RoundValues],
+) -> None:
+    """The vectorised CNN pass gives each coalition model the loss and accuracy of its own."""
+    federation, _ = real_round
+    updates = federation.strategy.round_updates()
+    batch = batch_evaluator(federation.model, federation.validation, chunk=3)  # chunks of 3
+    one_by_one = _utility(federation, updates)
+    together = CoalitionUtility(
+        federation.strategy.round_start, updates, federation.strategy.evaluator, batch=batch
+    )
+    models = [one_by_one.model(m) for m in range(8)]
+    for (loss, accuracy), model in zip(batch(models), models, strict=True):
+        expected_loss, expected_accuracy = federation.strategy.evaluator(model)
+        assert accuracy == expected_accuracy
+        assert loss == pytest.approx(expected_loss, rel=1e-5)
+    together.prefetch(range(8))
+    assert exact_values(3, together) == exact_values(3, one_by_one)

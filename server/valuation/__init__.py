@@ -19,9 +19,18 @@ import numpy as np
 
 from common.arrays import Arrays
 from common.policy import ValuationConfig
+from server.valuation.batched import BatchEvaluator, batch_evaluator
 from server.valuation.shapley import RoundValues, recompute, value_round
 
-__all__ = ["CoalitionUtility", "RoundValues", "Valuer", "recompute", "to_ppm"]
+__all__ = [
+    "BatchEvaluator",
+    "CoalitionUtility",
+    "RoundValues",
+    "Valuer",
+    "batch_evaluator",
+    "recompute",
+    "to_ppm",
+]
 
 PPM = 1_000_000
 WORST_LOSS = 1e6
@@ -47,6 +56,9 @@ class CoalitionUtility:
         ``(loss, accuracy)`` of weights on the server's validation split.
     utility : str
         ``"accuracy"`` or ``"loss"`` (the negated loss).
+    batch : BatchEvaluator, optional
+        Scores many weight sets at once (:mod:`.batched`); with it,
+        :meth:`prefetch` scores a known set of coalitions in a few passes.
     """
 
     def __init__(
@@ -55,6 +67,7 @@ class CoalitionUtility:
         updates: Sequence[tuple[str, Arrays, int]],
         evaluator: Callable[[Arrays], tuple[float, float]],
         utility: str = "accuracy",
+        batch: BatchEvaluator | None = None,
     ) -> None:
         ordered = sorted(updates, key=lambda item: item[0])
         self.players = tuple(name for name, _, _ in ordered)
@@ -67,6 +80,8 @@ class CoalitionUtility:
         self.examples = np.array([float(n) for _, _, n in ordered])
         self.evaluator = evaluator
         self.utility = utility
+        self.batch = batch
+        self._known: dict[int, int] = {}
 
     def model(self, mask: int) -> Arrays:
         """The coalition's model: its members' example-weighted mean (the start if empty)."""
@@ -79,8 +94,20 @@ class CoalitionUtility:
             for k, stack in self.stacked.items()
         }
 
+    def prefetch(self, masks: Sequence[int]) -> None:
+        """Score ``masks`` together (with a batch evaluator; otherwise on demand)."""
+        wanted = [m for m in masks if m not in self._known]
+        if self.batch is None or not wanted:
+            return
+        for mask, scores in zip(wanted, self.batch([self.model(m) for m in wanted]), strict=True):
+            self._known[mask] = self._ppm(*scores)
+
     def __call__(self, mask: int) -> int:
-        loss, accuracy = self.evaluator(self.model(mask))
+        if mask in self._known:
+            return self._known.pop(mask)
+        return self._ppm(*self.evaluator(self.model(mask)))
+
+    def _ppm(self, loss: float, accuracy: float) -> int:
         if self.utility == "accuracy":
             return to_ppm(accuracy)
         return -to_ppm(loss if math.isfinite(loss) else WORST_LOSS)
@@ -96,10 +123,14 @@ class Valuer:
         Method, utility, GTG-Shapley's truncation and convergence.
     seed : int
         The run's seed; round ``r`` samples with ``seed`` and ``r``.
+    batch : BatchEvaluator, optional
+        Scores many coalition models at once where the model allows (the
+        CNN): exact Shapley and leave-one-out score their coalitions with it.
     """
 
     config: ValuationConfig
     seed: int
+    batch: BatchEvaluator | None = None
 
     def value(
         self,
@@ -112,7 +143,12 @@ class Valuer:
         if self.config.method == "none" or not updates:
             return None
         started = time.perf_counter()
-        utility = CoalitionUtility(start, updates, evaluator, self.config.utility)
+        utility = CoalitionUtility(start, updates, evaluator, self.config.utility, self.batch)
+        n, full = len(utility.players), (1 << len(updates)) - 1
+        if self.config.method == "shapley" and n <= self.config.exact_max:
+            utility.prefetch(range(1 << n))
+        elif self.config.method == "loo":
+            utility.prefetch([0, full, *(full & ~(1 << i) for i in range(n))])
         values = value_round(
             utility.players,
             utility,
