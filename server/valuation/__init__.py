@@ -10,6 +10,7 @@ parts per million; :mod:`.shapley` turns those integers into values.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ __all__ = [
     "recompute",
     "to_ppm",
 ]
+
+log = logging.getLogger(__name__)
 
 PPM = 1_000_000
 WORST_LOSS = 1e6
@@ -99,7 +102,13 @@ class CoalitionUtility:
         wanted = [m for m in masks if m not in self._known]
         if self.batch is None or not wanted:
             return
-        for mask, scores in zip(wanted, self.batch([self.model(m) for m in wanted]), strict=True):
+        try:
+            scored = self.batch([self.model(m) for m in wanted])
+        except RuntimeError as err:  # an operation torch.func cannot batch: one by one
+            log.warning("coalition models scored one by one (%s)", err)
+            self.batch = None
+            return
+        for mask, scores in zip(wanted, scored, strict=True):
             self._known[mask] = self._ppm(*scores)
 
     def __call__(self, mask: int) -> int:

@@ -28,11 +28,13 @@ BatchEvaluator = Callable[[Sequence[Arrays]], list[tuple[float, float]]]
 
 def batch_evaluator(model: nn.Module, data: Examples, chunk: int = 32) -> BatchEvaluator:
     """Score weight sets for ``model`` on ``data`` (all of it at once) in chunks of ``chunk``."""
-    *inputs, labels = data.tensors()
+    *tensors, labels = data.tensors()
+    # standard strides (a size-1 channel axis may carry others), as vmap's group norm needs
+    inputs = tuple(t.clone(memory_format=torch.contiguous_format) for t in tensors)
     count = len(data)
 
     def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return functional_call(model, params, tuple(inputs))  # type: ignore[no-any-return]
+        return functional_call(model, params, inputs)  # type: ignore[no-any-return]
 
     def score(weights: Sequence[Arrays]) -> list[tuple[float, float]]:
         model.eval()

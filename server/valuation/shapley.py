@@ -130,6 +130,13 @@ def _walk(
         before = after
 
 
+def _prefix(permutation: Sequence[int], length: int) -> int:
+    mask = 0
+    for player in permutation[:length]:
+        mask |= 1 << player
+    return mask
+
+
 def sample_gtg(
     n: int,
     utility: Utility,
@@ -138,6 +145,7 @@ def sample_gtg(
     convergence: float,
     rng: np.random.Generator,
     max_permutations: int | None = None,
+    prefetch: Callable[[list[int]], None] | None = None,
 ) -> tuple[list[tuple[int, ...]], dict[int, int]]:
     """Draw GTG-Shapley's permutations until the values converge.
 
@@ -151,7 +159,10 @@ def sample_gtg(
     also stops after ``max_permutations`` (default
     :data:`MAX_PERMUTATIONS_PER_PLAYER` per player). Returns the
     permutations and every utility evaluated (the record
-    :func:`gtg_values` needs).
+    :func:`gtg_values` needs). Permutations are drawn ``n`` at a time;
+    ``prefetch``, if given, is handed every prefix of each block first, so a
+    batch evaluator can score them together (the draws and the result are
+    the same either way).
     """
     u, full = _Cached(utility), (1 << n) - 1
     grand, empty = u(full), u(0)
@@ -162,10 +173,15 @@ def sample_gtg(
     limit = max_permutations or MAX_PERMUTATIONS_PER_PLAYER * n
     sums, squares = [0] * n, [0] * n
     while len(permutations) < limit:
-        lead = len(permutations) % n
-        rest = [int(p) for p in rng.permutation(n) if p != lead]
-        permutations.append((lead, *rest))
-        _walk(permutations[-1], u, grand, empty, truncation, sums, squares)
+        block: list[tuple[int, ...]] = []
+        for lead in range(min(n, limit - len(permutations))):
+            rest = [int(p) for p in rng.permutation(n) if p != lead]
+            block.append((lead, *rest))
+        if prefetch is not None:
+            prefetch(sorted({_prefix(p, j) for p in block for j in range(1, n)} - set(u.seen)))
+        for permutation in block:
+            permutations.append(permutation)
+            _walk(permutation, u, grand, empty, truncation, sums, squares)
         k = len(permutations)
         if k % n == 0 and k >= 2 * n:
             mean = np.array(sums, dtype=np.float64) / k
@@ -286,8 +302,13 @@ def value_round(
     truncation: int,
     convergence: float,
     seed: int,
+    prefetch: Callable[[list[int]], None] | None = None,
 ) -> RoundValues:
-    """Value ``players`` (sorted) by ``method``; ``shapley`` turns to GTG above ``exact_max``."""
+    """Value ``players`` (sorted) by ``method``; ``shapley`` turns to GTG above ``exact_max``.
+
+    ``prefetch`` lets GTG-Shapley hand each block's coalitions to a batch
+    evaluator before it walks them (see :func:`sample_gtg`).
+    """
     n = len(players)
     if list(players) != sorted(set(players)):
         raise ValueError("players must be distinct and sorted")
@@ -300,7 +321,9 @@ def value_round(
     elif method in ("shapley", "gtg"):
         method = "gtg"
         rng = np.random.default_rng(seed)
-        permutations, _ = sample_gtg(n, u, truncation=truncation, convergence=convergence, rng=rng)
+        permutations, _ = sample_gtg(
+            n, u, truncation=truncation, convergence=convergence, rng=rng, prefetch=prefetch
+        )
         values = gtg_values(n, u, permutations, truncation)
     else:
         raise ValueError(f"unknown valuation method {method!r}")
