@@ -21,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +35,29 @@ sys.path.insert(0, str(ROOT))
 from record import write_record  # noqa: E402  (bench/record.py)
 
 from common.policy import Policy  # noqa: E402
-from server.valuation import CoalitionUtility, Valuer, batch_evaluator, to_ppm  # noqa: E402
-from server.valuation.shapley import exact_values, value_round  # noqa: E402
+from server.valuation import (  # noqa: E402
+    CoalitionUtility,
+    RoundValues,
+    Valuer,
+    batch_evaluator,
+)
+from server.valuation.shapley import exact_values  # noqa: E402
 from tests.hostile_federation import HostileFederation  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "contributions.json"
 
 
-def _gtg(game: CoalitionUtility, policy: Policy, convergence: float, seed: int) -> Any:
-    started = time.perf_counter()
-    record = value_round(
-        game.players,
-        game,
-        method="gtg",
-        exact_max=policy.valuation.exact_max,
-        truncation=to_ppm(policy.valuation.truncation),
-        convergence=convergence,
-        seed=seed,
+def _gtg(
+    federation: HostileFederation, valuer: Valuer, convergence: float, server_round: int
+) -> RoundValues:
+    """GTG-Shapley on the round just run, as the ServerApp would with ``convergence``."""
+    config = replace(valuer.config, method="gtg", convergence=convergence)
+    strategy = federation.strategy
+    record = replace(valuer, config=config).value(
+        server_round, strategy.round_start, strategy.round_updates(), strategy.evaluator
     )
-    return record, time.perf_counter() - started
+    assert record is not None
+    return record
 
 
 def run_size(policy: Policy, count: int, cheap: float, workdir: Path) -> list[dict[str, Any]]:
@@ -86,7 +91,8 @@ def run_size(policy: Policy, count: int, cheap: float, workdir: Path) -> list[di
             exact = exact_values(count, game) if default.method != "shapley" else None
             truth = exact or [default.values[p] for p in game.players]
             for name, convergence in (("gtg", policy.valuation.convergence), ("cheap", cheap)):
-                record, seconds = _gtg(game, policy, convergence, server_round)
+                record = _gtg(federation, valuer, convergence, server_round)
+                seconds = record.seconds
                 estimate = [record.values[p] for p in game.players]
                 spread = float(np.std(truth)) > 0 and float(np.std(estimate)) > 0
                 row[f"{name}_evaluations"] = record.evaluations

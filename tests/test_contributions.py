@@ -71,6 +71,28 @@ def test_gtg_is_exact_on_an_additive_game_and_truncates_a_round_without_gain() -
     ) == ([], {0: 0, 31: 0})  # between-round truncation: nothing sampled
 
 
+def test_gtg_stops_at_its_evaluation_budget_and_hands_each_block_to_prefetch() -> None:
+    rng = np.random.default_rng(3)
+    game = {m: int(rng.integers(0, 10**6)) for m in range(1 << 12)}  # no structure at all
+    asked: list[list[int]] = []
+    permutations, seen = sample_gtg(
+        12,
+        game.__getitem__,
+        truncation=0,
+        convergence=0.01,
+        rng=np.random.default_rng(1),
+        max_evaluations=100,
+        prefetch=asked.append,
+    )
+    assert len(permutations) == 12 and 100 <= len(seen) <= 2 + 12 * 11  # one block, then stop
+    assert set(seen) - {0, (1 << 12) - 1} <= set(asked[0])  # the block's prefixes came first
+    again, _ = sample_gtg(
+        12, game.__getitem__, truncation=0, convergence=0.01, rng=np.random.default_rng(1),
+        max_evaluations=100,
+    )  # fmt: skip
+    assert again == permutations  # prefetching changes no draw
+
+
 def test_a_recorded_valuation_is_recomputed_and_a_gap_or_a_lie_is_named() -> None:
     record = value_round(
         ["a", "b", "c"],

@@ -46,6 +46,10 @@ class ValuationConfig(Section):
         most this share of the spread (standard deviation) of the values, so
         the sampling noise is small beside the differences between
         participants (0.2: a correlation with the exact values near 0.98).
+    max_evaluations : int (default: 2048)
+        GTG-Shapley: sampling also stops once this many coalition models were
+        scored (at the end of a block of ``n`` permutations), bounding how long
+        a round's valuation delays the next round.
     """
 
     SECTION: ClassVar[str] = "valuation"
@@ -78,4 +82,10 @@ class ValuationConfig(Section):
     convergence: float = field(
         default=0.2,
         metadata=spec("convergence", float, lambda v: positive(v) and v <= 1, "a number in (0, 1]"),
+    )
+    max_evaluations: int = field(
+        default=2048,
+        metadata=spec(
+            "max-evaluations", int, lambda v: 2 <= v <= 10**7, "an integer from 2 to 10000000"
+        ),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +97,7 @@ class CoalitionUtility:
             for k, stack in self.stacked.items()
         }
 
-    def prefetch(self, masks: Sequence[int]) -> None:
+    def prefetch(self, masks: Iterable[int]) -> None:
         """Score ``masks`` together (with a batch evaluator; otherwise on demand)."""
         wanted = [m for m in masks if m not in self._known]
         if self.batch is None or not wanted:
@@ -166,6 +166,8 @@ class Valuer:
             truncation=to_ppm(self.config.truncation),
             convergence=self.config.convergence,
             seed=self.seed * 1_000_003 + server_round,
+            prefetch=utility.prefetch,
+            max_evaluations=self.config.max_evaluations,
         )
         return RoundValues(
             values.method,

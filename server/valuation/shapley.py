@@ -146,6 +146,7 @@ def sample_gtg(
     rng: np.random.Generator,
     max_permutations: int | None = None,
     prefetch: Callable[[list[int]], None] | None = None,
+    max_evaluations: int | None = None,
 ) -> tuple[list[tuple[int, ...]], dict[int, int]]:
     """Draw GTG-Shapley's permutations until the values converge.
 
@@ -157,7 +158,8 @@ def sample_gtg(
     sampling noise is then small beside the differences between participants
     (``0.2`` keeps their correlation with the exact values near 0.98). It
     also stops after ``max_permutations`` (default
-    :data:`MAX_PERMUTATIONS_PER_PLAYER` per player). Returns the
+    :data:`MAX_PERMUTATIONS_PER_PLAYER` per player), or at the end of the
+    first block after which ``max_evaluations`` coalitions were scored. Returns the
     permutations and every utility evaluated (the record
     :func:`gtg_values` needs). Permutations are drawn ``n`` at a time;
     ``prefetch``, if given, is handed every prefix of each block first, so a
@@ -183,6 +185,8 @@ def sample_gtg(
             permutations.append(permutation)
             _walk(permutation, u, grand, empty, truncation, sums, squares)
         k = len(permutations)
+        if max_evaluations is not None and len(u.seen) >= max_evaluations:
+            break
         if k % n == 0 and k >= 2 * n:
             mean = np.array(sums, dtype=np.float64) / k
             variance = np.maximum(np.array(squares, dtype=np.float64) / k - mean**2, 0.0)
@@ -303,11 +307,13 @@ def value_round(
     convergence: float,
     seed: int,
     prefetch: Callable[[list[int]], None] | None = None,
+    max_evaluations: int | None = None,
 ) -> RoundValues:
     """Value ``players`` (sorted) by ``method``; ``shapley`` turns to GTG above ``exact_max``.
 
     ``prefetch`` lets GTG-Shapley hand each block's coalitions to a batch
-    evaluator before it walks them (see :func:`sample_gtg`).
+    evaluator before it walks them, and ``max_evaluations`` bounds its cost
+    (see :func:`sample_gtg`).
     """
     n = len(players)
     if list(players) != sorted(set(players)):
@@ -322,7 +328,13 @@ def value_round(
         method = "gtg"
         rng = np.random.default_rng(seed)
         permutations, _ = sample_gtg(
-            n, u, truncation=truncation, convergence=convergence, rng=rng, prefetch=prefetch
+            n,
+            u,
+            truncation=truncation,
+            convergence=convergence,
+            rng=rng,
+            prefetch=prefetch,
+            max_evaluations=max_evaluations,
         )
         values = gtg_values(n, u, permutations, truncation)
     else:
