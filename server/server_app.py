@@ -42,7 +42,8 @@ from server.strategy import (
     build_aggregator,
     expected_tensors,
 )
-from server.valuation import Valuer, batch_evaluator
+from server.valuation import Valuer
+from server.valuation.batched import batch_evaluator
 
 __all__ = ["app"]
 

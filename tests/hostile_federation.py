@@ -45,7 +45,8 @@ from server.strategy import (
     expected_tensors,
 )
 from server.strategy.recorder import FinishedRound, RoundRecorder
-from server.valuation import RoundValues, Valuer, batch_evaluator
+from server.valuation import RoundValues, Valuer
+from server.valuation.batched import batch_evaluator
 from tests.attacks import ATTACKS, flip_labels
 
 __all__ = ["ABSENT", "LABEL_FLIP", "HostileFederation", "StaticGrid", "Tally", "task_identity"]

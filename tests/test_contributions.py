@@ -24,7 +24,8 @@ from fedcommons.cli import app
 from server.ledger import Ledger, contributions_report, record_valuation
 from server.ledger.verify import LedgerTampered, verify_ledger
 from server.strategy import LedgerRecorder
-from server.valuation import CoalitionUtility, batch_evaluator
+from server.valuation import CoalitionUtility
+from server.valuation.batched import batch_evaluator
 from server.valuation.shapley import (
     RoundValues,
     exact_values,

@@ -20,7 +20,6 @@ import numpy as np
 
 from common.arrays import Arrays
 from common.policy import ValuationConfig
-from server.valuation.batched import BatchEvaluator, batch_evaluator
 from server.valuation.shapley import RoundValues, recompute, value_round
 
 __all__ = [
@@ -28,12 +27,15 @@ __all__ = [
     "CoalitionUtility",
     "RoundValues",
     "Valuer",
-    "batch_evaluator",
     "recompute",
     "to_ppm",
 ]
 
 log = logging.getLogger(__name__)
+
+BatchEvaluator = Callable[[Sequence[Arrays]], list[tuple[float, float]]]
+"""Maps several weight sets to their ``(loss, accuracy)``, in order (see :mod:`.batched`,
+which needs torch: imported only where a model is, never by the ledger's verifier)."""
 
 PPM = 1_000_000
 WORST_LOSS = 1e6

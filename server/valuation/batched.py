@@ -10,7 +10,7 @@ scoring each in turn (checked in ``tests/test_contributions.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,11 +19,9 @@ from torch.func import functional_call, vmap
 
 from common.arrays import Arrays
 from common.training import Examples
+from server.valuation import BatchEvaluator
 
-__all__ = ["BatchEvaluator", "batch_evaluator"]
-
-BatchEvaluator = Callable[[Sequence[Arrays]], list[tuple[float, float]]]
-"""Maps several weight sets to their ``(loss, accuracy)``, in order."""
+__all__ = ["batch_evaluator"]
 
 
 def batch_evaluator(model: nn.Module, data: Examples, chunk: int = 32) -> BatchEvaluator:
