@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -22,6 +23,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from fedcommons.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USER_ERROR,
@@ -70,6 +72,9 @@ class _Root(TyperGroup):
         except KeyboardInterrupt:
             _say("interrupted")
             raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as shells do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(code=EXIT_BROKEN_PIPE) from None
         except Exception as err:
             log = write_crash_log(err, sys.argv[1:])
             _say(

@@ -23,6 +23,7 @@ from pathlib import Path
 from common.errors import UserError
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_USER_ERROR",
@@ -39,6 +40,8 @@ EXIT_INTERNAL = 70
 """An unexpected error (``EX_SOFTWARE``): a bug; the traceback is in a log file."""
 EXIT_INTERRUPTED = 130
 """Ctrl-C or SIGTERM."""
+EXIT_BROKEN_PIPE = 141
+"""The output's reader went away (``fedcommons ... | head``): 128 + SIGPIPE, as shells report."""
 LOG_DIR_ENV = "FEDCOMMONS_LOG_DIR"
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileExistsError)

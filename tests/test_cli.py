@@ -1,6 +1,7 @@
 """The ``fedcommons`` command: clean errors, tables for people, JSON for machines."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,24 @@ def test_audit_show_on_a_missing_ledger_fails_cleanly(tmp_path: Path) -> None:
     result = runner.invoke(app, ["audit", "show", "--ledger", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code == 1
     assert "no ledger at" in result.output and "the file does not exist" in result.output
+
+
+def test_a_reader_that_goes_away_is_no_bug(tmp_path: Path) -> None:
+    """`fedcommons ... | head`: the pipe closes before the help is written; a quiet stop."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FEDCOMMONS_LOG_DIR": str(tmp_path / "logs")}
+    with subprocess.Popen(
+        [sys.executable, "-m", "fedcommons.cli", "demo", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # gone before the command has written anything
+        errors = process.stderr.read().decode()
+        code = process.wait(timeout=60)
+    assert code in (1, 141), errors  # click's own EPIPE exit, or ours (128 + SIGPIPE)
+    assert "bug" not in errors and "Traceback" not in errors, errors
+    assert not (tmp_path / "logs").exists()  # no crash log
