@@ -29,6 +29,7 @@ from server.release import release_model
 from server.runs import RunOutcome
 from server.status import consortium_status, registrar, status_tables
 from server.superlink import serve
+from server.tokens_cli import app as token_app
 
 __all__ = ["app"]
 
@@ -386,3 +387,6 @@ def _release_settings(
         snapshots or deploy.snapshot_dir,
         operator_key or deploy.operator_key,
     )
+
+
+app.add_typer(token_app, name="token")

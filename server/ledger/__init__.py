@@ -32,8 +32,10 @@ from server.ledger.facts import (
 )
 from server.ledger.runs import finish_run, start_run
 from server.ledger.store import Ledger, LedgerError, normalise_url
+from server.ledger.tokens import ApiToken  # registered with the schema (ledger v11)
 
 __all__ = [
+    "ApiToken",
     "ChargeFact",
     "Contribution",
     "DefenceFact",

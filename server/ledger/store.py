@@ -9,6 +9,7 @@ covers one fact.
 from __future__ import annotations
 
 import contextvars
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,10 +59,25 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _engine(url: str) -> Engine:
-    """The engine for ``url``; unknown dialects and missing drivers are clear errors."""
+def _engine(url: str, read_only: bool = False) -> Engine:
+    """The engine for ``url``; unknown dialects and missing drivers are clear errors.
+
+    ``read_only``: the database itself refuses writes on these connections
+    (SQLite opens the file with ``mode=ro``; PostgreSQL sessions default to
+    read-only transactions).
+    """
     parsed = make_url(url)
     try:
+        if read_only and parsed.get_backend_name() == "sqlite" and parsed.database:
+            target = f"file:{Path(parsed.database).resolve()}?mode=ro"
+            return create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False),
+            )
+        if read_only and parsed.get_backend_name() == "postgresql":
+            return create_engine(
+                url, connect_args={"options": "-c default_transaction_read_only=on"}
+            )
         return create_engine(url)
     except NoSuchModuleError:
         raise LedgerError(
@@ -83,6 +99,9 @@ class Ledger:
     url : str
         SQLAlchemy URL, e.g. ``sqlite:///work/ledger.db`` or
         ``postgresql://user@host/db``.
+    read_only : bool (default: False)
+        Open connections the database refuses to write on (implies not
+        migrating): the dashboard's.
     migrate : bool (default: True)
         Bring the schema up to date (Alembic ``upgrade head``) on open; a
         SQLite file (and its folder) is created if missing. Without it, the
@@ -91,7 +110,8 @@ class Ledger:
     Errors name the URL with its password masked (:attr:`shown`).
     """
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, read_only: bool = False) -> None:
+        migrate = migrate and not read_only
         self.url = normalise_url(url)
         self._parsed = make_url(self.url)
         self.shown = masked_url(self.url)
@@ -100,7 +120,7 @@ class Ledger:
             self._file.parent.mkdir(parents=True, exist_ok=True)
         elif self._file is not None and not self._file.is_file():
             raise LedgerError(f"no ledger at {self.shown}: the file does not exist")
-        self.engine: Engine = _engine(self.url)
+        self.engine: Engine = _engine(self.url, read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._current: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
             f"ledger-session-{id(self)}", default=None
