@@ -235,3 +235,43 @@ def contributions(
         for k in entry["kinds"]:
             shares.add_row(f"all {k['name']}", k["name"], str(k["value_ppm"]), _pct(k["share"]))
         console.print(shares)
+
+
+@app.command("serve")
+def serve(
+    ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    operator_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The operator's key (base64 or consortium.json): 'verify now' then checks "
+            "the tree heads' signatures too."
+        ),
+    ] = None,
+) -> None:
+    """Serve the ledger read-only as web pages and a JSON API, behind operator-issued tokens.
+
+    Every page and /api/ call needs a token ('fedcommons operator token
+    issue'); the database connection is read-only. Stop with Ctrl-C.
+    """
+    import socket
+
+    import uvicorn
+
+    from audit.web import create_app
+
+    operator = _operator_key(operator_key) if operator_key else None
+    dashboard = create_app(ledger_url, operator)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise typer.BadParameter(
+                f"cannot listen on {host}:{port}: {err.strerror}", param_hint="--port"
+            ) from None
+    Console(stderr=True).print(
+        f"serving the ledger read-only on http://{host}:{port}/ (Ctrl-C stops)", highlight=False
+    )
+    uvicorn.run(dashboard, host=host, port=port, log_level="warning")
+    dashboard.state.ledger.close()

@@ -1,0 +1,182 @@
+"""The read-only dashboard (``audit serve``): every endpoint, every kind of token, hostile input.
+
+The app runs on a real ledger (a SQLite file, and PostgreSQL) holding a
+released, valued run with signed tree heads, through FastAPI's test client.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from audit.web import COOKIE, create_app
+from common.licences import SPDX
+from server.ledger import Ledger
+from server.ledger.tokens import ApiToken, issue_token, revoke_token
+from tests.test_release import COMPANY, Federation
+
+PAGES = ["/", "/runs", "/runs/1", "/entries/0"]
+API = ["/api/overview", "/api/runs", "/api/runs/1", "/api/entries/0", "/api/verify",
+       "/api/openapi.json"]  # fmt: skip
+
+
+@dataclass
+class Dashboard:
+    client: TestClient
+    ledger: Ledger
+    url: str
+    tokens: dict[str, str]
+
+    def get(self, path: str, token: str | None = "good", **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.tokens[token]}"} if token else {}
+        return self.client.get(path, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def dashboard(url: str, tmp_path: Path) -> Iterator[Dashboard]:
+    ledger = Ledger(url)
+    operator = Ed25519PrivateKey.generate()
+    federation = Federation(ledger, operator, tmp_path / "snapshots", {})
+    federation.admit("university-a", SPDX["CC-BY-4.0"])
+    federation.admit("university-b", SPDX["CC-BY-NC-4.0"])
+    federation.admit("company-c", COMPANY)
+    worth = {"university-a": 30_000, "university-b": 10_000, "company-c": -5_000}
+    run_id = federation.run(["university-a", "university-b", "company-c"], worth=worth)
+    federation.release(run_id, tmp_path / "release")
+    with ledger.session() as s:
+        tokens = {name: issue_token(s, name, timedelta(days=1))
+                  for name in ("good", "expired", "revoked")}  # fmt: skip
+        revoke_token(s, "revoked")
+        for row in s.query(ApiToken).filter(ApiToken.name == "expired"):
+            row.expires_at = row.created_at
+    tokens["wrong"] = "fct_" + "A" * 43
+    app = create_app(url, operator.public_key())
+    with TestClient(app) as client:
+        yield Dashboard(client, ledger, url, tokens)
+    app.state.ledger.close()
+    ledger.close()
+
+
+@pytest.mark.parametrize("path", PAGES + API)
+def test_every_endpoint_needs_a_good_token(dashboard: Dashboard, path: str) -> None:
+    assert dashboard.get(path).status_code == 200
+    for token in (None, "wrong", "expired", "revoked"):
+        response = dashboard.get(path, token)
+        assert response.status_code == 401, (path, token)
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "university-a" not in response.text  # nothing of the ledger leaks
+
+
+@pytest.mark.parametrize("path", PAGES + API + ["/login", "/logout"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+def test_no_write_method_is_routed(dashboard: Dashboard, path: str, method: str) -> None:
+    if (method, path) == ("POST", "/login"):
+        return  # the one POST: it sets the cookie, and writes nothing
+    headers = {"Authorization": f"Bearer {dashboard.tokens['good']}"}
+    response = dashboard.client.request(method, path, headers=headers)
+    assert response.status_code == 405, (method, path)
+
+
+def test_a_login_sets_a_strict_http_only_cookie(dashboard: Dashboard) -> None:
+    client = dashboard.client
+    refused = client.post("/login", data={"token": dashboard.tokens["revoked"]})
+    assert refused.status_code == 401 and "not valid" in refused.text
+    assert client.get("/").status_code == 401  # the login form, with 401
+    response = client.post("/login", data={"token": dashboard.tokens["good"]},
+                           follow_redirects=False)  # fmt: skip
+    assert response.status_code == 303
+    cookie = response.headers["set-cookie"]
+    assert f"{COOKIE}=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert client.get("/").status_code == 200  # the cookie now stands for the token
+    client.get("/logout")
+    assert client.get("/").status_code == 401
+
+
+def test_the_pages_show_the_ledger(dashboard: Dashboard) -> None:
+    overview = dashboard.get("/").text
+    for shown in ("university-a", "company-c", "CC-BY-NC-4.0", "Latest signed tree head",
+                  "Verify now"):  # fmt: skip
+        assert shown in overview
+    run = dashboard.get("/runs/1").text
+    for chart in ("accuracy-chart", "loss-chart", "epsilon-chart"):
+        block = run.split(f'id="{chart}"')[1].split("</svg>")[0]
+        points = len(re.findall(r'class="point"', block))
+        assert points == (2 if chart != "epsilon-chart" else 6), chart  # one per round
+    assert "budget ε = 8" in run and "75.0%" in run  # the budget line; a contribution share
+    assert "Model card" in run  # the released card, read from its folder
+    entry = dashboard.get("/api/entries/3").json()
+    assert entry["seq"] == 3 and entry["inclusion_proof"]
+    assert entry["tree_head"]["tree_size"] > 3
+
+
+def test_the_api_has_a_schema_for_every_page(dashboard: Dashboard) -> None:
+    paths = set(dashboard.get("/api/openapi.json").json()["paths"])
+    assert paths == {"/api/overview", "/api/runs", "/api/runs/{run_id}", "/api/entries/{seq}",
+                     "/api/verify", "/api/verify/{job_id}"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/entries/-1", 400),
+        ("/api/entries/abc", 400),
+        ("/api/entries/99999999999999999999999999", 400),
+        ("/api/entries/100000", 404),
+        ("/api/runs/0", 400),
+        ("/api/runs/999", 404),
+        ("/runs/1%27%20OR%201=1", 400),
+        ("/runs/999", 404),
+        ("/../../etc/passwd", 404),
+        ("/static/%2e%2e/%2e%2e/etc/passwd", 404),
+        ("/api/verify/not-a-job", 400),
+        ("/api/verify/" + "0" * 32, 404),
+        ("/api/runs?run=1;DROP%20TABLE%20runs&x=<script>alert(1)</script>", 200),
+    ],
+)
+def test_hostile_paths_and_queries_are_refused_cleanly(
+    dashboard: Dashboard, path: str, status: int
+) -> None:
+    response = dashboard.get(path)
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text and "<script>" not in response.text
+    assert dashboard.url not in response.text
+
+
+def test_no_secret_or_url_appears_anywhere(dashboard: Dashboard) -> None:
+    for path in PAGES + API:
+        body = dashboard.get(path).text
+        assert dashboard.url not in body and "sqlite://" not in body and "postgresql" not in body
+        assert not any(token in body for token in dashboard.tokens.values())
+
+
+def _verified(dashboard: Dashboard) -> dict[str, Any]:
+    job = dashboard.get("/api/verify").json()
+    deadline = time.monotonic() + 120
+    while job["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = dashboard.get(f"/api/verify/{job['id']}").json()
+    return job  # type: ignore[no-any-return]
+
+
+def test_verify_now_says_intact_then_names_the_first_bad_entry(dashboard: Dashboard) -> None:
+    job = _verified(dashboard)
+    assert (
+        job["state"] == "intact"
+        and "signed tree heads (operator signatures verified)" in (job["detail"])
+    )
+    with dashboard.ledger.engine.begin() as connection:  # the operator's own writable access
+        connection.execute(text("UPDATE runs SET model = 'bert' WHERE id = 1"))
+    job = _verified(dashboard)
+    assert job["state"] == "not-intact"
+    assert job["result"]["kind"] == "run" and "differs from its entry in model" in job["detail"]
+    assert dashboard.url not in job["detail"]
