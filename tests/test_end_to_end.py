@@ -12,7 +12,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -513,3 +517,92 @@ learning-rate = 0.5
     assert {u["update_bytes"] for r in run["rounds"] for u in r["updates"]} == {
         summary["trainable_bytes"]
     }
+
+
+# -- the dashboard in a real browser ---------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install)")
+def test_the_dashboard_in_a_real_browser(demo: DemoRun, tmp_path: Path) -> None:
+    """`audit serve` on a copy of the demo's ledger, driven by Chromium through Playwright."""
+    from playwright.sync_api import expect, sync_playwright
+
+    copy = tmp_path / "ledger.db"
+    shutil.copyfile(Path(demo.summary["ledger_url"].removeprefix("sqlite:///")), copy)
+    url = f"sqlite:///{copy}"
+    issued = CliRunner().invoke(
+        app, ["operator", "token", "issue", "--name", "browser", "--ledger", url]
+    )
+    assert issued.exit_code == 0, issued.output
+    token = issued.stdout.strip().splitlines()[0]
+    port = free_port()
+    operator = (demo.workdir / "operator" / "consortium.json").resolve()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fedcommons.cli", "audit", "serve", "--ledger", url,
+         "--port", str(port), "--operator-key", str(operator)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(base, server)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=["--no-sandbox"]
+            )
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(base + "/")
+            expect(page.locator("h1")).to_have_text("Log in")  # no token: the form, 401
+            page.fill("#token", "fct_not-a-token")
+            page.click("#login")
+            expect(page.locator("#message")).to_contain_text("not valid")
+            page.fill("#token", token)
+            page.click("#login")
+            rows = page.locator("#participants tr")
+            expect(rows).to_have_count(1 + 3)
+            for name in INSTITUTIONS:
+                expect(page.locator("#participants")).to_contain_text(name)
+            page.click("text=Runs")
+            page.click("text=run 1")
+            rounds = len(demo.summary["rounds"])
+            expect(page.locator("#accuracy-chart circle.point")).to_have_count(rounds)
+            expect(page.locator("#epsilon-chart circle.point")).to_have_count(3 * rounds)
+            expect(page.locator("#contributions")).to_contain_text("university-b")
+            Path("docs").mkdir(exist_ok=True)
+            page.screenshot(path="docs/dashboard-run.png", full_page=True)
+            page.goto(base + "/")
+            page.click("#verify")
+            expect(page.locator("#verify-result")).to_contain_text("intact:", timeout=60_000)
+            expect(page.locator("#verify-result")).to_have_class("intact")
+            with sqlite3.connect(copy) as db:  # tamper, as an insider with the file would
+                db.execute("UPDATE participants SET kind = 'industry' WHERE name = 'university-a'")
+            page.click("#verify")
+            result = page.locator("#verify-result")
+            expect(result).to_contain_text("NOT INTACT: entry", timeout=60_000)
+            expect(result).to_contain_text("(participant)")
+            browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _wait_for(base: str, server: subprocess.Popen[bytes]) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            said = server.stderr.read().decode() if server.stderr else ""
+            raise AssertionError(f"audit serve exited: {said}")
+        try:
+            urllib.request.urlopen(base + "/login", timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError("audit serve did not answer within 60 s")
