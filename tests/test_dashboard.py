@@ -180,3 +180,24 @@ def test_verify_now_says_intact_then_names_the_first_bad_entry(dashboard: Dashbo
     assert job["state"] == "not-intact"
     assert job["result"]["kind"] == "run" and "differs from its entry in model" in job["detail"]
     assert dashboard.url not in job["detail"]
+
+
+def test_audit_serve_refuses_a_busy_port_and_a_missing_ledger(tmp_path: Path, url: str) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from fedcommons.cli import app
+
+    Ledger(url).close()
+    runner = CliRunner()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["audit", "serve", "--ledger", url, "--port", str(port)])
+    assert result.exit_code == 2 and "cannot listen on 127.0.0.1" in result.output
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    result = runner.invoke(app, ["audit", "serve", "--ledger", missing])
+    assert result.exit_code == 1 and "no ledger at" in result.output
+    assert not (tmp_path / "none.db").exists()  # read-only: nothing created
