@@ -20,7 +20,7 @@ from common.policy import Policy, PolicyError
 from common.receipts import TreeHeadError
 from server.ledger.contributions import contributions_report
 from server.ledger.report import ledger_report
-from server.ledger.schema import LedgerEntry, LedgerTreeHead
+from server.ledger.schema import FlowerRun, LedgerEntry, LedgerTreeHead, Round, Run
 from server.ledger.tree_heads import LedgerTree, tree_head_from_row
 
 __all__ = ["LedgerView", "NotFound"]
@@ -53,8 +53,7 @@ class LedgerView:
                 "key_id": head.key_id, "signature": head.signature}  # fmt: skip
 
     def overview(self, session: Session) -> dict[str, Any]:
-        report = ledger_report(session)
-        participants = report["participants"]
+        participants = ledger_report(session, run_id=0)["participants"]  # no run: cheap
         kinds: dict[str, int] = {}
         for p in participants:
             kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
@@ -82,28 +81,34 @@ class LedgerView:
                 for d in p["datasets"]
             ],
             "entries": session.scalar(select(func.count()).select_from(LedgerEntry)) or 0,
-            "runs": len(report["runs"]),
+            "runs": session.scalar(select(func.count()).select_from(Run)) or 0,
             "latest_tree_head": self.latest_head(session),
         }
 
     def runs(self, session: Session) -> list[dict[str, Any]]:
+        rounds = {
+            run_id: count
+            for run_id, count in session.execute(
+                select(Round.run_id, func.count()).group_by(Round.run_id)
+            )
+        }
+        resumed = {r for (r,) in session.execute(select(FlowerRun.run_id).distinct())}
         return [
-            {"id": r["id"], "flower_run_id": r["flower_run_id"], "status": r["status"],
-             "status_reason": r["status_reason"], "resumed": len(r["flower_runs"]) > 1,
-             "model": r["model"], "dataset": r["dataset"], "policy_sha256": r["policy_sha256"],
-             "rounds": len(r["rounds"]), "planned_rounds": r["planned_rounds"],
-             "test_accuracy": _finite(r["test_accuracy"]), "started_at": r["started_at"],
-             "ended_at": r["ended_at"]}
-            for r in ledger_report(session)["runs"]
+            {"id": r.id, "flower_run_id": r.flower_run_id, "status": r.status,
+             "status_reason": r.status_reason, "resumed": r.id in resumed, "model": r.model,
+             "dataset": r.dataset, "policy_sha256": r.policy_sha256,
+             "rounds": rounds.get(r.id, 0), "planned_rounds": r.planned_rounds,
+             "test_accuracy": _finite(r.test_accuracy),
+             "started_at": r.started_at.isoformat() if r.started_at else None,
+             "ended_at": r.ended_at.isoformat() if r.ended_at else None}
+            for r in session.scalars(select(Run).order_by(Run.id))
         ]  # fmt: skip
 
     def run(self, session: Session, run_id: int) -> dict[str, Any]:
-        found = [r for r in ledger_report(session)["runs"] if r["id"] == run_id]
+        found = ledger_report(session, run_id=run_id)["runs"]
         if not found:
             raise NotFound(f"no run {run_id}")
         run = found[0]
-        from server.ledger.schema import Run  # the recorded policy text
-
         row = session.get(Run, run_id)
         budget = None
         if row is not None:

@@ -62,27 +62,36 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def ledger_report(session: Session) -> dict[str, Any]:
-    """Everything an auditor sees, as plain JSON-ready data."""
+def ledger_report(session: Session, run_id: int | None = None) -> dict[str, Any]:
+    """Everything an auditor sees, as plain JSON-ready data.
+
+    With ``run_id``, only that run (and no cumulative ``privacy`` summary,
+    which spans every run): what the dashboard's run page reads.
+    """
+
+    def only(table: Any, column: Any) -> Any:
+        query = select(table)
+        return query.where(column == run_id) if run_id is not None else query
+
     participants = session.scalars(select(Participant).order_by(Participant.id)).all()
-    runs = session.scalars(select(Run).order_by(Run.id)).all()
+    runs = session.scalars(only(Run, Run.id).order_by(Run.id)).all()
     charges: dict[tuple[int, int], list[Charge]] = {}
-    for c in session.scalars(select(Charge).order_by(Charge.id)):
+    for c in session.scalars(only(Charge, Charge.run_id).order_by(Charge.id)):
         charges.setdefault((c.run_id, c.round_number), []).append(c)
     exclusions: dict[int, list[Exclusion]] = {}
-    for e in session.scalars(select(Exclusion).order_by(Exclusion.id)):
+    for e in session.scalars(only(Exclusion, Exclusion.run_id).order_by(Exclusion.id)):
         exclusions.setdefault(e.run_id, []).append(e)
     defences: dict[int, list[Defence]] = {}
-    for defence in session.scalars(select(Defence).order_by(Defence.id)):
+    for defence in session.scalars(only(Defence, Defence.run_id).order_by(Defence.id)):
         defences.setdefault(defence.run_id, []).append(defence)
     carried: dict[int, list[FlowerRun]] = {}
-    for flower_run in session.scalars(select(FlowerRun).order_by(FlowerRun.id)):
+    for flower_run in session.scalars(only(FlowerRun, FlowerRun.run_id).order_by(FlowerRun.id)):
         carried.setdefault(flower_run.run_id, []).append(flower_run)
     releases: dict[int, list[Release]] = {}
-    for release in session.scalars(select(Release).order_by(Release.id)):
+    for release in session.scalars(only(Release, Release.run_id).order_by(Release.id)):
         releases.setdefault(release.run_id, []).append(release)
     return {
-        "privacy": privacy_spent(session),
+        "privacy": privacy_spent(session) if run_id is None else [],
         "participants": [
             {
                 "name": p.name,
