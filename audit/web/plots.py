@@ -7,7 +7,7 @@ from html import escape
 
 __all__ = ["line_chart"]
 
-WIDTH, HEIGHT, PAD = 560, 240, 44
+WIDTH, HEIGHT, PAD, RIGHT = 600, 240, 44, 130  # RIGHT: room for the legend
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 
@@ -33,7 +33,7 @@ def line_chart(
         x1 = x0 + 1
 
     def sx(x: float) -> float:
-        return PAD + (x - x0) / (x1 - x0) * (WIDTH - 2 * PAD)
+        return PAD + (x - x0) / (x1 - x0) * (WIDTH - PAD - RIGHT)
 
     def sy(y: float) -> float:
         return HEIGHT - PAD - (y - y0) / (y1 - y0) * (HEIGHT - 2 * PAD)
@@ -43,7 +43,7 @@ def line_chart(
         f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" aria-label="{escape(title)}">',
         f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" '
         f'font-weight="bold">{escape(title)}</text>',
-        f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" '
+        f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - RIGHT}" '
         f'y2="{HEIGHT - PAD}" stroke="#555"/>',
         f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{HEIGHT - PAD}" stroke="#555"/>',
         f'<text x="{PAD - 6}" y="{sy(y1) + 4:.1f}" text-anchor="end" '
@@ -52,7 +52,8 @@ def line_chart(
         f'font-size="10">{y0:.3g}</text>',
         f'<text x="12" y="{HEIGHT / 2}" font-size="11" transform="rotate(-90 12 {HEIGHT / 2})" '
         f'text-anchor="middle">{escape(y_label)}</text>',
-        f'<text x="{WIDTH / 2}" y="{HEIGHT - 8}" text-anchor="middle" font-size="11">round</text>',
+        f'<text x="{(WIDTH - RIGHT + PAD) / 2}" y="{HEIGHT - 8}" text-anchor="middle" '
+        'font-size="11">round</text>',
     ]
     for x in sorted(set(xs)):
         parts.append(
@@ -61,9 +62,9 @@ def line_chart(
         )
     if limit is not None:
         parts.append(
-            f'<line class="limit" x1="{PAD}" y1="{sy(limit):.1f}" x2="{WIDTH - PAD}" '
+            f'<line class="limit" x1="{PAD}" y1="{sy(limit):.1f}" x2="{WIDTH - RIGHT}" '
             f'y2="{sy(limit):.1f}" stroke="#999" stroke-dasharray="5,4"/>'
-            f'<text x="{WIDTH - PAD}" y="{sy(limit) - 4:.1f}" text-anchor="end" '
+            f'<text x="{WIDTH - RIGHT}" y="{sy(limit) - 4:.1f}" text-anchor="end" '
             f'font-size="10">{escape(limit_label)}</text>'
         )
     for i, (name, values) in enumerate(series.items()):
@@ -79,7 +80,7 @@ def line_chart(
                 f"{y:.4g}</title></circle>"
             )
         parts.append(
-            f'<text x="{WIDTH - PAD + 4}" y="{PAD + 14 * i}" font-size="10" '
+            f'<text x="{WIDTH - RIGHT + 8}" y="{PAD + 14 * i}" font-size="10" '
             f'fill="{colour}">{escape(name)}</text>'
         )
     parts.append("</svg>")
