@@ -47,10 +47,17 @@ PATHS = ["/", "/runs", "/runs/1", "/entries/{mid}", "/api/overview", "/api/runs"
 def _load(port: int, path: str, token: str, requests: int, clients: int) -> list[float]:
     """``requests`` GETs of ``path`` over ``clients`` keep-alive connections; seconds each."""
     times: list[float] = []
+    errors: list[BaseException] = []
     lock = threading.Lock()
     per_client = max(1, requests // clients)
 
     def client() -> None:
+        try:
+            one_client()
+        except (OSError, RuntimeError, http.client.HTTPException) as err:
+            errors.append(err)
+
+    def one_client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         mine = []
         for _ in range(per_client):
@@ -70,6 +77,8 @@ def _load(port: int, path: str, token: str, requests: int, clients: int) -> list
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     return times
 
 
@@ -111,7 +120,7 @@ def main() -> None:
                 try:
                     _load(port, "/api/runs", token, 1, 1)
                     break
-                except (ConnectionError, OSError):
+                except (ConnectionError, OSError, http.client.HTTPException):
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise
                     time.sleep(0.3)
