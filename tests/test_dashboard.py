@@ -201,3 +201,9 @@ def test_audit_serve_refuses_a_busy_port_and_a_missing_ledger(tmp_path: Path, ur
     result = runner.invoke(app, ["audit", "serve", "--ledger", missing])
     assert result.exit_code == 1 and "no ledger at" in result.output
     assert not (tmp_path / "none.db").exists()  # read-only: nothing created
+
+
+def test_the_run_page_shows_the_recorded_policy(dashboard: Dashboard) -> None:
+    run = dashboard.get("/api/runs/1").json()
+    assert "[privacy]" in run["policy_toml"] and "epsilon = 8.0" in run["policy_toml"]
+    assert 'id="policy"' in dashboard.get("/runs/1").text

@@ -135,6 +135,7 @@ class LedgerView:
             "planned_rounds": run["planned_rounds"],
             "test_accuracy": _finite(run["test_accuracy"]),
             "epsilon_budget": budget,
+            "policy_toml": row.policy_toml if row is not None else None,
             "rounds": [
                 {
                     "round": r["round"],

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from common.epsilon import epsilon_for_json
 from server.ledger.schema import (
@@ -17,6 +17,8 @@ from server.ledger.schema import (
     FlowerRun,
     Participant,
     Release,
+    Round,
+    RoundUpdate,
     Run,
 )
 
@@ -74,15 +76,31 @@ def ledger_report(session: Session, run_id: int | None = None) -> dict[str, Any]
         return query.where(column == run_id) if run_id is not None else query
 
     participants = session.scalars(select(Participant).order_by(Participant.id)).all()
-    runs = session.scalars(only(Run, Run.id).order_by(Run.id)).all()
+    # Each row's participant (and each run's rounds and updates) loaded with it,
+    # in a few queries, rather than one attribute load per row.
+    runs = session.scalars(
+        only(Run, Run.id)
+        .options(
+            selectinload(Run.rounds).selectinload(Round.updates).joinedload(RoundUpdate.participant)
+        )
+        .order_by(Run.id)
+    ).all()
     charges: dict[tuple[int, int], list[Charge]] = {}
-    for c in session.scalars(only(Charge, Charge.run_id).order_by(Charge.id)):
+    for c in session.scalars(
+        only(Charge, Charge.run_id).options(joinedload(Charge.participant)).order_by(Charge.id)
+    ):
         charges.setdefault((c.run_id, c.round_number), []).append(c)
     exclusions: dict[int, list[Exclusion]] = {}
-    for e in session.scalars(only(Exclusion, Exclusion.run_id).order_by(Exclusion.id)):
+    for e in session.scalars(
+        only(Exclusion, Exclusion.run_id)
+        .options(joinedload(Exclusion.participant))
+        .order_by(Exclusion.id)
+    ):
         exclusions.setdefault(e.run_id, []).append(e)
     defences: dict[int, list[Defence]] = {}
-    for defence in session.scalars(only(Defence, Defence.run_id).order_by(Defence.id)):
+    for defence in session.scalars(
+        only(Defence, Defence.run_id).options(joinedload(Defence.participant)).order_by(Defence.id)
+    ):
         defences.setdefault(defence.run_id, []).append(defence)
     carried: dict[int, list[FlowerRun]] = {}
     for flower_run in session.scalars(only(FlowerRun, FlowerRun.run_id).order_by(FlowerRun.id)):
