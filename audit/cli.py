@@ -262,7 +262,10 @@ def serve(
     from audit.web import create_app
 
     operator = _operator_key(operator_key) if operator_key else None
-    dashboard = create_app(ledger_url, operator)
+    name = None
+    if operator_key and (Path(operator_key).suffix == ".json" or Path(operator_key).is_file()):
+        name = Consortium.load(Path(operator_key)).name
+    dashboard = create_app(ledger_url, operator, name)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))

@@ -60,7 +60,7 @@ def dashboard(url: str, tmp_path: Path) -> Iterator[Dashboard]:
         for row in s.query(ApiToken).filter(ApiToken.name == "expired"):
             row.expires_at = row.created_at
     tokens["wrong"] = "fct_" + "A" * 43
-    app = create_app(url, operator.public_key())
+    app = create_app(url, operator.public_key(), "Test consortium")
     with TestClient(app) as client:
         yield Dashboard(client, ledger, url, tokens)
     app.state.ledger.close()
@@ -104,6 +104,8 @@ def test_a_login_sets_a_strict_http_only_cookie(dashboard: Dashboard) -> None:
 
 def test_the_pages_show_the_ledger(dashboard: Dashboard) -> None:
     overview = dashboard.get("/").text
+    assert "Overview: Test consortium" in overview
+    assert dashboard.get("/api/overview").json()["consortium"] == "Test consortium"
     for shown in ("university-a", "company-c", "CC-BY-NC-4.0", "Latest signed tree head",
                   "Verify now"):  # fmt: skip
         assert shown in overview

@@ -559,6 +559,7 @@ def test_the_dashboard_in_a_real_browser(demo: DemoRun, tmp_path: Path) -> None:
             expect(page.locator("#message")).to_contain_text("not valid")
             page.fill("#token", token)
             page.click("#login")
+            expect(page.locator("h1")).to_have_text("Overview: FedCommons demo")
             rows = page.locator("#participants tr")
             expect(rows).to_have_count(1 + 3)
             for name in INSTITUTIONS:

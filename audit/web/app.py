@@ -55,8 +55,14 @@ Seq = Annotated[int, PathParam(ge=0, le=MAX_ID)]
 JobId = Annotated[str, PathParam(pattern="^[0-9a-f]{32}$")]
 
 
-def create_app(ledger_url: str, operator: Ed25519PublicKey | None = None) -> FastAPI:
-    """The dashboard for the ledger at ``ledger_url`` (opened read-only)."""
+def create_app(
+    ledger_url: str, operator: Ed25519PublicKey | None = None, consortium: str | None = None
+) -> FastAPI:
+    """The dashboard for the ledger at ``ledger_url`` (opened read-only).
+
+    ``operator`` lets "verify now" check the tree heads' signatures;
+    ``consortium`` is the name the overview shows (from ``consortium.json``).
+    """
     ledger = Ledger(ledger_url, read_only=True)
     view = LedgerView()
     jobs = VerifyJobs(ledger, operator)
@@ -136,7 +142,7 @@ def create_app(ledger_url: str, operator: Ed25519PublicKey | None = None) -> Fas
 
     @app.get("/api/overview", summary="Participants, datasets and the latest signed tree head")
     def api_overview(_: Reader) -> dict[str, Any]:
-        return read(view.overview)  # type: ignore[no-any-return]
+        return {"consortium": consortium, **read(view.overview)}
 
     @app.get("/api/runs", summary="Every run: status, policy hash, rounds")
     def api_runs(_: Reader) -> list[dict[str, Any]]:
@@ -167,7 +173,8 @@ def create_app(ledger_url: str, operator: Ed25519PublicKey | None = None) -> Fas
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def overview_page(request: Request, who: Reader) -> HTMLResponse:
-        return page(request, "overview.html", who=who, data=read(view.overview))
+        data = {"consortium": consortium, **read(view.overview)}
+        return page(request, "overview.html", who=who, data=data)
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
     def runs_page(request: Request, who: Reader) -> HTMLResponse:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, QueuePool, create_engine, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -70,9 +70,13 @@ def _engine(url: str, read_only: bool = False) -> Engine:
     try:
         if read_only and parsed.get_backend_name() == "sqlite" and parsed.database:
             target = f"file:{Path(parsed.database).resolve()}?mode=ro"
+            # A pool of its own connections per checkout, as for any file: the URL
+            # says "sqlite://", for which SQLAlchemy would otherwise share one
+            # connection per thread and close it under another thread's feet.
             return create_engine(
                 "sqlite://",
                 creator=lambda: sqlite3.connect(target, uri=True, check_same_thread=False),
+                poolclass=QueuePool,
             )
         if read_only and parsed.get_backend_name() == "postgresql":
             return create_engine(
