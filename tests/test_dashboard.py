@@ -209,3 +209,21 @@ def test_the_run_page_shows_the_recorded_policy(dashboard: Dashboard) -> None:
     run = dashboard.get("/api/runs/1").json()
     assert "[privacy]" in run["policy_toml"] and "epsilon = 8.0" in run["policy_toml"]
     assert 'id="policy"' in dashboard.get("/runs/1").text
+
+
+def test_the_light_report_is_the_full_one_projected(dashboard: Dashboard) -> None:
+    from server.ledger.report import ledger_report
+
+    with dashboard.ledger.session() as s:
+        (full,) = ledger_report(s, run_id=1)["runs"]
+        (light,) = ledger_report(s, run_id=1, light=True)["runs"]
+    assert [(r["round"], r["accuracy"], r["loss"], r["model_sha256_after"],
+             [u["institution"] for u in r["updates"]]) for r in full["rounds"]] == [
+        (r["round"], r["accuracy"], r["loss"], r["model_sha256_after"],
+         [u["institution"] for u in r["updates"]]) for r in light["rounds"]
+    ]  # fmt: skip
+    assert [(c["round"], c["institution"], c["epsilon"]) for c in full["privacy_charges"]] == [
+        (c["round"], c["institution"], c["epsilon"]) for c in light["privacy_charges"]
+    ]
+    for key in ("exclusions", "defences", "releases", "flower_runs", "status", "policy_sha256"):
+        assert full[key] == light[key]

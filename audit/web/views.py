@@ -105,7 +105,7 @@ class LedgerView:
         ]  # fmt: skip
 
     def run(self, session: Session, run_id: int) -> dict[str, Any]:
-        found = ledger_report(session, run_id=run_id)["runs"]
+        found = ledger_report(session, run_id=run_id, light=True)["runs"]
         if not found:
             raise NotFound(f"no run {run_id}")
         run = found[0]

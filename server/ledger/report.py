@@ -60,15 +60,56 @@ def exclusion_doc(e: Exclusion) -> dict[str, Any]:
     }
 
 
+def _lean_rounds_and_charges(
+    session: Session, run_ids: list[int]
+) -> tuple[dict[int, list[dict[str, Any]]], dict[int, list[dict[str, Any]]]]:
+    """Each run's rounds (updates as institutions) and charges, read as plain rows."""
+    names: dict[int, list[str]] = {}
+    for round_id, name in session.execute(
+        select(RoundUpdate.round_id, Participant.name)
+        .join(Participant, Participant.id == RoundUpdate.participant_id)
+        .join(Round, Round.id == RoundUpdate.round_id)
+        .where(Round.run_id.in_(run_ids))
+    ):
+        names.setdefault(round_id, []).append(name)
+    rounds: dict[int, list[dict[str, Any]]] = {}
+    for r in session.execute(
+        select(Round.id, Round.run_id, Round.number, Round.accuracy, Round.loss,
+               Round.model_sha256_after)
+        .where(Round.run_id.in_(run_ids))
+        .order_by(Round.run_id, Round.number)
+    ):  # fmt: skip
+        rounds.setdefault(r.run_id, []).append(
+            {"round": r.number, "accuracy": r.accuracy, "loss": r.loss,
+             "model_sha256_after": r.model_sha256_after,
+             "updates": [{"institution": n} for n in sorted(names.get(r.id, []))]}
+        )  # fmt: skip
+    charges: dict[int, list[dict[str, Any]]] = {}
+    for run_id, number, name, epsilon in session.execute(
+        select(Charge.run_id, Charge.round_number, Participant.name, Charge.epsilon)
+        .join(Participant, Participant.id == Charge.participant_id)
+        .where(Charge.run_id.in_(run_ids))
+        .order_by(Charge.run_id, Charge.round_number, Participant.name, Charge.id)
+    ):
+        charges.setdefault(run_id, []).append(
+            {"round": number, "institution": name, "epsilon": epsilon_for_json(epsilon)}
+        )
+    return rounds, charges
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def ledger_report(session: Session, run_id: int | None = None) -> dict[str, Any]:
+def ledger_report(
+    session: Session, run_id: int | None = None, *, light: bool = False
+) -> dict[str, Any]:
     """Everything an auditor sees, as plain JSON-ready data.
 
     With ``run_id``, only that run (and no cumulative ``privacy`` summary,
-    which spans every run): what the dashboard's run page reads.
+    which spans every run): what the dashboard's run page reads. ``light``
+    gives each round's updates as their institutions only and each privacy
+    charge as its round, institution and epsilon, read as plain rows.
     """
 
     def only(table: Any, column: Any) -> Any:
@@ -84,12 +125,20 @@ def ledger_report(session: Session, run_id: int | None = None) -> dict[str, Any]
             selectinload(Run.rounds).selectinload(Round.updates).joinedload(RoundUpdate.participant)
         )
         .order_by(Run.id)
+        if not light
+        else only(Run, Run.id).order_by(Run.id)
     ).all()
     charges: dict[tuple[int, int], list[Charge]] = {}
-    for c in session.scalars(
-        only(Charge, Charge.run_id).options(joinedload(Charge.participant)).order_by(Charge.id)
-    ):
+    charge_rows = (
+        session.scalars(
+            only(Charge, Charge.run_id).options(joinedload(Charge.participant)).order_by(Charge.id)
+        )
+        if not light
+        else ()  # read as plain rows by _lean_rounds_and_charges
+    )
+    for c in charge_rows:
         charges.setdefault((c.run_id, c.round_number), []).append(c)
+    lean = _lean_rounds_and_charges(session, [r.id for r in runs]) if light else None
     exclusions: dict[int, list[Exclusion]] = {}
     for e in session.scalars(
         only(Exclusion, Exclusion.run_id)
@@ -171,7 +220,9 @@ def ledger_report(session: Session, run_id: int | None = None) -> dict[str, Any]
                     }
                     for d in defences.get(run.id, [])
                 ],
-                "privacy_charges": [
+                "privacy_charges": lean[1].get(run.id, [])
+                if lean is not None
+                else [
                     {
                         "round": c.round_number,
                         "institution": c.participant.name,
@@ -190,7 +241,9 @@ def ledger_report(session: Session, run_id: int | None = None) -> dict[str, Any]
                     if run_id == run.id
                     for c in sorted(round_charges, key=lambda c: c.participant.name)
                 ],
-                "rounds": [
+                "rounds": lean[0].get(run.id, [])
+                if lean is not None
+                else [
                     {
                         "round": r.number,
                         "accuracy": r.accuracy,
