@@ -12,6 +12,7 @@ never a traceback, and never the ledger's URL.
 from __future__ import annotations
 
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -92,7 +93,7 @@ def create_app(
             return JSONResponse({"error": exc.detail}, exc.status_code, headers=headers)
         if exc.status_code == 401:
             return page_401(request, "Give a token to read this ledger.", headers)
-        detail = _escape(str(exc.detail))
+        detail = escape(str(exc.detail))
         body = f"<h1>{exc.status_code}</h1><p>{detail}</p><p><a href='/'>overview</a></p>"
         return HTMLResponse(body, exc.status_code, headers=headers)
 
@@ -102,7 +103,7 @@ def create_app(
         message = f"bad request: {where or 'input'} is not valid"
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, 400)
-        return HTMLResponse(f"<h1>400</h1><p>{_escape(message)}</p>", 400)
+        return HTMLResponse(f"<h1>400</h1><p>{escape(message)}</p>", 400)
 
     def page_401(request: Request, message: str, headers: Any = None) -> HTMLResponse:
         response = page(request, "login.html", message=message)
@@ -217,9 +218,3 @@ def _charts(run: dict[str, Any]) -> dict[str, str]:
             limit_label=f"budget ε = {budget:g}" if budget is not None else "",
         ),
     }
-
-
-def _escape(text: str) -> str:
-    from html import escape
-
-    return escape(text)

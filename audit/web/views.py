@@ -7,7 +7,6 @@ the ledger's URL or any secret.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from pathlib import Path
@@ -189,7 +188,3 @@ def _card_text(out: str | None) -> str | None:
         return path.read_text(encoding="utf-8")[:200_000]
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, indent=2, sort_keys=True)

@@ -230,8 +230,12 @@ class ConsortiumStrategy(Strategy):
         """The last round's accepted updates as aggregated (bounded), with their example counts."""
         key = self.intake.arrayrecord_key
         return [
-            (a.update.institution, arrays_of(a.message.content.array_records[key]), n)
-            for a, n in ((a, a.update.num_examples) for a in self._round.accepted)
+            (
+                a.update.institution,
+                arrays_of(a.message.content.array_records[key]),
+                a.update.num_examples,
+            )
+            for a in self._round.accepted
         ]
 
     @property

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -171,13 +171,4 @@ class Valuer:
             prefetch=utility.prefetch,
             max_evaluations=self.config.max_evaluations,
         )
-        return RoundValues(
-            values.method,
-            values.players,
-            values.utilities,
-            values.values,
-            values.truncation,
-            values.permutations,
-            time.perf_counter() - started,
-            utility=self.config.utility,
-        )
+        return replace(values, seconds=time.perf_counter() - started, utility=self.config.utility)
