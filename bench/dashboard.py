@@ -5,7 +5,8 @@ builder (participants, datasets, runs, rounds, updates, charges, signed tree
 heads), issues a token, starts the real ``fedcommons audit serve`` process on
 loopback and sends ``--requests`` GETs to each page and API call from
 ``--clients`` concurrent keep-alive connections (a small load generator in
-this file: ``wrk`` is not installed here). Reports p50/p95 per endpoint and
+this file: ``wrk`` is not installed here). Reports each endpoint's first
+(cold) request, its p50/p95 under load, and
 the server's resident memory (VmRSS after the load, VmHWM its peak).
 
 Usage::
@@ -127,6 +128,7 @@ def main() -> None:
             memory_idle = _memory(server.pid)
             for template in PATHS:
                 path = template.format(mid=args.entries // 2)
+                (first,) = _load(port, path, token, 1, 1)  # cold: nothing cached yet
                 _load(port, path, token, args.clients, args.clients)  # warm
                 times = sorted(_load(port, path, token, args.requests, args.clients))
                 row = {
@@ -135,9 +137,11 @@ def main() -> None:
                     "p50_ms": 1000 * statistics.median(times),
                     "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))],
                     "max_ms": 1000 * times[-1],
+                    "first_ms": 1000 * first,
                 }
                 rows.append(row)
-                print(f"{path:24s} p50 {row['p50_ms']:8.1f} ms  p95 {row['p95_ms']:8.1f} ms")
+                print(f"{path:24s} first {row['first_ms']:7.1f} ms  p50 {row['p50_ms']:7.1f} ms  "
+                      f"p95 {row['p95_ms']:7.1f} ms")  # fmt: skip
             memory = _memory(server.pid)
             print(f"server memory: idle {memory_idle}, after the load {memory} (MiB)")
         finally:

@@ -227,3 +227,15 @@ def test_the_light_report_is_the_full_one_projected(dashboard: Dashboard) -> Non
     ]
     for key in ("exclusions", "defences", "releases", "flower_runs", "status", "policy_sha256"):
         assert full[key] == light[key]
+
+
+def test_a_run_page_follows_the_ledger_as_entries_land(dashboard: Dashboard) -> None:
+    from server.ledger.runs import finish_run
+
+    before = dashboard.get("/api/runs/1").json()
+    assert dashboard.get("/api/runs/1").json() == before  # built once, served again
+    with dashboard.ledger.session() as s:
+        finish_run(s, 1, "interrupted", reason="the operator stopped it")
+    after = dashboard.get("/api/runs/1").json()
+    assert (after["status"], after["status_reason"]) == ("interrupted", "the operator stopped it")
+    assert "the operator stopped it" in dashboard.get("/runs/1").text

@@ -151,7 +151,8 @@ def create_app(
 
     @app.get("/api/runs/{run_id}", summary="A run: rounds, ε, exclusions, defences, contributions")
     def api_run(run_id: RunId, _: Reader) -> dict[str, Any]:
-        return read(view.run, run_id)  # type: ignore[no-any-return]
+        run, _ = read(view.cached_run, run_id, _with_charts)
+        return run  # type: ignore[no-any-return]
 
     @app.get("/api/entries/{seq}", summary="A ledger entry with its inclusion proof")
     def api_entry(seq: Seq, _: Reader) -> JSONResponse:
@@ -183,14 +184,18 @@ def create_app(
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run_page(request: Request, run_id: RunId, who: Reader) -> HTMLResponse:
-        run = read(view.run, run_id)
-        return page(request, "run.html", who=who, run=run, charts=_charts(run))
+        run, charts = read(view.cached_run, run_id, _with_charts)
+        return page(request, "run.html", who=who, run=run, charts=charts)
 
     @app.get("/entries/{seq}", response_class=HTMLResponse, include_in_schema=False)
     def entry_page(request: Request, seq: Seq, who: Reader) -> HTMLResponse:
         return page(request, "entry.html", who=who, entry=read(view.entry, seq))
 
     return app
+
+
+def _with_charts(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    return run, _charts(run)
 
 
 def _charts(run: dict[str, Any]) -> dict[str, str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,38 @@ def _finite(value: Any) -> Any:
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
+CACHED_RUNS = 16
+
+
 class LedgerView:
-    """The dashboard's reads; keeps the Merkle tree's leaves between requests."""
+    """The dashboard's reads; keeps the Merkle tree's leaves between requests.
+
+    A run's page is built once per state of the ledger: every change to a run
+    (a round, a charge, a status, a release, a value) appends an entry, so a
+    run read when the last entry was ``seq`` stays right until another entry
+    lands. The newest :data:`CACHED_RUNS` builds are kept.
+    """
 
     def __init__(self) -> None:
         self._tree = LedgerTree()
         self._lock = threading.Lock()
+        self._runs: OrderedDict[tuple[int, int], Any] = OrderedDict()
+
+    def cached_run(
+        self, session: Session, run_id: int, build: Callable[[dict[str, Any]], Any] = dict
+    ) -> Any:
+        """``build(self.run(session, run_id))``, reused while no entry has been appended."""
+        key = (run_id, session.scalar(select(func.max(LedgerEntry.seq))) or -1)
+        with self._lock:
+            if key in self._runs:
+                self._runs.move_to_end(key)
+                return self._runs[key]
+        built = build(self.run(session, run_id))
+        with self._lock:
+            self._runs[key] = built
+            while len(self._runs) > CACHED_RUNS:
+                self._runs.popitem(last=False)
+        return built
 
     def latest_head(self, session: Session) -> dict[str, Any] | None:
         row = session.scalar(select(LedgerTreeHead).order_by(LedgerTreeHead.id.desc()).limit(1))
