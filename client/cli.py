@@ -13,6 +13,7 @@ from rich.table import Table
 
 from client.accountant import list_histories
 from client.enrolment import ParticipantState, enrol
+from client.supernode import ISOLATIONS
 from client.supernode import start as start_supernode
 from common.epsilon import format_epsilon
 from common.images import ImageData
@@ -182,6 +183,20 @@ def start(
         float, typer.Option(help="Seconds to wait for the SuperLink to accept connections.")
     ] = 60.0,
     insecure: Annotated[bool, typer.Option("--insecure", hidden=True)] = False,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            help="warm: a runner that loaded torch and the base model once forks each "
+            "ClientApp; subprocess: Flower starts each ClientApp from scratch."
+        ),
+    ] = "warm",
+    encoder_cache: Annotated[
+        bool,
+        typer.Option(
+            help="BERT with frozen lower layers: train the top from this node's cache of their "
+            "outputs (kept in the state folder; the same result, far fewer computations)."
+        ),
+    ] = True,
 ) -> None:
     """Start this node's SuperNode and stay in the foreground (Ctrl-C or SIGTERM stops it).
 
@@ -190,12 +205,18 @@ def start(
     was not issued by the pinned consortium CA.
     """
     console = Console(stderr=True)
+    if isolation not in ISOLATIONS:
+        raise typer.BadParameter(
+            f"--isolation is {' or '.join(ISOLATIONS)}, not {isolation!r}", param_hint="--isolation"
+        )
     code = start_supernode(
         state,
         superlink=superlink,
         clientappio_port=port,
         insecure=insecure,
         wait=wait,
+        warm=isolation == "warm",
+        encoder_cache=encoder_cache,
         say=lambda line: console.print(line, highlight=False),
     )
     raise typer.Exit(code)

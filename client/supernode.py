@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
@@ -30,6 +30,7 @@ from common.processes import flower_env, run_foreground
 from common.protocol import NodeConfig
 
 __all__ = [
+    "ISOLATIONS",
     "NodeStartError",
     "ReadyNode",
     "check_state",
@@ -39,6 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ISOLATIONS = ("warm", "subprocess")
+"""How a node runs its ClientApps: forked by a warm runner, or Flower's fresh subprocesses."""
 
 
 class NodeStartError(UserError, RuntimeError):
@@ -53,6 +57,7 @@ def supernode_argv(
     auth_key: Path | None,
     clientappio_port: int | None = None,
     insecure: bool = False,
+    warm: bool = False,
 ) -> list[str]:
     """The ``flower-supernode`` command line.
 
@@ -71,6 +76,9 @@ def supernode_argv(
         Local port for its ClientApps (each SuperNode on one machine needs its own).
     insecure : bool (default: False)
         Plaintext, for Flower-only tests on one machine.
+    warm : bool (default: False)
+        ``--isolation process``: a warm runner (:mod:`client.warm`) beside it
+        starts the ClientApps; otherwise Flower starts each one afresh.
     """
     security: list[str] = []
     if insecure:
@@ -86,6 +94,7 @@ def supernode_argv(
         *security,
         "--superlink", superlink,
         *port,
+        "--isolation", "process" if warm else "subprocess",
         "--node-config", node_config.to_flag(),
     ]  # fmt: skip
 
@@ -231,8 +240,14 @@ def start(
     insecure: bool = False,
     wait: float = 60.0,
     say: Callable[[str], None] = log.info,
+    warm: bool = True,
+    encoder_cache: bool = True,
 ) -> int:
     """Check the state folder and the SuperLink, then run the SuperNode in the foreground.
+
+    With ``warm`` (the default) its ClientApps are forked by a warm runner
+    (:mod:`client.warm`) that loaded torch and the base model once;
+    ``warm=False`` leaves Flower to start each ClientApp from scratch.
 
     Returns its exit status: 0 after SIGTERM or Ctrl-C; non-zero when the
     SuperLink refused it (not registered, or a session it still holds).
@@ -245,15 +260,21 @@ def start(
         check_superlink_certificate(address, node.state.ca_certificate, wait=wait)
     argv = supernode_argv(
         superlink=address,
-        node_config=node.node_config,
+        node_config=replace(node.node_config, encoder_cache=encoder_cache),
         ca_certificate=node.state.ca_certificate,
         auth_key=node.state.supernode_key,
         clientappio_port=clientappio_port,
         insecure=insecure,
+        warm=warm,
     )
     say(
         f"SuperNode for {node.node_config.institution} -> {address} (data "
         f"{node.dataset_sha256[:12]}... as admitted); Ctrl-C or SIGTERM stops it"
     )
     env = flower_env(FLWR_TELEMETRY_ENABLED="0", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return run_foreground(argv, env=env, cwd=node.state.root)
+    companion = None
+    if warm:
+        from client.warm import runner_argv
+
+        companion = runner_argv(f"127.0.0.1:{clientappio_port or 9094}", node.state.root)
+    return run_foreground(argv, env=env, cwd=node.state.root, companion=companion)

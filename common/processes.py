@@ -153,6 +153,7 @@ def run_foreground(
     env: Mapping[str, str],
     cwd: Path | None = None,
     grace: float = 10.0,
+    companion: Sequence[str] | None = None,
 ) -> int:
     """Run ``argv`` until it exits or this process is asked to stop; return its exit status.
 
@@ -163,32 +164,45 @@ def run_foreground(
     seconds after the signal), every process it started, however detached,
     is stopped too.
 
+    ``companion`` is a second command started beside it (a warm ClientApp
+    runner beside a SuperNode): stopped with it, and if it dies first, the
+    main process is stopped too and its exit status is returned instead.
+
     Returns
     -------
     int
         0 if it stopped because this process was signalled, else its own
-        exit status (negative: the signal that killed it).
+        exit status (negative: the signal that killed it), or the
+        companion's if that ended first.
     """
     tree = ProcessTree()
     asked: list[float] = []  # when the stop signal came
     started: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if not asked and started and started[0].poll() is None:
-            started[0].send_signal(signum)
+        if not asked:
+            for child in started:
+                if child.poll() is None:
+                    child.send_signal(signum)
         asked.append(time.monotonic())
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        started.append(subprocess.Popen(list(argv), env=dict(env), cwd=cwd, process_group=0))
+        for command in (argv, companion) if companion else (argv,):
+            started.append(subprocess.Popen(list(command), env=dict(env), cwd=cwd, process_group=0))
+            tree.add_root(started[-1].pid)
     except BaseException:
+        for child in started:
+            child.kill()
+            child.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         raise
     process = started[0]
-    tree.add_root(process.pid)
     if asked:  # the signal came while it started
-        process.send_signal(signal.SIGTERM)
+        for child in started:
+            child.send_signal(signal.SIGTERM)
+    companion_code: int | None = None
     try:
         while True:
             try:
@@ -198,8 +212,14 @@ def run_foreground(
                 tree.look()
                 if asked and time.monotonic() - asked[0] > grace:
                     process.kill()
+                if len(started) > 1 and companion_code is None and not asked:
+                    companion_code = started[1].poll()
+                    if companion_code is not None:
+                        process.send_signal(signal.SIGTERM)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         tree.stop(min(grace, 5.0))
+    if companion_code is not None:
+        return companion_code or 1
     return 0 if asked and code in GRACEFUL_EXITS else code

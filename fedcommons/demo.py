@@ -65,6 +65,8 @@ def run_demo(
     status_interval: float = 2.0,
     insecure: bool = False,
     resume: bool = False,
+    isolation: str = "warm",
+    encoder_cache: bool = True,
 ) -> dict[str, Any]:
     """Run the whole demo and return (and write) ``summary.json``.
 
@@ -98,7 +100,9 @@ def run_demo(
     operator, layout = demo.operator, demo.layout
     ledger = Ledger(ledger_url)
     try:
-        with started_federation(demo, policy, insecure=insecure) as federation:
+        with started_federation(
+            demo, policy, insecure=insecure, isolation=isolation, encoder_cache=encoder_cache
+        ) as federation:
             if resuming is not None:
                 snapshots = operator.deploy().snapshot_dir
                 prepare_resume(ledger, snapshots, resuming[0], federation.cli)
@@ -138,6 +142,8 @@ def run_demo(
         (valued,) = contributions_report(session, run_id=run_id)
     summary: dict[str, Any] = {
         "engine": "flower-deployment",
+        "isolation": isolation,
+        "encoder_cache": encoder_cache,
         "flower_run_id": flower_run_id,
         "flower_run_ids": carriers,  # more than one when the run was resumed
         "ledger_run_id": run_id,

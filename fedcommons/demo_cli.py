@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from client.supernode import ISOLATIONS
 from common.epsilon import format_epsilon
 from common.policy import MODELS, Policy, PolicyError
 from fedcommons.demo import run_demo, unfinished_run
@@ -86,6 +87,13 @@ def demo(
             "last recorded round, with its own policy.",
         ),
     ] = False,
+    isolation: Annotated[
+        str,
+        typer.Option(
+            help="warm: each node's ClientApps are forked by a runner that loaded torch and "
+            "the base model once; subprocess: Flower starts each ClientApp from scratch.",
+        ),
+    ] = "warm",
 ) -> None:
     """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes.
 
@@ -101,6 +109,10 @@ def demo(
         raise typer.BadParameter(
             f"--resume continues the run with the policy it recorded; leave out {options}",
             param_hint="--resume",
+        )
+    if isolation not in ISOLATIONS:
+        raise typer.BadParameter(
+            f"--isolation is {' or '.join(ISOLATIONS)}, not {isolation!r}", param_hint="--isolation"
         )
     policy = Policy.load(policy_file) if policy_file else Policy()
     if resume:  # shown as the run recorded it
@@ -162,6 +174,7 @@ def demo(
                 on_round=on_round,
                 insecure=insecure,
                 resume=resume,
+                isolation=isolation,
             )
     except KeyboardInterrupt:
         console.print(

@@ -187,7 +187,12 @@ def demo_consortium(workdir: Path, policy: Policy, ledger_url: str) -> DemoConso
 
 @contextmanager
 def started_federation(
-    demo: DemoConsortium, policy: Policy, *, insecure: bool = False
+    demo: DemoConsortium,
+    policy: Policy,
+    *,
+    insecure: bool = False,
+    isolation: str = "warm",
+    encoder_cache: bool = True,
 ) -> Iterator[LocalFederation]:
     """The demo's SuperLink and SuperNodes on loopback; each institution admitted on the way.
 
@@ -216,6 +221,8 @@ def started_federation(
             insecure=insecure,
             on_superlink=admit_institutions,
             operator_dir=demo.operator.root,
+            isolation=isolation,
+            encoder_cache=encoder_cache,
         ) as federation:
             yield federation
     finally:

@@ -128,6 +128,8 @@ class LocalFederation:
         operator_dir: Path | None = None,
         insecure: bool = False,
         flwr_home: Path | None = None,
+        isolation: str = "warm",
+        encoder_cache: bool = True,
     ) -> None:
         if not nodes:
             raise ValueError("a federation needs at least one node")
@@ -140,6 +142,9 @@ class LocalFederation:
                         "needs the one 'client enroll' made"
                     )
         self.insecure = insecure or self.operator is None
+        self.isolation = isolation
+        """How 'client start' runs ClientApps: warm (forked by a warm runner) or subprocess."""
+        self.encoder_cache = encoder_cache
         self.on_superlink = on_superlink
         self.workdir = workdir.resolve()
         self.nodes = nodes
@@ -260,6 +265,8 @@ class LocalFederation:
                 "--superlink", address,
                 "--port", str(port),
                 "--wait", "0",
+                "--isolation", self.isolation,
+                *([] if self.encoder_cache else ["--no-encoder-cache"]),
             )  # fmt: skip
         else:
             argv = supernode_argv(

@@ -131,6 +131,11 @@ def test_the_demo_trains_three_institutions_with_dp(demo: DemoRun) -> None:
     assert (summary["tls"], summary["node_auth"], summary["encrypted_updates"]) == (True,) * 3
     superlink_log = (demo.workdir / "logs" / "superlink.log").read_text()
     assert "SuperNode authentication is disabled" not in superlink_log
+    # Warm ClientApps by default: each node's runner loaded torch once, then forked them.
+    assert summary["isolation"] == "warm"
+    for name in INSTITUTIONS:
+        node_log = (demo.workdir / "logs" / f"supernode-{name}.log").read_text()
+        assert "warm ClientApp runner: torch, opacus and the ClientApp loaded" in node_log
 
 
 def test_the_ledger_records_every_round_update_and_charge(demo: DemoRun) -> None:
@@ -155,7 +160,7 @@ def test_the_ledger_records_every_round_update_and_charge(demo: DemoRun) -> None
     assert [(c["round"], c["institution"]) for c in charges] == [  # by round, then name
         (r, name) for r in (1, 2) for name in INSTITUTIONS
     ]
-    assert all(c["dp"] and c["accountant"] == "rdp" and c["steps"] > 0 for c in charges)
+    assert all(c["dp"] and c["accountant"] == "prv" and c["steps"] > 0 for c in charges)
     assert {c["institution"]: c["epsilon"] for c in charges if c["round"] == 2} == demo.epsilon
     licences = {p["name"]: p["datasets"][-1]["licence"] for p in demo.report["participants"]}
     assert licences == {
@@ -270,7 +275,8 @@ def test_operator_run_against_the_demo_superlink(tmp_path: Path) -> None:
     consortium = demo_consortium(tmp_path, policy, f"sqlite:///{tmp_path / 'ledger.db'}")
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text(policy.to_toml())
-    with started_federation(consortium, policy) as federation:
+    # Flower's own isolation (a fresh ClientApp process per task) stays available.
+    with started_federation(consortium, policy, isolation="subprocess") as federation:
         pids = [p.pid for p in federation.processes.values()]
         command = ["operator", "run", str(policy_file), "--dir", str(consortium.operator.root)]
         result = CliRunner().invoke(app, [*command, "--format", "json"])
