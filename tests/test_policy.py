@@ -198,7 +198,7 @@ def test_privacy_defaults_are_dp_on_with_epsilon_8() -> None:
     privacy = Policy().privacy
     assert (privacy.dp, privacy.epsilon, privacy.delta) == (True, 8.0, 1e-5)
     assert (privacy.accountant, privacy.grad_sample_mode, privacy.noise_multiplier) == (
-        "rdp",
+        "prv",
         "hooks",
         0.0,
     )

@@ -25,6 +25,7 @@ __all__ = [
     "ACTIVATIONS",
     "AGGREGATORS",
     "DATASETS",
+    "DEVICES",
     "GRAD_SAMPLE_MODES",
     "LR_SCHEDULES",
     "MODELS",
@@ -39,6 +40,7 @@ MODELS = ("cnn", "bert")
 ACTIVATIONS = ("tanh", "relu")
 DATASETS = ("digits", "stdlib-docs")
 LR_SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
 ACCOUNTANTS = ("rdp", "prv")
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 
@@ -147,6 +149,10 @@ class TrainingConfig(Section):
         ``learning_rate * (0.1 + 0.9 * (1 + cos(pi * (r - 1) / R)) / 2)``, so
         the late rounds take small steps and add less DP noise to the
         final model.
+    device : str (default: "auto")
+        Where each node trains: ``"cuda"`` (a GPU; refused where there is
+        none), ``"cpu"``, or ``"auto"`` (the GPU when the node has one). The
+        same code runs on either, Opacus and the encoder cache included.
     """
 
     SECTION: ClassVar[str] = "training"
@@ -176,6 +182,10 @@ class TrainingConfig(Section):
             lambda v: v in LR_SCHEDULES,
             "one of: " + ", ".join(LR_SCHEDULES),
         ),
+    )
+    device: str = field(
+        default="auto",
+        metadata=spec("device", str, lambda v: v in DEVICES, "one of: " + ", ".join(DEVICES)),
     )
 
     def learning_rate_at(self, server_round: int, rounds: int) -> float:
@@ -207,8 +217,9 @@ class PrivacyConfig(Section):
     noise_multiplier : float (default: 0.0)
         Gaussian noise multiplier; 0 derives it once per client from
         ``epsilon``, ``delta`` and the planned rounds x local epochs.
-    accountant : str (default: "rdp")
-        ``"rdp"`` or ``"prv"``.
+    accountant : str (default: "prv")
+        ``"prv"`` (Opacus's PRV accountant: the tighter bound, so less noise
+        for the same budget) or ``"rdp"`` (Rényi DP, the looser classic).
     grad_sample_mode : str (default: "hooks")
         ``"hooks"`` (per-sample gradients) or ``"ghost"`` (ghost clipping).
     """
@@ -239,7 +250,7 @@ class PrivacyConfig(Section):
         ),
     )
     accountant: str = field(
-        default="rdp",
+        default="prv",
         metadata=spec(
             "accountant", str, lambda v: v in ACCOUNTANTS, f"one of: {', '.join(ACCOUNTANTS)}"
         ),
