@@ -28,6 +28,7 @@ from common.training import (
     evaluate,
     local_sgd,
     make_loader,
+    resolve_device,
     train,
     train_private,
 )
@@ -49,6 +50,8 @@ class ClientSetup:
     examples: Examples
     """``data`` as the model takes it (text tokenized once per ClientApp)."""
     state_dir: Path | None = None
+    encoder_cache: bool = True
+    """Train BERT's top from cached frozen outputs (the node's ``encoder-cache``)."""
 
     def identity(self) -> ParticipantState:
         """This node's enrolment (keys, pinned consortium) in its state folder."""
@@ -82,6 +85,7 @@ class ClientSetup:
             data=data,
             examples=to_examples(policy, data),
             state_dir=node.state_dir,
+            encoder_cache=node.encoder_cache,
         )
 
 
@@ -109,11 +113,11 @@ def train_round(
     server_round, base_sha256 = config.server_round, config.base_sha256
     dataset_sha256 = setup.data.sha256()
     if not privacy.dp:
-        model, optimizer, loader = _prepare(
+        model, trained, optimizer, loader = _prepare(
             setup, global_weights, server_round, base_sha256, shuffle=True
         )
         result = train(
-            model,
+            trained,
             loader,
             optimizer,
             policy.training.local_epochs,
@@ -162,11 +166,11 @@ def train_round(
                 next_eps=next_eps,
             )
         # Opacus replaces the loader's order with Poisson sampling.
-        model, optimizer, loader = _prepare(
+        model, trained, optimizer, loader = _prepare(
             setup, global_weights, server_round, base_sha256, shuffle=False
         )
         result, state.history = train_private(
-            model,
+            trained,
             loader,
             optimizer,
             epochs=policy.training.local_epochs,
@@ -200,33 +204,68 @@ def _prepare(
     base_sha256: str | None,
     *,
     shuffle: bool,
-) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[tuple[torch.Tensor, ...]]]:
-    """The global model, this node's optimizer and its data loader for one round.
+) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, DataLoader[tuple[torch.Tensor, ...]]]:
+    """The global model, the part of it to train, this node's optimizer and its data loader.
 
     Only the trainable part arrives; when the server names the frozen base
-    model's hash, this node's own frozen weights must match it.
+    model's hash, this node's own frozen weights must match it. A BERT model
+    whose lower layers are frozen trains only its top, from this node's
+    cache of the frozen layers' outputs (:mod:`client.encoder_cache`): the
+    same parameters, records and sampling, without the frozen forward pass.
     """
     policy = setup.policy
     model = build_model(policy.model, policy.federation.seed)
-    if base_sha256 is not None and (mine := frozen_sha256(model)) != base_sha256:
+    mine = frozen_sha256(model) if base_sha256 is not None or policy.model.name == "bert" else ""
+    if base_sha256 is not None and mine != base_sha256:
         raise PolicyError(
             f"the frozen base model here (sha256 {mine[:16]}...) is not the server's "
             f"({base_sha256[:16]}...): both must load the same base model "
             f"('model.base-model' = {policy.model.base_model!r})"
         )
     set_arrays(model, global_weights)
+    model.to(resolve_device(policy.training.device))
+    trained, examples = _trained_part(setup, model, mine)
     loader = make_loader(
-        setup.examples,
+        examples,
         policy.training.batch_size,
         shuffle=shuffle,
         seed=policy.federation.seed + server_round,
     )
     learning_rate = policy.training.learning_rate_at(server_round, policy.federation.rounds)
     optimizer = local_sgd(model, learning_rate, policy.training.momentum)
-    return model, optimizer, loader
+    return model, trained, optimizer, loader
+
+
+def _trained_part(
+    setup: ClientSetup, model: nn.Module, base_sha256: str
+) -> tuple[nn.Module, Examples]:
+    """``model`` and its examples, or its top and the cached frozen outputs (BERT, k > 0)."""
+    if setup.policy.model.name != "bert" or setup.state_dir is None or not setup.encoder_cache:
+        return model, setup.examples
+    from common.bert import EncodedText, TextClassifier
+
+    if not isinstance(model, TextClassifier) or not isinstance(setup.examples, EncodedText):
+        return model, setup.examples
+    from client.encoder_cache import cached_frozen_outputs
+    from common.bert_top import frozen_layers, top_view
+
+    k = frozen_layers(model)
+    if k == 0:
+        return model, setup.examples
+    outputs = cached_frozen_outputs(
+        setup.state_dir,
+        model,
+        setup.examples,
+        k=k,
+        base_sha256=base_sha256,
+        dataset_sha256=setup.data.sha256(),
+        max_length=setup.policy.model.max_length,
+    )
+    return top_view(model, k), outputs
 
 
 def evaluate_global(setup: ClientSetup, global_weights: Arrays) -> EvalResult:
     model = build_model(setup.policy.model, setup.policy.federation.seed)
     set_arrays(model, global_weights)
+    model.to(resolve_device(setup.policy.training.device))
     return evaluate(model, setup.examples)

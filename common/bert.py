@@ -14,9 +14,10 @@ grad sampler that crashes on broadcast ``position_ids`` (Opacus issue 841).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,14 @@ from common.policy import ModelConfig
 from common.text import TextData
 
 __all__ = [
+    "ArrayExamples",
     "BertError",
     "EncodedText",
     "TextClassifier",
     "build_bert",
     "encode",
+    "encoder_layers",
+    "keep_pretrained",
     "load_tokenizer",
     "resolve_base_model",
 ]
@@ -64,11 +68,33 @@ def resolve_base_model(base_model: str) -> str:
     return str(path) if path.is_dir() else base_model
 
 
+_KEPT: dict[tuple[str, int], nn.Module] = {}
+"""Pretrained classifiers loaded by :func:`keep_pretrained`, by (source, classes)."""
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def keep_pretrained(config: ModelConfig) -> str:
+    """Load the base model (and its tokenizer) once and keep them in this process.
+
+    A warm ClientApp runner (:mod:`client.warm`) calls this before it forks:
+    each forked ClientApp then copies the kept model instead of reading it
+    from disk. Only the pretrained weights are reused; every trainable
+    parameter is overwritten by the global model a round sends.
+    """
+    source = resolve_base_model(config.base_model)
+    if (source, config.num_classes) not in _KEPT:
+        _KEPT[source, config.num_classes] = _load_classifier(source, config.num_classes)
+    _TOKENIZERS[source] = load_tokenizer(config.base_model)
+    return source
+
+
 def load_tokenizer(base_model: str) -> Any:
     """The base model's tokenizer (offline)."""
     from transformers import AutoTokenizer
 
     source = resolve_base_model(base_model)
+    if source in _TOKENIZERS:
+        return _TOKENIZERS[source]
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as err:
@@ -76,11 +102,32 @@ def load_tokenizer(base_model: str) -> Any:
 
 
 class TextClassifier(nn.Module):
-    """``(input_ids, attention_mask) -> logits`` around a Hugging Face classifier."""
+    """``(input_ids, attention_mask) -> logits`` around a Hugging Face classifier.
 
-    def __init__(self, model: nn.Module) -> None:
+    The frozen part (the embeddings and every leading encoder layer without a
+    trainable parameter) always runs as at inference, without dropout: it is
+    a fixed feature extractor, so its outputs can be cached
+    (:mod:`common.bert_top`) and training from the cache equals training
+    through the whole model.
+    """
+
+    def __init__(self, model: nn.Module, *, lora: bool = False) -> None:
         super().__init__()
         self.hf = model
+        self.lora = lora
+
+    def train(self, mode: bool = True) -> TextClassifier:
+        super().train(mode)
+        if mode:
+            base: Any = self.hf.base_model
+            frozen = [base.embeddings] if not self.lora else []
+            for layer in [] if self.lora else encoder_layers(self):
+                if any(p.requires_grad for p in layer.parameters()):
+                    break
+                frozen.append(layer)
+            for module in frozen:
+                module.eval()
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits  # type: ignore[no-any-return]
@@ -92,20 +139,14 @@ def build_bert(config: ModelConfig) -> TextClassifier:
     The caller seeds torch's RNG (the new classifier head and LoRA adapters
     are drawn from it), as :func:`common.model.build_model` does.
     """
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
     source = resolve_base_model(config.base_model)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)  # "newly initialized classifier" is expected
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=config.num_classes
-        )
-    except (OSError, ValueError) as err:
-        raise BertError(f"cannot load a classifier from {source!r} (offline): {err}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    kept = _KEPT.get((source, config.num_classes))
+    if kept is not None:
+        # The head is then not the seed's, which does not matter on a node: the
+        # global model overwrites every trainable parameter before training.
+        model = copy.deepcopy(kept)
+    else:
+        model = _load_classifier(source, config.num_classes)
     base = getattr(model, "base_model", None)
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     classifier = getattr(model, "classifier", None)
@@ -136,26 +177,54 @@ def build_bert(config: ModelConfig) -> TextClassifier:
         if isinstance(pooler, nn.Module):
             pooler.requires_grad_(True)
     classifier.requires_grad_(True)
-    return TextClassifier(model)
+    return TextClassifier(model, lora=config.lora_rank > 0)
 
 
-@dataclass(frozen=True)
-class EncodedText:
-    """Tokenized text: what the BERT model and its data loader take."""
+def encoder_layers(model: TextClassifier) -> nn.ModuleList:
+    """The encoder layers of the Hugging Face model inside ``model``."""
+    base: Any = model.hf.base_model
+    layers = base.encoder.layer
+    if not isinstance(layers, nn.ModuleList):
+        raise BertError(f"{type(model.hf).__name__} has no encoder.layer list")
+    return layers
 
-    input_ids: NDArray[np.int64]
-    attention_mask: NDArray[np.int64]
+
+def _load_classifier(source: str, num_classes: int) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # "newly initialized classifier" is expected
+    try:
+        model: nn.Module = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=num_classes
+        )
+    except (OSError, ValueError) as err:
+        raise BertError(f"cannot load a classifier from {source!r} (offline): {err}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+class ArrayExamples:
+    """Examples held as a dataclass of arrays, model inputs first and ``labels`` last."""
+
     labels: NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (
-            torch.from_numpy(self.input_ids),
-            torch.from_numpy(self.attention_mask),
-            torch.from_numpy(self.labels),
-        )
+        return tuple(torch.from_numpy(getattr(self, f.name)) for f in fields(self))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class EncodedText(ArrayExamples):
+    """Tokenized text: what the BERT model and its data loader take."""
+
+    input_ids: NDArray[np.int64]
+    attention_mask: NDArray[np.int64]
+    labels: NDArray[np.int64]
 
 
 def encode(tokenizer: Any, data: TextData, max_length: int) -> EncodedText:

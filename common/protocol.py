@@ -205,12 +205,17 @@ class NodeConfig:
         the pinned consortium, the privacy accountant, receipts.
     torch_threads : int (default: 1)
         Threads each ClientApp may use.
+    encoder_cache : bool (default: True)
+        BERT with frozen lower layers: keep their outputs for this node's
+        texts in the state folder and train only the top from them (the same
+        result; ``encoder-cache=false`` runs the whole model every step).
     """
 
     institution: str
     data_dir: Path
     state_dir: Path | None = None
     torch_threads: int = 1
+    encoder_cache: bool = True
 
     @classmethod
     def from_mapping(cls, node_config: Mapping[str, Any]) -> NodeConfig:
@@ -229,11 +234,17 @@ class NodeConfig:
             raise NodeConfigError(
                 f"SuperNode node config torch-threads must be an integer >= 1, got {threads!r}"
             )
+        cache = node_config.get("encoder-cache", True)
+        if not isinstance(cache, bool):
+            raise NodeConfigError(
+                f"SuperNode node config encoder-cache must be true or false, got {cache!r}"
+            )
         return cls(
             institution=values["institution"],
             data_dir=Path(values["data-dir"]),
             state_dir=Path(state) if state else None,
             torch_threads=threads,
+            encoder_cache=cache,
         )
 
     def to_flag(self) -> str:
@@ -242,6 +253,8 @@ class NodeConfig:
         if self.state_dir is not None:
             parts.append(f'state-dir="{self.state_dir.resolve()}"')
         parts.append(f"torch-threads={self.torch_threads}")
+        if not self.encoder_cache:
+            parts.append("encoder-cache=false")
         return " ".join(parts)
 
 

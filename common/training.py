@@ -19,19 +19,42 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.dp import DPPlan, HistoryEntry, check_model_for_dp
+from common.errors import UserError
 
 __all__ = [
+    "DeviceError",
     "EvalResult",
     "Examples",
     "TrainResult",
     "evaluate",
     "local_sgd",
     "make_loader",
+    "resolve_device",
     "train",
     "train_private",
 ]
 
 Loader = DataLoader[tuple[torch.Tensor, ...]]
+
+
+class DeviceError(UserError, ValueError):
+    """The policy asks for a device this node does not have."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``training.device`` on this node: ``auto`` is the GPU when there is one."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            'training.device = "cuda" but this node has no usable CUDA GPU (torch '
+            f'{torch.__version__}); use "auto" to train on the GPU only where there is one'
+        )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @dataclass(frozen=True)
@@ -93,9 +116,12 @@ def _run_epochs(
     max_grad_norm: float | None = None,
 ) -> TrainResult:
     model.train()
+    device = _device_of(model)
     total_loss, seen, steps = 0.0, 0, 0
     for _ in range(epochs):
-        for *inputs, labels in loader:
+        for *batch, labels_here in loader:
+            inputs = [x.to(device) for x in batch]
+            labels = labels_here.to(device)
             # An empty Poisson batch still takes a (pure-noise) DP step: the
             # accountant charges it, so it is not skipped.
             optimizer.zero_grad()
@@ -188,10 +214,12 @@ def train_private(
 def evaluate(model: nn.Module, data: Examples, batch_size: int = 256) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on ``data``."""
     model.eval()
+    device = _device_of(model)
     criterion = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct = 0.0, 0
-    for *inputs, labels in make_loader(data, batch_size, shuffle=False):
-        logits = model(*inputs)
+    for *batch, labels_here in make_loader(data, batch_size, shuffle=False):
+        labels = labels_here.to(device)
+        logits = model(*(x.to(device) for x in batch))
         total_loss += float(criterion(logits, labels))
         correct += int((logits.argmax(dim=1) == labels).sum())
     n = len(data)

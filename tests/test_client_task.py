@@ -89,9 +89,26 @@ def test_dp_round_learns_keeps_plain_keys_and_charges_the_budget(data_dir: Path)
     assert set(outcome.weights) == set(start)  # no "_module." prefix on the wire
     assert evaluate_global(setup, outcome.weights).loss < evaluate_global(setup, start).loss
     charge = outcome.charge
-    assert charge.dp and charge.accountant == "rdp" and charge.delta == 1e-5
+    assert charge.dp and charge.accountant == "prv" and charge.delta == 1e-5
     assert charge.sample_rate == pytest.approx(1 / 7)  # 200 records, batch 32: 7 batches
     assert charge.steps == 28  # 4 local epochs x 7 Poisson batches
     # the derived noise spends about half the budget in the first of two rounds
     assert 2.0 < charge.epsilon < 8.0
     assert charge.dataset_sha256 == setup.data.sha256()
+
+
+def test_training_device_is_checked_on_the_node() -> None:
+    import torch
+
+    from common.training import DeviceError, resolve_device
+
+    has_gpu = torch.cuda.is_available()
+    assert resolve_device("auto").type == ("cuda" if has_gpu else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    if has_gpu:
+        assert resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(DeviceError, match=r'training\.device = "cuda" but this node has no'):
+            resolve_device("cuda")
+    with pytest.raises(PolicyError, match=r"'training\.device' must be one of: auto, cpu, cuda"):
+        Policy.from_sections({"training": {"device": "tpu"}})
