@@ -56,8 +56,12 @@ def _policy(base: Policy, epsilon: float, partition: str) -> Policy:
     return base.with_overrides({"data.partition": partition, **privacy})
 
 
-def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
-    """Train one federation from scratch; return test accuracy and epsilon spent."""
+def run_cell(policy: Policy, workdir: Path, *, test: bool = True) -> dict[str, Any]:
+    """Train one federation from scratch; return test accuracy and epsilon spent.
+
+    With ``test=False`` (tuning) the test split is not read at all: only the
+    validation curve is returned.
+    """
     layout = prepare_data(workdir, policy)
     run_config = policy.to_run_config()
     setups = [
@@ -103,12 +107,14 @@ def run_cell(policy: Policy, workdir: Path) -> dict[str, Any]:
         curve.append(round(evaluate(model, validation).accuracy, 4))
         print(f"  round {server_round}: validation {curve[-1]:.4f}", flush=True)
         epsilon = {s.institution: o.charge.epsilon for s, o in zip(setups, outcomes, strict=True)}
-    test = to_examples(
-        policy, load_local_data(policy, server_split_path(policy, layout.server_data_dir, "test"))
-    )
     set_arrays(model, weights)
+    accuracy = None
+    if test:
+        split = server_split_path(policy, layout.server_data_dir, "test")
+        accuracy = evaluate(model, to_examples(policy, load_local_data(policy, split))).accuracy
     return {
-        "test_accuracy": evaluate(model, test).accuracy,
+        "test_accuracy": accuracy,
+        "validation_accuracy": curve[-1],
         "validation_curve": curve,
         "epsilon_spent": {k: (None if math.isinf(v) else v) for k, v in epsilon.items()},
     }
@@ -170,6 +176,11 @@ def main() -> None:
         "--centralized", action="store_true", help="only the pooled, non-private ceiling"
     )
     parser.add_argument("--seeds", type=int, default=1, help="repeat each cell with seeds 42..")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="report the final validation accuracy only; the test split is never read",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -194,6 +205,7 @@ def main() -> None:
     partitions = args.partition or ["iid", "non-iid"]
 
     console = Console()
+    metric = "validation_accuracy" if args.tune else "test_accuracy"
     cells = []
     for partition in partitions:
         for epsilon in epsilons:
@@ -204,7 +216,7 @@ def main() -> None:
                 policy = policy.with_overrides({"federation.seed": seed})
                 started = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
-                    cell = run_cell(policy, Path(tmp))
+                    cell = run_cell(policy, Path(tmp), test=not args.tune)
                 cell.update(
                     partition=partition,
                     epsilon_budget=None if math.isinf(epsilon) else epsilon,
@@ -212,13 +224,14 @@ def main() -> None:
                     seconds=time.perf_counter() - started,
                 )
                 cells.append(cell)
-                accuracies.append(cell["test_accuracy"])
+                accuracies.append(cell[metric])
                 console.print(
                     f"{partition:8s} eps={epsilon:<5g} seed={policy.federation.seed} "
-                    f"test={cell['test_accuracy']:.4f} curve={cell['validation_curve']} "
+                    f"{metric}={cell[metric]:.4f} curve={cell['validation_curve']} "
                     f"({cell['seconds']:.0f}s)"
                 )
-    table = Table(title="Test accuracy vs epsilon (3 institutions, digits)")
+    title = "Final validation" if args.tune else "Test"
+    table = Table(title=f"{title} accuracy vs epsilon (3 institutions, {base.data.dataset})")
     table.add_column("partition")
     for epsilon in epsilons:
         table.add_column("no DP" if math.isinf(epsilon) else f"ε = {epsilon:g}", justify="right")
@@ -226,7 +239,7 @@ def main() -> None:
         row = []
         for epsilon in epsilons:
             accs = [
-                c["test_accuracy"]
+                c[metric]
                 for c in cells
                 if c["partition"] == partition
                 and c["epsilon_budget"] == (None if math.isinf(epsilon) else epsilon)

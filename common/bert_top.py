@@ -28,7 +28,7 @@ from torch import nn
 
 from common.bert import ArrayExamples, EncodedText, TextClassifier, encoder_layers
 
-__all__ = ["FrozenOutputs", "frozen_layers", "frozen_outputs", "top_view"]
+__all__ = ["FrozenOutputs", "frozen_layers", "frozen_outputs", "scoring_view", "top_view"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,19 @@ def top_view(model: TextClassifier, k: int) -> nn.Module:
     encoder = _with(base.encoder, layer=nn.ModuleList(list(base.encoder.layer)[k:]))
     top_base = _with(base, embeddings=_GivenStates(), encoder=encoder)
     return _Top(_with(hf, **{prefix: top_base}))
+
+
+def scoring_view(model: nn.Module, examples: Any) -> tuple[nn.Module, Any]:
+    """What to score ``model`` with on fixed ``examples``: its top on their frozen outputs.
+
+    The server scores every round's model (and, for contribution values,
+    every coalition's) on the same validation texts: their frozen outputs
+    are computed once, and each score runs only the top. Anything else (the
+    CNN, LoRA) is returned as it is.
+    """
+    if not isinstance(model, TextClassifier) or not isinstance(examples, EncodedText):
+        return model, examples
+    k = frozen_layers(model)
+    if k == 0:
+        return model, examples
+    return top_view(model, k), frozen_outputs(model, examples, k)

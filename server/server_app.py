@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.arrays import Arrays, arrays_of, record_of
+from common.bert_top import scoring_view
 from common.keys import (
     encode_public,
     load_ed25519_key,
@@ -65,10 +66,12 @@ def main(grid: Grid, context: Context) -> None:
     validation = _load_server_split(policy, deploy, "validation")
     test = _load_server_split(policy, deploy, "test")
     model = build_model(policy.model, policy.federation.seed)
+    # BERT: the validation texts go through the frozen layers once; each score runs the top
+    scorer, scored_validation = scoring_view(model, validation)
 
     def score(data: Examples, weights: Arrays) -> tuple[float, float]:
         set_arrays(model, weights)
-        result = evaluate(model, data)
+        result = evaluate(scorer if data is scored_validation else model, data)
         return result.loss, result.accuracy
 
     initial = get_arrays(model)  # the trainable part: all that travels
@@ -115,7 +118,7 @@ def main(grid: Grid, context: Context) -> None:
             claims=ClaimCheck(opened.records),
         ),
         licences=licence_gate,
-        evaluator=lambda weights: score(validation, weights),
+        evaluator=lambda weights: score(scored_validation, weights),
         min_nodes=federation.min_nodes,
         recorder=recorder,
         rounds_done=point.rounds_done,

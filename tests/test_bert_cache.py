@@ -141,3 +141,20 @@ def test_encoder_cache_in_the_node_config_must_be_a_boolean() -> None:
         NodeConfig.from_mapping({"institution": "u", "data-dir": "/d", "encoder-cache": "no"})
     node = NodeConfig.from_mapping({"institution": "u", "data-dir": "/d", "encoder-cache": False})
     assert not node.encoder_cache and "encoder-cache=false" in node.to_flag()
+
+
+def test_the_server_scores_the_top_on_cached_validation_outputs_as_the_whole_model(
+    tiny_bert: Path,
+) -> None:
+    from common.bert_top import scoring_view
+    from common.training import evaluate
+
+    model = _model(tiny_bert, 1)
+    encoded = encode(load_tokenizer(str(tiny_bert)), _data(), 24)
+    scorer, cached = scoring_view(model, encoded)
+    assert scorer is not model and len(cached) == len(encoded)
+    whole, top = evaluate(model, encoded), evaluate(scorer, cached)
+    assert top.accuracy == whole.accuracy
+    assert top.loss == pytest.approx(whole.loss, rel=1e-5)
+    lora = _model(tiny_bert, 0, lora_rank=2)
+    assert scoring_view(lora, encoded) == (lora, encoded)  # nothing frozen to cache
