@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from record import write_record  # noqa: E402  (bench/record.py)
 
 from client.task import ClientSetup, train_round  # noqa: E402
+from common.bert_top import scoring_view  # noqa: E402
 from common.images import ImageData  # noqa: E402
 from common.local_data import load_local_data, server_split_path, to_examples  # noqa: E402
 from common.model import build_model, get_arrays, set_arrays  # noqa: E402
@@ -81,6 +82,7 @@ def run_cell(policy: Policy, workdir: Path, *, test: bool = True) -> dict[str, A
         policy,
         load_local_data(policy, server_split_path(policy, layout.server_data_dir, "validation")),
     )
+    scorer, validation = scoring_view(model, validation)  # as the ServerApp scores BERT
     curve = []
     epsilon: dict[str, float] = {}
     momentum: dict[str, np.ndarray] = {}
@@ -104,7 +106,7 @@ def run_cell(policy: Policy, workdir: Path, *, test: bool = True) -> dict[str, A
                 )
                 weights[name] = weights[name] - fed.server_learning_rate * momentum[name]
         set_arrays(model, weights)
-        curve.append(round(evaluate(model, validation).accuracy, 4))
+        curve.append(round(evaluate(scorer, validation).accuracy, 4))
         print(f"  round {server_round}: validation {curve[-1]:.4f}", flush=True)
         epsilon = {s.institution: o.charge.epsilon for s, o in zip(setups, outcomes, strict=True)}
     set_arrays(model, weights)

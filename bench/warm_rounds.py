@@ -5,7 +5,9 @@ SuperNodes, TLS, sealed updates, DP, the ledger) twice with the same policy:
 
 - before: ``--isolation subprocess`` (Flower starts every ClientApp afresh)
   and, for BERT, no encoder cache (every step runs the whole model);
-- after: the defaults, warm ClientApps and the encoder cache.
+- after: the defaults, warm ClientApps and the encoder cache;
+- baseline (``--only baseline``, run from a checkout of the commit before
+  them): that code's defaults.
 
 Per round it reads the ledger: wall (``rounds.seconds``), the slowest
 client's compute (``round_updates.train_seconds``) and the overhead (wall -
@@ -40,7 +42,10 @@ from fedcommons.demo_setup import with_model  # noqa: E402
 from server.ledger import Ledger  # noqa: E402
 from server.ledger.report import ledger_report  # noqa: E402
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
+    # the code before warm ClientApps and the caches: run this script from a
+    # checkout of that commit (bench/warm_rounds.py copied in), see BENCHMARKS.md
+    "baseline": {},
     "before": {"isolation": "subprocess", "encoder_cache": False},
     "after": {"isolation": "warm", "encoder_cache": True},
 }
