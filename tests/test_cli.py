@@ -199,3 +199,18 @@ def test_a_reader_that_goes_away_is_no_bug(tmp_path: Path) -> None:
     assert code in (1, 141), errors  # click's own EPIPE exit, or ours (128 + SIGPIPE)
     assert "bug" not in errors and "Traceback" not in errors, errors
     assert not (tmp_path / "logs").exists()  # no crash log
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["client", "start", "--state", "nowhere", "--isolation", "threads"],
+     ["demo", "--isolation", "threads", "--workdir", "nowhere"]],
+)  # fmt: skip
+def test_an_unknown_isolation_is_refused_before_anything_starts(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2
+    assert "--isolation is warm or subprocess, not 'threads'" in " ".join(result.output.split())
+    assert not (tmp_path / "nowhere").exists()
