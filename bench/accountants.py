@@ -1,8 +1,8 @@
 """The noise each accountant derives for a budget, and each one's epsilon for the same noise.
 
-For the demo's CNN node (university-a: 331 records, batch 128 so q = 1/3,
-4 local epochs x 8 rounds = 96 Poisson steps, delta = 1e-5) and the BERT
-demo's (362 texts, batch 32, 1 epoch x 8 rounds), it derives the noise
+For the demo's CNN node (university-a: 331 records, batch 256 so q = 1/2,
+4 local epochs x 8 rounds = 64 Poisson steps, delta = 1e-5) and the BERT
+demo's (362 texts, full batch 512 so q = 1, 4 epochs x 8 rounds), it derives the noise
 multiplier for epsilon = 8 and 3 with FedCommons' planner
 (``common.dp.plan_round``) under RDP and PRV, then states the epsilon of each
 noise by Opacus's RDP and PRV accountants and, independently, by Google's
@@ -33,7 +33,7 @@ from common.policy import PrivacyConfig, TrainingConfig  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "accountants.json"
 DELTA = 1e-5
 # (name, records, batch size, local epochs, rounds)
-NODES = [("cnn demo node", 331, 128, 4, 8), ("bert demo node", 362, 32, 1, 8)]
+NODES = [("cnn demo node", 331, 256, 4, 8), ("bert demo node", 362, 512, 4, 8)]
 
 
 def pld_epsilon(sigma: float, q: float, steps: int) -> float:

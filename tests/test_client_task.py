@@ -82,7 +82,9 @@ def test_train_round_without_dp_moves_the_weights_and_is_reproducible(data_dir: 
 
 
 def test_dp_round_learns_keeps_plain_keys_and_charges_the_budget(data_dir: Path) -> None:
-    policy = Policy.from_sections({"federation": {"rounds": 2}, "training": {"batch-size": 32}})
+    policy = Policy.from_sections(
+        {"federation": {"rounds": 2}, "training": {"batch-size": 32, "learning-rate": 0.3}}
+    )
     setup = ClientSetup.from_configs(policy.to_run_config(), _node(data_dir))
     start = get_arrays(build_model(policy.model, policy.federation.seed))
     outcome = train_round(setup, start, TrainConfig(1))

@@ -57,9 +57,17 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _clientapp_of(federation: LocalFederation, name: str) -> bool:
-    """Whether a ClientApp process of ``name``'s SuperNode is running now."""
-    node = federation.processes[f"supernode-{name}"]
-    return bool(federation.tree.running(b"flwr-clientapp", federation.tree.descendants(node.pid)))
+    """Whether a ClientApp process of ``name``'s node is running now.
+
+    Flower's ``flwr-clientapp`` process, or (warm ClientApps, the default) a
+    child the node's warm runner forked for a task.
+    """
+    tree = federation.tree
+    mine = tree.descendants(federation.processes[f"supernode-{name}"].pid)
+    if tree.running(b"flwr-clientapp", mine):
+        return True
+    runners = [pid for pid in mine if b"client.warm" in tree.argv(pid)[:3]]  # python -m client.warm
+    return any(tree.descendants(runner) - {runner} for runner in runners)
 
 
 @contextmanager

@@ -136,11 +136,11 @@ class TrainingConfig(Section):
     ----------
     local_epochs : int (default: 4)
         Passes over the local data per round.
-    batch_size : int (default: 128)
+    batch_size : int (default: 256)
         Expected examples per step (DP-SGD samples each record with
         probability ``1 / ceil(N / batch_size)``). Large batches keep the
         noise per step small.
-    learning_rate : float (default: 0.3)
+    learning_rate : float (default: 0.6)
         SGD learning rate.
     momentum : float (default: 0.9)
         SGD momentum, in ``[0, 1)``.
@@ -161,11 +161,11 @@ class TrainingConfig(Section):
         metadata=spec("local-epochs", int, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"),
     )
     batch_size: int = field(
-        default=128,
+        default=256,
         metadata=spec("batch-size", int, lambda v: 1 <= v <= 65_536, "an integer from 1 to 65536"),
     )
     learning_rate: float = field(
-        default=0.3,
+        default=0.6,
         metadata=spec(
             "learning-rate", float, lambda v: positive(v) and v <= 10, "a number in (0, 10]"
         ),
