@@ -12,11 +12,11 @@ state folder removes them all.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import time
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -65,9 +65,9 @@ def cached_frozen_outputs(
     return outputs
 
 
-def _write(handle: io.BufferedIOBase | object, outputs: FrozenOutputs) -> None:
+def _write(handle: BinaryIO, outputs: FrozenOutputs) -> None:
     np.savez(
-        handle,  # type: ignore[arg-type]
+        handle,
         hidden=outputs.hidden,
         attention_mask=outputs.attention_mask,
         labels=outputs.labels,

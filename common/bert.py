@@ -38,6 +38,7 @@ __all__ = [
     "build_bert",
     "encode",
     "encoder_layers",
+    "frozen_layers",
     "keep_pretrained",
     "load_tokenizer",
     "resolve_base_model",
@@ -118,15 +119,11 @@ class TextClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> TextClassifier:
         super().train(mode)
-        if mode:
+        if mode and not self.lora:
             base: Any = self.hf.base_model
-            frozen = [base.embeddings] if not self.lora else []
-            for layer in [] if self.lora else encoder_layers(self):
-                if any(p.requires_grad for p in layer.parameters()):
-                    break
-                frozen.append(layer)
-            for module in frozen:
-                module.eval()
+            base.embeddings.eval()
+            for layer in encoder_layers(self)[: frozen_layers(self)]:
+                layer.eval()
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -187,6 +184,17 @@ def encoder_layers(model: TextClassifier) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList):
         raise BertError(f"{type(model.hf).__name__} has no encoder.layer list")
     return layers
+
+
+def frozen_layers(model: TextClassifier) -> int:
+    """How many leading encoder layers the model leaves frozen (0 with LoRA: it adapts all)."""
+    if model.lora:
+        return 0
+    layers = encoder_layers(model)
+    k = 0
+    while k < len(layers) and not any(p.requires_grad for p in layers[k].parameters()):
+        k += 1
+    return k
 
 
 def _load_classifier(source: str, num_classes: int) -> nn.Module:

@@ -26,7 +26,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from common.bert import ArrayExamples, EncodedText, TextClassifier, encoder_layers
+from common.bert import (
+    ArrayExamples,
+    EncodedText,
+    TextClassifier,
+    encoder_layers,
+    frozen_layers,
+)
 
 __all__ = ["FrozenOutputs", "frozen_layers", "frozen_outputs", "scoring_view", "top_view"]
 
@@ -38,17 +44,6 @@ class FrozenOutputs(ArrayExamples):
     hidden: NDArray[np.float32]
     attention_mask: NDArray[np.int64]
     labels: NDArray[np.int64]
-
-
-def frozen_layers(model: TextClassifier) -> int:
-    """How many leading encoder layers the model leaves frozen (0: nothing worth caching)."""
-    if model.lora:
-        return 0
-    layers = encoder_layers(model)
-    k = 0
-    while k < len(layers) and not any(p.requires_grad for p in layers[k].parameters()):
-        k += 1
-    return k
 
 
 @torch.no_grad()

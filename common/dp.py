@@ -194,8 +194,7 @@ def _noise_for_budget(
     budget).
     """
 
-    @functools.cache
-    def spends(sigma: float) -> float:
+    def spends(sigma: float) -> float:  # epsilon_of is memoised
         planned = [*history, (sigma, sample_rate, steps)]
         return epsilon_of(planned, privacy.delta, privacy.accountant)
 
@@ -206,7 +205,7 @@ def _noise_for_budget(
         rdp = _noise_for_budget(replace(privacy, accountant="rdp"), history, sample_rate, steps,
                                 rounds)  # fmt: skip
         if spends(rdp) <= budget and spends(0.75 * rdp) > budget:
-            return _bisect(spends, budget, 0.75 * rdp, rdp)
+            return _least_fitting(spends, budget, 0.75 * rdp, rdp)
     if spends(MAX_NOISE_MULTIPLIER) > budget:
         raise PlanExceedsBudget(
             spent=epsilon_of(history, privacy.delta, privacy.accountant),
@@ -217,10 +216,12 @@ def _noise_for_budget(
     high = MAX_NOISE_MULTIPLIER
     while spends(high / 2) <= budget and high > 1e-3:  # bracket quickly from above
         high /= 2
-    return _bisect(spends, budget, high / 2, high)
+    return _least_fitting(spends, budget, high / 2, high)
 
 
-def _bisect(spends: Callable[[float], float], budget: float, low: float, high: float) -> float:
+def _least_fitting(
+    spends: Callable[[float], float], budget: float, low: float, high: float
+) -> float:
     """The least noise in [low, high] (to 0.1 %) whose epsilon fits; ``high`` fits, ``low`` not.
 
     Regula falsi (the Illinois variant) on epsilon, which falls smoothly as
