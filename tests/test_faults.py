@@ -103,9 +103,12 @@ def _demo_process(
 
 
 def test_a_supernode_killed_mid_round_is_left_out_and_rejoins_later(tmp_path: Path) -> None:
-    # The SuperLink refuses the restarted node until its old session expires
-    # (two missed heartbeats, ~60 s); with warm ClientApps a round takes ~10 s,
-    # so the run is long enough for the node to be back for a later round.
+    # The machine comes back once round 2 has closed without it. Restarted any
+    # earlier, the node races its own expiry: the SuperLink refuses it until the old
+    # session expires (two missed heartbeats, ~60 s), and when it is back before the
+    # round's replies are checked Flower never reports the old node gone, so the round
+    # waits out its timeout (504; seen once in CI). With warm ClientApps a round takes
+    # ~10 s, so ten rounds leave room for it to rejoin.
     policy = Policy().with_overrides(
         {"federation.rounds": 10, "federation.min-nodes": 2, "federation.round-timeout": 150.0}
     )
@@ -114,7 +117,6 @@ def test_a_supernode_killed_mid_round_is_left_out_and_rejoins_later(tmp_path: Pa
     node = next(n for n in consortium.nodes if n.institution == "company-c")
     ledger = Ledger(url)
     events: list[str] = []
-    killed_at: list[float] = []
     with started_federation(consortium, policy) as federation:
         flower_run_id = submit_run(federation.cli, policy, tmp_path / "run")
 
@@ -123,9 +125,8 @@ def test_a_supernode_killed_mid_round_is_left_out_and_rejoins_later(tmp_path: Pa
             _, rounds = read_rounds(ledger, flower_run_id)
             if not events and len(rounds) == 1 and _clientapp_of(federation, "company-c"):
                 federation.crash_node("company-c")  # the machine goes down
-                killed_at.append(time.monotonic())
                 events.append(f"killed in round {len(rounds) + 1}")
-            elif len(events) == 1 and time.monotonic() > killed_at[0] + 5:  # the machine reboots
+            elif len(events) == 1 and len(rounds) >= 2:  # the machine reboots
                 federation.restart_node(node)
                 events.append("restarted")
 
