@@ -13,6 +13,7 @@ from client.accountant import BudgetExhausted
 from client.enrolment import ParticipantState
 from client.receipts import accept_receipts, record_sent
 from client.sealing import seal_update
+from client.simulation import node_config_of
 from client.task import ClientSetup, evaluate_global, train_round
 from common.arrays import arrays_of, arrays_sha256
 from common.envelope import envelope_record
@@ -30,6 +31,7 @@ from common.protocol import (
     TRAIN_SECONDS,
     ExclusionCode,
     NodeConfig,
+    NodeConfigError,
     Refusal,
     TrainConfig,
 )
@@ -40,9 +42,11 @@ __all__ = ["app"]
 app = ClientApp()
 
 
-def _refuse(
-    message: Message, code: ExclusionCode, node_config: Mapping[str, Any], err: Exception
-) -> Message:
+def _refuse(message: Message, code: ExclusionCode, context: Context, err: Exception) -> Message:
+    try:
+        node_config: Mapping[str, Any] = node_config_of(context)
+    except NodeConfigError:  # a virtual node without its roster: the reason says so
+        node_config = {}
     institution = node_config.get("institution")
     refusal = Refusal(institution if isinstance(institution, str) else None, str(err))
     return Message(Error(code=int(code), reason=refusal.to_reason()), reply_to=message)
@@ -74,14 +78,14 @@ def train(message: Message, context: Context) -> Message:
         seal_seconds = time.perf_counter() - sealing
         record_sent(setup.identity(), envelope)
     except ReceiptError as err:
-        return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context.node_config, err)
+        return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context, err)
     except BudgetExhausted as err:
-        return _refuse(message, ExclusionCode.BUDGET_EXHAUSTED, context.node_config, err)
+        return _refuse(message, ExclusionCode.BUDGET_EXHAUSTED, context, err)
     except (ValueError, KeyError) as err:
         # DataError, TextDataError, BertError, PolicyError, PrivacyError,
         # KeyFileError, NodeConfigError, a message without its records, or
         # global weights that do not fit this node's model.
-        return _refuse(message, ExclusionCode.BAD_INPUT, context.node_config, err)
+        return _refuse(message, ExclusionCode.BAD_INPUT, context, err)
     # Only the sealed update leaves: the weights and the privacy charge are
     # inside the envelope (the charge in its signed header).
     content = RecordDict(
@@ -104,14 +108,14 @@ def query(message: Message, context: Context) -> Message:
     """Verify and store the receipts the server sends after the last round."""
     receipts = message.content.config_records.get(RECEIPTS)
     try:
-        node = NodeConfig.from_mapping(context.node_config)
+        node = NodeConfig.from_mapping(node_config_of(context))
         if receipts is None or node.state_dir is None:
             raise ValueError("a query without receipts, or a node config without state-dir")
         stored = accept_receipts(ParticipantState(node.state_dir), node.institution, receipts)
     except ReceiptError as err:
-        return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context.node_config, err)
+        return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context, err)
     except ValueError as err:
-        return _refuse(message, ExclusionCode.BAD_INPUT, context.node_config, err)
+        return _refuse(message, ExclusionCode.BAD_INPUT, context, err)
     return Message(
         RecordDict({METRICS: MetricRecord({RECEIPTS_STORED: len(stored)})}),
         reply_to=message,
@@ -124,7 +128,7 @@ def evaluate(message: Message, context: Context) -> Message:
     try:
         setup = ClientSetup.from_context(context)
     except ValueError as err:  # bad data, policy or base model, as for train
-        return _refuse(message, ExclusionCode.BAD_INPUT, context.node_config, err)
+        return _refuse(message, ExclusionCode.BAD_INPUT, context, err)
     result = evaluate_global(setup, arrays_of(message.content.array_records[ARRAYS]))
     metrics = MetricRecord(
         {NUM_EXAMPLES: result.num_examples, "loss": result.loss, "accuracy": result.accuracy}

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from client.accountant import BudgetExhausted, locked_history
 from client.enrolment import ParticipantState
+from client.simulation import node_config_of
 from common.arrays import Arrays
 from common.dp import PlanExceedsBudget, epsilon_of, plan_round
 from common.local_data import LocalData, load_local_data, to_examples
@@ -64,7 +65,7 @@ class ClientSetup:
 
     @classmethod
     def from_context(cls, context: Context) -> ClientSetup:
-        return cls.from_configs(context.run_config, context.node_config)
+        return cls.from_configs(context.run_config, node_config_of(context))
 
     @classmethod
     def from_configs(

@@ -36,6 +36,10 @@ __all__ = ["GROUPS", "app", "main"]
 
 GROUPS: dict[str, tuple[str, str]] = {
     "demo": ("fedcommons.demo_cli", "Run a whole consortium on this machine (real Flower)."),
+    "simulate": (
+        "fedcommons.simulate_cli",
+        "Size a consortium: N virtual institutions on Flower's Simulation Engine.",
+    ),
     "operator": ("server.cli", "Commands for the consortium operator."),
     "client": ("client.cli", "Commands for a participating institution."),
     "audit": ("audit.cli", "Read-only views of the ledger, for auditors."),

@@ -19,10 +19,10 @@ from fedcommons.demo_setup import prepare_data, with_model
 from server.progress import round_bar, rounds_table
 from server.runs import RoundProgress
 
-__all__ = ["app", "demo"]
+__all__ = ["app", "demo", "interrupt_on_sigterm", "summary_rounds"]
 
 
-def _interrupt_on_sigterm() -> None:
+def interrupt_on_sigterm() -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
@@ -153,7 +153,7 @@ def demo(
             "[bold yellow]WARNING: --insecure: the SuperLink runs WITHOUT TLS and accepts "
             "any SuperNode. Use it only to debug on one machine.[/]"
         )
-    _interrupt_on_sigterm()
+    interrupt_on_sigterm()
     privacy = policy.privacy
     guarantee = (
         f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution"
@@ -197,7 +197,7 @@ def demo(
             "-" if share is None else f"{share:.1%}",
         )
     console.print(table)
-    console.print(rounds_table(_rounds(summary)))
+    console.print(rounds_table(summary_rounds(summary)))
     console.print(
         f"final test accuracy [bold]{summary['final_accuracy']:.2%}[/] in "
         f"{summary['wall_seconds']:.0f}s; ledger {summary['ledger_url']}; "
@@ -205,7 +205,7 @@ def demo(
     )
 
 
-def _rounds(summary: dict[str, Any]) -> list[RoundProgress]:
+def summary_rounds(summary: dict[str, Any]) -> list[RoundProgress]:
     return [
         RoundProgress(
             round=r["round"],

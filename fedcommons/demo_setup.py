@@ -31,7 +31,7 @@ from fedcommons.partition import (
     partition_iid,
     split_holdout,
 )
-from server.consortium import admit, init_consortium
+from server.consortium import Register, admit, init_consortium
 from server.deploy import DeployConfig, OperatorFiles
 from server.ledger import Ledger
 from server.status import registrar
@@ -41,6 +41,7 @@ __all__ = [
     "DEMO_INSTITUTIONS",
     "DemoConsortium",
     "DemoLayout",
+    "admit_all",
     "collect_receipts",
     "demo_consortium",
     "prepare_data",
@@ -140,14 +141,18 @@ def prepare_data(
 
 
 DEMO_LICENCES = {"university-a": "CC-BY-4.0", "university-b": "CC-BY-NC-4.0"}
-"""The licences the demo's universities declare; company-c declares custom terms."""
+"""The licences the demo's universities declare; company-c declares custom terms.
 
-COMPANY_TERMS = """# Company C's terms for its data: research only, credit the company.
-name = "company-c-research"
+Any other academic institution (a simulation's) declares CC-BY-4.0, any
+other company custom terms like company-c's.
+"""
+
+COMPANY_TERMS = """# {title}'s terms for its data: research only, credit the company.
+name = "{name}-research"
 commercial = false
 derivatives = true
 share-alike = false
-attribution = "Company C (industrial partner data)"
+attribution = "{title} (industrial partner data)"
 purposes = ["research"]
 """
 
@@ -163,14 +168,20 @@ class DemoConsortium:
     """Each institution's SuperNode, with its state folder and SuperNode key."""
 
 
-def demo_consortium(workdir: Path, policy: Policy, ledger_url: str) -> DemoConsortium:
+def demo_consortium(
+    workdir: Path,
+    policy: Policy,
+    ledger_url: str,
+    institutions: Sequence[tuple[str, str]] = DEMO_INSTITUTIONS,
+) -> DemoConsortium:
     """Data, the operator's folder (created once, then reused) and every enrolment.
 
     The operator's deploy settings name ``ledger_url`` (the demo may switch
-    ledgers between runs in the same folder).
+    ledgers between runs in the same folder). ``institutions`` are ``(name,
+    kind)`` pairs, as for :func:`prepare_data`.
     """
     workdir = workdir.resolve()
-    layout = prepare_data(workdir, policy)
+    layout = prepare_data(workdir, policy, institutions)
     operator = OperatorFiles(workdir / "operator")
     if not operator.consortium_file.exists():
         init_consortium(
@@ -201,10 +212,27 @@ def started_federation(
     With TLS (unless ``insecure``), admission registers each SuperNode's key,
     so only those nodes get in. Every process is stopped on leaving.
     """
-    ledger = Ledger(demo.operator.deploy().ledger_url)
-    consortium = demo.operator.consortium()
 
     def admit_institutions(federation: LocalFederation) -> None:
+        admit_all(demo, policy, None if insecure else registrar(demo.operator, federation.cli))
+
+    with LocalFederation(
+        demo.workdir,
+        demo.nodes,
+        insecure=insecure,
+        on_superlink=admit_institutions,
+        operator_dir=demo.operator.root,
+        isolation=isolation,
+        encoder_cache=encoder_cache,
+    ) as federation:
+        yield federation
+
+
+def admit_all(demo: DemoConsortium, policy: Policy, register: Register | None) -> None:
+    """The operator admits every institution's request (``register`` adds its SuperNode key)."""
+    ledger = Ledger(demo.operator.deploy().ledger_url)
+    consortium = demo.operator.consortium()
+    try:
         for node in demo.nodes:
             if node.state_dir is None:
                 continue
@@ -212,31 +240,23 @@ def started_federation(
                 ledger,
                 consortium,
                 ParticipantState(node.state_dir).request,
-                register=None if insecure else registrar(demo.operator, federation.cli),
+                register=register,
                 purpose=policy.federation.purpose,
             )
-
-    try:
-        with LocalFederation(
-            demo.workdir,
-            demo.nodes,
-            insecure=insecure,
-            on_superlink=admit_institutions,
-            operator_dir=demo.operator.root,
-            isolation=isolation,
-            encoder_cache=encoder_cache,
-        ) as federation:
-            yield federation
     finally:
         ledger.close()
 
 
-def _licence_for(node: NodeSpec) -> str:
-    """An SPDX id, or company-c's custom terms written beside its data."""
-    if node.institution in DEMO_LICENCES:
-        return DEMO_LICENCES[node.institution]
+def _licence_for(node: NodeSpec, kind: str) -> str:
+    """An SPDX id, or a company's custom terms written beside its data."""
+    name = node.institution
+    if name in DEMO_LICENCES:
+        return DEMO_LICENCES[name]
+    if kind == "academia":
+        return "CC-BY-4.0"
     terms = node.data_dir.parent / "licence.toml"
-    terms.write_text(COMPANY_TERMS, encoding="utf-8")
+    title = name.replace("-", " ").title()
+    terms.write_text(COMPANY_TERMS.format(name=name, title=title), encoding="utf-8")
     return str(terms)
 
 
@@ -256,7 +276,7 @@ def _enrol_institutions(
             institution=node.institution,
             kind=layout.kinds[node.institution],
             data_path=node.data_dir,
-            licence=_licence_for(node),
+            licence=_licence_for(node, layout.kinds[node.institution]),
             consortium_file=operator.consortium_file,
             policy=policy,
             reuse_keys=True,

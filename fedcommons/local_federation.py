@@ -34,7 +34,7 @@ from server.deploy import OPERATOR_DIR_ENV, OperatorFiles
 from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
 from server.superlink import SuperLinkSettings, superlink_argv
 
-__all__ = ["LocalFederation", "NodeSpec", "free_port"]
+__all__ = ["LocalFederation", "NodeSpec", "free_port", "wait_for_port"]
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -231,7 +231,7 @@ class LocalFederation:
                 "--database", str(self.superlink_db),
             )  # fmt: skip
         superlink = self._spawn("superlink", argv)
-        _wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
+        wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
         write_connection(
             self.flwr_home,
             CONNECTION,
@@ -246,7 +246,7 @@ class LocalFederation:
             process = self.start_node(node, port)
             started.append((port, process, node.institution))
         for port, process, name in started:
-            _wait_for_port(port, process, f"SuperNode {name}", self.startup_timeout)
+            wait_for_port(port, process, f"SuperNode {name}", self.startup_timeout)
 
     def _fedcommons(self, *args: str) -> list[str]:
         """A ``fedcommons`` command line (run by this Python), ``--insecure`` if so asked."""

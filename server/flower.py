@@ -57,12 +57,17 @@ class FlwrCli:
         The environment to run ``flwr`` in (default: this process's).
     cwd : Path, optional
         Folder to run it in.
+    federation_config : mapping, optional
+        ``flwr run --federation-config`` settings for every run submitted: a
+        SuperLink running the Simulation Engine takes ``num-supernodes`` and
+        the backend's resources from them.
     """
 
     flwr_home: Path
     connection: str = CONNECTION
     env: Mapping[str, str] | None = None
     cwd: Path | None = None
+    federation_config: Mapping[str, int | float | str] | None = None
 
     def _env(self) -> dict[str, str]:
         """The environment given, with ``FLWR_HOME`` set and the ``flwr`` installed beside
@@ -104,7 +109,14 @@ class FlwrCli:
 
     def submit(self, app_dir: Path, run_config: Path) -> int:
         """Submit the app with ``flwr run`` and return the run id."""
-        reply = self.json("run", str(app_dir), self.connection, "--run-config", str(run_config))
+        federation = [
+            arg
+            for key, value in (self.federation_config or {}).items()
+            for arg in ("--federation-config", f"{key}={json.dumps(value)}")
+        ]
+        reply = self.json(
+            "run", str(app_dir), self.connection, "--run-config", str(run_config), *federation
+        )
         return int(reply["run-id"])
 
     def run_status(self, run_id: int) -> dict[str, Any]:

@@ -60,12 +60,17 @@ class SuperLinkSettings:
     tls : TlsFiles or None
         Certificate, key and CA; with them only registered SuperNodes get in.
         ``None`` (plaintext, anyone may join) is for Flower-only tests.
+    simulation : bool (default: False)
+        Run Flower's Simulation Engine instead of serving SuperNodes: each run
+        gets virtual SuperNodes (``fedcommons simulate``). TLS then guards the
+        Control API only.
     """
 
     host: str
     port: int
     database: Path
     tls: TlsFiles | None
+    simulation: bool = False
 
 
 def superlink_argv(settings: SuperLinkSettings) -> list[str]:
@@ -75,13 +80,14 @@ def superlink_argv(settings: SuperLinkSettings) -> list[str]:
             "--ssl-ca-certfile", str(settings.tls.ca_certificate),
             "--ssl-certfile", str(settings.tls.certificate),
             "--ssl-keyfile", str(settings.tls.private_key),
-            "--enable-supernode-auth",
+            *([] if settings.simulation else ["--enable-supernode-auth"]),
         ]  # fmt: skip
     else:
         security = ["--insecure"]
     return [
         "flower-superlink",
         *security,
+        *(["--simulation"] if settings.simulation else []),
         "--host", settings.host,
         "--port", str(settings.port),
         "--database", str(settings.database),

@@ -1,0 +1,196 @@
+"""``fedcommons simulate``: the product's own apps on Flower's Simulation Engine.
+
+The same consortium the demo builds -- each institution with its own data
+folder, state folder, keys, enrolment and admission -- but N of them, played
+by Flower's virtual SuperNodes (Ray backend) instead of SuperNode processes.
+The SuperLink runs with ``--simulation`` and the run is submitted with
+``flwr run`` exactly as a deployment run is, so the ServerApp, the ClientApp,
+sealed updates, receipts, DP and the ledger are the very code the demo runs.
+
+Flower gives a virtual SuperNode only its ``partition-id``: a roster
+(:mod:`client.simulation`) maps it to its institution's node config.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from client.simulation import ROSTER_ENV, write_roster
+from common.policy import Policy
+from common.protocol import NodeConfig
+from fedcommons.demo_setup import DemoConsortium, admit_all, demo_consortium
+from fedcommons.local_federation import LocalFederation, free_port, wait_for_port
+from fedcommons.summary import summarise
+from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
+from server.ledger import Ledger
+from server.runs import (
+    RoundProgress,
+    RunFailed,
+    follow_run,
+    mark_interrupted,
+    read_rounds,
+    submit_run,
+)
+from server.superlink import SuperLinkSettings, check_operator_folder, superlink_argv
+
+__all__ = ["SimulatedFederation", "run_simulation", "virtual_institutions"]
+
+log = logging.getLogger(__name__)
+
+ENGINE = "flower-simulation"
+
+
+def virtual_institutions(count: int, industry_share: float) -> list[tuple[str, str]]:
+    """``count`` ``(name, kind)`` pairs: ``university-001``..., then ``company-001``...
+
+    ``round(count * industry_share)`` of them are companies (industry), the
+    rest universities (academia).
+    """
+    if count < 1:
+        raise ValueError(f"a simulation needs at least 1 institution, got {count}")
+    if not 0.0 <= industry_share <= 1.0 or math.isnan(industry_share):
+        raise ValueError(f"the industry share is a fraction in [0, 1], got {industry_share}")
+    companies = round(count * industry_share)
+    width = max(3, len(str(count)))
+    return [(f"university-{i:0{width}d}", "academia") for i in range(1, count - companies + 1)] + [
+        (f"company-{i:0{width}d}", "industry") for i in range(1, companies + 1)
+    ]
+
+
+class SimulatedFederation(LocalFederation):
+    """A SuperLink running Flower's Simulation Engine for ``demo``'s institutions.
+
+    Virtual SuperNode ``i`` plays ``demo.nodes[i]`` (see
+    :mod:`client.simulation`); each ClientApp gets ``client_cpus`` of Ray's
+    CPUs (so ``cpus // client_cpus`` run at once) and one torch thread. The
+    Control API uses the operator's TLS certificate unless ``insecure``.
+    Every process is stopped on leaving, as for :class:`LocalFederation`.
+    """
+
+    def __init__(
+        self,
+        demo: DemoConsortium,
+        *,
+        client_cpus: int = 1,
+        insecure: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if client_cpus < 1:
+            raise ValueError(f"each virtual SuperNode needs at least 1 CPU, got {client_cpus}")
+        roster = write_roster(
+            demo.workdir / "simulation-roster.json",
+            [NodeConfig(n.institution, n.data_dir, n.state_dir) for n in demo.nodes],
+        )
+        super().__init__(
+            demo.workdir,
+            demo.nodes,
+            operator_dir=demo.operator.root,
+            insecure=insecure,
+            env={ROSTER_ENV: str(roster), **(env or {})},
+        )
+        self.cli = FlwrCli(
+            self.flwr_home,
+            CONNECTION,
+            env=self.env,
+            cwd=self.workdir,
+            federation_config={
+                "num-supernodes": len(demo.nodes),
+                "client-resources-num-cpus": client_cpus,
+            },
+        )
+
+    def start(self) -> None:
+        """Start the SuperLink in simulation mode and write the ``flwr`` connection."""
+        assert self.operator is not None
+        check_operator_folder(self.operator)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        self.superlink_port = free_port()
+        for stale in self.workdir.glob("superlink.db*"):
+            stale.unlink()
+        tls = None if self.insecure else self.operator.tls
+        settings = SuperLinkSettings(
+            "127.0.0.1", self.superlink_port, self.superlink_db, tls, simulation=True
+        )
+        superlink = self._spawn("superlink", superlink_argv(settings))
+        wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
+        write_connection(
+            self.flwr_home,
+            CONNECTION,
+            f"127.0.0.1:{self.superlink_port}",
+            None if tls is None else tls.ca_certificate,
+        )
+
+
+def run_simulation(
+    workdir: Path,
+    policy: Policy,
+    *,
+    institutions: int,
+    industry_share: float = 0.3,
+    client_cpus: int = 1,
+    ledger_url: str | None = None,
+    on_round: Callable[[RoundProgress], None] | None = None,
+    insecure: bool = False,
+) -> dict[str, Any]:
+    """Run ``policy`` with ``institutions`` virtual institutions; return ``summary.json``.
+
+    Data are split as the demo splits them (the policy's partition), each
+    institution enrols from its own state folder and the operator admits it;
+    the run is then carried by the Simulation Engine, released and verified
+    with every receipt, as the demo's.
+
+    Raises
+    ------
+    FederationError
+        If the SuperLink dies or the run does not finish successfully.
+    """
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
+    demo = demo_consortium(
+        workdir, policy, ledger_url, virtual_institutions(institutions, industry_share)
+    )
+    admit_all(demo, policy, register=None)  # no SuperNode keys: no SuperNode connects
+    prepared = time.monotonic() - started
+    ledger = Ledger(ledger_url)
+    try:
+        with SimulatedFederation(demo, client_cpus=client_cpus, insecure=insecure) as federation:
+            flower_run_id = submit_run(federation.cli, policy, workdir / "run")
+            try:
+                outcome = follow_run(
+                    federation.cli,
+                    ledger,
+                    flower_run_id,
+                    on_round=on_round,
+                    check=federation.check_alive,
+                )
+            except (FederationError, KeyboardInterrupt) as err:
+                run, _ = read_rounds(ledger, flower_run_id)
+                if run is not None and not isinstance(err, RunFailed):
+                    mark_interrupted(ledger, run.id, str(err) or "interrupted (Ctrl-C or SIGTERM)")
+                raise
+        return summarise(
+            demo,
+            policy,
+            ledger,
+            outcome,
+            {
+                "engine": ENGINE,
+                "flower_run_id": flower_run_id,
+                "virtual_institutions": institutions,
+                "industry_share": industry_share,
+                "client_cpus": client_cpus,
+                "tls": not insecure,
+                "prepare_seconds": prepared,
+            },
+            started=started,
+        )
+    finally:
+        ledger.close()
