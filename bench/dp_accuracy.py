@@ -1,20 +1,24 @@
 """Test accuracy versus the privacy budget on the embedded digits federation.
 
-Each cell trains the demo's policy (or ``--policy``) with one epsilon budget
-and one partition, for three institutions, and reports the final accuracy on
-the operator's held-out test split. The federation runs in this process: the
-same data files ``common.demo.prepare_data`` writes, the same client code
-(``client.task.ClientSetup`` and ``train_round``, so DP-SGD, the persistent
-accountant and the budget check are exactly the ClientApp's), and FedAvg's
-example-weighted mean (``np.average(..., weights=num_examples)``, which
-``tests/test_strategy.py`` checks the ServerApp's aggregation against).
-Only Flower's transport is left out, which changes no number; the demo's own
-figure, on real Flower processes, is measured with ``fedcommons demo``.
+Each cell runs the demo's policy (or ``--policy``) with one epsilon budget
+and one partition through ``fedcommons simulate`` (the library call behind
+it): the product's own ServerApp and ClientApp on Flower's Simulation Engine,
+each institution enrolled and admitted with its own data, state folder and
+accountant, sealed updates, the server's defences, the ledger and every
+receipt verified. It reports the ServerApp's final accuracy on the
+operator's held-out test split and the validation accuracy of every round.
+(Until issue 20 this ran a FedAvg loop of its own in this process, which
+left out the server's defences; that loop is gone.)
+
+``--tune`` reports and prints the validation accuracy only. The ServerApp
+still scores the test split once at the end and records it in the ledger,
+as every run does; the tuning never reads it.
 
 Usage::
 
     python bench/dp_accuracy.py                          # the whole table
     python bench/dp_accuracy.py --epsilon 8 --partition non-iid
+    python bench/dp_accuracy.py --institutions 10 --epsilon 8
     python bench/dp_accuracy.py --set training.batch-size=64 --set federation.rounds=10
 """
 
@@ -38,16 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 from record import write_record  # noqa: E402  (bench/record.py)
 
-from client.task import ClientSetup, train_round  # noqa: E402
-from common.bert_top import scoring_view  # noqa: E402
 from common.images import ImageData  # noqa: E402
 from common.local_data import load_local_data, server_split_path, to_examples  # noqa: E402
-from common.model import build_model, get_arrays, set_arrays  # noqa: E402
+from common.model import build_model  # noqa: E402
 from common.policy import Policy  # noqa: E402
-from common.protocol import TrainConfig  # noqa: E402
 from common.text import TextData  # noqa: E402
 from common.training import evaluate, local_sgd, make_loader, train  # noqa: E402
 from fedcommons.demo_setup import prepare_data, with_model  # noqa: E402
+from fedcommons.simulation import run_simulation  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dp_accuracy.json"
 
@@ -57,68 +59,26 @@ def _policy(base: Policy, epsilon: float, partition: str) -> Policy:
     return base.with_overrides({"data.partition": partition, **privacy})
 
 
-def run_cell(policy: Policy, workdir: Path, *, test: bool = True) -> dict[str, Any]:
-    """Train one federation from scratch; return test accuracy and epsilon spent.
+def run_cell(
+    policy: Policy, workdir: Path, *, institutions: int = 3, test: bool = True
+) -> dict[str, Any]:
+    """Run one federation from scratch on the Simulation Engine; accuracy and epsilon spent.
 
-    With ``test=False`` (tuning) the test split is not read at all: only the
-    validation curve is returned.
+    With ``test=False`` (tuning) only the validation curve is returned.
     """
-    layout = prepare_data(workdir, policy)
-    run_config = policy.to_run_config()
-    setups = [
-        ClientSetup.from_configs(
-            run_config,
-            {
-                "institution": node.institution,
-                "data-dir": str(node.data_dir),
-                "state-dir": str(node.state_dir),
-            },
-        )
-        for node in layout.nodes
-    ]
-    model = build_model(policy.model, policy.federation.seed)
-    weights = get_arrays(model)
-    validation = to_examples(
-        policy,
-        load_local_data(policy, server_split_path(policy, layout.server_data_dir, "validation")),
-    )
-    scorer, validation = scoring_view(model, validation)  # as the ServerApp scores BERT
-    curve = []
-    epsilon: dict[str, float] = {}
-    momentum: dict[str, np.ndarray] = {}
-    fed = policy.federation
-    for server_round in range(1, policy.federation.rounds + 1):
-        outcomes = [train_round(s, weights, TrainConfig(server_round)) for s in setups]
-        examples = [len(s.data) for s in setups]
-        averaged = {
-            name: np.average([o.weights[name] for o in outcomes], axis=0, weights=examples).astype(
-                weights[name].dtype
-            )
-            for name in weights
-        }
-        if fed.server_momentum == 0.0 and fed.server_learning_rate == 1.0:
-            weights = averaged
-        else:  # Flower's FedAvgM, which the ServerApp composes
-            for name in weights:
-                step = weights[name] - averaged[name]
-                momentum[name] = (
-                    fed.server_momentum * momentum[name] + step if name in momentum else step
-                )
-                weights[name] = weights[name] - fed.server_learning_rate * momentum[name]
-        set_arrays(model, weights)
-        curve.append(round(evaluate(scorer, validation).accuracy, 4))
-        print(f"  round {server_round}: validation {curve[-1]:.4f}", flush=True)
-        epsilon = {s.institution: o.charge.epsilon for s, o in zip(setups, outcomes, strict=True)}
-    set_arrays(model, weights)
-    accuracy = None
-    if test:
-        split = server_split_path(policy, layout.server_data_dir, "test")
-        accuracy = evaluate(model, to_examples(policy, load_local_data(policy, split))).accuracy
+    summary = run_simulation(workdir, policy, institutions=institutions)
+    curve = [round(r["accuracy"], 4) for r in summary["rounds"]]
+    for number, accuracy in enumerate(curve, start=1):
+        print(f"  round {number}: validation {accuracy:.4f}", flush=True)
     return {
-        "test_accuracy": accuracy,
+        "test_accuracy": summary["final_accuracy"] if test else None,
         "validation_accuracy": curve[-1],
         "validation_curve": curve,
-        "epsilon_spent": {k: (None if math.isinf(v) else v) for k, v in epsilon.items()},
+        "epsilon_spent": {
+            i["name"]: i["epsilon"] if isinstance(i["epsilon"], float) else None
+            for i in summary["institutions"]
+        },
+        "wall_seconds": summary["wall_seconds"],
     }
 
 
@@ -178,6 +138,7 @@ def main() -> None:
         "--centralized", action="store_true", help="only the pooled, non-private ceiling"
     )
     parser.add_argument("--seeds", type=int, default=1, help="repeat each cell with seeds 42..")
+    parser.add_argument("--institutions", type=int, default=3, help="virtual institutions")
     parser.add_argument(
         "--tune",
         action="store_true",
@@ -218,7 +179,9 @@ def main() -> None:
                 policy = policy.with_overrides({"federation.seed": seed})
                 started = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
-                    cell = run_cell(policy, Path(tmp), test=not args.tune)
+                    cell = run_cell(
+                        policy, Path(tmp), institutions=args.institutions, test=not args.tune
+                    )
                 cell.update(
                     partition=partition,
                     epsilon_budget=None if math.isinf(epsilon) else epsilon,
@@ -233,7 +196,9 @@ def main() -> None:
                     f"({cell['seconds']:.0f}s)"
                 )
     title = "Final validation" if args.tune else "Test"
-    table = Table(title=f"{title} accuracy vs epsilon (3 institutions, {base.data.dataset})")
+    table = Table(
+        title=f"{title} accuracy vs epsilon ({args.institutions} institutions, {base.data.dataset})"
+    )
     table.add_column("partition")
     for epsilon in epsilons:
         table.add_column("no DP" if math.isinf(epsilon) else f"ε = {epsilon:g}", justify="right")
@@ -249,7 +214,13 @@ def main() -> None:
             row.append(f"{np.mean(accs):.3f}" + (f" ±{np.std(accs):.3f}" if len(accs) > 1 else ""))
         table.add_row(partition, *row)
     console.print(table)
-    write_record(args.out, policy=base.to_sections(), cells=cells)
+    write_record(
+        args.out,
+        engine="flower-simulation",
+        institutions=args.institutions,
+        policy=base.to_sections(),
+        cells=cells,
+    )
 
 
 if __name__ == "__main__":

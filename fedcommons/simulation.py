@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from client.simulation import ROSTER_ENV, write_roster
+from common.atomic import write_atomic
 from common.policy import Policy
 from common.protocol import NodeConfig
 from fedcommons.demo_setup import DemoConsortium, admit_all, demo_consortium
@@ -137,13 +138,16 @@ def run_simulation(
     ledger_url: str | None = None,
     on_round: Callable[[RoundProgress], None] | None = None,
     insecure: bool = False,
+    watch: Callable[[SimulatedFederation], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``policy`` with ``institutions`` virtual institutions; return ``summary.json``.
 
     Data are split as the demo splits them (the policy's partition), each
     institution enrols from its own state folder and the operator admits it;
     the run is then carried by the Simulation Engine, released and verified
-    with every receipt, as the demo's.
+    with every receipt, as the demo's. The ServerApp's log is kept in
+    ``workdir/logs/run-ID.log``; ``watch`` (benchmarks) is called with the
+    federation whenever the run is polled.
 
     Raises
     ------
@@ -161,21 +165,26 @@ def run_simulation(
     prepared = time.monotonic() - started
     ledger = Ledger(ledger_url)
     try:
-        with SimulatedFederation(demo, client_cpus=client_cpus, insecure=insecure) as federation:
+        federation = SimulatedFederation(demo, client_cpus=client_cpus, insecure=insecure)
+        with federation:
             flower_run_id = submit_run(federation.cli, policy, workdir / "run")
+
+            def check() -> None:
+                federation.check_alive()
+                if watch is not None:
+                    watch(federation)
+
             try:
                 outcome = follow_run(
-                    federation.cli,
-                    ledger,
-                    flower_run_id,
-                    on_round=on_round,
-                    check=federation.check_alive,
+                    federation.cli, ledger, flower_run_id, on_round=on_round, check=check
                 )
             except (FederationError, KeyboardInterrupt) as err:
                 run, _ = read_rounds(ledger, flower_run_id)
                 if run is not None and not isinstance(err, RunFailed):
                     mark_interrupted(ledger, run.id, str(err) or "interrupted (Ctrl-C or SIGTERM)")
                 raise
+            run_log = federation.log_dir / f"run-{flower_run_id}.log"
+            write_atomic(run_log, federation.cli.run_log(flower_run_id))
         return summarise(
             demo,
             policy,
@@ -189,6 +198,7 @@ def run_simulation(
                 "client_cpus": client_cpus,
                 "tls": not insecure,
                 "prepare_seconds": prepared,
+                "run_log": str(run_log),
             },
             started=started,
         )

@@ -58,9 +58,24 @@ def _load_server_split(policy: Policy, deploy: DeployConfig, name: str) -> Examp
     return to_examples(policy, load_local_data(policy, path))
 
 
+def _log_to_run_log() -> None:
+    """Put the ServerApp's own INFO lines (rounds, phases, receipts) in Flower's run log.
+
+    Flower mirrors the ServerApp's stderr into the log ``flwr log`` shows.
+    """
+    logger = logging.getLogger("server")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # once, whatever else (Ray) set up on the root logger
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the policy's rounds (or the rest of a run being resumed) and record them."""
+    _log_to_run_log()
     policy = Policy.from_run_config(context.run_config)
     deploy = DeployConfig.from_environment()
     validation = _load_server_split(policy, deploy, "validation")

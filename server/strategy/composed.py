@@ -105,6 +105,9 @@ class ConsortiumStrategy(Strategy):
         self._model_before = ""
         self._round = RoundIntake()
         self._sent: list[Message] = []
+        self._phases: dict[str, float] = {}
+        """Seconds of the round's server-side phases, logged once the round is recorded."""
+        self._taken = self._started
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -140,6 +143,8 @@ class ConsortiumStrategy(Strategy):
         quorum (``min_nodes``) returned a usable update.
         """
         server_round += self.rounds_done
+        replied = time.monotonic()
+        self._phases = {"waiting for replies": replied - self._started}
         replies = list(replies)
         sent = [m.metadata.dst_node_id for m in self._sent]
         asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
@@ -149,6 +154,8 @@ class ConsortiumStrategy(Strategy):
             if _from_client_app(reply):  # it took the receipts before anything else
                 self.outbox.answered(node, self.intake.institution_of(node))
         self._round = intake = self.intake.take(replies, asked)
+        self._taken = time.monotonic()
+        self._phases["intake (verify, open, check)"] = self._taken - replied
         intake.exclusions += self.intake.missing(sent, senders)
         charges = [a.charge for a in intake.accepted]
         self.recorder.record_replies(server_round, charges, intake.exclusions)
@@ -186,10 +193,13 @@ class ConsortiumStrategy(Strategy):
     def finish_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Evaluate and record a round; queue its receipts (Flower's ``evaluate_fn``)."""
         weights = arrays_of(arrays)
+        evaluating = time.monotonic()
         loss, accuracy = self.evaluator(weights)
         if server_round > 0:
             server_round += self.rounds_done
+            valuing = time.monotonic()
             valuation = self._value(server_round)
+            recording = time.monotonic()
             receipts = self.recorder.record_round(
                 FinishedRound(
                     number=server_round,
@@ -207,6 +217,19 @@ class ConsortiumStrategy(Strategy):
             )
             self.outbox.queue(receipts)
             log.info("round %d: validation accuracy %.4f, loss %.4f", server_round, accuracy, loss)
+            self._phases.update(
+                {
+                    "defences and aggregation": evaluating - self._taken,
+                    "evaluation": valuing - evaluating,
+                    "valuation": recording - valuing,
+                    "ledger": time.monotonic() - recording,
+                }
+            )
+            log.info(
+                "round %d server phases: %s",
+                server_round,
+                ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self._phases.items()),
+            )
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
     def _value(self, server_round: int) -> RoundValues | None:
