@@ -7,7 +7,13 @@ with its own key. Every cell trains a federation from scratch through
 ``tests/hostile_federation.py``: the ClientApp's training code, real
 envelopes, and the consortium strategy composed as the ServerApp composes it
 (update gate, claim check, norm bound, Flower's aggregation rule). Only
-Flower's transport is left out, which changes no number.
+Flower's transport is left out, which changes no number. This in-process
+harness is a shortcut kept because the attacker's code must never be part
+of the shipped ClientApp that ``fedcommons simulate`` runs: with DP off,
+``tests/test_simulation.py`` checks that its first round's global model
+equals the simulation's and the deployment's (same seed and split), and
+BENCHMARKS.md (issue 20) compares its clean accuracy with DP to the
+simulation's.
 
 Rows: ``clean`` (all five honest), ``absent`` (the attacker never answers:
 what rejecting every one of its updates leaves, its data included) and

@@ -2,7 +2,9 @@
 
 For 3, 5, 10 and 20 institutions on the digits federation with DP (the
 demo's policy and split, in this process: ``tests/hostile_federation.py``,
-the ClientApp's training and the ServerApp's strategy), each round is run,
+the ClientApp's training and the ServerApp's strategy -- a shortcut checked
+against ``fedcommons simulate`` by ``tests/test_simulation.py``, kept because
+it hands each round's updates to the valuer directly), each round is run,
 then valued as the policy's default does (exact Shapley up to 10
 institutions, GTG-Shapley above; the CNN's coalition models scored many at
 once, as the ServerApp does), timed beside the round itself. Up to 10
