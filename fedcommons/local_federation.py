@@ -219,18 +219,7 @@ class LocalFederation:
         self.superlink_port = free_port()
         for stale in self.workdir.glob("superlink.db*"):
             stale.unlink()
-        if self.operator is None:
-            log.warning("starting the SuperLink WITHOUT TLS and SuperNode authentication")
-            settings = SuperLinkSettings("127.0.0.1", self.superlink_port, self.superlink_db, None)
-            argv = superlink_argv(settings)
-        else:
-            argv = self._fedcommons(
-                "operator", "serve", str(self.operator.root),
-                "--host", "127.0.0.1",
-                "--port", str(self.superlink_port),
-                "--database", str(self.superlink_db),
-            )  # fmt: skip
-        superlink = self._spawn("superlink", argv)
+        superlink = self._spawn("superlink", self._superlink_argv())
         wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
         write_connection(
             self.flwr_home,
@@ -240,6 +229,23 @@ class LocalFederation:
         )
         if self.on_superlink is not None:
             self.on_superlink(self)
+        self._start_supernodes()
+
+    def _superlink_argv(self) -> list[str]:
+        """``operator serve`` with the operator folder, else a plaintext ``flower-superlink``."""
+        if self.operator is None:
+            log.warning("starting the SuperLink WITHOUT TLS and SuperNode authentication")
+            settings = SuperLinkSettings("127.0.0.1", self.superlink_port, self.superlink_db, None)
+            return superlink_argv(settings)
+        return self._fedcommons(
+            "operator", "serve", str(self.operator.root),
+            "--host", "127.0.0.1",
+            "--port", str(self.superlink_port),
+            "--database", str(self.superlink_db),
+        )  # fmt: skip
+
+    def _start_supernodes(self) -> None:
+        """One SuperNode per node, each on its own port; wait until every one listens."""
         started: list[tuple[int, subprocess.Popen[bytes], str]] = []
         for node in self.nodes:
             port = free_port()

@@ -13,6 +13,7 @@ Flower gives a virtual SuperNode only its ``partition-id``: a roster
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -25,9 +26,9 @@ from common.atomic import write_atomic
 from common.policy import Policy
 from common.protocol import NodeConfig
 from fedcommons.demo_setup import DemoConsortium, admit_all, demo_consortium
-from fedcommons.local_federation import LocalFederation, free_port, wait_for_port
+from fedcommons.local_federation import LocalFederation
 from fedcommons.summary import summarise
-from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
+from server.flower import FederationError
 from server.ledger import Ledger
 from server.runs import (
     RoundProgress,
@@ -94,38 +95,27 @@ class SimulatedFederation(LocalFederation):
             insecure=insecure,
             env={ROSTER_ENV: str(roster), **(env or {})},
         )
-        self.cli = FlwrCli(
-            self.flwr_home,
-            CONNECTION,
-            env=self.env,
-            cwd=self.workdir,
+        self.cli = dataclasses.replace(
+            self.cli,
             federation_config={
                 "num-supernodes": len(demo.nodes),
                 "client-resources-num-cpus": client_cpus,
             },
         )
 
-    def start(self) -> None:
-        """Start the SuperLink in simulation mode and write the ``flwr`` connection."""
+    def _superlink_argv(self) -> list[str]:
+        """``flower-superlink --simulation``, TLS on its Control API unless ``insecure``."""
         assert self.operator is not None
         check_operator_folder(self.operator)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        self.superlink_port = free_port()
-        for stale in self.workdir.glob("superlink.db*"):
-            stale.unlink()
         tls = None if self.insecure else self.operator.tls
-        settings = SuperLinkSettings(
-            "127.0.0.1", self.superlink_port, self.superlink_db, tls, simulation=True
+        return superlink_argv(
+            SuperLinkSettings(
+                "127.0.0.1", self.superlink_port, self.superlink_db, tls, simulation=True
+            )
         )
-        superlink = self._spawn("superlink", superlink_argv(settings))
-        wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
-        write_connection(
-            self.flwr_home,
-            CONNECTION,
-            f"127.0.0.1:{self.superlink_port}",
-            None if tls is None else tls.ca_certificate,
-        )
+
+    def _start_supernodes(self) -> None:
+        """None: Flower's Simulation Engine plays them."""
 
 
 def run_simulation(
