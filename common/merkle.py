@@ -30,6 +30,7 @@ from common.errors import UserError
 
 __all__ = [
     "EMPTY_ROOT",
+    "HASH_SIZE",
     "LEAF_PREFIX",
     "NODE_PREFIX",
     "ProofError",
@@ -47,10 +48,20 @@ _sha256 = hashlib.sha256
 
 EMPTY_ROOT: bytes = _sha256(b"").digest()
 """The Merkle Tree Hash of the empty tree: ``SHA-256("")``."""
+HASH_SIZE = 32
+"""Every leaf, node and root hash is a SHA-256 digest of this many bytes."""
 
 
 class ProofError(UserError, ValueError):
     """An inclusion or consistency proof failed to verify."""
+
+
+def _check_hashes(what: str, *hashes: bytes) -> None:
+    """Refuse anything but 32-byte digests: a verifier must not hash whatever it is handed."""
+    for value in hashes:
+        if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+            size = len(value) if isinstance(value, bytes) else type(value).__name__
+            raise ProofError(f"{what}: a hash of {size} bytes, not {HASH_SIZE}")
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -112,12 +123,15 @@ def verify_inclusion(
     Raises
     ------
     ProofError
-        If ``index`` is not in ``range(size)``, the proof has too many or
-        too few components for this index and size, or it does not hash up
-        to ``root_hash``.
+        If ``index`` is not in ``range(size)``, the leaf, the root or a
+        proof component is not a 32-byte hash, the proof has too many or too
+        few components for this index and size, or it does not hash up to
+        ``root_hash``.
     """
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not in a tree of size {size}")
+    _check_hashes(f"inclusion proof for leaf {index} of a tree of size {size}", leaf, root_hash)
+    _check_hashes(f"inclusion proof for leaf {index} of a tree of size {size}", *proof)
     fn, sn = index, size - 1
     r = leaf
     for p in proof:
@@ -169,14 +183,24 @@ def verify_consistency(
     Raises
     ------
     ProofError
-        If the sizes are negative or out of order; the sizes are equal and
-        the roots differ or the proof is not empty; ``old_size`` is 0 and the
-        proof is not empty or ``old_root`` is not :data:`EMPTY_ROOT`; the
-        proof has too many or too few components; or the recomputed old or
-        new head differs from the one given.
+        If ``old_size`` is 0 (RFC 6962 defines consistency only for
+        ``0 < old_size <= new_size``: every tree extends the empty one, so
+        such a "proof" proves nothing and is refused rather than accepted),
+        the sizes are out of order, a root or component is not a 32-byte
+        hash, the sizes are equal and the roots differ or the proof is not
+        empty, the proof has too many or too few components, or the
+        recomputed old or new head differs from the one given.
     """
-    if not 0 <= old_size <= new_size:
+    if old_size < 1:
+        raise ProofError(
+            f"no consistency proof from a tree of size {old_size}: RFC 6962 defines one only "
+            "from a non-empty tree"
+        )
+    if old_size > new_size:
         raise ProofError(f"sizes out of order: old size {old_size}, new size {new_size}")
+    what = f"consistency proof from size {old_size} to {new_size}"
+    _check_hashes(what, old_root, new_root)
+    _check_hashes(what, *proof)
     if old_size == new_size:
         if proof:
             raise ProofError(
@@ -185,16 +209,6 @@ def verify_consistency(
             )
         if old_root != new_root:
             raise ProofError(f"two different root hashes for the same tree size {old_size}")
-        if old_size == 0 and old_root != EMPTY_ROOT:
-            raise ProofError("root hash of the empty tree is not SHA-256 of the empty string")
-        return
-    if old_size == 0:
-        if proof:
-            raise ProofError(
-                f"consistency proof from the empty tree must be empty, got {len(proof)} components"
-            )
-        if old_root != EMPTY_ROOT:
-            raise ProofError("root hash of the empty tree is not SHA-256 of the empty string")
         return
     if not proof:
         raise ProofError(f"consistency proof from size {old_size} to {new_size} is empty")

@@ -211,19 +211,22 @@ class MerkleLog:
         Returns
         -------
         list[bytes]
-            The proof's node hashes; empty when ``old_size`` is 0 or equals
-            ``new_size``.
+            The proof's node hashes; empty when ``old_size`` equals ``new_size``.
 
         Raises
         ------
         ValueError
-            If ``old_size`` is negative or larger than ``new_size``, or
-            ``new_size`` exceeds :attr:`size`.
+            If ``old_size`` is not in ``1..new_size`` (RFC 6962 defines no
+            proof from the empty tree, so none is generated), or ``new_size``
+            exceeds :attr:`size`.
         """
         new_size = self._size(new_size)
-        if not 0 <= old_size <= new_size:
-            raise ValueError(f"old size {old_size} is outside 0..{new_size} (the new size)")
-        if old_size in (0, new_size):
+        if not 1 <= old_size <= new_size:
+            raise ValueError(
+                f"old size {old_size} is outside 1..{new_size} (the new size): there is no "
+                "consistency proof from the empty tree"
+            )
+        if old_size == new_size:
             return []
         # SUBPROOF(m, D[start:end], whole) walked from the root down; ``whole``
         # stays true while the old tree is a prefix that is a node of its own

@@ -138,19 +138,19 @@ def consistency_proof(
     Returns
     -------
     list[bytes]
-        The proof's node hashes; empty when ``old_size`` is 0 or equals
+        The proof's node hashes; empty when ``old_size`` equals
         ``new_size``.
 
     Raises
     ------
     ValueError
-        If ``old_size`` is negative or larger than ``new_size``, or
-        ``new_size`` exceeds ``len(leaves)``.
+        If ``old_size`` is not in ``1..new_size`` (no proof from the empty
+        tree), or ``new_size`` exceeds ``len(leaves)``.
     """
     new_size = _tree_size(leaves, new_size)
-    if not 0 <= old_size <= new_size:
-        raise ValueError(f"old size {old_size} is outside 0..{new_size} (the new size)")
-    if old_size in (0, new_size):
+    if not 1 <= old_size <= new_size:
+        raise ValueError(f"old size {old_size} is outside 1..{new_size} (the new size)")
+    if old_size == new_size:
         return []
     # The old tree's last complete subtree, of height ``start``, is the node
     # the proof climbs from; when the old tree is itself complete that node is

@@ -18,7 +18,10 @@ and cross-checked against the direct recursive reference below.
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,8 +187,9 @@ def ref_subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
 
 
 def ref_proof(m: int, d: list[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]) (section 2.1.2), with the empty proof for m == 0."""
-    if m in (0, len(d)):
+    """PROOF(m, D[n]) (section 2.1.2), defined for 0 < m <= n."""
+    assert 0 < m <= len(d)
+    if m == len(d):
         return []
     return ref_subproof(m, d, True)
 
@@ -293,7 +297,6 @@ def test_published_consistency_proofs(old: int, new: int) -> None:
 
 def test_consistency_proof_defaults_to_all_leaves() -> None:
     assert _hexes(consistency_proof(LEAVES, 6)) == PUBLISHED_CONSISTENCY[(6, 8)]
-    assert consistency_proof(LEAVES, 0) == []
     assert consistency_proof(LEAVES, 8) == []
 
 
@@ -313,7 +316,7 @@ def test_every_inclusion_proof_up_to_size_40() -> None:
 def test_every_consistency_proof_up_to_size_40() -> None:
     heads = [root(SMALL[:n]) for n in range(41)]
     for n in range(1, 41):
-        for m in range(n + 1):
+        for m in range(1, n + 1):
             proof = consistency_proof(SMALL, m, n)
             assert proof == ref_proof(m, SMALL[:n]), (m, n)
             verify_consistency(m, n, heads[m], heads[n], proof)
@@ -441,10 +444,52 @@ def test_bad_consistency_proof_is_rejected(case: str) -> None:
         verify_consistency(old_size, new_size, old_root, new_root, proof)
 
 
-def test_trivial_consistency_proofs_are_accepted() -> None:
-    verify_consistency(0, 0, EMPTY_ROOT, EMPTY_ROOT, [])
-    verify_consistency(0, 8, EMPTY_ROOT, ROOT8, [])
+def test_equal_sizes_need_no_consistency_proof() -> None:
     verify_consistency(8, 8, ROOT8, ROOT8, [])
+    verify_consistency(1, 1, ROOT1, ROOT1, [])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "old_root", "new_root"),
+    [(0, 0, EMPTY_ROOT, EMPTY_ROOT), (0, 8, EMPTY_ROOT, ROOT8), (0, 1, EMPTY_ROOT, ROOT1)],
+)
+def test_no_consistency_proof_from_the_empty_tree_is_accepted(
+    old: int, new: int, old_root: bytes, new_root: bytes
+) -> None:
+    """RFC 6962 defines consistency only from a non-empty tree; Go's tlog refuses it too."""
+    with pytest.raises(ProofError, match="from a tree of size 0"):
+        verify_consistency(old, new, old_root, new_root, [])
+
+
+def test_no_consistency_proof_from_the_empty_tree_is_generated() -> None:
+    with pytest.raises(ValueError, match="no consistency proof from the empty tree"):
+        MerkleLog(LEAVES).consistency_proof(0)
+    with pytest.raises(ValueError, match=r"outside 1\.\.8"):
+        consistency_proof(LEAVES, 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 31, 33, 64])
+def test_hashes_of_the_wrong_length_are_refused(size: int) -> None:
+    wrong = bytes(size)
+    proof = [bytes.fromhex(h) for h in PUBLISHED_INCLUSION[(5, 8)]]
+    with pytest.raises(ProofError, match=f"a hash of {size} bytes"):
+        verify_inclusion(wrong, 5, 8, proof, ROOT8)
+    with pytest.raises(ProofError, match=f"a hash of {size} bytes"):
+        verify_inclusion(LEAVES[5], 5, 8, proof, wrong)
+    with pytest.raises(ProofError, match=f"a hash of {size} bytes"):
+        verify_inclusion(LEAVES[5], 5, 8, [*proof[:-1], wrong], ROOT8)
+    with pytest.raises(ProofError, match=f"a hash of {size} bytes"):
+        verify_consistency(6, 8, wrong, ROOT8, PROOF_6_TO_8)
+    with pytest.raises(ProofError, match=f"a hash of {size} bytes"):
+        verify_consistency(8, 8, wrong, wrong, [])
+    with pytest.raises(ProofError, match=f"a hash of {size} bytes"):
+        verify_consistency(6, 8, ROOT6, ROOT8, [*PROOF_6_TO_8[:-1], wrong])
+
+
+def test_an_empty_leaf_and_root_with_an_empty_proof_are_refused() -> None:
+    """The case an outside check found: it verified as a one-leaf tree before."""
+    with pytest.raises(ProofError, match="a hash of 0 bytes"):
+        verify_inclusion(b"", 0, 1, [], b"")
 
 
 def test_consistency_error_messages() -> None:
@@ -460,7 +505,7 @@ def test_consistency_error_messages() -> None:
         verify_consistency(6, 8, ROOT6, bytes.fromhex(ROOTS[7]), PROOF_6_TO_8)
     with pytest.raises(ProofError, match="same tree size"):
         verify_consistency(8, 8, ROOT6, ROOT8, [])
-    with pytest.raises(ProofError, match="empty tree must be empty"):
+    with pytest.raises(ProofError, match="from a tree of size 0"):
         verify_consistency(0, 8, EMPTY_ROOT, ROOT8, PROOF_1_TO_8)
     assert issubclass(ProofError, ValueError)
 
@@ -531,7 +576,7 @@ def test_merkle_log_every_proof_up_to_size_64(appended: int) -> None:
         assert log.root(n) == root(MANY[:n])
         for i in range(n):
             assert log.inclusion_proof(i, n) == inclusion_proof(MANY, i, n), (i, n)
-        for m in range(n + 1):
+        for m in range(1, n + 1):
             assert log.consistency_proof(m, n) == consistency_proof(MANY, m, n), (m, n)
 
 
@@ -542,7 +587,7 @@ def test_merkle_log_proofs_grow_with_the_log() -> None:
         log.append(MANY[n - 1])
         for i in range(n):
             assert log.inclusion_proof(i) == inclusion_proof(MANY[:n], i)
-        for m in range(n + 1):
+        for m in range(1, n + 1):
             assert log.consistency_proof(m) == consistency_proof(MANY[:n], m)
 
 
@@ -558,7 +603,7 @@ def test_merkle_log_matches_on_larger_trees(size: int) -> None:
         proof = log.inclusion_proof(i, size)
         assert proof == inclusion_proof(MANY, i, size), i
         verify_inclusion(MANY[i], i, size, proof, head)
-    olds = {0, 1, 2, 3, size // 2, size - 1, size}
+    olds = {1, 2, 3, size // 2, size - 1, size}
     olds |= {rng.randrange(1, size + 1) for _ in range(40)}
     olds |= {1 << b for b in range(size.bit_length()) if 1 << b <= size}
     for m in sorted(olds):
@@ -595,6 +640,58 @@ def test_merkle_log_root_rejects_bad_sizes(size: int) -> None:
 
 def test_empty_merkle_log() -> None:
     log = MerkleLog()
-    assert log.root(0) == EMPTY_ROOT and log.consistency_proof(0) == []
+    assert log.root(0) == EMPTY_ROOT
+    with pytest.raises(ValueError):
+        log.consistency_proof(0)
     with pytest.raises(ValueError):
         log.inclusion_proof(0)
+
+
+# --------------------------------------------------------------------------
+# transparency-dev's probe vectors, restated as project data
+# (tests/data/transparency_probes.json): every correct proof holds and every
+# altered one is refused, including the size-0 and wrong-length cases.
+
+PROBES = json.loads((Path(__file__).parent / "data" / "transparency_probes.json").read_text())
+
+
+@pytest.mark.parametrize("probe", PROBES["inclusion"], ids=lambda p: p["case"])
+def test_transparency_dev_inclusion_probes(probe: dict[str, Any]) -> None:
+    def check() -> None:
+        verify_inclusion(
+            bytes.fromhex(probe["leaf"]),
+            probe["index"],
+            probe["size"],
+            [bytes.fromhex(h) for h in probe["path"]],
+            bytes.fromhex(probe["root"]),
+        )
+
+    if probe["holds"]:
+        check()
+    else:
+        with pytest.raises(ProofError):
+            check()
+
+
+@pytest.mark.parametrize("probe", PROBES["consistency"], ids=lambda p: p["case"])
+def test_transparency_dev_consistency_probes(probe: dict[str, Any]) -> None:
+    def check() -> None:
+        verify_consistency(
+            probe["old_size"],
+            probe["new_size"],
+            bytes.fromhex(probe["old_root"]),
+            bytes.fromhex(probe["new_root"]),
+            [bytes.fromhex(h) for h in probe["proof"]],
+        )
+
+    if probe["holds"]:
+        check()
+    else:
+        with pytest.raises(ProofError):
+            check()
+
+
+def test_the_probes_cover_both_outcomes() -> None:
+    for kind in ("inclusion", "consistency"):
+        outcomes = [p["holds"] for p in PROBES[kind]]
+        assert len(outcomes) > 90 and 0 < sum(outcomes) < len(outcomes)
