@@ -60,9 +60,10 @@ def verify(
     output_format: FormatOption = OutputFormat.text,
 ) -> None:
     """Recompute every entry, the hash chain and the Merkle tree; check every fact row,
-    signed tree head and receipt.
+    signed tree head, participant cosignature and receipt.
 
-    Read-only. Exit 0 and one "intact" line if every check ran and held;
+    Read-only. Exit 0, an "intact" line and, per signed tree head, the
+    participants that cosigned it, if every check ran and held;
     exit 1 and the first bad entry otherwise. Without --operator-key it
     refuses (exit 2) unless --skip-signatures says to verify the rest.
     """
@@ -100,6 +101,8 @@ def verify(
         typer.echo(json.dumps({"intact": complete, "unchecked": unchecked, **asdict(report)}))
         return
     typer.echo(report.summary())
+    for line in report.witness_lines():
+        typer.echo(f"  {line}")
 
 
 def _operator_key(value: str) -> Ed25519PublicKey:

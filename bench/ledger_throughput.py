@@ -66,7 +66,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,7 @@ from sqlalchemy import (  # noqa: E402
 )
 from sqlalchemy.orm import Session  # noqa: E402
 
+from common.consortium import default_log_origin  # noqa: E402
 from common.keys import key_id  # noqa: E402
 from common.merkle import TreeBuilder, leaf_hash, verify_consistency, verify_inclusion  # noqa: E402
 from common.merkle_log import MerkleLog  # noqa: E402
@@ -514,22 +515,24 @@ class LedgerBuilder:
         self.checkpoints += len(signed)
 
     def _sign(self) -> dict[str, Any]:
-        unsigned = TreeHead(
+        """A C2SP checkpoint of the log, as ``sign_tree_head`` stores it."""
+        checkpoint = TreeHead.sign(
+            self.operator,
             tree_size=self.tree.size,
             root=self.tree.root().hex(),
             at=T0.isoformat(timespec="seconds"),
             note=f"after the round ending at entry {self.tree.size - 1}",
-            key_id=self.operator_id,
-            signature="",
+            origin=default_log_origin(self.operator.public_key()),
         )
-        signature = base64.b64encode(self.operator.sign(unsigned.body())).decode()
-        checkpoint = replace(unsigned, signature=signature)
         return {
             "tree_size": checkpoint.tree_size,
             "root_hash": checkpoint.root,
             "body": checkpoint.body().decode(),
             "key_id": checkpoint.key_id,
             "signature": checkpoint.signature,
+            "checkpoint": checkpoint.checkpoint,
+            "signed_at": checkpoint.at,
+            "label": checkpoint.note,
         }
 
 

@@ -36,6 +36,7 @@ from common.protocol import (
     TrainConfig,
 )
 from common.receipts import ReceiptError
+from common.witness import COSIGNATURES, cosignature_record
 
 __all__ = ["app"]
 
@@ -58,9 +59,11 @@ def train(message: Message, context: Context) -> Message:
     started = time.perf_counter()
     try:
         setup = ClientSetup.from_context(context)
-        receipts = message.content.config_records.get(RECEIPTS)
-        if receipts is not None:  # for the rounds before: checked before anything else
-            accept_receipts(setup.identity(), setup.institution, receipts)
+        # The rounds before: their receipts are checked before anything else, and the
+        # reply cosigns the head this node now holds.
+        accepted = accept_receipts(
+            setup.identity(), setup.institution, message.content.config_records.get(RECEIPTS)
+        )
         global_weights = arrays_of(message.content.array_records[ARRAYS])
         config = TrainConfig.from_record(message.content.config_records[CONFIG])
         outcome = train_round(setup, global_weights, config, run_id=context.run_id)
@@ -100,6 +103,8 @@ def train(message: Message, context: Context) -> Message:
             ),
         }
     )
+    if accepted.cosignatures:
+        content[COSIGNATURES] = cosignature_record(accepted.cosignatures)
     return Message(content, reply_to=message)
 
 
@@ -111,15 +116,15 @@ def query(message: Message, context: Context) -> Message:
         node = NodeConfig.from_mapping(node_config_of(context))
         if receipts is None or node.state_dir is None:
             raise ValueError("a query without receipts, or a node config without state-dir")
-        stored = accept_receipts(ParticipantState(node.state_dir), node.institution, receipts)
+        accepted = accept_receipts(ParticipantState(node.state_dir), node.institution, receipts)
     except ReceiptError as err:
         return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context, err)
     except ValueError as err:
         return _refuse(message, ExclusionCode.BAD_INPUT, context, err)
-    return Message(
-        RecordDict({METRICS: MetricRecord({RECEIPTS_STORED: len(stored)})}),
-        reply_to=message,
-    )
+    content = RecordDict({METRICS: MetricRecord({RECEIPTS_STORED: len(accepted.stored)})})
+    if accepted.cosignatures:
+        content[COSIGNATURES] = cosignature_record(accepted.cosignatures)
+    return Message(content, reply_to=message)
 
 
 @app.evaluate()

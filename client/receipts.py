@@ -1,31 +1,54 @@
-"""A node's receipt book: verify each receipt against the pinned operator key, then keep it.
+"""A node's receipt book: verify each receipt against the pinned operator key, keep it, cosign.
 
 A receipt (:mod:`common.receipts`) arrives with the next message after a
 round: the next train message, or a query after the last round. The node
-verifies the operator's signature (the key pinned in ``consortium.json`` at
-enrolment), the inclusion proof of its own update's ledger entry, the
-consistency proof from the last head it was given, and that the entry
-records the very update it sent. Only then is the receipt stored, in
-``STATE/receipts/``; a receipt that fails is refused (code 409) and the node
-does not train in that round.
+verifies the operator's signature on the checkpoint (the key and log origin
+pinned in ``consortium.json`` at enrolment), the inclusion proof of its own
+update's ledger entry, that the entry records the very update it sent, and,
+once it holds any head, a **mandatory** consistency proof from the last
+(largest) head it holds: the ledger may only ever grow from what this node
+has seen. Only then is the receipt stored, in ``STATE/receipts/``, and the
+node cosigns its checkpoint (C2SP ``cosignature/v1``, with its own key): the
+server keeps that cosignature as the node's witness that the log is
+append-only (:mod:`server.ledger.cosignatures`).
+
+A receipt that fails is refused (code 409; the node does not train in that
+round and cosigns nothing) and recorded in ``STATE/receipts/refused/``: a
+fork (a head that does not extend the held one, or another head for a round
+already receipted) keeps both operator-signed heads there as evidence.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NoReturn
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flwr.app import ConfigRecord
 
 from client.enrolment import ParticipantState
 from common.atomic import write_atomic
 from common.consortium import Consortium, EnrolmentError
 from common.envelope import Envelope, UpdateHeader
-from common.receipts import Receipt, ReceiptError
+from common.keys import passphrase_from_env
+from common.note import cosign
+from common.receipts import ForkError, Receipt, ReceiptError, TreeHead
+from common.witness import Cosigned
 
-__all__ = ["ReceiptBook", "accept_receipts", "receipt_book", "record_sent"]
+__all__ = ["Accepted", "ReceiptBook", "accept_receipts", "receipt_book", "record_sent"]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What :func:`accept_receipts` stored, and the cosignatures the reply carries back."""
+
+    stored: list[Path]
+    cosignatures: list[Cosigned]
 
 
 class ReceiptBook:
@@ -62,55 +85,162 @@ class ReceiptBook:
             for path in sorted(self.folder.glob(pattern))
         ]
 
-    def accept(self, receipt: Receipt, operator: Ed25519PublicKey, participant: str) -> Path:
+    def latest_head(self) -> TreeHead | None:
+        """The largest signed head this node holds (of any run: one ledger, one tree)."""
+        heads = [r.tree_head for r in self.receipts()]
+        return max(heads, key=lambda h: h.tree_size) if heads else None
+
+    def accept(
+        self,
+        receipt: Receipt,
+        operator: Ed25519PublicKey,
+        participant: str,
+        origin: str | None = None,
+    ) -> Path:
         """Verify ``receipt`` as ``participant`` and store it; :class:`ReceiptError` if it fails.
 
         Beyond :meth:`Receipt.verify`, the entry must record the very update this
-        node sent (its ciphertext hash and signature), and a consistency proof
-        must start from a head this node really holds.
+        node sent (its ciphertext hash and signature), and the head must extend
+        the largest one this node holds, by a consistency proof from exactly that
+        head. A refusal is recorded under ``refused/``.
         """
         if receipt.participant != participant:
             raise ReceiptError(f"a receipt for {receipt.participant!r} was sent to {participant!r}")
-        receipt.verify(operator)
+        path = self.folder / receipt.file_name
+        latest = self.latest_head()
+        if path.exists():
+            held = Receipt.from_json(path.read_text(encoding="utf-8"), str(path))
+            if (held.seq, held.payload, held.tree_head.tree_size, held.tree_head.root) == (
+                receipt.seq,
+                receipt.payload,
+                receipt.tree_head.tree_size,
+                receipt.tree_head.root,
+            ):
+                return path  # delivered again: already checked and stored
+            self._refuse(
+                receipt,
+                latest,
+                "fork",
+                f"{path} already holds another receipt for run {receipt.run_id} round "
+                f"{receipt.round}: the operator signed two different ledgers",
+            )
+        try:
+            receipt.verify(operator, origin)
+        except ForkError as err:
+            self._refuse(receipt, latest, "fork", str(err))
+        except ReceiptError as err:
+            self._refuse(receipt, latest, "invalid", str(err))
+        self._check_sent(receipt, latest)
+        if latest is not None:
+            self._check_extends(receipt, latest)
+        write_atomic(path, receipt.to_json())
+        return path
+
+    def _check_sent(self, receipt: Receipt, latest: TreeHead | None) -> None:
+        """Refuse unless the receipt's entry records the update this node sent."""
         sent_path = self.sent_folder / receipt.file_name
         try:
             sent = json.loads(sent_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            raise ReceiptError(
+            self._refuse(
+                receipt,
+                latest,
+                "invalid",
                 f"a receipt for run {receipt.run_id} round {receipt.round}, but this node has "
-                f"no record of sending an update then ({sent_path})"
-            ) from None
+                f"no record of sending an update then ({sent_path})",
+            )
         row = receipt.update()
         for column in ("ciphertext_sha256", "signature"):
             if row.get(column) != sent.get(column):
-                raise ReceiptError(
+                self._refuse(
+                    receipt,
+                    latest,
+                    "invalid",
                     f"the receipt's ledger entry {receipt.seq} for round {receipt.round} records "
-                    f"another update than the one this node sent ({column} differs)"
+                    f"another update than the one this node sent ({column} differs)",
                 )
-        if receipt.previous_size is not None:  # the head it extends, if this node holds it
-            # One ledger, one tree: a head of the same size held from any run (a run
-            # resumed after a crash is a new Flower run) must have the same root.
-            held = {r.tree_head.tree_size: r.tree_head.root for r in self.receipts()}
-            if (
-                receipt.previous_size in held
-                and held[receipt.previous_size] != receipt.previous_root
-            ):
-                raise ReceiptError(
-                    f"the receipt for round {receipt.round} extends a head of size "
-                    f"{receipt.previous_size} with another root than the one this node holds: "
-                    "the ledger was forked"
-                )
-        path = self.folder / receipt.file_name
-        text = receipt.to_json()
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            return path  # delivered again: already stored
-        if path.exists():
-            raise ReceiptError(
-                f"{path} already holds another receipt for run {receipt.run_id} round "
-                f"{receipt.round}: the operator signed two different ledgers"
+
+    def _check_extends(self, receipt: Receipt, latest: TreeHead) -> None:
+        """Refuse unless the receipt's head provably extends ``latest``, the largest held."""
+        head, size = receipt.tree_head, latest.tree_size
+        what = f"the receipt for round {receipt.round} (a tree of size {head.tree_size})"
+        if head.tree_size < size:
+            self._refuse(
+                receipt, latest, "stale", f"{what} is older than the head of size {size} held"
             )
-        write_atomic(path, text)
-        return path
+        if head.tree_size == size:
+            if head.root != latest.root:
+                self._refuse(
+                    receipt,
+                    latest,
+                    "fork",
+                    f"{what} has another root than the head of the same size this node holds: "
+                    "the ledger was forked",
+                )
+            return
+        if receipt.previous_size is None or receipt.consistency is None:
+            self._refuse(
+                receipt,
+                latest,
+                "missing-consistency",
+                f"{what} carries no consistency proof from the head of size {size} this node "
+                "holds, so nothing shows the ledger still extends it",
+            )
+        if receipt.previous_size != size:
+            self._refuse(
+                receipt,
+                latest,
+                "missing-consistency",
+                f"{what} proves consistency from size {receipt.previous_size}, not from the "
+                f"head of size {size} this node holds",
+            )
+        if receipt.previous_root != latest.root:
+            self._refuse(
+                receipt,
+                latest,
+                "fork",
+                f"{what} extends a head of size {size} with another root than the one this "
+                "node holds: the ledger was forked",
+            )
+
+    def _refuse(
+        self, receipt: Receipt, latest: TreeHead | None, kind: str, reason: str
+    ) -> NoReturn:
+        """Record why ``receipt`` was refused (with the head held, as evidence); raise."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        record = {
+            "kind": kind,
+            "reason": reason,
+            "refused_at": stamp,
+            "held_head": asdict(latest) if latest is not None else None,
+            "receipt": receipt.to_dict(),
+        }
+        write_atomic(
+            self.folder / "refused" / f"{stamp}-{receipt.file_name}",
+            json.dumps(record, sort_keys=True, indent=2) + "\n",
+        )
+        raise (ForkError if kind == "fork" else ReceiptError)(reason)
+
+    def refusals(self) -> list[dict[str, Any]]:
+        """The refusals recorded so far, oldest first."""
+        folder = self.folder / "refused"
+        return [
+            json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))
+        ]
+
+
+def cosign_heads(
+    heads: list[TreeHead], institution: str, signer: Ed25519PrivateKey, now: int | None = None
+) -> list[Cosigned]:
+    """This node's ``cosignature/v1`` on each checkpoint in ``heads`` (JSON heads are skipped)."""
+    when = int(time.time()) if now is None else now
+    found = []
+    for head in heads:
+        if head.checkpoint is None:
+            continue
+        line = cosign(head.body().decode("utf-8"), institution, signer, when)
+        found.append(Cosigned(head.tree_size, head.root, line.line()))
+    return found
 
 
 def receipt_book(state: ParticipantState) -> ReceiptBook:
@@ -123,25 +253,40 @@ def record_sent(state: ParticipantState, envelope: Envelope) -> Path:
     return receipt_book(state).record_sent(envelope)
 
 
-def accept_receipts(state: ParticipantState, institution: str, record: ConfigRecord) -> list[Path]:
-    """Verify and store every receipt in ``record``, in order; return the files written.
+def accept_receipts(
+    state: ParticipantState, institution: str, record: ConfigRecord | None
+) -> Accepted:
+    """Verify and store every receipt in ``record``, in order; cosign what this node now holds.
+
+    The cosignatures cover each checkpoint accepted now and, always, the
+    largest one held: every reply tells the server which head this node
+    holds, so its next consistency proof starts there (``record`` may be
+    ``None``: nothing to accept, the held head is still cosigned).
 
     Raises
     ------
     ReceiptError
-        A receipt is malformed, does not verify, is for someone else, or
-        records another update than the one this node sent.
+        A receipt is malformed, does not verify, is for someone else,
+        records another update than the one this node sent, or does not
+        provably extend the head this node holds (:class:`ForkError` for a fork).
     """
-    texts = record.get("receipts")
+    texts = record.get("receipts") if record is not None else []
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ReceiptError("the server's receipts record holds no list of JSON receipts")
     try:
-        operator = Consortium.load(state.consortium).operator_key
+        consortium = Consortium.load(state.consortium)
     except EnrolmentError as err:
         raise ReceiptError(f"cannot check receipts without the pinned operator key: {err}") from err
     book = receipt_book(state)
-    stored = []
+    stored, heads = [], []
     for i, text in enumerate(texts):
         receipt = Receipt.from_json(str(text), f"receipt {i + 1} from the server")
-        stored.append(book.accept(receipt, operator, institution))
-    return stored
+        stored.append(book.accept(receipt, consortium.operator_key, institution, consortium.origin))
+        heads.append(receipt.tree_head)
+    latest = book.latest_head()
+    if latest is not None and all(h.tree_size != latest.tree_size for h in heads):
+        heads.append(latest)
+    if not any(h.checkpoint is not None for h in heads):
+        return Accepted(stored, [])
+    signer = state.load_signing_key(passphrase_from_env())
+    return Accepted(stored, cosign_heads(heads, institution, signer))

@@ -29,6 +29,7 @@ from common.canonical import canonical_json
 from common.errors import UserError
 from common.keys import KeyFileError, decode_ed25519_public, decode_x25519_public, key_id
 from common.licences import Licence, LicenceError
+from common.note import NoteError, check_key_name, parse_verifier_key, verifier_key
 
 __all__ = [
     "PARTICIPANT_KINDS",
@@ -37,6 +38,7 @@ __all__ = [
     "EnrolmentError",
     "EnrolmentRequest",
     "check_institution",
+    "default_log_origin",
     "read_json_object",
     "read_request",
 ]
@@ -74,6 +76,11 @@ def _strings(doc: dict[str, Any], keys: list[str], where: Path) -> dict[str, str
     return {key: _field(doc, key, str, where) for key in keys}
 
 
+def default_log_origin(operator: Ed25519PublicKey) -> str:
+    """The log origin of a consortium that set none: named after its operator key."""
+    return f"fedcommons/log/{key_id(operator)[:16]}"
+
+
 def check_institution(name: str) -> str:
     """An institution name: lower case letters, digits, '.', '_' and '-', at most 64."""
     if not _NAME.match(name):
@@ -96,6 +103,23 @@ class Consortium:
     ca_certificate: str
     """PEM text of the consortium CA."""
     version: int = 1
+    log_origin: str = ""
+    """The ledger's log identity: the origin line of every checkpoint (set at init).
+
+    Empty in files written before checkpoints: :attr:`origin` is then derived
+    from the operator key, as the ledger derives it."""
+    operator_verifier_key: str = ""
+    """The operator key as a C2SP note verifier key (``name+id+key``), for any note tool."""
+
+    @property
+    def origin(self) -> str:
+        """The log's origin: :attr:`log_origin`, or the one derived from the operator key."""
+        return self.log_origin or default_log_origin(self.operator_key)
+
+    @property
+    def verifier_key(self) -> str:
+        """The operator's verifier key for the log's checkpoints (as ``note.NewVerifier`` reads)."""
+        return verifier_key(self.origin, self.operator_key)
 
     @property
     def aggregator_key(self) -> X25519PublicKey:
@@ -116,11 +140,24 @@ class Consortium:
     @classmethod
     def load(cls, path: Path) -> Consortium:
         doc = read_json_object(path, "consortium file")
-        names = [f.name for f in fields(cls) if f.name != "version"]
-        consortium = cls(**_strings(doc, names, path))  # type: ignore[arg-type]  # str fields
+        optional = ("version", "log_origin", "operator_verifier_key")
+        names = [f.name for f in fields(cls) if f.name not in optional]
+        extra = _strings(doc, [n for n in optional[1:] if n in doc], path)
+        consortium = cls(**_strings(doc, names, path), **extra)  # type: ignore[arg-type]  # str fields
         try:
             _ = consortium.aggregator_key, consortium.operator_key
         except (KeyFileError, ValueError) as err:
+            raise EnrolmentError(f"{path}: {err}") from err
+        try:
+            check_key_name(consortium.origin)
+            if consortium.operator_verifier_key:
+                parse_verifier_key(consortium.operator_verifier_key)
+                if consortium.operator_verifier_key != consortium.verifier_key:
+                    raise NoteError(
+                        "'operator_verifier_key' is not the operator key under the log origin "
+                        f"{consortium.origin!r}"
+                    )
+        except NoteError as err:
             raise EnrolmentError(f"{path}: {err}") from err
         if "BEGIN CERTIFICATE" not in consortium.ca_certificate:
             raise EnrolmentError(f"{path}: 'ca_certificate' is not a PEM certificate")

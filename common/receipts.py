@@ -16,33 +16,34 @@ This module is shared: the ServerApp builds receipts, ClientApps verify and
 store them (:class:`client.receipts.ReceiptBook`), auditors check them
 against a ledger.
 
-Wire formats: a head's signed body says ``"format": "fedcommons-checkpoint/v1"``
-(kept: signatures already given cover those bytes). Receipts are
-``fedcommons-receipt/v2`` (the head under ``tree_head``); v1 receipts, which
-named it ``checkpoint``, are still read.
+Wire formats: a head is a C2SP ``tlog-checkpoint`` signed note
+(:mod:`common.note`), carried verbatim under ``checkpoint``; any transparency
+tool opens it with the operator's verifier key. Heads signed before that are
+canonical JSON whose body says ``"format": "fedcommons-checkpoint/v1"`` (kept:
+signatures already given cover those bytes) and stay verifiable. Receipts
+are ``fedcommons-receipt/v3`` (v2 could not carry a checkpoint; v1 named the
+head ``checkpoint``); v1 and v2 are still read.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.canonical import canonical_json
 from common.errors import UserError
-from common.keys import key_id
 from common.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from common.tree_head import TREE_HEAD_FORMAT, TreeHead, TreeHeadError, is_hex_digest
 
 __all__ = [
     "RECEIPT_FORMAT",
     "TREE_HEAD_FORMAT",
+    "ForkError",
     "Receipt",
     "ReceiptError",
     "TreeHead",
@@ -50,101 +51,22 @@ __all__ = [
     "read_receipts",
 ]
 
-TREE_HEAD_FORMAT = "fedcommons-checkpoint/v1"
-"""The ``format`` inside every signed head's body (its v1 name is kept: it is signed)."""
-RECEIPT_FORMAT = "fedcommons-receipt/v2"
+RECEIPT_FORMAT = "fedcommons-receipt/v3"
 _RECEIPT_V1 = "fedcommons-receipt/v1"
-
-
-class TreeHeadError(UserError, ValueError):
-    """A signed tree head that is malformed or whose signature does not verify."""
+_RECEIPT_V2 = "fedcommons-receipt/v2"
 
 
 class ReceiptError(UserError, ValueError):
     """A receipt that is malformed, does not verify, or is not about this participant."""
 
 
-@dataclass(frozen=True)
-class TreeHead:
-    """A signed tree head, as stored and as handed to participants."""
-
-    tree_size: int
-    root: str
-    """Hex RFC 6962 root of the first ``tree_size`` entries."""
-    at: str
-    note: str
-    key_id: str
-    signature: str
-    """Base64 Ed25519 signature over :meth:`body`."""
-
-    def body(self) -> bytes:
-        """The canonical bytes that are signed."""
-        return canonical_json(
-            {
-                "format": TREE_HEAD_FORMAT,
-                "tree_size": self.tree_size,
-                "root": self.root,
-                "at": self.at,
-                "note": self.note,
-            },
-            floats_as_strings=True,
-        )
-
-    def verify(self, operator: Ed25519PublicKey) -> None:
-        """Raise :class:`TreeHeadError` unless ``operator`` signed this tree head."""
-        if key_id(operator) != self.key_id:
-            raise TreeHeadError(
-                f"the tree head at size {self.tree_size} names signing key "
-                f"{self.key_id[:16]}..., not the operator key {key_id(operator)[:16]}..."
-            )
-        try:
-            operator.verify(base64.b64decode(self.signature, validate=True), self.body())
-        except (InvalidSignature, binascii.Error, ValueError):
-            raise TreeHeadError(
-                f"the signature of the tree head at size {self.tree_size} does not verify"
-            ) from None
-
-    @classmethod
-    def sign(
-        cls, signer: Ed25519PrivateKey, *, tree_size: int, root: str, at: str, note: str
-    ) -> TreeHead:
-        unsigned = cls(tree_size, root, at, note, key_id(signer.public_key()), "")
-        signature = base64.b64encode(signer.sign(unsigned.body())).decode()
-        return replace(unsigned, signature=signature)
-
-    @classmethod
-    def from_dict(cls, doc: Any, what: str = "tree head") -> TreeHead:
-        """Parse a signed tree head; :class:`TreeHeadError` says which field is wrong."""
-        if not isinstance(doc, dict):
-            raise TreeHeadError(f"{what} is not a JSON object")
-        types = {
-            "tree_size": int,
-            "root": str,
-            "at": str,
-            "note": str,
-            "key_id": str,
-            "signature": str,
-        }
-        missing = sorted(set(types) - set(doc))
-        if missing:
-            raise TreeHeadError(f"{what} lacks {', '.join(missing)}")
-        for name, kind in types.items():
-            if not isinstance(doc[name], kind) or isinstance(doc[name], bool):
-                raise TreeHeadError(f"{what}: {name} must be {kind.__name__}, not {doc[name]!r}")
-        if doc["tree_size"] < 0 or not _is_hex_digest(doc["root"]):
-            raise TreeHeadError(
-                f"{what}: tree_size {doc['tree_size']} or root {doc['root']!r} is invalid"
-            )
-        return cls(**{name: doc[name] for name in types})
-
-
-def _is_hex_digest(value: str) -> bool:
-    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+class ForkError(ReceiptError):
+    """A receipt whose signed head does not extend one the participant holds: a forked ledger."""
 
 
 def _hashes(values: Any, what: str) -> list[bytes]:
     if not isinstance(values, list) or not all(
-        isinstance(v, str) and _is_hex_digest(v) for v in values
+        isinstance(v, str) and is_hex_digest(v) for v in values
     ):
         raise ReceiptError(f"{what} must be a list of hex SHA-256 digests")
     return [bytes.fromhex(v) for v in values]
@@ -224,8 +146,10 @@ class Receipt:
             )
         return value
 
-    def verify(self, operator: Ed25519PublicKey) -> None:
+    def verify(self, operator: Ed25519PublicKey, origin: str | None = None) -> None:
         """Check the signature, the inclusion proof and (if given) the consistency proof.
+
+        ``origin``: the log the head must be a checkpoint of, if known.
 
         Raises
         ------
@@ -233,7 +157,7 @@ class Receipt:
             Any of them fails; the message names which.
         """
         try:
-            self.tree_head.verify(operator)
+            self.tree_head.verify(operator, origin)
         except TreeHeadError as err:
             raise ReceiptError(f"receipt for round {self.round}: {err}") from None
         self.verify_proofs()
@@ -258,6 +182,11 @@ class Receipt:
             return
         if self.previous_root is None or self.consistency is None:
             raise ReceiptError(f"receipt for round {self.round}: an incomplete consistency proof")
+        if self.previous_size < 1:
+            raise ReceiptError(
+                f"receipt for round {self.round}: a consistency proof from a tree of size "
+                f"{self.previous_size} proves nothing (RFC 6962 defines none from the empty tree)"
+            )
         try:
             verify_consistency(
                 self.previous_size,
@@ -267,7 +196,7 @@ class Receipt:
                 _hashes(self.consistency, "the consistency proof"),
             )
         except (ProofError, ValueError) as err:
-            raise ReceiptError(
+            raise ForkError(
                 f"receipt for round {self.round}: the tree of size {self.tree_head.tree_size} "
                 f"does not extend the one of size {self.previous_size} the participant was "
                 f"given before: the ledger was rewritten ({err})"
@@ -310,7 +239,8 @@ class Receipt:
             doc = json.loads(text)
         except ValueError as err:
             raise ReceiptError(f"{source} is not JSON: {err}") from None
-        if not isinstance(doc, dict) or doc.get("format") not in (RECEIPT_FORMAT, _RECEIPT_V1):
+        formats = (RECEIPT_FORMAT, _RECEIPT_V2, _RECEIPT_V1)
+        if not isinstance(doc, dict) or doc.get("format") not in formats:
             raise ReceiptError(f"{source} is not a FedCommons receipt (format {RECEIPT_FORMAT})")
         head_key = "checkpoint" if doc.get("format") == _RECEIPT_V1 else "tree_head"
         try:
@@ -346,7 +276,7 @@ class Receipt:
             _hashes(doc["value_inclusion"], f"{source}'s value inclusion proof")
         if doc["value_seq"] is not None and not 0 <= doc["value_seq"] < tree_head.tree_size:
             raise ReceiptError(f"{source}: value entry {doc['value_seq']} is outside the head")
-        if doc["previous_root"] is not None and not _is_hex_digest(doc["previous_root"]):
+        if doc["previous_root"] is not None and not is_hex_digest(doc["previous_root"]):
             raise ReceiptError(f"{source}: previous_root is not a hex SHA-256 digest")
         return cls(tree_head=tree_head, **{name: doc[name] for name in fields})
 

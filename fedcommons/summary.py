@@ -131,6 +131,9 @@ def summarise(
         "release_dir": str(release.out_dir),
         "receipts_dir": str(receipts_dir),
         "receipts": verified.receipts,
+        # the participants' cosignatures on the signed heads (C2SP checkpoints)
+        "cosignatures": verified.cosignatures,
+        "witnesses": {str(size): names for size, names in verified.witnesses},
         # Every update's sealing (client) plus opening (server), summed as if
         # nothing ran in parallel, over the rounds' wall time: an upper bound.
         "crypto_seconds": float(crypto_seconds or 0.0),

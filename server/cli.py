@@ -90,6 +90,15 @@ def init(
             f"(from ${PASSPHRASE_ENV}, or asked).",
         ),
     ] = False,
+    log_origin: Annotated[
+        str | None,
+        typer.Option(
+            "--log-origin",
+            help="The ledger's log identity: the origin line of its C2SP checkpoints, e.g. "
+            "consortium.example.org/ledger (no spaces or '+'; never changes; default: "
+            "fedcommons/log/ and the operator key's id).",
+        ),
+    ] = None,
 ) -> None:
     """Create a consortium: keys, CA and SuperLink TLS, ledger, policy and deploy settings."""
     # the SuperLink's own SuperExec and ServerApp reach it on 127.0.0.1, through TLS too
@@ -103,6 +112,7 @@ def init(
             hosts=hosts,
             ledger_url=ledger_url,
             passphrase=passphrase_for_new_keys(encrypt_keys),
+            log_origin=log_origin,
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
@@ -118,6 +128,7 @@ def init(
         ("CA certificate", files.tls.ca_certificate),
         ("SuperLink certificate / key", f"{files.tls.certificate} / {files.tls.private_key}"),
         ("flwr CLI connection", f"{files.flwr_home / 'config.toml'} ({CONNECTION})"),
+        ("checkpoint verifier key (in consortium.json)", files.consortium().verifier_key),
     ):
         table.add_row(label, str(path))
     console.print(table)

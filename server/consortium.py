@@ -28,13 +28,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from common.atomic import write_atomic
-from common.consortium import Consortium, EnrolmentError, EnrolmentRequest, read_request
+from common.consortium import (
+    Consortium,
+    EnrolmentError,
+    EnrolmentRequest,
+    default_log_origin,
+    read_request,
+)
 from common.keys import encode_public, write_private_key
+from common.note import verifier_key
 from common.policy import Policy
 from common.tls import write_tls
 from server.deploy import DEPLOY_FILE, DeployConfig, OperatorFiles
 from server.flower import CONNECTION, FederationError, write_connection
 from server.ledger import Ledger, admit_participant, refuse_admission
+from server.ledger.schema import LogOrigin
+from server.ledger.tree_heads import TreeHeadError, set_log_origin
 
 __all__ = ["Register", "admit", "init_consortium"]
 
@@ -51,6 +60,7 @@ def init_consortium(
     ledger_url: str | None = None,
     policy: Policy | None = None,
     passphrase: str | None = None,
+    log_origin: str | None = None,
 ) -> OperatorFiles:
     """Create a consortium in ``root`` (see the module docstring), all or nothing.
 
@@ -100,11 +110,30 @@ def init_consortium(
             ledger_url=ledger_url,
             policy=policy,
             passphrase=passphrase,
+            log_origin=log_origin,
         )
         _move_into_place(staging, files.root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return files
+
+
+def _log_origin(url: str, wanted: str | None, signing: Ed25519PrivateKey) -> str:
+    """Create (or migrate) the ledger and fix its log origin: ``wanted``, or the one it has.
+
+    A ledger that already holds checkpoints keeps its origin: a log's identity
+    never changes (another ``--log-origin`` is refused).
+    """
+    ledger = Ledger(url)
+    try:
+        with ledger.session() as session:
+            held = session.get(LogOrigin, 1)
+            origin = wanted or (held.origin if held else default_log_origin(signing.public_key()))
+            return set_log_origin(session, origin)
+    except TreeHeadError as err:
+        raise ValueError(f"--log-origin: {err}") from None
+    finally:
+        ledger.close()
 
 
 def _populate(
@@ -117,10 +146,14 @@ def _populate(
     ledger_url: str | None,
     policy: Policy | None,
     passphrase: str | None,
+    log_origin: str | None,
 ) -> None:
     """Write every file into ``files`` (the staging folder), naming ``final``'s paths inside."""
     signing = Ed25519PrivateKey.generate()
     aggregator = X25519PrivateKey.generate()
+    # The ledger is created where it will live: a SQLite file in the staging
+    # folder (moved with it), or another database (migrating it twice is harmless).
+    origin = _log_origin(ledger_url or files.default_ledger_url, log_origin, signing)
     write_private_key(files.signing_key, signing, passphrase=passphrase)
     write_private_key(files.aggregator_key, aggregator, passphrase=passphrase)
     tls = write_tls(files.root / "tls", name, hosts, passphrase=passphrase)
@@ -130,10 +163,9 @@ def _populate(
         aggregator_public_key=encode_public(aggregator.public_key()),
         operator_public_key=encode_public(signing.public_key()),
         ca_certificate=tls.ca_certificate.read_text(encoding="ascii"),
+        log_origin=origin,
+        operator_verifier_key=verifier_key(origin, signing.public_key()),
     ).write(files.consortium_file)
-    # The ledger is created where it will live: a SQLite file in the staging
-    # folder (moved with it), or another database (migrating it twice is harmless).
-    Ledger(ledger_url or files.default_ledger_url).close()
     deploy = DeployConfig.defaults(final)
     if ledger_url:
         deploy = deploy.with_values({"ledger-url": ledger_url}, final.root, "--ledger")

@@ -156,4 +156,21 @@ def card_markdown(card: dict[str, Any]) -> str:
         "`fedcommons audit verify` checks the whole ledger.",
         "",
     ]
+    if signed.get("checkpoint"):
+        witnesses = signed.get("witnesses") or {}
+        lines += [
+            "The head is a C2SP checkpoint (any transparency tool opens it with the operator's "
+            "verifier key in `consortium.json`)"
+            + (
+                f", cosigned by {', '.join(sorted(witnesses))}: each checked that the ledger "
+                "extends every head it had seen before, and that it holds its own update."
+                if witnesses
+                else "; no participant cosigned it."
+            ),
+            "",
+            "```",
+            signed["checkpoint"].rstrip("\n"),
+            "```",
+            "",
+        ]
     return "\n".join(lines)

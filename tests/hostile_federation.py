@@ -32,6 +32,7 @@ from common.policy import Policy
 from common.protocol import ENVELOPE, METRICS, TRAIN_LOSS, TRAIN_SECONDS, TrainConfig
 from common.receipts import Receipt
 from common.training import evaluate
+from common.witness import Cosigned
 from fedcommons.demo_setup import prepare_data
 from server.ledger import ChargeFact, DefenceFact, ExclusionFact
 from server.strategy import (
@@ -106,6 +107,9 @@ class Tally:
     def record_round(self, result: FinishedRound) -> list[Receipt]:
         if result.valuation is not None:
             self.valuations.append(result.valuation)
+        return []
+
+    def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
         return []
 
 

@@ -10,11 +10,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError
 
+from common.consortium import default_log_origin
+from common.merkle import leaf_hash
 from common.protocol import ExclusionCode, PrivacyCharge
+from common.receipts import TreeHead
 from server.ledger import (
     ChargeFact,
     ExclusionFact,
@@ -28,9 +32,11 @@ from server.ledger import (
     record_round,
     start_run,
 )
+from server.ledger.entries import chain_hash, entry_leaf_hash
 from server.ledger.report import ledger_report, privacy_spent
-from server.ledger.schema import Base, Participant
+from server.ledger.schema import Base, LedgerTreeHead, Participant
 from server.ledger.store import MIGRATIONS
+from server.ledger.tree_heads import sign_tree_head, tree_head_from_row
 from server.ledger.verify import verify_ledger
 
 H = "a" * 64
@@ -282,7 +288,7 @@ def test_a_v1_ledger_migrates_forward_without_losing_rows(url: str) -> None:
             )
         }  # fmt: skip
         head = s.execute(text("SELECT id, size, chain_hash FROM ledger_head")).all()
-    assert version == "0011"
+    assert version == "0012"
     assert counts == dict.fromkeys(counts, 0)
     assert [tuple(row) for row in head] == [(1, 0, "0" * 64)]
     assert [(p["name"], p["kind"], p["public_key"]) for p in report["participants"]] == [
@@ -380,3 +386,70 @@ def test_bad_urls_and_missing_ledgers_are_clear_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "absent.db").exists()
     with pytest.raises(LedgerError, match="cannot open ledger"):
         Ledger("postgresql://postgres@127.0.0.1:5432/no_such_database_here")
+
+
+def test_a_v11_ledger_keeps_its_json_heads_and_signs_checkpoints_after_migrating(
+    url: str,
+) -> None:
+    """Heads signed before v12 stay verifiable as signed; the next one is a C2SP checkpoint."""
+    database = make_url(url).database
+    if url.startswith("sqlite") and database:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(normalise_url(url))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    operator = Ed25519PrivateKey.generate()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0011")
+    engine.dispose()
+    v11 = Ledger(url, migrate=False)  # what v11 wrote: an entry and a JSON head
+    with v11.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO ledger_entries (seq, kind, payload, leaf_hash, prev_hash, "
+                "chain_hash, created_at) VALUES (0, 'note', :p, :l, :z, :c, :t)"
+            ),
+            {
+                "p": '{"kind":"note"}',
+                "l": entry_leaf_hash('{"kind":"note"}'),
+                "z": "0" * 64,
+                "c": chain_hash("0" * 64, entry_leaf_hash('{"kind":"note"}')),
+                "t": "2026-11-01 00:00:00",
+            },
+        )
+        connection.execute(
+            text("UPDATE ledger_head SET size = 1, chain_hash = :c"),
+            {"c": chain_hash("0" * 64, entry_leaf_hash('{"kind":"note"}'))},
+        )
+        old = TreeHead.sign(
+            operator,
+            tree_size=1,
+            root=leaf_hash(b'{"kind":"note"}').hex(),
+            at="2026-11-01T00:00:00+00:00",
+            note="signed by v11",
+            origin=None,
+        )
+        connection.execute(
+            text(
+                "INSERT INTO tree_heads (tree_size, root_hash, body, key_id, signature) "
+                "VALUES (1, :r, :b, :k, :s)"
+            ),
+            {"r": old.root, "b": old.body().decode(), "k": old.key_id, "s": old.signature},
+        )
+    v11.close()
+
+    ledger = Ledger(url)  # migrates to v12
+    try:
+        with ledger.session() as s:
+            enrol_participant(s, "uni-a", "academia")
+            new = sign_tree_head(s, operator, note="signed by v12")
+            rows = s.scalars(select(LedgerTreeHead).order_by(LedgerTreeHead.id)).all()
+            heads = [tree_head_from_row(row) for row in rows]
+        assert [h.checkpoint is None for h in heads] == [True, False]
+        assert heads[0] == old and heads[1] == new
+        assert new.origin == default_log_origin(operator.public_key())
+        report = verify_ledger(ledger, operator.public_key())
+        assert report.tree_heads == 2 and report.witnesses == [(1, []), (new.tree_size, [])]
+    finally:
+        ledger.close()

@@ -13,13 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from common.keys import encode_public
 from common.merkle import leaf_hash
+from common.note import SignatureLine, signature_lines
 from common.protocol import ExclusionCode, PrivacyCharge
+from common.receipts import TreeHead
 from fedcommons.cli import app
 from server.ledger import (
     ChargeFact,
@@ -33,7 +36,7 @@ from server.ledger import (
     start_run,
 )
 from server.ledger.entries import canonical_payload, chain_hash, entry_leaf_hash, record_row
-from server.ledger.schema import Participant
+from server.ledger.schema import LedgerEntry, LedgerHead, LedgerTreeHead, Participant
 from server.ledger.tree_heads import sign_tree_head
 from server.ledger.verify import LedgerTampered, verify_ledger
 from tests.merkle_reference import root
@@ -343,12 +346,58 @@ def test_a_tail_deleted_below_a_checkpoint_is_caught(ledger: Ledger) -> None:
     assert "covers 10 entries, but only 9 remain" in str(_caught(ledger))
 
 
+def _forge_checkpoint(ledger: Ledger, operator: Ed25519PrivateKey) -> None:
+    """Re-sign every stored checkpoint's note over other bytes, columns kept consistent."""
+    with ledger.engine.connect() as c:
+        rows = c.execute(text("SELECT id, checkpoint FROM tree_heads")).all()
+    statements = []
+    for row_id, note in rows:
+        text_, lines = signature_lines(note)
+        forged = SignatureLine(lines[0].name, lines[0].key_id, operator.sign(b"something else"))
+        encoded = base64.b64encode(forged.key_id + forged.signature).decode()
+        statements.append(
+            f"UPDATE tree_heads SET checkpoint = '{text_}\n{forged.line()}', "
+            f"signature = '{encoded}' WHERE id = {row_id}"
+        )
+    _tamper(ledger, *statements)
+
+
 def test_a_forged_checkpoint_signature_is_caught(ledger: Ledger) -> None:
     operator = Ed25519PrivateKey.generate()
     with ledger.session() as s:
         sign_tree_head(s, operator, note="n")
     forged = base64.b64encode(operator.sign(b"something else")).decode()
     _tamper(ledger, f"UPDATE tree_heads SET signature = '{forged}'")
+    with pytest.raises(LedgerTampered, match="columns disagree with its checkpoint"):
+        verify_ledger(ledger, operator.public_key())
+    _forge_checkpoint(ledger, operator)
+    with pytest.raises(LedgerTampered, match=r"by fedcommons/log/\w+ on the note does not verify"):
+        verify_ledger(ledger, operator.public_key())
+
+
+def test_a_json_tree_head_signed_before_checkpoints_still_verifies(ledger: Ledger) -> None:
+    """A ledger migrated to v12 keeps its older heads, checked as they were signed."""
+    operator = Ed25519PrivateKey.generate()
+    with ledger.session() as s:
+        size = s.execute(select(LedgerHead.size)).scalar_one()
+        old = TreeHead.sign(
+            operator, tree_size=size, root=root(_leaves(s)).hex(), at="t", note="v11", origin=None
+        )
+        s.add(
+            LedgerTreeHead(
+                tree_size=old.tree_size,
+                root_hash=old.root,
+                body=old.body().decode(),
+                key_id=old.key_id,
+                signature=old.signature,
+            )
+        )
+        s.flush()
+        new = sign_tree_head(s, operator, note="v12")
+    assert old.checkpoint is None and new.checkpoint is not None
+    assert verify_ledger(ledger, operator.public_key()).tree_heads == 2
+    forged = base64.b64encode(operator.sign(b"something else")).decode()
+    _tamper(ledger, f"UPDATE tree_heads SET signature = '{forged}' WHERE checkpoint IS NULL")
     with pytest.raises(LedgerTampered, match="does not verify"):
         verify_ledger(ledger, operator.public_key())
 
@@ -397,7 +446,13 @@ def test_worker_processes_check_checkpoint_signatures(ledger: Ledger) -> None:
     operator = Ed25519PrivateKey.generate()
     with ledger.session() as s:
         sign_tree_head(s, operator, note="n")
-    forged = base64.b64encode(operator.sign(b"something else")).decode()
-    _tamper(ledger, f"UPDATE tree_heads SET signature = '{forged}'")
+    _forge_checkpoint(ledger, operator)
     with pytest.raises(LedgerTampered, match="does not verify"):
         verify_ledger(ledger, operator.public_key(), workers=2, parallel_from=1)
+
+
+def _leaves(session: Session) -> list[bytes]:
+    return [
+        bytes.fromhex(h)
+        for h in session.scalars(select(LedgerEntry.leaf_hash).order_by(LedgerEntry.seq))
+    ]

@@ -17,17 +17,21 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from sqlalchemy import text
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
-from client.receipts import ReceiptBook
+from client.receipts import ReceiptBook, cosign_heads
 from common.envelope import Envelope, UpdateHeader, seal
 from common.keys import encode_public
+from common.merkle import EMPTY_ROOT
+from common.note import SignatureLine, signature_lines, verify_cosignature
 from common.protocol import PrivacyCharge
-from common.receipts import Receipt, ReceiptError, TreeHead, read_receipts
+from common.receipts import ForkError, Receipt, ReceiptError, TreeHead, read_receipts
 from fedcommons.cli import app
 from server.ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
-from server.ledger.entries import chain_hash, entry_leaf_hash
+from server.ledger.cosignatures import cosigned_note, latest_cosigned, record_cosignatures
+from server.ledger.entries import chain_hash, entry_leaf_hash, record_row
+from server.ledger.schema import LedgerTreeHead
 from server.ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
 from server.ledger.verify import LedgerTampered, verify_ledger
 
@@ -118,7 +122,9 @@ def _world(url: str, folder: Path, loss: float = 0.7) -> World:
     ledger = Ledger(url)
     with ledger.session() as s:
         for name in NAMES:
-            enrol_participant(s, name, "academia")
+            participant = enrol_participant(s, name, "academia")
+            participant.public_key = encode_public(SIGNERS[name].public_key())  # as admitted
+            record_row(s, participant, "participant")
         start_run(
             s,
             policy_sha256=H,
@@ -301,6 +307,16 @@ def _flip(hex_digest: str) -> str:
     return f"{int(hex_digest[0], 16) ^ 1:x}{hex_digest[1:]}"
 
 
+def _forge_signature(note: str) -> str:
+    """The note with its operator signature's last byte changed (key ID kept)."""
+    text, lines = signature_lines(note)
+    first = lines[0]
+    forged = SignatureLine(
+        first.name, first.key_id, first.signature[:-1] + bytes([first.signature[-1] ^ 1])
+    )
+    return f"{text}\n{forged.line()}"
+
+
 TAMPERED: dict[str, tuple[Callable[[Receipt], Receipt], str]] = {
     "a flipped inclusion hash": (
         lambda r: dataclasses.replace(r, inclusion=[_flip(r.inclusion[0]), *r.inclusion[1:]]),
@@ -324,13 +340,13 @@ TAMPERED: dict[str, tuple[Callable[[Receipt], Receipt], str]] = {
         lambda r: dataclasses.replace(
             r, tree_head=dataclasses.replace(r.tree_head, root=_flip(r.tree_head.root))
         ),
-        "does not verify",
+        "the checkpoint states size",
     ),
     "another tree size": (
         lambda r: dataclasses.replace(
             r, tree_head=dataclasses.replace(r.tree_head, tree_size=r.tree_head.tree_size + 1)
         ),
-        "does not verify",
+        "the checkpoint states size",
     ),
     "a checkpoint signed by someone else": (
         lambda r: dataclasses.replace(
@@ -341,11 +357,34 @@ TAMPERED: dict[str, tuple[Callable[[Receipt], Receipt], str]] = {
                 root=r.tree_head.root,
                 at=r.tree_head.at,
                 note=r.tree_head.note,
+                origin=r.tree_head.origin,
             ),
         ),
         "names signing key",
     ),
-    "a forged signature": (
+    "a checkpoint of another size, signed as this one's": (
+        lambda r: dataclasses.replace(
+            r,
+            tree_head=dataclasses.replace(
+                r.tree_head,
+                checkpoint=(r.tree_head.checkpoint or "").replace(
+                    f"\n{r.tree_head.tree_size}\n", f"\n{r.tree_head.tree_size + 1}\n", 1
+                ),
+            ),
+        ),
+        "states size",
+    ),
+    "a forged checkpoint signature": (
+        lambda r: dataclasses.replace(
+            r,
+            tree_head=dataclasses.replace(
+                r.tree_head,
+                checkpoint=_forge_signature(r.tree_head.checkpoint or ""),
+            ),
+        ),
+        "does not verify",
+    ),
+    "a signature field that is not the checkpoint's": (
         lambda r: dataclasses.replace(
             r,
             tree_head=dataclasses.replace(
@@ -353,7 +392,13 @@ TAMPERED: dict[str, tuple[Callable[[Receipt], Receipt], str]] = {
                 signature=base64.b64encode(OPERATOR.sign(b"something else")).decode(),
             ),
         ),
-        "does not verify",
+        "signature field is not",
+    ),
+    "a consistency proof from the empty tree": (
+        lambda r: dataclasses.replace(
+            r, previous_size=0, previous_root=EMPTY_ROOT.hex(), consistency=[]
+        ),
+        "from a tree of size 0 proves nothing",
     ),
     "a flipped consistency hash": (
         lambda r: dataclasses.replace(
@@ -381,6 +426,11 @@ def test_a_tampered_receipt_is_refused_and_not_stored(sqlite_world: World, case:
     with pytest.raises(ReceiptError, match=message):
         book.accept(bad, OPERATOR.public_key(), "uni-a")
     assert not (book.folder / "run-7-round-0002.json").exists()
+    (refusal,) = book.refusals()  # recorded, with the head this node holds
+    assert message in refusal["reason"] or refusal["kind"] in ("fork", "invalid")
+    assert (
+        refusal["held_head"]["tree_size"] == sqlite_world.receipts[("uni-a", 1)].tree_head.tree_size
+    )
 
 
 def test_a_receipt_must_be_for_this_node_and_its_own_update(
@@ -474,3 +524,160 @@ def test_a_missing_or_empty_receipts_folder_is_an_error(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 1 and "holds no receipts" in result.output
+
+
+# The mandatory consistency proof, and the refusals a node records.
+
+
+def test_a_receipt_without_a_consistency_proof_is_refused_and_recorded(sqlite_world: World) -> None:
+    book = sqlite_world.books["uni-a"]
+    book.accept(sqlite_world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
+    stripped = dataclasses.replace(
+        sqlite_world.receipts[("uni-a", 2)],
+        previous_size=None,
+        previous_root=None,
+        consistency=None,
+    )
+    stripped.verify(OPERATOR.public_key())  # valid on its own: only the proof is gone
+    with pytest.raises(ReceiptError, match="carries no consistency proof from the head of size"):
+        book.accept(stripped, OPERATOR.public_key(), "uni-a")
+    assert not (book.folder / "run-7-round-0002.json").exists()
+    (refusal,) = book.refusals()
+    assert refusal["kind"] == "missing-consistency"
+    assert refusal["receipt"]["round"] == 2 and refusal["held_head"]["checkpoint"]
+    # the same receipt with its proof is accepted afterwards
+    book.accept(sqlite_world.receipts[("uni-a", 2)], OPERATOR.public_key(), "uni-a")
+
+
+def test_a_proof_from_an_older_held_head_is_refused(sqlite_world: World) -> None:
+    """Consistency with a smaller head says nothing of the largest one this node holds."""
+    book = sqlite_world.books["uni-a"]
+    first = sqlite_world.receipts[("uni-a", 1)]
+    for number in (1, 2):
+        book.accept(sqlite_world.receipts[("uni-a", number)], OPERATOR.public_key(), "uni-a")
+    sqlite_world.heads["uni-a"] = first.tree_head  # the server believes the node holds round 1's
+    _record(sqlite_world, 3)
+    third = sqlite_world.receipts[("uni-a", 3)]
+    assert third.previous_size == first.tree_head.tree_size
+    with pytest.raises(ReceiptError, match=r"proves consistency from size \d+, not from the head"):
+        book.accept(third, OPERATOR.public_key(), "uni-a")
+    assert [r["kind"] for r in book.refusals()] == ["missing-consistency"]
+
+
+def test_a_head_older_than_the_one_held_is_refused(sqlite_world: World) -> None:
+    book = sqlite_world.books["uni-a"]
+    book.accept(sqlite_world.receipts[("uni-a", 2)], OPERATOR.public_key(), "uni-a")
+    with pytest.raises(ReceiptError, match="is older than the head of size"):
+        book.accept(sqlite_world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
+    assert [r["kind"] for r in book.refusals()] == ["stale"]
+
+
+def test_a_fork_is_recorded_with_both_signed_heads(sqlite_world: World, tmp_path: Path) -> None:
+    book = sqlite_world.books["uni-a"]
+    held = sqlite_world.receipts[("uni-a", 1)]
+    book.accept(held, OPERATOR.public_key(), "uni-a")
+    fork = _world(f"sqlite:///{tmp_path / 'fork2.db'}", tmp_path / "fork2", loss=0.2)
+    try:
+        forked = fork.receipts[("uni-a", 2)]
+        book.record_sent(fork.envelopes[("uni-a", 2)])
+        with pytest.raises(ForkError):
+            book.accept(forked, OPERATOR.public_key(), "uni-a")
+    finally:
+        fork.ledger.close()
+    (refusal,) = book.refusals()
+    assert refusal["kind"] == "fork"
+    evidence = [refusal["held_head"], refusal["receipt"]["tree_head"]]
+    for head in evidence:  # two operator-signed checkpoints that cannot both be true
+        TreeHead.from_dict(head).verify(OPERATOR.public_key())
+    assert refusal["receipt"]["previous_root"] != held.tree_head.root
+
+
+# Participants as witnesses.
+
+
+def _garble(line: str) -> str:
+    """The signature line with one base64 digit of its Ed25519 signature changed."""
+    return line[:-6] + ("A" if line[-6] != "A" else "B") + line[-5:]
+
+
+def _cosign_all(world: World, now: int = 1_800_000_000) -> dict[str, list[str]]:
+    refused = {}
+    for name in NAMES:
+        heads = [r.tree_head for r in world.books[name].receipts()]
+        cosigned = cosign_heads(heads, name, SIGNERS[name], now=now)
+        with world.ledger.session() as s:
+            _, refused[name] = record_cosignatures(s, name, cosigned)
+    return refused
+
+
+def test_participants_cosign_what_they_accepted_and_audit_verify_names_them(
+    world: World, url: str
+) -> None:
+    held = _accept_all(world)
+    assert _cosign_all(world) == {name: [] for name in NAMES}
+    assert _cosign_all(world, now=1_900_000_000) == {name: [] for name in NAMES}  # kept once
+    sizes = [world.receipts[("uni-a", n)].tree_head.tree_size for n in (1, 2)]
+    report = verify_ledger(world.ledger, OPERATOR.public_key(), held)
+    assert report.witnesses == [(size, ["uni-a", "co-c"]) for size in sizes]
+    assert "4 participant cosignatures verified" in report.summary()
+    with world.ledger.session() as s:
+        assert {n: h.tree_size for n, h in latest_cosigned(s).items()} == dict.fromkeys(
+            NAMES, sizes[1]
+        )
+        row = s.scalar(select(LedgerTreeHead).where(LedgerTreeHead.tree_size == sizes[1]))
+        assert row is not None
+        note = cosigned_note(s, row)
+    assert note is not None
+    text, lines = signature_lines(note)
+    assert [line.name for line in lines] == [lines[0].name, "uni-a", "co-c"]
+    for line, name in zip(lines[1:], NAMES, strict=True):
+        assert verify_cosignature(text, line, SIGNERS[name].public_key()) == 1_800_000_000
+    key = encode_public(OPERATOR.public_key())
+    result = CliRunner().invoke(app, ["audit", "verify", "--ledger", url, "--operator-key", key])
+    assert result.exit_code == 0, result.output
+    assert f"tree head of size {sizes[0]}: cosigned by uni-a, co-c" in result.output
+
+
+def test_hostile_cosignatures_are_refused_and_not_kept(sqlite_world: World) -> None:
+    _accept_all(sqlite_world)
+    head = sqlite_world.receipts[("uni-a", 2)].tree_head
+    (good,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=1_800_000_000)
+    (other,) = cosign_heads([head], "co-c", SIGNERS["co-c"], now=1_800_000_000)
+    (stranger,) = cosign_heads([head], "uni-a", Ed25519PrivateKey.generate(), now=1)
+    cases = {
+        "another witness's line": (other, "signed as 'co-c', not 'uni-a'"),
+        "another key": (stranger, "not by the key it is checked with"),
+        "an unsigned size": (
+            dataclasses.replace(good, tree_size=head.tree_size + 5),
+            "no checkpoint of size",
+        ),
+        "another root": (dataclasses.replace(good, root=_flip(head.root)), "no checkpoint of size"),
+        "a garbled line": (dataclasses.replace(good, line="\u2014 uni-a !!!\n"), "not base64"),
+        "no dash": (dataclasses.replace(good, line="uni-a AAAA\n"), "em dash"),
+        "a forged signature": (
+            dataclasses.replace(good, line=_garble(good.line)),
+            "does not verify",
+        ),
+    }
+    for case, (item, reason) in cases.items():
+        with sqlite_world.ledger.session() as s:
+            largest, refused = record_cosignatures(s, "uni-a", [item])
+        assert largest is None and len(refused) == 1 and reason in refused[0], (case, refused)
+    with sqlite_world.ledger.session() as s:
+        _, refused = record_cosignatures(s, "nobody", [good])
+    assert refused == ["nobody has no admitted key to check cosignatures with"]
+    assert verify_ledger(sqlite_world.ledger, OPERATOR.public_key()).cosignatures == 0
+
+
+def test_a_tampered_cosignature_is_named_by_audit_verify(sqlite_world: World) -> None:
+    _accept_all(sqlite_world)
+    _cosign_all(sqlite_world)
+    with sqlite_world.ledger.engine.connect() as c:
+        line = c.execute(text("SELECT line FROM cosignatures WHERE witness = 'co-c'")).first()
+    assert line is not None
+    forged = _garble(line[0])
+    with sqlite_world.ledger.engine.begin() as c:
+        c.execute(text("DROP TRIGGER cosignatures_no_update"))
+        c.execute(text("UPDATE cosignatures SET line = :l WHERE witness = 'co-c'"), {"l": forged})
+    with pytest.raises(LedgerTampered, match="co-c's cosignature on the tree head of size"):
+        verify_ledger(sqlite_world.ledger, OPERATOR.public_key())

@@ -22,11 +22,13 @@ from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from audit.cards import CardError, verify_card
+from client.receipts import cosign_heads
 from common.arrays import arrays_sha256
 from common.consortium import EnrolmentRequest
 from common.keys import encode_public, write_private_key
 from common.licences import SPDX, Licence
 from common.merkle import ProofError, leaf_hash, verify_inclusion
+from common.note import COSIGNATURE_TYPE, verifier_key
 from common.policy import Policy
 from common.protocol import PrivacyCharge
 from common.receipts import TreeHead, TreeHeadError
@@ -44,9 +46,10 @@ from server.ledger import (
     record_valuation,
     start_run,
 )
+from server.ledger.cosignatures import record_cosignatures
 from server.ledger.report import ledger_report
-from server.ledger.schema import LedgerEntry, Release, Round
-from server.ledger.tree_heads import sign_tree_head
+from server.ledger.schema import LedgerEntry, LedgerTreeHead, Release, Round
+from server.ledger.tree_heads import sign_tree_head, tree_head_from_row
 from server.ledger.verify import LedgerTampered, verify_ledger
 from server.release import ModelRelease, ReleaseError, release_model
 from server.snapshots import load_snapshot, save_snapshot
@@ -378,9 +381,12 @@ def test_the_cards_proof_verifies_against_the_signed_checkpoint(
         assert proof["entry"]["seq"] == last.entry_seq
     signed = proof["tree_head"]
     checkpoint = TreeHead(
-        *(signed[k] for k in ("tree_size", "root", "at", "note", "key_id", "signature"))
+        **{k: signed[k] for k in ("tree_size", "root", "at", "note", "key_id", "signature")},
+        checkpoint=signed["checkpoint"],
     )
     checkpoint.verify(demo.operator.public_key())
+    assert signed["checkpoint"].startswith(f"{checkpoint.origin}\n{checkpoint.tree_size}\n")
+    assert signed["witnesses"] == {}  # no node cosigned here (the e2e demo's nodes do)
     assert checkpoint.note == f"run {run_id} round 2"  # the one signed after the round
     assert checkpoint.body().decode() == signed["signed_body"]
     payload = proof["entry"]["payload"]
@@ -389,7 +395,7 @@ def test_the_cards_proof_verifies_against_the_signed_checkpoint(
         [bytes.fromhex(p) for p in proof["inclusion_proof"]], bytes.fromhex(checkpoint.root),
     )  # fmt: skip
     assert json.loads(payload)["row"]["model_sha256_after"] == card["model"]["sha256"]
-    verify_card(card, demo.operator.public_key())
+    assert verify_card(card, demo.operator.public_key()) == []
 
     with pytest.raises(TreeHeadError, match="names signing key"):
         verify_card(card, Ed25519PrivateKey.generate().public_key())
@@ -615,3 +621,38 @@ def test_a_card_of_a_run_never_valued_has_no_contributions_table(
     card = demo.release(run_id, tmp_path / "release").card
     assert card["contributions"]["rounds_valued"] == 0
     assert "## Contributions" not in (tmp_path / "release" / "model-card.md").read_text()
+
+
+def test_the_release_checkpoint_carries_the_contributors_cosignatures(
+    federation: Federation, tmp_path: Path
+) -> None:
+    signers = {name: Ed25519PrivateKey.generate() for name in ("university-a", "company-c")}
+    for name, key in signers.items():
+        federation.keys[name] = encode_public(key.public_key())
+    federation.admit("university-a", SPDX["CC-BY-4.0"])
+    federation.admit("company-c", COMPANY)
+    run_id = federation.run(list(signers))
+    with federation.ledger.session() as s:
+        rows = s.scalars(select(LedgerTreeHead).order_by(LedgerTreeHead.id))
+        heads = [tree_head_from_row(row) for row in rows]
+        for name, key in signers.items():
+            _, refused = record_cosignatures(s, name, cosign_heads(heads, name, key, now=1))
+            assert refused == []
+    released = federation.release(run_id, tmp_path / "out")
+    card, operator = released.card, federation.operator.public_key()
+    assert verify_card(card, operator) == ["university-a", "company-c"]
+    signed = card["ledger"]["tree_head"]
+    assert sorted(signed["witnesses"]) == ["company-c", "university-a"]
+    markdown = (tmp_path / "out" / "model-card.md").read_text()
+    assert "cosigned by company-c, university-a" in markdown
+    assert signed["checkpoint"].split("\n\n")[0] in markdown
+    other = json.loads(json.dumps(card))
+    stranger = Ed25519PrivateKey.generate().public_key()
+    other["ledger"]["tree_head"]["witnesses"]["company-c"] = verifier_key(
+        "company-c", stranger, COSIGNATURE_TYPE
+    )
+    with pytest.raises(CardError, match=r"cosignature by company-c: .*not by the key"):
+        verify_card(other, operator)
+    del other["ledger"]["tree_head"]["witnesses"]["company-c"]
+    with pytest.raises(CardError, match="holds no cosignature key for company-c"):
+        verify_card(other, operator)

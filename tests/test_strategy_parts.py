@@ -231,7 +231,9 @@ class _AnsweringGrid:
 
 
 def _receipt(participant: str, number: int) -> Receipt:
-    head = TreeHead.sign(Ed25519PrivateKey.generate(), tree_size=1, root="0" * 64, at="t", note="n")
+    head = TreeHead.sign(
+        Ed25519PrivateKey.generate(), tree_size=1, root="0" * 64, at="t", note="n", origin="log"
+    )
     return Receipt(participant, "7", number, 0, "{}", [], head)
 
 

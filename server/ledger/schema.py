@@ -26,11 +26,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "Base",
     "Charge",
+    "Cosignature",
     "Dataset",
     "Exclusion",
     "LedgerEntry",
     "LedgerHead",
     "LedgerTreeHead",
+    "LogOrigin",
     "Participant",
     "Release",
     "Round",
@@ -74,9 +76,14 @@ class LedgerEntry(Base):
 
 
 class LedgerTreeHead(Base):
-    """A signed tree head: the operator's Ed25519 signature over size, root and time.
+    """A signed tree head; append-only like the entries.
 
-    ``body`` is the exact canonical JSON that was signed; append-only like the entries.
+    From v12 a head is a C2SP checkpoint: ``checkpoint`` is the operator-signed
+    note verbatim, ``body`` its signed text (origin, size, root) and
+    ``signature`` the base64 of its operator signature line; ``signed_at`` and
+    ``label`` describe it but are not signed. Before v12 ``body`` is the exact
+    canonical JSON that was signed (size, root, time, note) and the new
+    columns are empty.
     """
 
     __tablename__ = "tree_heads"  # "ledger_checkpoints" before v7
@@ -87,6 +94,31 @@ class LedgerTreeHead(Base):
     body: Mapped[str] = mapped_column(Text)
     key_id: Mapped[Sha256]
     signature: Mapped[str] = mapped_column(Text)
+    checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signed_at: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    label: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class LogOrigin(Base):
+    """The log's identity: the origin line of its checkpoints (one row, set once)."""
+
+    __tablename__ = "log_origin"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    origin: Mapped[str] = mapped_column(Text)
+
+
+class Cosignature(Base):
+    """A participant's ``cosignature/v1`` line on a checkpoint it checked (append-only)."""
+
+    __tablename__ = "cosignatures"
+    __table_args__ = (UniqueConstraint("tree_head_id", "witness"),)
+
+    id: Mapped[IntPk]
+    tree_head_id: Mapped[int] = mapped_column(ForeignKey("tree_heads.id"))
+    witness: Mapped[str] = mapped_column(String(64))
+    line: Mapped[str] = mapped_column(Text)
+    cosigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class LedgerHead(Base):

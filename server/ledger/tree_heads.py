@@ -1,26 +1,33 @@
 """Signed tree heads: the operator's signature over the ledger's Merkle tree head.
 
-A signed tree head (:class:`common.receipts.TreeHead`) says "the first
-``tree_size`` entries have RFC 6962 root ``root``, as of ``at``". Once signed
-and handed out, any rewrite of those entries, or a deletion below that size,
-no longer matches it.
+A signed tree head (:class:`common.tree_head.TreeHead`) says "the first
+``tree_size`` entries have RFC 6962 root ``root``". Once signed and handed
+out, any rewrite of those entries, or a deletion below that size, no longer
+matches it. Heads are signed as C2SP checkpoints of the log's origin
+(:func:`log_origin`); participants' cosignatures are kept beside them
+(:mod:`server.ledger.cosignatures`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from common.consortium import default_log_origin
 from common.merkle_log import MerkleLog
+from common.note import NoteError, check_key_name, signature_lines
 from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
 from server.ledger.schema import (
     LedgerEntry,
     LedgerHead,
     LedgerTreeHead,
+    LogOrigin,
     Participant,
     RoundUpdate,
     utcnow,
@@ -31,7 +38,9 @@ __all__ = [
     "LedgerTree",
     "TreeHead",
     "TreeHeadError",
+    "log_origin",
     "round_receipts",
+    "set_log_origin",
     "sign_tree_head",
     "tree_head_from_columns",
     "tree_head_from_row",
@@ -84,10 +93,56 @@ class LedgerTree:
         return [h.hex() for h in self._log.consistency_proof(old_size, new_size)]
 
 
+def set_log_origin(session: Session, origin: str) -> str:
+    """Record the log's origin (``operator init``); refused once another is recorded."""
+    try:
+        check_key_name(origin)
+    except NoteError as err:
+        raise TreeHeadError(f"log origin: {err}") from None
+    held = session.get(LogOrigin, 1)
+    if held is not None and held.origin != origin:
+        raise TreeHeadError(
+            f"this ledger's log is {held.origin!r} already: its origin never changes"
+        )
+    if held is None:
+        session.add(LogOrigin(id=1, origin=origin))
+        session.flush()
+    return origin
+
+
+def log_origin(session: Session, operator: Ed25519PublicKey) -> str:
+    """The log's origin; a ledger without one (made before v12) gets the operator key's."""
+    held = session.get(LogOrigin, 1)
+    return (
+        held.origin if held is not None else set_log_origin(session, default_log_origin(operator))
+    )
+
+
 def tree_head_from_columns(
-    row_id: int, tree_size: int, root_hash: str, body: str, signer_key_id: str, signature: str
+    row_id: int,
+    tree_size: int,
+    root_hash: str,
+    body: str,
+    signer_key_id: str,
+    signature: str,
+    checkpoint: str | None = None,
+    signed_at: str | None = None,
+    label: str | None = None,
 ) -> TreeHead:
     """The signed tree head a stored row's columns hold; :class:`TreeHeadError` if inconsistent."""
+    if checkpoint is not None:
+        head = TreeHead(
+            tree_size, root_hash, signed_at or "", label or "", signer_key_id, signature, checkpoint
+        )
+        try:
+            TreeHead.from_dict(asdict(head), f"tree head {row_id}")  # states this size and root
+            text, lines = signature_lines(checkpoint)
+        except (TreeHeadError, NoteError) as err:
+            raise TreeHeadError(f"tree head {row_id}'s checkpoint is malformed: {err}") from None
+        first = base64.b64encode(lines[0].key_id + lines[0].signature).decode()
+        if text != body or first != signature:
+            raise TreeHeadError(f"tree head {row_id}'s columns disagree with its checkpoint")
+        return head
     try:
         doc = json.loads(body)
         head = TreeHead(
@@ -110,7 +165,15 @@ def tree_head_from_columns(
 def tree_head_from_row(row: LedgerTreeHead) -> TreeHead:
     """The signed tree head a stored row holds; :class:`TreeHeadError` if it is inconsistent."""
     return tree_head_from_columns(
-        row.id, row.tree_size, row.root_hash, row.body, row.key_id, row.signature
+        row.id,
+        row.tree_size,
+        row.root_hash,
+        row.body,
+        row.key_id,
+        row.signature,
+        row.checkpoint,
+        row.signed_at,
+        row.label,
     )
 
 
@@ -139,6 +202,7 @@ def sign_tree_head(
         root=tree.root().hex(),
         at=utcnow().isoformat(timespec="seconds"),
         note=note,
+        origin=log_origin(session, signer.public_key()),
     )
     session.add(
         LedgerTreeHead(
@@ -147,6 +211,9 @@ def sign_tree_head(
             body=head.body().decode(),
             key_id=head.key_id,
             signature=head.signature,
+            checkpoint=head.checkpoint,
+            signed_at=head.at,
+            label=head.note,
         )
     )
     session.flush()

@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from common.arrays import Arrays, arrays_of, arrays_sha256, record_of
 from common.protocol import ExclusionCode
+from common.witness import COSIGNATURES, cosignatures_of
 from server.ledger import ExclusionFact
 from server.strategy.admission import LicenceGate
 from server.strategy.intake import RoundIntake, UpdateIntake, sender
@@ -153,6 +154,7 @@ class ConsortiumStrategy(Strategy):
         for reply, node in zip(replies, senders, strict=True):
             if _from_client_app(reply):  # it took the receipts before anything else
                 self.outbox.answered(node, self.intake.institution_of(node))
+                self.take_cosignatures(self.intake.institution_of(node), reply)
         self._round = intake = self.intake.take(replies, asked)
         self._taken = time.monotonic()
         self._phases["intake (verify, open, check)"] = self._taken - replied
@@ -285,7 +287,23 @@ class ConsortiumStrategy(Strategy):
 
     def deliver_receipts(self, grid: Grid, timeout: float | None) -> dict[str, str]:
         """Send the receipts still owed (the last round's) in one query per node."""
-        return self.outbox.deliver_remaining(grid, self.intake.nodes, timeout)
+        return self.outbox.deliver_remaining(
+            grid, self.intake.nodes, timeout, on_reply=self.take_cosignatures
+        )
+
+    def take_cosignatures(self, institution: str | None, reply: Message) -> None:
+        """Keep the cosignatures a node's reply carries (a bad one is logged, not kept)."""
+        if reply.has_error() or institution is None:
+            return
+        record = reply.content.config_records.get(COSIGNATURES)
+        if record is None:
+            return
+        try:
+            cosigned = cosignatures_of(record)
+        except ValueError as err:
+            log.warning("%s sent malformed cosignatures: %s", institution, err)
+            return
+        self.recorder.record_cosignatures(institution, cosigned)
 
 
 def _from_client_app(reply: Message) -> bool:

@@ -11,7 +11,7 @@ would not change that.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -61,9 +61,16 @@ class ReceiptOutbox:
             del self._pending[institution][:count]
 
     def deliver_remaining(
-        self, grid: Grid, nodes: Mapping[str, int], timeout: float | None
+        self,
+        grid: Grid,
+        nodes: Mapping[str, int],
+        timeout: float | None,
+        on_reply: Callable[[str | None, Message], None] | None = None,
     ) -> dict[str, str]:
         """Send what is still owed in one query per node (``nodes``: institution -> node id).
+
+        ``on_reply`` is given each reply with its institution (the server
+        keeps the cosignatures it carries).
 
         Returns
         -------
@@ -87,6 +94,8 @@ class ReceiptOutbox:
             node_id = reply.metadata.src_node_id
             name = institution_of.get(node_id, f"node {node_id}")
             self.answered(node_id, institution_of.get(node_id))
+            if on_reply is not None:
+                on_reply(institution_of.get(node_id), reply)
             if reply.has_error():
                 outcome[name] = Refusal.from_reason(reply.error.reason or "").detail
                 log.warning("%s refused its receipts: %s", name, outcome[name])

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.arrays import Arrays
 from common.envelope import Envelope
 from common.receipts import Receipt, TreeHead
+from common.witness import Cosigned
 from server.ledger import (
     ChargeFact,
     DefenceFact,
@@ -36,6 +37,7 @@ from server.ledger import (
     record_round,
 )
 from server.ledger.contributions import record_valuation
+from server.ledger.cosignatures import latest_cosigned, record_cosignatures
 from server.ledger.runs import flower_runs
 from server.ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
 from server.ledger.tree_heads import (
@@ -47,7 +49,7 @@ from server.ledger.tree_heads import (
 from server.snapshots import save_envelopes, save_server_state, save_snapshot
 from server.valuation import RoundValues
 
-__all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder"]
+__all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder", "held_heads"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ class RoundRecorder(Protocol):
     def record_round(self, result: FinishedRound) -> list[Receipt]:
         """An evaluated round; returns the receipts owed to its contributors."""
 
+    def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
+        """A node's cosignatures on the checkpoints it holds; returns why any were refused."""
+
 
 class NullRecorder:
     """Keeps nothing and owes no receipts."""
@@ -103,6 +108,9 @@ class NullRecorder:
         return None
 
     def record_round(self, result: FinishedRound) -> list[Receipt]:
+        return []
+
+    def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
         return []
 
 
@@ -141,42 +149,59 @@ class LedgerRecorder:
         self.snapshot_dir = snapshot_dir
         self.signer = signer
         self._tree = LedgerTree()
-        self._heads: dict[str, TreeHead] = {}  # the last head each participant was given
+        self._heads: dict[str, TreeHead] = {}  # the head each participant's node holds
+        self._heads_read = False
+
+    def _held_heads(self, session: Session) -> None:
+        """Once per run: the head each node holds, from the ledger (see :func:`held_heads`).
+
+        Cosignatures that arrived in this run before are newer, and kept.
+        """
+        if not self._heads_read:
+            self._heads = {**held_heads(session), **self._heads}
+            self._heads_read = True
 
     def resume(self, rounds_done: int) -> list[Receipt]:
-        """Continue a run after a crash: the heads each participant was given, and the
-        receipts of the last recorded round, which may never have reached them.
+        """Continue a run after a crash: the receipts of the last recorded round, which
+        may never have reached their participants.
 
-        The heads are the ones signed after the rounds each participant
-        contributed to, so the receipts after the resume carry consistency
-        proofs from them: across the crash. The last round's receipts are
-        built again exactly as before (same head, same previous head), so a
-        node that already holds them finds them identical.
+        They are built again under the same head, each with a consistency
+        proof from the head its node holds (:func:`held_heads`); a node that
+        already holds one finds the same entry under the same head and keeps it.
         """
         owed: list[Receipt] = []
-        if self.signer is None or rounds_done == 0:
+        if self.signer is None:
             return owed
         with self.ledger.session() as session:
             self._tree.sync(session)
+            self._held_heads(session)
             carriers = flower_runs(session, self.run_id)
-            heads: dict[str, TreeHead] = {}
-            for number, round_id, contributors, last_seq in _recorded_rounds(session, self.run_id):
+            for number, round_id, _, last_seq in _recorded_rounds(session, self.run_id):
                 head = _head_covering(session, last_seq)
-                if number == rounds_done and head is not None:
-                    flower_run = [f for f, first in carriers if first <= number][-1]
-                    owed = round_receipts(
-                        session,
-                        self._tree,
-                        head,
-                        round_id=round_id,
-                        server_round=number,
-                        flower_run_id=str(flower_run),
-                        previous=dict(heads),
-                    )
-                if head is not None:
-                    heads.update(dict.fromkeys(contributors, head))
-        self._heads = heads
+                if number != rounds_done or head is None:
+                    continue
+                flower_run = [f for f, first in carriers if first <= number][-1]
+                owed = round_receipts(
+                    session,
+                    self._tree,
+                    head,
+                    round_id=round_id,
+                    server_round=number,
+                    flower_run_id=str(flower_run),
+                    previous={n: h for n, h in self._heads.items() if h.tree_size < head.tree_size},
+                )
+                self._heads.update({r.participant: head for r in owed})
         return owed
+
+    def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
+        """Keep the cosignatures that verify; the largest is the head the node holds now."""
+        if not cosigned:
+            return []
+        with self.ledger.session() as session:
+            largest, refused = record_cosignatures(session, institution, cosigned)
+        if largest is not None:
+            self._heads[institution] = largest
+        return refused
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         if exclusions:
@@ -221,6 +246,7 @@ class LedgerRecorder:
             )
             if self.signer is None:
                 return []
+            self._held_heads(session)
             head = sign_tree_head(
                 session,
                 self.signer,
@@ -257,6 +283,29 @@ def _recorded_rounds(session: Session, run_id: int) -> list[tuple[int, int, list
             names.append(name)
         rounds[number] = (round_id, names, max(last, update_seq or 0))
     return [(n, rid, names, last) for n, (rid, names, last) in sorted(rounds.items())]
+
+
+def held_heads(session: Session) -> dict[str, TreeHead]:
+    """The head each participant's node holds, as far as the ledger knows.
+
+    The largest checkpoint it cosigned; for a participant that never cosigned
+    (its node predates cosignatures), the head of the last receipt it was
+    owed: the first head covering its last update. A node that holds another
+    head refuses the next receipt, and its next reply cosigns the head it
+    holds, so the receipt after that starts from it.
+    """
+    heads = latest_cosigned(session)
+    last_updates = session.execute(
+        select(Participant.name, func.max(RoundUpdate.entry_seq))
+        .join(RoundUpdate, RoundUpdate.participant_id == Participant.id)
+        .group_by(Participant.name)
+    )
+    for name, seq in last_updates:
+        if name not in heads and seq is not None:
+            head = _head_covering(session, seq)
+            if head is not None:
+                heads[name] = head
+    return heads
 
 
 def _head_covering(session: Session, seq: int) -> TreeHead | None:

@@ -16,7 +16,10 @@ Checks, in order:
    operator's signature;
 7. every contribution value equals the one recomputed from its round's
    recorded coalition utilities (and GTG-Shapley's permutations);
-8. every receipt a participant holds (given with ``receipts``) still agrees
+8. every participant's cosignature kept for a checkpoint verifies with the
+   key the ledger admitted it with (the report lists, per head, who
+   witnessed it);
+9. every receipt a participant holds (given with ``receipts``) still agrees
    with the ledger: its entry is the ledger's entry at that position, and
    the first ``tree_size`` entries of the current tree still have the root
    it was signed over (the receipt's head is consistent with the current
@@ -42,8 +45,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
+from common.note import NoteError
 from common.receipts import Receipt
 from server.ledger.contributions import check_valuations
+from server.ledger.cosignatures import check_cosignatures
 from server.ledger.store import Ledger, LedgerError
 from server.ledger.verify.entries import check_entries
 from server.ledger.verify.heads import check_tree_heads
@@ -97,6 +102,12 @@ def verify_ledger(
             f"{ledger.shown} has no ledger_entries table: its schema predates v5 "
             "(opening it with any writing command migrates it)"
         )
+    if not inspect(ledger.engine).has_table("cosignatures"):
+        raise LedgerError(
+            f"{ledger.shown}'s schema predates v12 (checkpoints and cosignatures): any "
+            "writing command migrates it, e.g. 'fedcommons operator status'; its older "
+            "tree heads stay verifiable"
+        )
     with Session(ledger.engine) as session:
         parallel = None
         try:
@@ -104,6 +115,10 @@ def verify_ledger(
             leaves, entries, last_chain = check_entries(session, parallel)
             checked, legacy = check_rows(session, entries, parallel)
             heads, tree_root = check_tree_heads(session, leaves, operator, parallel)
+            try:
+                witnesses = check_cosignatures(session)
+            except NoteError as err:
+                raise LedgerTampered(None, None, str(err)) from None
             values = check_valuations(session)
             checked_receipts = check_receipts(leaves, receipts, operator)
         finally:
@@ -120,4 +135,5 @@ def verify_ledger(
         signatures_checked=operator is not None,
         receipts=checked_receipts,
         values_checked=values,
+        witnesses=witnesses.heads,
     )

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from common.merkle import TreeBuilder
 from common.receipts import TreeHeadError
-from server.ledger.schema import LedgerTreeHead
+from server.ledger.schema import LedgerTreeHead, LogOrigin
 from server.ledger.tree_heads import tree_head_from_columns
 from server.ledger.verify.entries import STREAM
 from server.ledger.verify.result import LedgerTampered
@@ -33,13 +33,18 @@ def tree_head_columns() -> Any:
         LedgerTreeHead.body,
         LedgerTreeHead.key_id,
         LedgerTreeHead.signature,
+        LedgerTreeHead.checkpoint,
+        LedgerTreeHead.signed_at,
+        LedgerTreeHead.label,
     ).order_by(LedgerTreeHead.id)
 
 
 def read_tree_heads(
-    rows: Iterable[Any], operator: Ed25519PublicKey | None
+    rows: Iterable[Any], operator: Ed25519PublicKey | None, origin: str | None = None
 ) -> tuple[list[Signed], str | None]:
     """Check each stored signed tree head on its own, in id order; stop at the first that fails.
+
+    A checkpoint must be of the log ``origin`` (the ledger's, once it has one).
 
     Returns
     -------
@@ -53,7 +58,12 @@ def read_tree_heads(
         try:
             head = tree_head_from_columns(*row)
             if operator is not None:
-                head.verify(operator)
+                head.verify(operator, origin)
+            elif origin is not None and head.checkpoint is not None and head.origin != origin:
+                raise TreeHeadError(
+                    f"the checkpoint at size {head.tree_size} is of log {head.origin!r}, "
+                    f"not of this ledger's {origin!r}"
+                )
         except TreeHeadError as err:
             return signed, str(err)
         signed.append((head.tree_size, head.root, head.at))
@@ -75,8 +85,9 @@ def check_tree_heads(
     if parallel is not None:
         parts = [future.result() for future in parallel.heads]
     if not parts:
+        origin = session.scalar(select(LogOrigin.origin).where(LogOrigin.id == 1))
         stream = session.execute(tree_head_columns().execution_options(yield_per=STREAM))
-        parts = [read_tree_heads(stream, operator)]
+        parts = [read_tree_heads(stream, operator, origin)]
     heads: list[Signed] = []
     for signed, failure in parts:
         for tree_size, _, at in signed:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
-from server.ledger.schema import LedgerEntry, LedgerTreeHead
+from server.ledger.schema import LedgerEntry, LedgerTreeHead, LogOrigin
 from server.ledger.store import Ledger
 from server.ledger.verify.entries import STREAM, EntriesPart, entry_columns, scan_entries
 from server.ledger.verify.heads import Signed, read_tree_heads, tree_head_columns
@@ -110,7 +110,7 @@ def _rows_part(url: str, index: int, first: int, end: int) -> list[Row]:
 
 
 def _heads_part(
-    url: str, first: int, end: int, operator_raw: bytes | None
+    url: str, first: int, end: int, operator_raw: bytes | None, origin: str | None
 ) -> tuple[list[Signed], str | None]:
     """In a worker: :func:`read_tree_heads` of the heads ``first`` to ``end - 1`` (ids)."""
     operator = None if operator_raw is None else Ed25519PublicKey.from_public_bytes(operator_raw)
@@ -120,7 +120,7 @@ def _heads_part(
             .where(LedgerTreeHead.id >= first, LedgerTreeHead.id < end)
             .execution_options(yield_per=STREAM)
         )
-        return read_tree_heads(rows, operator)
+        return read_tree_heads(rows, operator, origin)
 
 
 @dataclass
@@ -192,8 +192,9 @@ def start_parallel(
             select(func.min(LedgerTreeHead.id), func.max(LedgerTreeHead.id))
         ).one()
         raw = None if operator is None else operator.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        origin = session.scalar(select(LogOrigin.origin).where(LogOrigin.id == 1))
         heads = [
-            pool.submit(_heads_part, address, first, end, raw)
+            pool.submit(_heads_part, address, first, end, raw, origin)
             for first, end in (_ranges(low, high, workers, _HEAD_PART) if high is not None else [])
         ]
     except BaseException:

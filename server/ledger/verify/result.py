@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server.ledger.store import LedgerError
 
@@ -34,6 +34,21 @@ class VerifyReport:
     receipts: int = 0
     values_checked: int = 0
     """Contribution values recomputed from their rounds' coalition utilities."""
+    witnesses: list[tuple[int, list[str]]] = field(default_factory=list)
+    """Per signed head (tree size, in signing order), the participants whose cosignature
+    on it verified."""
+
+    @property
+    def cosignatures(self) -> int:
+        return sum(len(names) for _, names in self.witnesses)
+
+    def witness_lines(self) -> list[str]:
+        """One line per signed head: its size and who cosigned it."""
+        return [
+            f"tree head of size {size}: "
+            + (f"cosigned by {', '.join(names)}" if names else "no cosignatures")
+            for size, names in self.witnesses
+        ]
 
     def summary(self) -> str:
         legacy = (
@@ -44,6 +59,8 @@ class VerifyReport:
         receipts = f", {self.receipts} receipts consistent" if self.receipts else ""
         if self.values_checked:
             receipts += f", {self.values_checked} contribution values recomputed"
+        if self.cosignatures:
+            receipts += f", {self.cosignatures} participant cosignatures verified"
         if not self.signatures_checked:
             return (
                 f"consistent, signatures NOT checked: {self.entries} entries, "

@@ -1,0 +1,185 @@
+"""Participants as witnesses: their cosignatures on the checkpoints they checked.
+
+A node that accepts a receipt has checked that the receipt's checkpoint is
+signed by the operator, holds its update, and extends the last checkpoint the
+node held (a consistency proof). It then returns a C2SP ``cosignature/v1``
+line on that checkpoint, signed with its own key (:mod:`client.receipts`).
+:func:`record_cosignatures` checks each line against the participant's
+admitted key and keeps it in ``cosignatures`` (append-only, one per head and
+witness); :func:`cosigned_note` is a checkpoint with every cosignature kept
+for it, the note any transparency tool opens. :func:`check_cosignatures` is
+``audit verify``'s check: every kept line still verifies, and which heads each
+participant witnessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.keys import KeyFileError, decode_ed25519_public
+from common.note import NoteError, SignatureLine, note_text, verify_cosignature
+from common.tree_head import TreeHead
+from common.witness import Cosigned
+from server.ledger.schema import Cosignature, LedgerTreeHead, Participant
+from server.ledger.tree_heads import tree_head_from_row
+
+__all__ = [
+    "WitnessReport",
+    "check_cosignatures",
+    "cosigned_note",
+    "latest_cosigned",
+    "record_cosignatures",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WitnessReport:
+    """Per signed head (by tree size, in id order), the participants that cosigned it."""
+
+    heads: list[tuple[int, list[str]]]
+
+    @property
+    def cosignatures(self) -> int:
+        return sum(len(names) for _, names in self.heads)
+
+
+def _participant_key(session: Session, name: str) -> tuple[Participant, Ed25519PublicKey] | None:
+    participant = session.scalar(select(Participant).where(Participant.name == name))
+    if participant is None or participant.public_key is None:
+        return None
+    try:
+        return participant, decode_ed25519_public(participant.public_key)
+    except KeyFileError:
+        return None
+
+
+def record_cosignatures(
+    session: Session, institution: str, cosigned: Iterable[Cosigned]
+) -> tuple[TreeHead | None, list[str]]:
+    """Check and keep ``institution``'s cosignatures.
+
+    Returns
+    -------
+    TreeHead or None
+        The largest checkpoint whose cosignature verified: the head the node
+        holds now (its next receipt's consistency proof starts there).
+    list of str
+        Why each refused line was refused (not kept; nothing else changes).
+    """
+    found = _participant_key(session, institution)
+    if found is None:
+        return None, [f"{institution} has no admitted key to check cosignatures with"]
+    participant, public = found
+    largest: TreeHead | None = None
+    refused = []
+    for item in cosigned:
+        row = session.scalar(
+            select(LedgerTreeHead)
+            .where(LedgerTreeHead.tree_size == item.tree_size)
+            .where(LedgerTreeHead.root_hash == item.root)
+            .where(LedgerTreeHead.checkpoint.is_not(None))
+            .order_by(LedgerTreeHead.id)
+            .limit(1)
+        )
+        if row is None or row.checkpoint is None:
+            refused.append(f"no checkpoint of size {item.tree_size} with that root was signed")
+            continue
+        try:
+            line = SignatureLine.parse(item.line)
+            if line.name != institution:
+                raise NoteError(f"the line is signed as {line.name!r}, not {institution!r}")
+            when = verify_cosignature(row.body, line, public)
+        except NoteError as err:
+            refused.append(f"cosignature on the checkpoint of size {item.tree_size}: {err}")
+            continue
+        held = session.scalar(
+            select(Cosignature.id).where(
+                Cosignature.tree_head_id == row.id, Cosignature.witness == participant.name
+            )
+        )
+        if held is None:
+            session.add(
+                Cosignature(
+                    tree_head_id=row.id,
+                    witness=participant.name,
+                    line=line.line(),
+                    cosigned_at=datetime.fromtimestamp(when, timezone.utc),
+                )
+            )
+        head = tree_head_from_row(row)
+        if largest is None or head.tree_size >= largest.tree_size:
+            largest = head
+    session.flush()
+    for reason in refused:
+        log.warning("%s: cosignature refused: %s", institution, reason)
+    return largest, refused
+
+
+def cosigned_note(session: Session, row: LedgerTreeHead) -> str | None:
+    """The checkpoint's signed note with every cosignature kept for it (``None``: a JSON head)."""
+    if row.checkpoint is None:
+        return None
+    lines = session.scalars(
+        select(Cosignature.line).where(Cosignature.tree_head_id == row.id).order_by(Cosignature.id)
+    )
+    return row.checkpoint + "".join(lines)
+
+
+def latest_cosigned(session: Session) -> dict[str, TreeHead]:
+    """The largest checkpoint each participant cosigned: the head its node holds."""
+    rows = session.execute(
+        select(Cosignature.witness, LedgerTreeHead)
+        .join(LedgerTreeHead, LedgerTreeHead.id == Cosignature.tree_head_id)
+        .order_by(LedgerTreeHead.tree_size, Cosignature.id)
+    )
+    return {witness: tree_head_from_row(row) for witness, row in rows}
+
+
+def check_cosignatures(session: Session) -> WitnessReport:
+    """Check every kept cosignature against its witness's admitted key.
+
+    Raises
+    ------
+    NoteError
+        A line does not verify, is not its witness's, or names a participant
+        without an admitted key: the message names the head and witness.
+    """
+    keys: dict[str, Ed25519PublicKey] = {}
+    witnessed: dict[int, tuple[int, list[str]]] = {}
+    for head_id, size in session.execute(
+        select(LedgerTreeHead.id, LedgerTreeHead.tree_size).order_by(LedgerTreeHead.id)
+    ):
+        witnessed[head_id] = (size, [])
+    rows = session.execute(
+        select(Cosignature, LedgerTreeHead.body, LedgerTreeHead.checkpoint)
+        .join(LedgerTreeHead, LedgerTreeHead.id == Cosignature.tree_head_id)
+        .order_by(Cosignature.id)
+    )
+    for cosignature, body, checkpoint in rows:
+        where = f"{cosignature.witness}'s cosignature on the tree head of size "
+        where += str(witnessed[cosignature.tree_head_id][0])
+        if checkpoint is None or note_text(checkpoint) != body:
+            raise NoteError(f"{where}: the head is not a checkpoint")
+        if cosignature.witness not in keys:
+            found = _participant_key(session, cosignature.witness)
+            if found is None:
+                raise NoteError(f"{where}: no admitted participant has that name")
+            keys[cosignature.witness] = found[1]
+        line = SignatureLine.parse(cosignature.line)
+        if line.name != cosignature.witness:
+            raise NoteError(f"{where}: the line is signed as {line.name!r}")
+        try:
+            verify_cosignature(body, line, keys[cosignature.witness])
+        except NoteError as err:
+            raise NoteError(f"{where}: {err}") from None
+        witnessed[cosignature.tree_head_id][1].append(cosignature.witness)
+    return WitnessReport([witnessed[i] for i in sorted(witnessed)])
