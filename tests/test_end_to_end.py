@@ -33,7 +33,7 @@ from common.envelope import Envelope, UpdateHeader, decrypt
 from common.images import write_npz
 from common.keys import load_x25519_key
 from common.policy import Policy
-from common.receipts import Receipt
+from common.receipts import Receipt, read_receipts
 from fedcommons.cli import app
 from fedcommons.demo_setup import demo_consortium, prepare_data, started_federation
 from fedcommons.errors import EXIT_USER_ERROR
@@ -46,6 +46,7 @@ from server.ledger import Ledger
 from server.ledger.report import ledger_report
 from server.runs import RunFailed, follow_run, submit_run
 from server.snapshots import load_snapshot
+from tests.go_interop import XMOD, go_checks, interop_input
 
 pytestmark = pytest.mark.e2e
 
@@ -179,7 +180,8 @@ def test_the_release_and_every_receipt_verify(demo: DemoRun) -> None:
     assert release_dir == (demo.workdir / "releases" / f"run-{run['id']}").resolve()
     card = json.loads((release_dir / "model-card.json").read_bytes())
     operator = OperatorFiles((demo.workdir / "operator").resolve())
-    verify_card(card, operator.consortium().operator_key)
+    # the release checkpoint carries every contributor's cosignature: each checked it
+    assert sorted(verify_card(card, operator.consortium().operator_key)) == INSTITUTIONS
     assert card["model"]["sha256"] == run["rounds"][-1]["model_sha256_after"]
     assert sorted(c["institution"] for c in card["contributors"]) == INSTITUTIONS
     assert card["obligations"]["non_commercial"] is True
@@ -202,6 +204,14 @@ def test_the_release_and_every_receipt_verify(demo: DemoRun) -> None:
     audit = CliRunner().invoke(app, audit_command)
     assert audit.exit_code == 0 and "6 receipts consistent" in audit.output, audit.output
     assert "6 contribution values recomputed" in audit.output
+    # both rounds' heads were cosigned by all three (round 1's on its receipt, with
+    # round 2's training; round 2's on the query after the run); the release's by none
+    assert "6 participant cosignatures verified" in audit.output
+    witnesses = summary["witnesses"]
+    assert [sorted(names) for names in witnesses.values()] == [INSTITUTIONS, INSTITUTIONS, []]
+    for size, names in witnesses.items():
+        said = f"cosigned by {', '.join(names)}" if names else "no cosignatures"
+        assert f"tree head of size {size}: {said}" in audit.output
     # each round valued by exact Shapley on the server's validation split; the
     # shares are in the summary, the card and every receipt
     assert summary["valuation"]["method"] == "shapley"
@@ -613,3 +623,31 @@ def _wait_for(base: str, server: subprocess.Popen[bytes]) -> None:
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
     raise AssertionError("audit serve did not answer within 60 s")
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(
+    shutil.which("go") is None or not XMOD.is_dir(),
+    reason="needs apt-get install golang-go golang-golang-x-mod-dev (.ci/run installs them)",
+)
+def test_go_opens_the_demos_checkpoints_and_checks_its_receipts(
+    demo: DemoRun, tmp_path: Path
+) -> None:
+    """Go's note.Open verifies each checkpoint with the operator's verifier key and each
+    participant's cosignature; Go's tlog accepts every receipt's proofs."""
+    consortium = OperatorFiles((demo.workdir / "operator").resolve()).consortium()
+    receipts = [r for _, r in read_receipts(Path(demo.summary["receipts_dir"]))]
+    ledger = Ledger(demo.summary["ledger_url"], migrate=False)
+    try:
+        doc = interop_input(ledger, consortium.verifier_key, receipts)
+    finally:
+        ledger.close()
+    assert consortium.operator_verifier_key == consortium.verifier_key  # published at init
+    result = go_checks(doc, tmp_path / "go")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "notes_opened": 3,  # two rounds and the release
+        "cosignatures": dict.fromkeys(INSTITUTIONS, 2),
+        "records_checked": 6,
+        "trees_checked": 3,  # round 2's receipts extend round 1's head
+    }
