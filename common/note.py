@@ -51,6 +51,7 @@ __all__ = [
     "verifier_key",
     "verify_cosignature",
     "verify_signature",
+    "verify_signed",
 ]
 
 ED25519_TYPE = 0x01
@@ -189,6 +190,14 @@ def verify_signature(note: str, name: str, public: Ed25519PublicKey) -> str:
     format requires.
     """
     text, lines = signature_lines(note)
+    verify_signed(text, lines, name, public)
+    return text
+
+
+def verify_signed(
+    text: str, lines: list[SignatureLine], name: str, public: Ed25519PublicKey
+) -> None:
+    """:func:`verify_signature` on a note already split by :func:`signature_lines`."""
     wanted = key_hash(name, public)
     mine = [s for s in lines if s.name == name and s.key_id == wanted]
     if not mine:
@@ -198,7 +207,6 @@ def verify_signature(note: str, name: str, public: Ed25519PublicKey) -> str:
             public.verify(line.signature, text.encode("utf-8"))
         except InvalidSignature:
             raise NoteError(f"the signature by {name} on the note does not verify") from None
-    return text
 
 
 def _cosigned_message(text: str, timestamp: int) -> bytes:

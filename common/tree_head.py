@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -21,8 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from common.canonical import canonical_json
 from common.errors import UserError
 from common.keys import key_id
-from common.note import Checkpoint, NoteError, SignatureLine, sign_note, signature_lines
-from common.note import verify_signature as verify_note_signature
+from common.note import (
+    Checkpoint,
+    NoteError,
+    SignatureLine,
+    sign_note,
+    signature_lines,
+    verify_signed,
+)
 
 __all__ = ["TREE_HEAD_FORMAT", "TreeHead", "TreeHeadError", "is_hex_digest"]
 
@@ -56,20 +63,32 @@ class TreeHead:
     checkpoint: str | None = None
     """The C2SP signed note, verbatim; ``None`` for a JSON head."""
 
+    @cached_property
+    def parsed(self) -> tuple[str, list[SignatureLine], Checkpoint]:
+        """A checkpoint's signed text, its signature lines and what it states (parsed once).
+
+        Raises
+        ------
+        TreeHeadError
+            A JSON head, or a checkpoint that is not a well-formed signed note.
+        """
+        if self.checkpoint is None:
+            raise TreeHeadError(f"the tree head at size {self.tree_size} is no checkpoint")
+        try:
+            text, lines = signature_lines(self.checkpoint)
+            return text, lines, Checkpoint.parse(text)
+        except NoteError as err:
+            raise TreeHeadError(f"the checkpoint at size {self.tree_size}: {err}") from None
+
     @property
     def origin(self) -> str | None:
         """The log identity a checkpoint names (``None`` for a JSON head)."""
-        if self.checkpoint is None:
-            return None
-        return Checkpoint.parse(self.body().decode("utf-8")).origin
+        return self.parsed[2].origin if self.checkpoint is not None else None
 
     def body(self) -> bytes:
         """The bytes that are signed: a checkpoint's text, or a JSON head's canonical body."""
         if self.checkpoint is not None:
-            try:
-                return signature_lines(self.checkpoint)[0].encode("utf-8")
-            except NoteError as err:
-                raise TreeHeadError(f"the tree head at size {self.tree_size}: {err}") from None
+            return self.parsed[0].encode("utf-8")
         return canonical_json(
             {
                 "format": TREE_HEAD_FORMAT,
@@ -83,9 +102,7 @@ class TreeHead:
 
     def witnesses(self) -> list[SignatureLine]:
         """The signature lines after the operator's: cosignatures, unchecked."""
-        if self.checkpoint is None:
-            return []
-        return signature_lines(self.checkpoint)[1][1:]
+        return self.parsed[1][1:] if self.checkpoint is not None else []
 
     def verify(self, operator: Ed25519PublicKey, origin: str | None = None) -> None:
         """Raise :class:`TreeHeadError` unless ``operator`` signed this tree head.
@@ -109,29 +126,27 @@ class TreeHead:
             ) from None
 
     def _verify_checkpoint(self, operator: Ed25519PublicKey, origin: str | None) -> None:
-        assert self.checkpoint is not None
+        text, lines, stated = self.parsed
+        if (stated.tree_size, stated.root.hex()) != (self.tree_size, self.root):
+            raise TreeHeadError(
+                f"the checkpoint states size {stated.tree_size} and root "
+                f"{stated.root.hex()[:16]}..., not the head's {self.tree_size} and "
+                f"{self.root[:16]}..."
+            )
+        if origin is not None and stated.origin != origin:
+            raise TreeHeadError(
+                f"the checkpoint at size {self.tree_size} is of log {stated.origin!r}, "
+                f"not of this consortium's log {origin!r}"
+            )
         try:
-            stated = Checkpoint.parse(self.body().decode("utf-8"))
-            if (stated.tree_size, stated.root.hex()) != (self.tree_size, self.root):
-                raise TreeHeadError(
-                    f"the checkpoint states size {stated.tree_size} and root "
-                    f"{stated.root.hex()[:16]}..., not the head's {self.tree_size} and "
-                    f"{self.root[:16]}..."
-                )
-            if origin is not None and stated.origin != origin:
-                raise TreeHeadError(
-                    f"the checkpoint at size {self.tree_size} is of log {stated.origin!r}, "
-                    f"not of this consortium's log {origin!r}"
-                )
-            verify_note_signature(self.checkpoint, stated.origin, operator)
-            line = signature_lines(self.checkpoint)[1][0]
-            if base64.b64encode(line.key_id + line.signature).decode() != self.signature:
-                raise TreeHeadError(
-                    f"the tree head at size {self.tree_size}: its signature field is not its "
-                    "checkpoint's first (the operator's) signature"
-                )
+            verify_signed(text, lines, stated.origin, operator)
         except NoteError as err:
             raise TreeHeadError(f"the checkpoint at size {self.tree_size}: {err}") from None
+        if self.signature != base64.b64encode(lines[0].key_id + lines[0].signature).decode():
+            raise TreeHeadError(
+                f"the tree head at size {self.tree_size}: its signature field is not its "
+                "checkpoint's first (the operator's) signature"
+            )
 
     @classmethod
     def sign(
@@ -188,8 +203,8 @@ class TreeHead:
         head = cls(**{name: doc[name] for name in types}, checkpoint=checkpoint)
         if checkpoint is not None:
             try:
-                stated = Checkpoint.parse(head.body().decode("utf-8"))
-            except NoteError as err:
+                stated = head.parsed[2]
+            except TreeHeadError as err:
                 raise TreeHeadError(f"{what}: {err}") from None
             if (stated.tree_size, stated.root.hex()) != (head.tree_size, head.root):
                 raise TreeHeadError(f"{what}: its checkpoint states another size or root")

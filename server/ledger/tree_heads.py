@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select, update
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from common.consortium import default_log_origin
 from common.merkle_log import MerkleLog
-from common.note import NoteError, check_key_name, signature_lines
+from common.note import NoteError, check_key_name
 from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
 from server.ledger.schema import (
     LedgerEntry,
@@ -135,12 +134,15 @@ def tree_head_from_columns(
             tree_size, root_hash, signed_at or "", label or "", signer_key_id, signature, checkpoint
         )
         try:
-            TreeHead.from_dict(asdict(head), f"tree head {row_id}")  # states this size and root
-            text, lines = signature_lines(checkpoint)
-        except (TreeHeadError, NoteError) as err:
+            text, lines, stated = head.parsed
+        except TreeHeadError as err:
             raise TreeHeadError(f"tree head {row_id}'s checkpoint is malformed: {err}") from None
         first = base64.b64encode(lines[0].key_id + lines[0].signature).decode()
-        if text != body or first != signature:
+        if (
+            text != body
+            or first != signature
+            or (stated.tree_size, stated.root.hex()) != (tree_size, root_hash)
+        ):
             raise TreeHeadError(f"tree head {row_id}'s columns disagree with its checkpoint")
         return head
     try:
