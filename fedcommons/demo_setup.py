@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import typer
+from sqlalchemy import func, select
 
 from client.enrolment import ParticipantState, enrol
 from common.atomic import write_atomic
@@ -34,6 +38,7 @@ from fedcommons.partition import (
 from server.consortium import Register, admit, init_consortium
 from server.deploy import DeployConfig, OperatorFiles
 from server.ledger import Ledger
+from server.ledger.schema import LedgerTreeHead
 from server.status import registrar
 
 __all__ = [
@@ -195,7 +200,42 @@ def demo_consortium(
         {"ledger-url": ledger_url}, operator.root, "the demo"
     )
     write_atomic(operator.deploy_file, deploy.to_toml(operator.root))
-    return DemoConsortium(workdir, operator, layout, _enrol_institutions(layout, operator, policy))
+    nodes = _enrol_institutions(layout, operator, policy)
+    _receipts_of_another_log(ledger_url, nodes)
+    return DemoConsortium(workdir, operator, layout, nodes)
+
+
+def _receipts_of_another_log(ledger_url: str, nodes: list[NodeSpec]) -> list[Path]:
+    """Move the institutions' receipts aside when the demo starts a new ledger in this folder.
+
+    A node's receipts bind it to one log: it refuses any head that does not
+    extend the largest one it holds (a fork). A demo pointed at a new, empty
+    ledger is a new log, so each institution's receipts of the old one are
+    moved to ``STATE/receipts-before-<time>`` (kept, as evidence) and the
+    institutions start the new log afresh. A real node never does this by itself.
+    """
+    ledger = Ledger(ledger_url)
+    try:
+        with ledger.session() as session:
+            fresh = session.scalar(select(func.count()).select_from(LedgerTreeHead)) == 0
+    finally:
+        ledger.close()
+    moved: list[Path] = []
+    if not fresh:
+        return moved
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for node in nodes:
+        receipts = (node.state_dir or node.data_dir) / "receipts"
+        if any(receipts.glob("run-*.json")):
+            target = receipts.with_name(f"receipts-before-{stamp}")
+            receipts.rename(target)
+            moved.append(target)
+            typer.echo(
+                f"{node.institution}: a new ledger, so its receipts of the earlier one are "
+                f"kept in {target}",
+                err=True,
+            )
+    return moved
 
 
 @contextmanager

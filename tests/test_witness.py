@@ -20,7 +20,7 @@ from client.receipts import accept_receipts, cosign_heads
 from common.consortium import Consortium, default_log_origin
 from common.keys import encode_public, write_private_key
 from common.note import SignatureLine, verify_cosignature
-from common.policy import PrivacyConfig
+from common.policy import Policy, PrivacyConfig
 from common.receipts import ReceiptError
 from common.witness import (
     COSIGNATURES,
@@ -29,6 +29,9 @@ from common.witness import (
     cosignature_record,
     cosignatures_of,
 )
+from fedcommons.demo_setup import demo_consortium
+from server.ledger import Ledger
+from server.ledger.tree_heads import sign_tree_head
 from server.strategy import ConsortiumStrategy, LicenceGate, UpdateGate, UpdateIntake
 from server.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
 from tests.hostile_federation import task_identity
@@ -200,3 +203,29 @@ def test_malformed_cosignatures_in_a_reply_are_logged_and_not_kept(
             strategy.take_cosignatures("uni-a", reply)
     assert kept == [("uni-a", good)]
     assert "uni-a sent malformed cosignatures: a cosignatures record needs lists" in caplog.text
+
+
+def test_a_demo_pointed_at_a_new_ledger_keeps_the_old_receipts_aside(tmp_path: Path) -> None:
+    """A node's receipts bind it to one log; the demo starts a new ledger's log afresh."""
+    policy = Policy()
+    used = f"sqlite:///{tmp_path / 'used.db'}"
+    demo = demo_consortium(tmp_path, policy, used)
+    held = [
+        node.state_dir / "receipts" / "run-7-round-0001.json"
+        for node in demo.nodes
+        if node.state_dir
+    ]
+    for path in held:
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    ledger = Ledger(used)
+    with ledger.session() as s:
+        sign_tree_head(s, OPERATOR, note="round 1")
+    ledger.close()
+    demo_consortium(tmp_path, policy, used)  # the same log again: nothing moves
+    assert all(path.exists() for path in held)
+    demo_consortium(tmp_path, policy, f"sqlite:///{tmp_path / 'new.db'}")
+    for path in held:
+        assert not path.exists()
+        (kept,) = path.parent.parent.glob("receipts-before-*")
+        assert (kept / path.name).read_text() == "{}"
