@@ -54,9 +54,11 @@ def cosignatures_of(record: ConfigRecord) -> list[Cosigned]:
         raise ValueError(f"{len(lines)} cosignatures in one reply (at most {MAX_COSIGNATURES})")
     found = []
     for size, root, line in zip(sizes, roots, lines, strict=True):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError(f"cosigned tree size {size!r} is not a positive integer")
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size < 2**63:
+            raise ValueError(f"cosigned tree size {size!r} is not a positive 64-bit integer")
         if not isinstance(root, str) or not isinstance(line, str) or len(line) > 1024:
             raise ValueError("a cosigned root or line is not text (or is over 1 KiB)")
+        if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
+            raise ValueError(f"cosigned root {root[:70]!r} is not a hex SHA-256 digest")
         found.append(Cosigned(size, root, line))
     return found

@@ -600,7 +600,7 @@ def _garble(line: str) -> str:
     return line[:-6] + ("A" if line[-6] != "A" else "B") + line[-5:]
 
 
-def _cosign_all(world: World, now: int = 1_800_000_000) -> dict[str, list[str]]:
+def _cosign_all(world: World, now: int = 1_700_000_000) -> dict[str, list[str]]:
     refused = {}
     for name in NAMES:
         heads = [r.tree_head for r in world.books[name].receipts()]
@@ -615,7 +615,7 @@ def test_participants_cosign_what_they_accepted_and_audit_verify_names_them(
 ) -> None:
     held = _accept_all(world)
     assert _cosign_all(world) == {name: [] for name in NAMES}
-    assert _cosign_all(world, now=1_900_000_000) == {name: [] for name in NAMES}  # kept once
+    assert _cosign_all(world, now=1_750_000_000) == {name: [] for name in NAMES}  # kept once
     sizes = [world.receipts[("uni-a", n)].tree_head.tree_size for n in (1, 2)]
     report = verify_ledger(world.ledger, OPERATOR.public_key(), held)
     assert report.witnesses == [(size, ["uni-a", "co-c"]) for size in sizes]
@@ -631,7 +631,7 @@ def test_participants_cosign_what_they_accepted_and_audit_verify_names_them(
     text, lines = signature_lines(note)
     assert [line.name for line in lines] == [lines[0].name, "uni-a", "co-c"]
     for line, name in zip(lines[1:], NAMES, strict=True):
-        assert verify_cosignature(text, line, SIGNERS[name].public_key()) == 1_800_000_000
+        assert verify_cosignature(text, line, SIGNERS[name].public_key()) == 1_700_000_000
     key = encode_public(OPERATOR.public_key())
     result = CliRunner().invoke(app, ["audit", "verify", "--ledger", url, "--operator-key", key])
     assert result.exit_code == 0, result.output
@@ -641,12 +641,14 @@ def test_participants_cosign_what_they_accepted_and_audit_verify_names_them(
 def test_hostile_cosignatures_are_refused_and_not_kept(sqlite_world: World) -> None:
     _accept_all(sqlite_world)
     head = sqlite_world.receipts[("uni-a", 2)].tree_head
-    (good,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=1_800_000_000)
-    (other,) = cosign_heads([head], "co-c", SIGNERS["co-c"], now=1_800_000_000)
+    (good,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=1_700_000_000)
+    (other,) = cosign_heads([head], "co-c", SIGNERS["co-c"], now=1_700_000_000)
     (stranger,) = cosign_heads([head], "uni-a", Ed25519PrivateKey.generate(), now=1)
+    (far,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=2**62)  # year ~10^11
     cases = {
         "another witness's line": (other, "signed as 'co-c', not 'uni-a'"),
         "another key": (stranger, "not by the key it is checked with"),
+        "a time far in the future": (far, "states a time in the future"),
         "an unsigned size": (
             dataclasses.replace(good, tree_size=head.tree_size + 5),
             "no checkpoint of size",

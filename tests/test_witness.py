@@ -38,6 +38,7 @@ from tests.hostile_federation import task_identity
 from tests.test_receipts import AGGREGATOR, OPERATOR, SIGNERS, World, _world
 
 TRAIN = MessageType.TRAIN
+H = "a" * 64
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
@@ -124,15 +125,18 @@ def test_the_cosignatures_record_round_trips() -> None:
             ConfigRecord({"tree_sizes": [1, 2], "roots": ["a"], "lines": ["l"]}),
             "differ in length",
         ),
-        (ConfigRecord({"tree_sizes": [0], "roots": ["a"], "lines": ["l"]}), "positive integer"),
-        (ConfigRecord({"tree_sizes": [True], "roots": ["a"], "lines": ["l"]}), "positive"),
+        (ConfigRecord({"tree_sizes": [0], "roots": [H], "lines": ["l"]}), "positive 64-bit"),
+        (ConfigRecord({"tree_sizes": [True], "roots": [H], "lines": ["l"]}), "positive"),
+        (ConfigRecord({"tree_sizes": [2**63], "roots": [H], "lines": ["l"]}), "64-bit integer"),
         (ConfigRecord({"tree_sizes": [1], "roots": [1], "lines": ["l"]}), "not text"),
-        (ConfigRecord({"tree_sizes": [1], "roots": ["a"], "lines": ["x" * 2000]}), "1 KiB"),
+        (ConfigRecord({"tree_sizes": [1], "roots": ["a"], "lines": ["l"]}), "not a hex SHA-256"),
+        (ConfigRecord({"tree_sizes": [1], "roots": ["Z" * 64], "lines": ["l"]}), "hex SHA-256"),
+        (ConfigRecord({"tree_sizes": [1], "roots": [H], "lines": ["x" * 2000]}), "1 KiB"),
         (
             ConfigRecord(
                 {
                     "tree_sizes": [1] * (MAX_COSIGNATURES + 1),
-                    "roots": ["a"] * (MAX_COSIGNATURES + 1),
+                    "roots": [H] * (MAX_COSIGNATURES + 1),
                     "lines": ["l"] * (MAX_COSIGNATURES + 1),
                 }
             ),

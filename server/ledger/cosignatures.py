@@ -15,6 +15,7 @@ participant witnessed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+FUTURE_SLACK = 3600
+"""Seconds a cosignature's time may be ahead of the server's clock (C2SP lets verifiers
+refuse future times; one hour of clock skew is allowed)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ def record_cosignatures(
             if line.name != institution:
                 raise NoteError(f"the line is signed as {line.name!r}, not {institution!r}")
             when = verify_cosignature(row.body, line, public)
+            if when > time.time() + FUTURE_SLACK:
+                raise NoteError(f"it states a time in the future ({when})")
         except NoteError as err:
             refused.append(f"cosignature on the checkpoint of size {item.tree_size}: {err}")
             continue
