@@ -19,9 +19,9 @@ from client.enrolment import ParticipantState
 from client.receipts import accept_receipts, cosign_heads
 from common.consortium import Consortium, default_log_origin
 from common.keys import encode_public, write_private_key
-from common.note import SignatureLine, verify_cosignature
+from common.note import NoteError, SignatureLine, verify_cosignature
 from common.policy import Policy, PrivacyConfig
-from common.receipts import ReceiptError
+from common.receipts import ReceiptError, TreeHead
 from common.witness import (
     COSIGNATURES,
     MAX_COSIGNATURES,
@@ -233,3 +233,27 @@ def test_a_demo_pointed_at_a_new_ledger_keeps_the_old_receipts_aside(tmp_path: P
         assert not path.exists()
         (kept,) = path.parent.parent.glob("receipts-before-*")
         assert (kept / path.name).read_text() == "{}"
+
+
+def test_a_receipt_delivered_again_is_cosigned_as_it_was_checked(
+    world: World, tmp_path: Path
+) -> None:
+    """The same entry and head under another checkpoint text: the node cosigns its own copy."""
+    state = _node(tmp_path, "uni-a")
+    first = world.receipts[("uni-a", 1)]
+    accept_receipts(state, "uni-a", _record(first.to_json()))
+    head = first.tree_head
+    other_log = TreeHead.sign(
+        OPERATOR,
+        tree_size=head.tree_size,
+        root=head.root,
+        at=head.at,
+        note=head.note,
+        origin="another.example/log",
+    )
+    again = dataclasses.replace(first, tree_head=other_log)
+    (cosigned,) = accept_receipts(state, "uni-a", _record(again.to_json())).cosignatures
+    line = SignatureLine.parse(cosigned.line)
+    verify_cosignature(head.body().decode(), line, SIGNERS["uni-a"].public_key())
+    with pytest.raises(NoteError, match="does not verify"):
+        verify_cosignature(other_log.body().decode(), line, SIGNERS["uni-a"].public_key())
