@@ -40,7 +40,7 @@ from common.note import cosign
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead
 from common.witness import Cosigned
 
-__all__ = ["Accepted", "ReceiptBook", "accept_receipts", "receipt_book", "record_sent"]
+__all__ = ["Accepted", "Kept", "ReceiptBook", "accept_receipts", "receipt_book", "record_sent"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ class Accepted:
 
     stored: list[Path]
     cosignatures: list[Cosigned]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A receipt this node keeps: its file, and its head as checked."""
+
+    path: Path
+    head: TreeHead
 
 
 class ReceiptBook:
@@ -60,6 +68,8 @@ class ReceiptBook:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._latest: TreeHead | None = None
+        self._latest_read = False
 
     @property
     def sent_folder(self) -> Path:
@@ -86,9 +96,15 @@ class ReceiptBook:
         ]
 
     def latest_head(self) -> TreeHead | None:
-        """The largest signed head this node holds (of any run: one ledger, one tree)."""
-        heads = [r.tree_head for r in self.receipts()]
-        return max(heads, key=lambda h: h.tree_size) if heads else None
+        """The largest signed head this node holds (of any run: one ledger, one tree).
+
+        Read from the receipts once per book; :meth:`accept` keeps it current.
+        """
+        if not self._latest_read:
+            heads = [r.tree_head for r in self.receipts()]
+            self._latest = max(heads, key=lambda h: h.tree_size) if heads else None
+            self._latest_read = True
+        return self._latest
 
     def accept(
         self,
@@ -104,6 +120,20 @@ class ReceiptBook:
         the largest one this node holds, by a consistency proof from exactly that
         head. A refusal is recorded under ``refused/``.
         """
+        return self.keep(receipt, operator, participant, origin).path
+
+    def keep(
+        self,
+        receipt: Receipt,
+        operator: Ed25519PublicKey,
+        participant: str,
+        origin: str | None = None,
+    ) -> Kept:
+        """:meth:`accept`, returning the stored file and the head as it was checked and kept.
+
+        A receipt delivered again is not checked again: the head kept is the
+        stored copy's, whatever text the repeated delivery carries.
+        """
         if receipt.participant != participant:
             raise ReceiptError(f"a receipt for {receipt.participant!r} was sent to {participant!r}")
         path = self.folder / receipt.file_name
@@ -116,7 +146,7 @@ class ReceiptBook:
                 receipt.tree_head.tree_size,
                 receipt.tree_head.root,
             ):
-                return path  # delivered again: already checked and stored
+                return Kept(path, held.tree_head)  # delivered again: already checked
             self._refuse(
                 receipt,
                 latest,
@@ -134,7 +164,9 @@ class ReceiptBook:
         if latest is not None:
             self._check_extends(receipt, latest)
         write_atomic(path, receipt.to_json())
-        return path
+        if latest is None or receipt.tree_head.tree_size > latest.tree_size:
+            self._latest = receipt.tree_head
+        return Kept(path, receipt.tree_head)
 
     def _check_sent(self, receipt: Receipt, latest: TreeHead | None) -> None:
         """Refuse unless the receipt's entry records the update this node sent."""
@@ -273,18 +305,20 @@ def accept_receipts(
     texts = record.get("receipts") if record is not None else []
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise ReceiptError("the server's receipts record holds no list of JSON receipts")
-    try:
-        consortium = Consortium.load(state.consortium)
-    except EnrolmentError as err:
-        raise ReceiptError(f"cannot check receipts without the pinned operator key: {err}") from err
     book = receipt_book(state)
     stored, heads = [], []
-    for i, text in enumerate(texts):
-        receipt = Receipt.from_json(str(text), f"receipt {i + 1} from the server")
-        path = book.accept(receipt, consortium.operator_key, institution, consortium.origin)
-        stored.append(path)
-        # cosign the head as checked and kept: a receipt delivered again is not re-checked
-        heads.append(Receipt.from_json(path.read_text(encoding="utf-8"), str(path)).tree_head)
+    if texts:
+        try:
+            consortium = Consortium.load(state.consortium)
+        except EnrolmentError as err:
+            raise ReceiptError(
+                f"cannot check receipts without the pinned operator key: {err}"
+            ) from err
+        for i, text in enumerate(texts):
+            receipt = Receipt.from_json(str(text), f"receipt {i + 1} from the server")
+            kept = book.keep(receipt, consortium.operator_key, institution, consortium.origin)
+            stored.append(kept.path)
+            heads.append(kept.head)
     latest = book.latest_head()
     if latest is not None and all(h.tree_size != latest.tree_size for h in heads):
         heads.append(latest)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord
 
+from common.tree_head import is_hex_digest
+
 __all__ = ["COSIGNATURES", "MAX_COSIGNATURES", "Cosigned", "cosignature_record", "cosignatures_of"]
 
 COSIGNATURES = "fedcommons.cosignatures"
@@ -58,7 +60,7 @@ def cosignatures_of(record: ConfigRecord) -> list[Cosigned]:
             raise ValueError(f"cosigned tree size {size!r} is not a positive 64-bit integer")
         if not isinstance(root, str) or not isinstance(line, str) or len(line) > 1024:
             raise ValueError("a cosigned root or line is not text (or is over 1 KiB)")
-        if len(root) != 64 or any(c not in "0123456789abcdef" for c in root):
+        if not is_hex_digest(root):
             raise ValueError(f"cosigned root {root[:70]!r} is not a hex SHA-256 digest")
         found.append(Cosigned(size, root, line))
     return found

@@ -33,19 +33,15 @@ from sqlalchemy.orm import Session
 from common.arrays import Arrays
 from common.atomic import write_atomic
 from common.canonical import canonical_json
-from common.keys import decode_ed25519_public
-from common.note import COSIGNATURE_TYPE, verifier_key
 from common.policy import Policy, PolicyError
 from common.receipts import TreeHead, TreeHeadError
 from server.card import ReleaseError, build_card
 from server.ledger import Ledger
-from server.ledger.cosignatures import cosigned_note
+from server.ledger.cosignatures import cosigned_note, witness_keys
 from server.ledger.entries import record_row
 from server.ledger.schema import (
-    Cosignature,
     LedgerEntry,
     LedgerTreeHead,
-    Participant,
     Release,
     Round,
     Run,
@@ -274,22 +270,7 @@ def _proof(
             # The C2SP checkpoint with every participant's cosignature kept for it, and
             # each witness's cosignature verifier key (its admitted key, from the ledger).
             "checkpoint": cosigned_note(session, row) if row is not None else None,
-            "witnesses": _witness_keys(session, row) if row is not None else {},
+            "witnesses": witness_keys(session, row) if row is not None else {},
         },
         "inclusion_proof": tree.inclusion(seq, head.tree_size),
     }
-
-
-def _witness_keys(session: Session, row: LedgerTreeHead) -> dict[str, str]:
-    """Each cosigner of ``row``'s checkpoint: its ``cosignature/v1`` verifier key."""
-    names = session.scalars(
-        select(Cosignature.witness)
-        .where(Cosignature.tree_head_id == row.id)
-        .order_by(Cosignature.id)
-    )
-    keys = {}
-    for name in names:
-        public = session.scalar(select(Participant.public_key).where(Participant.name == name))
-        if public is not None:
-            keys[name] = verifier_key(name, decode_ed25519_public(public), COSIGNATURE_TYPE)
-    return keys

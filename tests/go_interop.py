@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from common.receipts import Receipt
@@ -21,10 +22,16 @@ from server.ledger import Ledger
 from server.ledger.cosignatures import cosigned_note
 from server.ledger.schema import Cosignature, LedgerTreeHead, Participant
 
-__all__ = ["GO_PROGRAM", "XMOD", "go_checks", "interop_input"]
+__all__ = ["GO_PROGRAM", "XMOD", "go_checks", "interop_input", "needs_go"]
 
 GO_PROGRAM = Path(__file__).parent / "interop" / "checkpoints.go"
 XMOD = Path("/usr/share/gocode/src/golang.org/x/mod/sumdb")
+
+needs_go = pytest.mark.skipif(
+    shutil.which("go") is None or not (XMOD / "note").is_dir(),
+    reason="needs apt-get install golang-go golang-golang-x-mod-dev (.ci/run installs them)",
+)
+"""The interop tests' only skip: where Debian's Go and x/mod are not installed."""
 
 
 def interop_input(ledger: Ledger, operator_vkey: str, receipts: list[Receipt]) -> dict[str, Any]:

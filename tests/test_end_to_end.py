@@ -46,7 +46,7 @@ from server.ledger import Ledger
 from server.ledger.report import ledger_report
 from server.runs import RunFailed, follow_run, submit_run
 from server.snapshots import load_snapshot
-from tests.go_interop import XMOD, go_checks, interop_input
+from tests.go_interop import go_checks, interop_input, needs_go
 
 pytestmark = pytest.mark.e2e
 
@@ -626,10 +626,7 @@ def _wait_for(base: str, server: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(
-    shutil.which("go") is None or not XMOD.is_dir(),
-    reason="needs apt-get install golang-go golang-golang-x-mod-dev (.ci/run installs them)",
-)
+@needs_go
 def test_go_opens_the_demos_checkpoints_and_checks_its_receipts(
     demo: DemoRun, tmp_path: Path
 ) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,10 @@ import pytest
 from common.consortium import default_log_origin
 from common.note import verifier_key
 from common.receipts import read_receipts
-from tests.go_interop import XMOD, go_checks, interop_input
+from tests.go_interop import go_checks, interop_input, needs_go
 from tests.test_receipts import NAMES, OPERATOR, World, _accept_all, _cosign_all, _world
 
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        shutil.which("go") is None or not XMOD.is_dir(),
-        reason="needs apt-get install golang-go golang-golang-x-mod-dev (.ci/run installs them)",
-    ),
-]
+pytestmark = [pytest.mark.interop, needs_go]
 
 
 @pytest.fixture(scope="module")

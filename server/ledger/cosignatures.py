@@ -25,7 +25,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.keys import KeyFileError, decode_ed25519_public
-from common.note import NoteError, SignatureLine, note_text, verify_cosignature
+from common.note import (
+    COSIGNATURE_TYPE,
+    NoteError,
+    SignatureLine,
+    note_text,
+    verifier_key,
+    verify_cosignature,
+)
 from common.tree_head import TreeHead
 from common.witness import Cosigned
 from server.ledger.schema import Cosignature, LedgerTreeHead, Participant
@@ -37,6 +44,7 @@ __all__ = [
     "cosigned_note",
     "latest_cosigned",
     "record_cosignatures",
+    "witness_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,7 +156,22 @@ def latest_cosigned(session: Session) -> dict[str, TreeHead]:
         .join(LedgerTreeHead, LedgerTreeHead.id == Cosignature.tree_head_id)
         .order_by(LedgerTreeHead.tree_size, Cosignature.id)
     )
-    return {witness: tree_head_from_row(row) for witness, row in rows}
+    largest = dict(rows.tuples().all())  # the last row per witness is its largest head
+    return {witness: tree_head_from_row(row) for witness, row in largest.items()}
+
+
+def witness_keys(session: Session, row: LedgerTreeHead) -> dict[str, str]:
+    """Each cosigner of ``row``'s checkpoint: its ``cosignature/v1`` verifier key."""
+    keys = {}
+    for name in session.scalars(
+        select(Cosignature.witness)
+        .where(Cosignature.tree_head_id == row.id)
+        .order_by(Cosignature.id)
+    ):
+        found = _participant_key(session, name)
+        if found is not None:
+            keys[name] = verifier_key(name, found[1], COSIGNATURE_TYPE)
+    return keys
 
 
 def check_cosignatures(session: Session) -> WitnessReport:

@@ -10,7 +10,6 @@ matches it. Heads are signed as C2SP checkpoints of the log's origin
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping, Sequence
 
@@ -134,15 +133,12 @@ def tree_head_from_columns(
             tree_size, root_hash, signed_at or "", label or "", signer_key_id, signature, checkpoint
         )
         try:
-            text, lines, stated = head.parsed
+            head.check_checkpoint()
         except TreeHeadError as err:
-            raise TreeHeadError(f"tree head {row_id}'s checkpoint is malformed: {err}") from None
-        first = base64.b64encode(lines[0].key_id + lines[0].signature).decode()
-        if (
-            text != body
-            or first != signature
-            or (stated.tree_size, stated.root.hex()) != (tree_size, root_hash)
-        ):
+            raise TreeHeadError(
+                f"tree head {row_id}'s columns disagree with its checkpoint: {err}"
+            ) from None
+        if head.body().decode("utf-8") != body:
             raise TreeHeadError(f"tree head {row_id}'s columns disagree with its checkpoint")
         return head
     try:

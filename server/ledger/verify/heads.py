@@ -59,11 +59,8 @@ def read_tree_heads(
             head = tree_head_from_columns(*row)
             if operator is not None:
                 head.verify(operator, origin)
-            elif origin is not None and head.checkpoint is not None and head.origin != origin:
-                raise TreeHeadError(
-                    f"the checkpoint at size {head.tree_size} is of log {head.origin!r}, "
-                    f"not of this ledger's {origin!r}"
-                )
+            elif head.checkpoint is not None:
+                head.check_checkpoint(origin)
         except TreeHeadError as err:
             return signed, str(err)
         signed.append((head.tree_size, head.root, head.at))
