@@ -156,7 +156,7 @@ def latest_cosigned(session: Session) -> dict[str, TreeHead]:
         .join(LedgerTreeHead, LedgerTreeHead.id == Cosignature.tree_head_id)
         .order_by(LedgerTreeHead.tree_size, Cosignature.id)
     )
-    largest = dict(rows.tuples().all())  # the last row per witness is its largest head
+    largest = {witness: row for witness, row in rows}  # the last per witness: its largest
     return {witness: tree_head_from_row(row) for witness, row in largest.items()}
 
 
