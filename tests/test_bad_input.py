@@ -287,3 +287,16 @@ def test_an_unexpected_error_is_one_line_and_a_log_file(
     text = log.read_text()
     assert "Traceback" in text and "ZeroDivisionError" in text and "hunter2" not in text
     assert os.stat(log).st_size > 0
+
+
+# -- held out: policy combinations Flower would refuse later ----------------------------
+
+
+def test_a_median_outnumbered_by_attackers_is_refused_by_the_policy(tmp_path: Path) -> None:
+    """The coordinate-wise median tolerates f attackers among n >= 2f + 1 updates."""
+    policy = tmp_path / "median.toml"
+    policy.write_text('[federation]\naggregator = "median"\nbyzantine = 2\nmin-nodes = 3\n')
+    line = _one_clean_line(_run("operator", "check-policy", str(policy)))
+    assert "federation.aggregator = 'median' tolerating 2 attacker(s) needs min-nodes >= 5" in line
+    policy.write_text('[federation]\naggregator = "median"\nbyzantine = 2\nmin-nodes = 5\n')
+    assert _run("operator", "check-policy", str(policy)).exit_code == 0

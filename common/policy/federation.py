@@ -59,9 +59,10 @@ class FederationConfig(Section):
         learning rate and momentum above), ``trimmed-mean`` (FedTrimmedAvg),
         ``median`` (FedMedian), ``krum``, ``multi-krum`` or ``bulyan``.
     byzantine : int (default: 0)
-        Attackers the robust rule must tolerate: Krum and Multi-Krum need
-        ``min-nodes >= 2 f + 3``, Bulyan ``min-nodes >= 4 f + 3``, a trimmed
-        mean must cut at least ``f`` updates at each end.
+        Attackers the robust rule must tolerate: the coordinate-wise median
+        needs ``min-nodes >= 2 f + 1`` (a majority of honest updates), Krum and
+        Multi-Krum ``min-nodes >= 2 f + 3``, Bulyan ``min-nodes >= 4 f + 3``; a
+        trimmed mean must cut at least ``f`` updates at each end.
     trim_fraction : float (default: 0.2)
         ``trimmed-mean``: share of the updates cut at each end, per coordinate.
     update_norm_bound : float or str (default: "adaptive")
@@ -147,7 +148,12 @@ class FederationConfig(Section):
     def __post_init__(self) -> None:
         """Refuse combinations Flower's rules cannot honour."""
         n, f, rule = self.min_nodes, self.byzantine, self.aggregator
-        needed = {"krum": 2 * f + 3, "multi-krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule)
+        needed = {
+            "median": 2 * f + 1,
+            "krum": 2 * f + 3,
+            "multi-krum": 2 * f + 3,
+            "bulyan": 4 * f + 3,
+        }.get(rule)
         if needed is not None and n < needed:
             raise PolicyError(
                 f"federation.aggregator = {rule!r} tolerating {f} attacker(s) needs "
