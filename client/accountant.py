@@ -24,6 +24,7 @@ from typing import Any
 
 from common.atomic import write_atomic
 from common.dp import HistoryEntry, PrivacyError, epsilon_of
+from common.epsilon import over_budget
 from common.policy import ACCOUNTANTS
 
 __all__ = [
@@ -65,14 +66,14 @@ class BudgetExhausted(PrivacyError):
         self.budget = budget
         self.next_epsilon = next_eps
         what = (
-            f"the {rounds} round(s) left of this run's plan would reach at least "
-            f"{next_eps:.3f}, so it cannot fit; nothing was trained"
+            f"the {rounds} round(s) left of this run's plan would bring epsilon to at least "
+            f"{next_eps:.3f}"
             if rounds is not None
-            else f"this round would reach {next_eps:.3f}"
+            else f"this round would bring epsilon to {next_eps:.3f}"
         )
         super().__init__(
             f"privacy budget exhausted for {institution} (dataset {dataset_sha256[:12]}): "
-            f"epsilon spent {spent:.3f} of {budget:.3f}; {what}"
+            f"{what}, {over_budget(spent, budget)}; nothing was trained"
         )
 
 

@@ -17,6 +17,7 @@ from opacus.accountants import create_accountant
 from opacus.validators import ModuleValidator
 from torch import nn
 
+from common.epsilon import over_budget
 from common.errors import UserError
 from common.policy import PrivacyConfig, TrainingConfig
 
@@ -119,8 +120,8 @@ class PlanExceedsBudget(PrivacyError):
     def __init__(self, *, spent: float, budget: float, needed: float, rounds: int) -> None:
         self.spent, self.budget, self.needed, self.rounds = spent, budget, needed, rounds
         super().__init__(
-            f"epsilon spent {spent:.3f} of {budget:.3f}; the {rounds} round(s) planned would "
-            f"reach at least {needed:.3f}"
+            f"the {rounds} round(s) planned would bring epsilon to at least {needed:.3f}, "
+            f"{over_budget(spent, budget)}"
         )
 
 

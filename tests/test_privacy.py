@@ -160,7 +160,7 @@ def test_derived_noise_spends_exactly_the_budget_over_the_planned_rounds() -> No
         PrivacyConfig(noise_multiplier=1.2), training, num_records=420, rounds_left=8
     )
     assert explicit.noise_multiplier == 1.2  # used as it is, once the plan fits (ε < 8)
-    with pytest.raises(PlanExceedsBudget, match="would reach at least 17"):
+    with pytest.raises(PlanExceedsBudget, match="would bring epsilon to at least 17"):
         plan_round(
             PrivacyConfig(noise_multiplier=0.7, accountant="rdp"),
             training,
@@ -257,7 +257,9 @@ def test_refusal_happens_before_any_model_or_gradient(
 
     monkeypatch.setattr(client.task, "build_model", forbidden)
     monkeypatch.setattr(client.task, "train_private", forbidden)
-    with pytest.raises(BudgetExhausted, match=r"uni-a .*epsilon spent 0.000 of 0.500"):
+    with pytest.raises(
+        BudgetExhausted, match=r"uni-a .*over the budget of 0\.500 \(spent so far: 0\.000\)"
+    ):
         train_round(setup, start, TrainConfig(1))
     assert not history_path(data_dir.parent / "state", setup.data.sha256()).exists()
 
@@ -303,12 +305,14 @@ def test_a_plan_that_cannot_fit_is_refused_before_any_training(
     monkeypatch.setattr(client.task, "train_private", forbidden)
     # a later policy with a smaller budget: already spent, whatever the noise
     smaller = _setup(data_dir, epsilon=1.5)
-    spent = r"epsilon spent (1\.9\d\d|2\.000) of 1\.500; the 3 round"
+    spent = r"the 3 round.* over the budget of 1\.500 \(spent so far: (1\.9\d\d|2\.000), already"
     with pytest.raises(BudgetExhausted, match=spent):
         train_round(smaller, weights, TrainConfig(1), run_id=2)
     # an explicit noise multiplier too small for what is left
     fixed = _setup(data_dir, epsilon=2.5, noise_multiplier=0.5)
-    with pytest.raises(BudgetExhausted, match="cannot fit; nothing was trained") as caught:
+    with pytest.raises(
+        BudgetExhausted, match=r"over the budget of 2\.500 .*; nothing was trained$"
+    ) as caught:
         train_round(fixed, weights, TrainConfig(1), run_id=3)
     assert caught.value.next_epsilon > 2.5
     assert path.read_bytes() == saved  # a refusal charges nothing
@@ -322,8 +326,28 @@ def test_delta_at_or_above_one_over_n_is_refused(data_dir: Path) -> None:
 
 
 def test_unreachable_budget_is_a_clear_error() -> None:
-    with pytest.raises(PlanExceedsBudget, match=r"spent 0\.000 of 0\.001; the 8 round\(s\)"):
+    said = (
+        r"^the 8 round\(s\) planned would bring epsilon to at least \d+\.\d{3}, "
+        r"over the budget of 0\.001 \(spent so far: 0\.000\)$"
+    )
+    with pytest.raises(PlanExceedsBudget, match=said):
         plan_round(PrivacyConfig(epsilon=0.001), TrainingConfig(), num_records=300, rounds_left=8)
+
+
+@pytest.mark.parametrize(
+    ("spent", "said"),
+    [(7.412, "spent so far: 7.412"), (8.25, "spent so far: 8.250, already over it")],
+)
+def test_a_refused_round_says_the_epsilon_it_would_reach_and_what_was_spent(
+    spent: float, said: str
+) -> None:
+    refusal = BudgetExhausted(
+        institution="uni-a", dataset_sha256="ab" * 32, spent=spent, budget=8.0, next_eps=8.693
+    )
+    assert str(refusal) == (
+        "privacy budget exhausted for uni-a (dataset abababababab): this round would bring "
+        f"epsilon to 8.693, over the budget of 8.000 ({said}); nothing was trained"
+    )
 
 
 # -- the history file ---------------------------------------------------------
