@@ -1,5 +1,9 @@
 """Shared fixtures: every ledger backend (a SQLite file and the real PostgreSQL server).
 
+Tests that need a tool from outside Python go through the plugin
+:mod:`tests.tools` (skipped where the tool is missing, failed where
+``FEDCOMMONS_REQUIRE`` requires it).
+
 ``url`` is parametrised over both backends, so a test that takes it (or
 ``ledger``) runs once on each; the PostgreSQL run is marked ``postgres``.
 """
@@ -15,6 +19,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from server.ledger import Ledger
+
+pytest_plugins = ["tests.tools"]  # a test that needs a missing tool: skipped, or failed in CI
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

@@ -14,22 +14,24 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 
 from common.receipts import Receipt
 from server.ledger import Ledger
 from server.ledger.cosignatures import cosigned_note
 from server.ledger.schema import Cosignature, LedgerTreeHead, Participant
+from tests.tools import needs
 
 __all__ = ["GO_PROGRAM", "XMOD", "go_checks", "interop_input", "needs_go"]
 
 GO_PROGRAM = Path(__file__).parent / "interop" / "checkpoints.go"
 XMOD = Path("/usr/share/gocode/src/golang.org/x/mod/sumdb")
 
-needs_go = pytest.mark.skipif(
-    shutil.which("go") is None or not (XMOD / "note").is_dir(),
-    reason="needs apt-get install golang-go golang-golang-x-mod-dev (.ci/run installs them)",
+needs_go = needs(
+    "go",
+    missing=None
+    if shutil.which("go") is not None and (XMOD / "note").is_dir()
+    else "needs apt-get install golang-go golang-golang-x-mod-dev (.ci/run installs them)",
 )
 """The interop tests' only skip: where Debian's Go and x/mod are not installed."""
 

@@ -19,6 +19,7 @@ from server.consortium import init_consortium
 from server.deploy import OPERATOR_DIR_ENV, DeployConfig, DeployError, OperatorFiles
 from server.ledger import LedgerError
 from tests.sealed_updates import server_task_identity
+from tests.tools import needs_systemd
 
 assert server_task_identity  # imported so that pytest finds the fixture
 
@@ -146,10 +147,7 @@ def test_service_units_run_a_role_command_unprivileged_and_restart(unit: Path) -
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None,
-    reason="systemd-analyze is not installed (Debian package systemd)",
-)
+@needs_systemd
 def test_service_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     fedcommons = Path(sys.executable).parent / "fedcommons"
     for unit in sorted(UNITS.glob("*.service")):

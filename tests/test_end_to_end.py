@@ -47,6 +47,7 @@ from server.ledger.report import ledger_report
 from server.runs import RunFailed, follow_run, submit_run
 from server.snapshots import load_snapshot
 from tests.go_interop import go_checks, interop_input, needs_go
+from tests.tools import CHROMIUM, needs_chromium
 
 pytestmark = pytest.mark.e2e
 
@@ -537,10 +538,8 @@ learning-rate = 0.5
 
 # -- the dashboard in a real browser ---------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
 
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install)")
+@needs_chromium
 def test_the_dashboard_in_a_real_browser(demo: DemoRun, tmp_path: Path) -> None:
     """`audit serve` on a copy of the demo's ledger, driven by Chromium through Playwright."""
     from playwright.sync_api import expect, sync_playwright

@@ -2,7 +2,9 @@
 
 The script is the test (it is also what an operator can run to try a
 release); here it runs with this checkout's ``fedcommons`` first on PATH.
-It exits 77 only where network namespaces cannot be created, and says why.
+It exits 77 only where network namespaces cannot be created, and says why:
+the test is then skipped, or failed where ``FEDCOMMONS_REQUIRE`` requires
+``netns`` (:mod:`tests.tools`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tools import missing_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.netns, pytest.mark.postgres]
 
@@ -33,7 +37,7 @@ def test_a_consortium_across_five_namespaced_hosts(tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     if result.returncode == SKIPPED:
-        pytest.skip(output.strip().splitlines()[-1])
+        missing_tool("netns", output.strip().splitlines()[-1])
     assert result.returncode == 0, output[-6000:]
     assert "the unregistered host was refused" in output
     assert "participants reach only the SuperLink port" in output
