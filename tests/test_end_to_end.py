@@ -43,6 +43,7 @@ from server.consortium import admit, init_consortium
 from server.deploy import OperatorFiles
 from server.flower import CONNECTION
 from server.ledger import Ledger
+from server.ledger.contributions import contributions_report
 from server.ledger.report import ledger_report
 from server.runs import RunFailed, follow_run, submit_run
 from server.snapshots import load_snapshot
@@ -318,6 +319,36 @@ def test_operator_run_against_the_demo_superlink(tmp_path: Path) -> None:
     assert (run["id"], run["status"]) == (summary["ledger_run_id"], "finished")
     assert run["flower_run_id"] == str(summary["flower_run_id"])
     assert f"submitted Flower run {summary['flower_run_id']}" in result.stderr
+
+
+def test_every_aggregation_rule_runs_with_valuation_on_real_processes(tmp_path: Path) -> None:
+    """Each of Flower's rules the policy offers, one run each on one federation, valued.
+
+    FedMedian and FedTrimmedAvg pop the arrays out of the replies they
+    aggregate; valuation (on by default) used to read them afterwards and
+    crashed every such run at round 1, after the members had trained.
+    """
+    rules = ["fedavg", "trimmed-mean", "median", "krum", "multi-krum", "bulyan"]
+    base = Policy().with_overrides({"federation.rounds": 1, "privacy.dp": False})
+    assert base.valuation.method != "none"  # valuation is on, as by default
+    consortium = demo_consortium(tmp_path, base, f"sqlite:///{tmp_path / 'ledger.db'}")
+    policies = [base.with_overrides({"federation.aggregator": rule}) for rule in rules]
+    ledger = Ledger(consortium.operator.deploy().ledger_url)
+    with started_federation(consortium, base) as federation:
+        for rule, policy in zip(rules, policies, strict=True):
+            outcome = follow_run(federation.cli, ledger, submit_run(federation.cli, policy))
+            assert outcome.status == "finished:completed", rule
+    with ledger.session() as session:
+        runs = ledger_report(session)["runs"]
+        valued = contributions_report(session)
+    ledger.close()
+    assert [(r["status"], len(r["rounds"]), len(r["privacy_charges"])) for r in runs] == [
+        ("finished", 1, 3)
+    ] * len(rules)
+    assert [r["policy_sha256"] for r in runs] == [p.sha256() for p in policies]
+    for run in valued:
+        (round_one,) = run["rounds"]
+        assert sorted(round_one["values_ppm"]) == INSTITUTIONS
 
 
 def _chunks(data: bytes, size: int = 64) -> list[bytes]:

@@ -18,9 +18,11 @@ from common.images import ImageData
 from common.local_data import load_local_data
 from common.policy import FederationConfig, Policy, PolicyError
 from fedcommons.demo_setup import prepare_data
+from server.ledger.contributions import contributions_report
 from server.ledger.report import ledger_report
 from server.ledger.verify import verify_ledger
 from server.strategy import Defences, LedgerRecorder, NormBound, build_aggregator, rule_effects
+from server.valuation import Valuer
 from tests.attacks import ATTACKS
 from tests.hostile_federation import FLOWER_RUN, LABEL_FLIP, HostileFederation
 from tests.sealed_updates import (
@@ -123,6 +125,52 @@ def test_krum_keeps_one_update_and_records_the_others_as_discarded(tmp_path: Pat
     assert any(np.array_equal(result, h) for h in HONEST)  # one honest update, as it was
     discarded = sorted(str(d["institution"]) for d in defences if d["action"] == "discarded")
     assert len(discarded) == 4 and "i1" in discarded
+
+
+RULES = {
+    "fedavg": {},
+    "trimmed-mean": {},
+    "median": {},
+    "krum": {"byzantine": 1},
+    "multi-krum": {"byzantine": 1},
+    "bulyan": {},
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_rule_is_valued_and_recorded(tmp_path: Path, rule: str) -> None:
+    """Flower's FedMedian and FedTrimmedAvg pop the arrays out of the replies they aggregate;
+    valuation, after them, reads the updates as the rule received them."""
+    federation = _federation(aggregator=rule, **RULES[rule])
+    ledger, run_id = ledger_with_run(tmp_path, NAMES)
+
+    def distance(w: dict[str, np.ndarray]) -> tuple[float, float]:
+        gap = float(np.abs(w["w"] - 2).sum())
+        return gap, 1 / (1 + gap)
+
+    strategy = make_strategy(
+        tmp_path, ledger, run_id, min_nodes=5, model=MODEL, nodes=NODES,
+        aggregator=build_aggregator(federation), evaluator=distance,
+    )  # fmt: skip
+    strategy.defences = Defences.of(federation)
+    strategy.valuer = Valuer(Policy().valuation, seed=1)
+    updates = [*HONEST, np.full(4, 2.5, np.float32)]
+    replies = [
+        sealed_reply(node, name, {"w": w}, 100, model=MODEL)
+        for node, name, w in zip(NODES, NAMES, updates, strict=True)
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    strategy.finish_round(1, arrays)
+    assert [name for name, _, _ in strategy.round_updates()] == list(NAMES)
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+        (valued,) = contributions_report(s)
+    assert [r["round"] for r in run["rounds"]] == [1]
+    (values,) = [r["values_ppm"] for r in valued["rounds"]]
+    assert sorted(values) == sorted(NAMES)
+    assert verify_ledger(ledger).rows_checked > 0
+    ledger.close()
 
 
 # -- the norm bound -------------------------------------------------------------------

@@ -24,7 +24,7 @@ from common.protocol import ExclusionCode
 from common.witness import COSIGNATURES, cosignatures_of
 from server.ledger import ExclusionFact
 from server.strategy.admission import LicenceGate
-from server.strategy.intake import RoundIntake, UpdateIntake, sender
+from server.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender
 from server.strategy.outbox import ReceiptOutbox
 from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
 from server.strategy.robust import Defences
@@ -105,6 +105,8 @@ class ConsortiumStrategy(Strategy):
         self._started = time.monotonic()
         self._model_before = ""
         self._round = RoundIntake()
+        self._bounded: list[tuple[str, Arrays, int]] = []
+        """The round's accepted updates as the rule received them (Flower's rules may pop them)."""
         self._sent: list[Message] = []
         self._phases: dict[str, float] = {}
         """Seconds of the round's server-side phases, logged once the round is recorded."""
@@ -176,6 +178,8 @@ class ConsortiumStrategy(Strategy):
             key = self.intake.arrayrecord_key
             effects = self.defences.apply(self._global, intake.accepted, key)
             self.recorder.record_defences(server_round, effects)
+        # Read before the rule: FedMedian and FedTrimmedAvg pop the arrays out of the replies.
+        self._bounded = self._as_aggregated(intake.accepted)
         return self.aggregator.aggregate_train(server_round, [a.message for a in intake.accepted])
 
     def configure_evaluate(
@@ -253,6 +257,9 @@ class ConsortiumStrategy(Strategy):
 
     def round_updates(self) -> list[tuple[str, Arrays, int]]:
         """The last round's accepted updates as aggregated (bounded), with their example counts."""
+        return list(self._bounded)
+
+    def _as_aggregated(self, accepted: list[Accepted]) -> list[tuple[str, Arrays, int]]:
         key = self.intake.arrayrecord_key
         return [
             (
@@ -260,7 +267,7 @@ class ConsortiumStrategy(Strategy):
                 arrays_of(a.message.content.array_records[key]),
                 a.update.num_examples,
             )
-            for a in self._round.accepted
+            for a in accepted
         ]
 
     @property
