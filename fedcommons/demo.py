@@ -32,6 +32,7 @@ from server.ledger.schema import Run
 from server.operate import prepare_resume
 from server.resume import ResumeError
 from server.runs import (
+    LedgerLost,
     RoundProgress,
     RunFailed,
     RunOutcome,
@@ -81,9 +82,9 @@ def run_demo(
     """
     started = time.monotonic()
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
-    resuming = unfinished_run(workdir, ledger_url) if resume else None
+    resuming = unfinished_run(workdir, ledger_url) if resume else None  # creates nothing
+    workdir.mkdir(parents=True, exist_ok=True)
     if resuming is not None:
         policy = resuming[1]
     demo = demo_consortium(workdir, policy, ledger_url)
@@ -147,6 +148,11 @@ def _follow(
     except (FederationError, KeyboardInterrupt) as err:
         if isinstance(err, RunFailed):
             raise
+        if isinstance(err, LedgerLost):
+            raise FederationError(
+                f"{err}; once the database answers again, 'fedcommons demo --resume' in the "
+                "same folder continues it"
+            ) from None
         run, rounds = read_rounds(ledger, flower_run_id)
         if run is None:
             raise
@@ -164,7 +170,7 @@ def unfinished_run(workdir: Path, ledger_url: str) -> tuple[int, Policy]:
     """The folder's last run that did not finish, and its own policy; refuse if none."""
     if not (workdir / "operator" / "consortium.json").is_file():
         raise ResumeError(f"{workdir} holds no demo to resume (no operator folder)")
-    ledger = Ledger(ledger_url)
+    ledger = Ledger(ledger_url, create=False)
     try:
         with ledger.session() as session:
             run = session.scalar(

@@ -23,14 +23,21 @@ from server.ledger import Ledger
 from server.ledger.runs import flower_runs, request_resume
 from server.progress import round_bar
 from server.resume import ResumeError, ResumePoint, check_resumable
-from server.runs import RunOutcome, follow_run, mark_interrupted, read_rounds, submit_run
+from server.runs import (
+    LedgerLost,
+    RunOutcome,
+    follow_run,
+    mark_interrupted,
+    read_rounds,
+    submit_run,
+)
 
 __all__ = ["follow_with_progress", "prepare_resume", "resume_run", "run_policy", "summary_of"]
 
 
 def run_policy(files: OperatorFiles, policy: Policy, cli: FlwrCli, console: Console) -> RunOutcome:
     """Submit ``policy`` as a new run and follow it."""
-    ledger = Ledger(files.deploy().ledger_url)
+    ledger = Ledger(files.deploy().ledger_url, create=False)  # 'operator init' made it
     try:
         flower_run_id = submit_run(cli, policy)
         console.print(f"submitted Flower run {flower_run_id} ({policy.federation.rounds} rounds)")
@@ -56,7 +63,7 @@ def resume_run(
         snapshot is missing or differs from the ledger; nothing is written.
     """
     deploy = files.deploy()
-    ledger = Ledger(deploy.ledger_url)
+    ledger = Ledger(deploy.ledger_url, create=False)
     try:
         recorded, point = prepare_resume(ledger, deploy.snapshot_dir, run_id, cli, policy)
         flower_run_id = submit_run(cli, recorded)
@@ -119,6 +126,13 @@ def follow_with_progress(
         # A resumed run's recorded rounds show as soon as its ServerApp takes it over.
         with round_bar(console, policy.federation.rounds) as on_round:
             return follow_run(cli, ledger, flower_run_id, on_round=on_round)
+    except LedgerLost as err:
+        how = f"--run {err.run_id}" if err.run_id is not None else "--run N"
+        raise LedgerLost(
+            f"{err}; once the database answers again, 'fedcommons operator resume {how}' "
+            "continues it",
+            err.run_id,
+        ) from None
     except KeyboardInterrupt:
         with contextlib.suppress(FederationError):
             cli.json("stop", str(flower_run_id), cli.connection)

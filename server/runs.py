@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from common.policy import Policy
 from common.protocol import ExclusionCode
 from server.flower import FederationError, FlwrCli, build_app_dir, write_run_config
-from server.ledger import Ledger, finish_run
+from server.ledger import Ledger, LedgerUnreachable, finish_run
 from server.ledger.schema import Charge, Exclusion, FlowerRun, Round, Run
 
 __all__ = [
+    "LedgerLost",
     "PrivacyBudgetExhausted",
     "RoundProgress",
     "RunFailed",
@@ -42,6 +44,17 @@ __all__ = [
 
 class SuperLinkLost(FederationError):
     """The SuperLink stopped answering while a run was followed; the run is resumable."""
+
+
+class LedgerLost(FederationError):
+    """The ledger's database stayed unreachable while a run was followed; the run is resumable.
+
+    ``run_id`` is the ledger's run (``None`` if it was not known yet).
+    """
+
+    def __init__(self, message: str, run_id: int | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class RunFailed(FederationError):
@@ -96,34 +109,42 @@ def _submit(cli: FlwrCli, policy: Policy, folder: Path) -> int:
 
 
 def read_rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundProgress]]:
-    """The ledger's run for a Flower run id (``None`` until it starts) and its rounds."""
-    with ledger.session() as session:
-        run = session.scalar(select(Run).where(Run.flower_run_id == str(flower_run_id)))
-        if run is None:  # a resumed run: carried by this Flower run from a later round
-            run = session.scalar(
-                select(Run)
-                .join(FlowerRun, FlowerRun.run_id == Run.id)
-                .where(FlowerRun.flower_run_id == str(flower_run_id))
-            )
-        if run is None:
-            return None, []
-        rows = session.scalars(
-            select(Round).where(Round.run_id == run.id).order_by(Round.number)
-        ).all()
-        epsilon: dict[int, dict[str, float]] = {}
-        for charge in session.scalars(select(Charge).where(Charge.run_id == run.id)):
-            epsilon.setdefault(charge.round_number, {})[charge.participant.name] = charge.epsilon
-        return run, [
-            RoundProgress(
-                r.number,
-                r.accuracy,
-                r.loss,
-                r.num_participants,
-                r.seconds,
-                epsilon.get(r.number, {}),
-            )
-            for r in rows
-        ]
+    """The ledger's run for a Flower run id (``None`` until it starts) and its rounds.
+
+    A dropped connection is tried again (:meth:`~server.ledger.Ledger.transact`).
+    """
+    return ledger.transact(
+        lambda session: _read_rounds(session, flower_run_id), what="reading the run's rounds"
+    )
+
+
+def _read_rounds(session: Session, flower_run_id: int) -> tuple[Run | None, list[RoundProgress]]:
+    run = session.scalar(select(Run).where(Run.flower_run_id == str(flower_run_id)))
+    if run is None:  # a resumed run: carried by this Flower run from a later round
+        run = session.scalar(
+            select(Run)
+            .join(FlowerRun, FlowerRun.run_id == Run.id)
+            .where(FlowerRun.flower_run_id == str(flower_run_id))
+        )
+    if run is None:
+        return None, []
+    rows = session.scalars(
+        select(Round).where(Round.run_id == run.id).order_by(Round.number)
+    ).all()
+    epsilon: dict[int, dict[str, float]] = {}
+    for charge in session.scalars(select(Charge).where(Charge.run_id == run.id)):
+        epsilon.setdefault(charge.round_number, {})[charge.participant.name] = charge.epsilon
+    return run, [
+        RoundProgress(
+            r.number,
+            r.accuracy,
+            r.loss,
+            r.num_participants,
+            r.seconds,
+            epsilon.get(r.number, {}),
+        )
+        for r in rows
+    ]
 
 
 def exhausted_budgets(ledger: Ledger, run_id: int) -> list[str]:
@@ -166,18 +187,45 @@ def follow_run(
 
     Raises
     ------
+    LedgerLost
+        The ledger's database stayed unreachable (after
+        :meth:`~server.ledger.Ledger.transact`'s retries); the run is recorded
+        ``interrupted`` if the ledger answers once more, and is resumable.
     PrivacyBudgetExhausted
         The run stopped because budgets ran out (each refusal is listed).
     RunFailed
         Any other run that did not finish, with Flower's status and the end
         of the ServerApp's log.
     """
+    followed: list[int | None] = [None]  # the ledger's run, once it is known
+    try:
+        return _follow_run(
+            cli, ledger, flower_run_id, followed, on_round, check, poll, status_interval,
+            lost_after, start_within,
+        )  # fmt: skip
+    except LedgerUnreachable as err:
+        raise _ledger_lost(ledger, followed[0], err) from None
+
+
+def _follow_run(
+    cli: FlwrCli,
+    ledger: Ledger,
+    flower_run_id: int,
+    followed: list[int | None],
+    on_round: Callable[[RoundProgress], None] | None,
+    check: Callable[[], None] | None,
+    poll: float,
+    status_interval: float,
+    lost_after: float,
+    start_within: float,
+) -> RunOutcome:
     seen, next_status = 0, 0.0
     status: dict[str, Any] = {}
     unanswered_since: float | None = None
     started = time.monotonic()
     while True:
-        _, rounds = read_rounds(ledger, flower_run_id)
+        run, rounds = read_rounds(ledger, flower_run_id)
+        followed[0] = run.id if run is not None else None
         for progress in rounds[seen:]:
             if on_round is not None:
                 on_round(progress)
@@ -239,6 +287,21 @@ def follow_run(
     )
 
 
+def _ledger_lost(ledger: Ledger, run_id: int | None, err: LedgerUnreachable) -> LedgerLost:
+    """The ledger stayed unreachable: record the run interrupted if it answers once more."""
+    if run_id is None:
+        return LedgerLost(f"{err}; the run was not in the ledger yet", None)
+    try:
+        with ledger.session() as session:
+            run = session.get(Run, run_id)
+            if run is not None and run.status in ("running", "resuming"):
+                finish_run(session, run_id, "interrupted", reason=f"lost the ledger: {err}")
+        recorded = "is recorded as interrupted"
+    except LedgerUnreachable:
+        recorded = "still says running in the ledger (the resume records it interrupted)"
+    return LedgerLost(f"{err}. Run {run_id} {recorded}", run_id)
+
+
 def _last_lines(text: str, count: int) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
 
@@ -263,8 +326,11 @@ def mark_interrupted(ledger: Ledger, run_id: int, reason: str) -> Run | None:
     The ServerApp records how its run ends; one killed outright cannot, so
     whoever notices (the demo, ``operator run``, ``operator resume``) does.
     """
-    with ledger.session() as session:
+
+    def record(session: Session) -> Run | None:
         run = session.get(Run, run_id)
         if run is not None and run.status in ("running", "resuming"):
             finish_run(session, run_id, "interrupted", reason=reason)
         return run
+
+    return ledger.transact(record, what=f"recording run {run_id} interrupted")

@@ -201,13 +201,15 @@ def main(grid: Grid, context: Context) -> None:
         log.error("run interrupted: %s", reason)
         raise
     finally:
-        with ledger.session() as session:
-            finish_run(
+        ledger.transact(
+            lambda session: finish_run(
                 session,
                 opened.run_id,
                 status,
                 test_accuracy=test_accuracy,
                 test_loss=test_loss,
                 reason=reason,
-            )
+            ),
+            what=f"recording how run {opened.run_id} ended",
+        )
         ledger.close()

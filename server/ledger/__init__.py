@@ -31,7 +31,7 @@ from server.ledger.facts import (
     refuse_admission,
 )
 from server.ledger.runs import finish_run, start_run
-from server.ledger.store import Ledger, LedgerError, normalise_url
+from server.ledger.store import Ledger, LedgerError, LedgerUnreachable, normalise_url
 from server.ledger.tokens import ApiToken  # registered with the schema (ledger v11)
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "ExclusionFact",
     "Ledger",
     "LedgerError",
+    "LedgerUnreachable",
     "UpdateFact",
     "Valuation",
     "admit_participant",

@@ -273,16 +273,36 @@ def record_privacy(
     charges: list[ChargeFact],
     exclusions: list[ExclusionFact],
 ) -> None:
-    """Record a round's privacy charges and exclusions as soon as the replies are in."""
+    """Record a round's privacy charges and exclusions as soon as the replies are in.
+
+    A charge already recorded (the same run, round, participant and
+    accountant history: the same spend, seen again when a write is retried
+    or a round is recovered after a crash) is not recorded twice.
+    """
     for fact in charges:
+        participant_id = _participant(session, fact.institution, "privacy charge").id
+        fields = fact.charge.as_dict()  # the row's columns are the charge's fields
+        if _charged(session, run_id, round_number, participant_id, fields["history_sha256"]):
+            continue
         charge = Charge(
-            run_id=run_id,
-            round_number=round_number,
-            participant_id=_participant(session, fact.institution, "privacy charge").id,
-            **fact.charge.as_dict(),  # the row's columns are the charge's fields
+            run_id=run_id, round_number=round_number, participant_id=participant_id, **fields
         )
         record_row(session, charge, "privacy-charge")
     record_exclusions(session, run_id, round_number, exclusions)
+
+
+def _charged(
+    session: Session, run_id: int, round_number: int, participant_id: int, history_sha256: object
+) -> bool:
+    found = session.scalar(
+        select(Charge.id).where(
+            Charge.run_id == run_id,
+            Charge.round_number == round_number,
+            Charge.participant_id == participant_id,
+            Charge.history_sha256 == history_sha256,
+        )
+    )
+    return found is not None
 
 
 def record_exclusions(

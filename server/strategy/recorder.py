@@ -12,10 +12,10 @@ strategy alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
@@ -50,6 +50,8 @@ from server.snapshots import save_envelopes, save_server_state, save_snapshot
 from server.valuation import RoundValues
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder", "held_heads"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,26 @@ class LedgerRecorder:
         self.snapshot_dir = snapshot_dir
         self.signer = signer
         self._tree = LedgerTree()
+        self._tree_unsure = False  # a failed write may have left leaves it rolled back
         self._heads: dict[str, TreeHead] = {}  # the head each participant's node holds
         self._heads_read = False
+
+    def _write(self, work: Callable[[Session], T], what: str) -> T:
+        """``work`` in one ledger transaction, tried again after a lost connection.
+
+        A try that failed may have read into the Merkle tree entries its
+        rollback removed: the next try reads the tree afresh.
+        """
+
+        def attempt(session: Session) -> T:
+            if self._tree_unsure:
+                self._tree = LedgerTree()
+            self._tree_unsure = True
+            return work(session)
+
+        result = self.ledger.transact(attempt, what=f"{what} (run {self.run_id})")
+        self._tree_unsure = False
+        return result
 
     def _held_heads(self, session: Session) -> None:
         """Once per run: the head each node holds, from the ledger (see :func:`held_heads`).
@@ -169,57 +189,67 @@ class LedgerRecorder:
         proof from the head its node holds (:func:`held_heads`); a node that
         already holds one finds the same entry under the same head and keeps it.
         """
-        owed: list[Receipt] = []
         if self.signer is None:
-            return owed
-        with self.ledger.session() as session:
-            self._tree.sync(session)
-            self._held_heads(session)
-            carriers = flower_runs(session, self.run_id)
-            for number, round_id, _, last_seq in _recorded_rounds(session, self.run_id):
-                head = _head_covering(session, last_seq)
-                if number != rounds_done or head is None:
-                    continue
-                flower_run = [f for f, first in carriers if first <= number][-1]
-                owed = round_receipts(
-                    session,
-                    self._tree,
-                    head,
-                    round_id=round_id,
-                    server_round=number,
-                    flower_run_id=str(flower_run),
-                    previous={n: h for n, h in self._heads.items() if h.tree_size < head.tree_size},
-                )
-                self._heads.update({r.participant: head for r in owed})
+            return []
+        return self._write(lambda session: self._resume(session, rounds_done), "resuming")
+
+    def _resume(self, session: Session, rounds_done: int) -> list[Receipt]:
+        owed: list[Receipt] = []
+        self._tree.sync(session)
+        self._held_heads(session)
+        carriers = flower_runs(session, self.run_id)
+        for number, round_id, _, last_seq in _recorded_rounds(session, self.run_id):
+            head = _head_covering(session, last_seq)
+            if number != rounds_done or head is None:
+                continue
+            flower_run = [f for f, first in carriers if first <= number][-1]
+            owed = round_receipts(
+                session,
+                self._tree,
+                head,
+                round_id=round_id,
+                server_round=number,
+                flower_run_id=str(flower_run),
+                previous={n: h for n, h in self._heads.items() if h.tree_size < head.tree_size},
+            )
+            self._heads.update({r.participant: head for r in owed})
         return owed
 
     def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
         """Keep the cosignatures that verify; the largest is the head the node holds now."""
         if not cosigned:
             return []
-        with self.ledger.session() as session:
-            largest, refused = record_cosignatures(session, institution, cosigned)
+        largest, refused = self._write(
+            lambda session: record_cosignatures(session, institution, cosigned),
+            f"recording {institution}'s cosignatures",
+        )
         if largest is not None:
             self._heads[institution] = largest
         return refused
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         if exclusions:
-            with self.ledger.session() as session:
-                record_exclusions(session, self.run_id, server_round, exclusions)
+            self._write(
+                lambda session: record_exclusions(session, self.run_id, server_round, exclusions),
+                f"recording round {server_round}'s exclusions",
+            )
 
     def record_replies(
         self, server_round: int, charges: list[ChargeFact], exclusions: list[ExclusionFact]
     ) -> None:
-        with self.ledger.session() as session:
-            record_privacy(
+        self._write(
+            lambda session: record_privacy(
                 session, self.run_id, server_round, charges=charges, exclusions=exclusions
-            )
+            ),
+            f"recording round {server_round}'s privacy charges",
+        )
 
     def record_defences(self, server_round: int, defences: list[DefenceFact]) -> None:
         if defences:
-            with self.ledger.session() as session:
-                record_defences(session, self.run_id, server_round, defences)
+            self._write(
+                lambda session: record_defences(session, self.run_id, server_round, defences),
+                f"recording round {server_round}'s defences",
+            )
 
     def record_round(self, result: FinishedRound) -> list[Receipt]:
         if self.snapshot_dir is not None:
@@ -227,44 +257,49 @@ class LedgerRecorder:
             save_envelopes(self.snapshot_dir, result.number, result.envelopes)
             if result.server_state:
                 save_server_state(self.snapshot_dir, result.number, result.server_state)
-        with self.ledger.session() as session:
-            row = record_round(
-                session,
-                self.run_id,
-                number=result.number,
-                model_sha256_before=result.model_before,
-                model_sha256_after=result.model_after,
-                loss=result.loss,
-                accuracy=result.accuracy,
-                seconds=time.monotonic() - result.started,
-                updates=list(result.updates),
-            )
-            values = (
-                record_valuation(session, self.run_id, result.number, result.valuation)
-                if result.valuation is not None
-                else {}
-            )
-            if self.signer is None:
-                return []
-            self._held_heads(session)
-            head = sign_tree_head(
-                session,
-                self.signer,
-                note=f"run {self.run_id} round {result.number}",
-                tree=self._tree,
-            )
-            receipts = round_receipts(
-                session,
-                self._tree,
-                head,
-                round_id=row.id,
-                server_round=result.number,
-                flower_run_id=self.flower_run_id,
-                previous=self._heads,
-                contributions=values,
-            )
+        receipts = self._write(
+            lambda session: self._record_round(session, result), f"recording round {result.number}"
+        )
         for receipt in receipts:
-            self._heads[receipt.participant] = head
+            self._heads[receipt.participant] = receipt.tree_head
+        return receipts
+
+    def _record_round(self, session: Session, result: FinishedRound) -> list[Receipt]:
+        row = record_round(
+            session,
+            self.run_id,
+            number=result.number,
+            model_sha256_before=result.model_before,
+            model_sha256_after=result.model_after,
+            loss=result.loss,
+            accuracy=result.accuracy,
+            seconds=time.monotonic() - result.started,
+            updates=list(result.updates),
+        )
+        values = (
+            record_valuation(session, self.run_id, result.number, result.valuation)
+            if result.valuation is not None
+            else {}
+        )
+        if self.signer is None:
+            return []
+        self._held_heads(session)
+        head = sign_tree_head(
+            session,
+            self.signer,
+            note=f"run {self.run_id} round {result.number}",
+            tree=self._tree,
+        )
+        receipts = round_receipts(
+            session,
+            self._tree,
+            head,
+            round_id=row.id,
+            server_round=result.number,
+            flower_run_id=self.flower_run_id,
+            previous=self._heads,
+            contributions=values,
+        )
         return receipts
 
 
