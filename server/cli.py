@@ -152,7 +152,7 @@ def admit_request(
     cli = FlwrCli(files.flwr_home)
     consortium = files.consortium()
     policy = files.policy()
-    ledger = Ledger(files.deploy().ledger_url)
+    ledger = Ledger(files.deploy().ledger_url, create=False)  # 'operator init' made it
 
     try:
         admitted = admit(

@@ -32,7 +32,8 @@ LedgerOption = Annotated[
 
 
 def _ledger(folder: Path, url: str | None) -> Ledger:
-    return Ledger(url or OperatorFiles(folder.resolve()).deploy().ledger_url)
+    """The consortium's ledger, which must exist: a token is never the first thing in one."""
+    return Ledger(url or OperatorFiles(folder.resolve()).deploy().ledger_url, create=False)
 
 
 @app.command("issue")

@@ -300,3 +300,67 @@ def test_a_median_outnumbered_by_attackers_is_refused_by_the_policy(tmp_path: Pa
     assert "federation.aggregator = 'median' tolerating 2 attacker(s) needs min-nodes >= 5" in line
     policy.write_text('[federation]\naggregator = "median"\nbyzantine = 2\nmin-nodes = 5\n')
     assert _run("operator", "check-policy", str(policy)).exit_code == 0
+
+
+# -- held out: commands that need an existing ledger never make one ----------------------
+
+
+def _other_application_db(path: Path, *, alembic_version: str | None = None) -> bytes:
+    """A SQLite file some other program wrote (with an Alembic version of its own)."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        connection.execute("INSERT INTO users (name) VALUES ('alice')")
+        if alembic_version is not None:
+            connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+            connection.execute("INSERT INTO alembic_version VALUES (?)", (alembic_version,))
+    connection.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("command", [["issue", "--name", "auditor"], ["list"]])
+def test_a_token_command_never_creates_a_ledger(tmp_path: Path, command: list[str]) -> None:
+    missing = tmp_path / "gone" / "ledger.db"
+    line = _one_clean_line(_run("operator", "token", *command, "--ledger", f"sqlite:///{missing}"))
+    assert f"no ledger at sqlite:///{missing}: the file does not exist" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (None, "is not a FedCommons ledger (no schema version table)"),
+        ("ae1027a6acf", "is not a FedCommons ledger: its schema version 'ae1027a6acf' is none"),
+    ],
+)
+def test_another_applications_database_is_refused_untouched(
+    tmp_path: Path, version: str | None, message: str
+) -> None:
+    other = tmp_path / "app.db"
+    before = _other_application_db(other, alembic_version=version)
+    url = f"sqlite:///{other}"
+    for command in (
+        ["operator", "token", "issue", "--name", "auditor", "--ledger", url],
+        ["operator", "token", "list", "--ledger", url],
+        ["audit", "show", "--ledger", url],
+    ):
+        assert message in _one_clean_line(_run(*command))
+        assert other.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
+
+
+def test_demo_resume_without_its_ledger_creates_nothing(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    (workdir / "operator").mkdir(parents=True)
+    (workdir / "operator" / "consortium.json").write_text("{}")
+    before = _tree(tmp_path)
+    line = _one_clean_line(_run("demo", "--resume", "--workdir", str(workdir)))
+    assert f"no ledger at sqlite:///{workdir / 'ledger.db'}: the file does not exist" in line
+    assert _tree(tmp_path) == before
+
+
+def test_operator_resume_without_its_ledger_creates_nothing(operator: Path) -> None:
+    (operator / "ledger.db").unlink()
+    before = _tree(operator)
+    line = _one_clean_line(_run("operator", "resume", "--run", "1", "--dir", str(operator)))
+    assert f"no ledger at sqlite:///{operator / 'ledger.db'}: the file does not exist" in line
+    assert _tree(operator) == before

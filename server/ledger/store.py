@@ -74,6 +74,18 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def _revisions() -> frozenset[str]:
+    """Every schema version FedCommons's migrations write."""
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
 def _engine(url: str, read_only: bool = False) -> Engine:
     """The engine for ``url``; unknown dialects and missing drivers are clear errors.
 
@@ -296,18 +308,6 @@ def _is_disconnect(err: DBAPIError) -> bool:
     """Whether ``err`` says the connection to the database is gone (not a refused statement)."""
     text = str(err.orig).lower()
     return err.connection_invalidated or any(marker in text for marker in _DISCONNECTED)
-
-
-def _alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return config
-
-
-def _revisions() -> frozenset[str]:
-    """Every schema version FedCommons's migrations write."""
-    scripts = ScriptDirectory.from_config(_alembic_config())
-    return frozenset(script.revision for script in scripts.walk_revisions())
 
 
 def _is_lock_timeout(err: OperationalError) -> bool:
