@@ -108,6 +108,19 @@ class ProcessTree:
                     changed = True
         return found
 
+    def cpu_ticks(self, pid: int) -> dict[int, int]:
+        """Clock ticks of CPU (user and system) used so far by ``pid`` and each live
+        descendant noted, by PID: what a process still starting is busy with."""
+        ticks: dict[int, int] = {}
+        for known in self.descendants(pid):
+            try:
+                text = (_PROC / str(known) / "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2 :].split()
+            ticks[known] = int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM every live process noted (and its group), then SIGKILL what is left."""
         self._signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ from fedcommons.demo_setup import (
     demo_consortium,
     started_federation,
 )
-from fedcommons.local_federation import LocalFederation
+from fedcommons.local_federation import STARTUP_TIMEOUT, LocalFederation
 from fedcommons.summary import summarise
 from server.flower import FederationError
 from server.ledger import Ledger
@@ -58,6 +58,7 @@ def run_demo(
     resume: bool = False,
     isolation: str = "warm",
     encoder_cache: bool = True,
+    startup_timeout: float = STARTUP_TIMEOUT,
 ) -> dict[str, Any]:
     """Run the whole demo and return (and write) ``summary.json``.
 
@@ -72,7 +73,8 @@ def run_demo(
     quorum holds). If the SuperLink dies, or the demo is interrupted, the run
     is recorded ``interrupted``; ``resume`` then continues the folder's last
     unfinished run with its own policy (``policy`` is not used) from its last
-    recorded round, and the summary covers the whole run.
+    recorded round, and the summary covers the whole run. ``startup_timeout``
+    is the most seconds each Flower process may take to start listening.
 
     Raises
     ------
@@ -92,7 +94,12 @@ def run_demo(
     ledger = Ledger(ledger_url)
     try:
         with started_federation(
-            demo, policy, insecure=insecure, isolation=isolation, encoder_cache=encoder_cache
+            demo,
+            policy,
+            insecure=insecure,
+            isolation=isolation,
+            encoder_cache=encoder_cache,
+            startup_timeout=startup_timeout,
         ) as federation:
             if resuming is not None:
                 snapshots = operator.deploy().snapshot_dir

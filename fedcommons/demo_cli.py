@@ -16,6 +16,7 @@ from common.epsilon import format_epsilon
 from common.policy import MODELS, Policy, PolicyError
 from fedcommons.demo import run_demo, unfinished_run
 from fedcommons.demo_setup import prepare_data, with_model
+from fedcommons.local_federation import STALL_SHARE, STARTUP_TIMEOUT
 from server.progress import round_bar, rounds_table
 from server.runs import RoundProgress
 
@@ -94,6 +95,14 @@ def demo(
             "the base model once; subprocess: Flower starts each ClientApp from scratch.",
         ),
     ] = "warm",
+    startup_timeout: Annotated[
+        float,
+        typer.Option(
+            help="The most seconds each Flower process may take to start listening; one that "
+            f"exits, or uses no CPU for {STALL_SHARE:.0%} of it, fails sooner. Raise it on a "
+            "busy machine.",
+        ),
+    ] = STARTUP_TIMEOUT,
 ) -> None:
     """Train a CNN (or BERT) across three institutions on real Flower SuperLink/SuperNodes.
 
@@ -113,6 +122,11 @@ def demo(
     if isolation not in ISOLATIONS:
         raise typer.BadParameter(
             f"--isolation is {' or '.join(ISOLATIONS)}, not {isolation!r}", param_hint="--isolation"
+        )
+    if startup_timeout <= 0:
+        raise typer.BadParameter(
+            f"--startup-timeout is seconds, more than 0, not {startup_timeout:g}",
+            param_hint="--startup-timeout",
         )
     policy = Policy.load(policy_file) if policy_file else Policy()
     if resume:  # shown as the run recorded it
@@ -175,6 +189,7 @@ def demo(
                 insecure=insecure,
                 resume=resume,
                 isolation=isolation,
+                startup_timeout=startup_timeout,
             )
     except KeyboardInterrupt:
         console.print(

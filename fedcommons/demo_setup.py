@@ -28,7 +28,7 @@ from common.images import write_npz
 from common.local_data import LocalData, data_suffix, load_local_data, server_split_path
 from common.policy import Policy, Scalar
 from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
-from fedcommons.local_federation import LocalFederation, NodeSpec, free_port
+from fedcommons.local_federation import STARTUP_TIMEOUT, LocalFederation, NodeSpec, free_port
 from fedcommons.partition import (
     load_digits_data,
     partition_dirichlet,
@@ -246,11 +246,14 @@ def started_federation(
     insecure: bool = False,
     isolation: str = "warm",
     encoder_cache: bool = True,
+    startup_timeout: float = STARTUP_TIMEOUT,
 ) -> Iterator[LocalFederation]:
     """The demo's SuperLink and SuperNodes on loopback; each institution admitted on the way.
 
     With TLS (unless ``insecure``), admission registers each SuperNode's key,
     so only those nodes get in. Every process is stopped on leaving.
+    ``startup_timeout`` is the most seconds each may take to start
+    (:func:`~fedcommons.local_federation.wait_for_port`).
     """
 
     def admit_institutions(federation: LocalFederation) -> None:
@@ -264,6 +267,7 @@ def started_federation(
         operator_dir=demo.operator.root,
         isolation=isolation,
         encoder_cache=encoder_cache,
+        startup_timeout=startup_timeout,
     ) as federation:
         yield federation
 

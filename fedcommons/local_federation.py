@@ -34,7 +34,14 @@ from server.deploy import OPERATOR_DIR_ENV, OperatorFiles
 from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
 from server.superlink import SuperLinkSettings, superlink_argv
 
-__all__ = ["LocalFederation", "NodeSpec", "free_port", "wait_for_port"]
+__all__ = [
+    "STALL_SHARE",
+    "STARTUP_TIMEOUT",
+    "LocalFederation",
+    "NodeSpec",
+    "free_port",
+    "wait_for_port",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +79,85 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], name: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+STARTUP_TIMEOUT = 300.0
+"""Seconds a Flower process may take at most to start listening (``demo --startup-timeout``).
+
+The wait adapts within it: a process that exits fails at once, and one that
+uses no CPU for a fifth of it (:data:`STALL_SHARE`) counts as stuck; one that
+keeps working is waited for, however busy the machine, up to this.
+"""
+
+STALL_SHARE = 0.2
+"""The share of the start-up timeout a starting process may spend without using any CPU."""
+
+
+def wait_for_port(
+    port: int,
+    process: subprocess.Popen[bytes],
+    name: str,
+    *,
+    timeout: float = STARTUP_TIMEOUT,
+    log_file: Path | None = None,
+) -> None:
+    """Wait until something listens on 127.0.0.1:``port`` while ``process`` starts.
+
+    Parameters
+    ----------
+    port : int
+        The port the process opens once it has started.
+    process : Popen
+        The process starting; its descendants count as its work.
+    name : str
+        What it is, for the error ("SuperNode university-a").
+    timeout : float (default: :data:`STARTUP_TIMEOUT`)
+        Seconds to wait at most. A process (with everything it started) that
+        uses no CPU for ``STALL_SHARE * timeout`` seconds is stuck sooner.
+    log_file : Path, optional
+        The process's log, named in the error.
+
+    Raises
+    ------
+    FederationError
+        If the process exits, is stuck or does not listen in time; each says
+        which, and names ``--startup-timeout`` where more time could help.
+    """
+    see = f"; see {log_file}" if log_file is not None else ""
+    stall = STALL_SHARE * timeout
+    tree = ProcessTree()
+    tree.add_root(process.pid)
+    started = working = time.monotonic()
+    ticks: dict[int, int] = {}
+    next_look = started
+    while not _listens(port):
+        now = time.monotonic()
         if process.poll() is not None:
-            raise FederationError(f"{name} exited with code {process.returncode} while starting")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+            raise FederationError(
+                f"{name} exited with code {process.returncode} while starting{see}"
+            )
+        if now >= next_look:
+            latest = tree.cpu_ticks(process.pid)
+            if any(used > ticks.get(pid, -1) for pid, used in latest.items()):
+                working = now
+            ticks, next_look = latest, now + min(1.0, stall / 4)
+        if now - working >= stall:
+            raise FederationError(
+                f"{name} did not listen on 127.0.0.1:{port} and used no CPU for {stall:.0f} s: "
+                f"it looks stuck{see}. If the machine is only very busy, a longer "
+                f"--startup-timeout (now {timeout:.0f} s, {STALL_SHARE:.0%} of which without "
+                "CPU counts as stuck) gives it more time"
+            )
+        if now - started >= timeout:
+            raise FederationError(
+                f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f} s, although "
+                f"it kept working (a busy machine?){see}. Give it longer with "
+                "--startup-timeout SECONDS"
+            )
         time.sleep(0.1)
-    raise FederationError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def _listens(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class LocalFederation:
@@ -95,8 +171,9 @@ class LocalFederation:
         otherwise be sampled and time out.
     nodes : list of NodeSpec
         One SuperNode is started per entry.
-    startup_timeout : float (default: 60.0)
-        Seconds each process may take to start listening.
+    startup_timeout : float (default: :data:`STARTUP_TIMEOUT`)
+        Seconds each process may take at most to start listening; one that
+        exits, or uses no CPU for a fifth of it, fails sooner (:func:`wait_for_port`).
     env : mapping, optional
         Extra environment variables for every process.
     on_superlink : callable, optional
@@ -122,7 +199,7 @@ class LocalFederation:
         workdir: Path,
         nodes: list[NodeSpec],
         *,
-        startup_timeout: float = 60.0,
+        startup_timeout: float = STARTUP_TIMEOUT,
         env: Mapping[str, str] | None = None,
         on_superlink: Callable[[LocalFederation], None] | None = None,
         operator_dir: Path | None = None,
@@ -133,6 +210,8 @@ class LocalFederation:
     ) -> None:
         if not nodes:
             raise ValueError("a federation needs at least one node")
+        if startup_timeout <= 0:
+            raise ValueError(f"startup_timeout must be more than 0 seconds, got {startup_timeout}")
         self.operator = OperatorFiles(operator_dir.resolve()) if operator_dir else None
         if self.operator is not None:
             for node in nodes:
@@ -219,8 +298,8 @@ class LocalFederation:
         self.superlink_port = free_port()
         for stale in self.workdir.glob("superlink.db*"):
             stale.unlink()
-        superlink = self._spawn("superlink", self._superlink_argv())
-        wait_for_port(self.superlink_port, superlink, "SuperLink", self.startup_timeout)
+        self._spawn("superlink", self._superlink_argv())
+        self._wait_for("superlink", self.superlink_port, "SuperLink")
         write_connection(
             self.flwr_home,
             CONNECTION,
@@ -246,13 +325,21 @@ class LocalFederation:
 
     def _start_supernodes(self) -> None:
         """One SuperNode per node, each on its own port; wait until every one listens."""
-        started: list[tuple[int, subprocess.Popen[bytes], str]] = []
+        ports = {node.institution: free_port() for node in self.nodes}
         for node in self.nodes:
-            port = free_port()
-            process = self.start_node(node, port)
-            started.append((port, process, node.institution))
-        for port, process, name in started:
-            wait_for_port(port, process, f"SuperNode {name}", self.startup_timeout)
+            self.start_node(node, ports[node.institution])
+        for name, port in ports.items():
+            self._wait_for(f"supernode-{name}", port, f"SuperNode {name}")
+
+    def _wait_for(self, process: str, port: int, title: str) -> None:
+        """Wait for the process named ``process`` (see :meth:`_spawn`) to listen on ``port``."""
+        wait_for_port(
+            port,
+            self.processes[process],
+            title,
+            timeout=self.startup_timeout,
+            log_file=self.log_dir / f"{process}.log",
+        )
 
     def _fedcommons(self, *args: str) -> list[str]:
         """A ``fedcommons`` command line (run by this Python), ``--insecure`` if so asked."""
