@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -683,3 +685,58 @@ def test_a_tampered_cosignature_is_named_by_audit_verify(sqlite_world: World) ->
         c.execute(text("UPDATE cosignatures SET line = :l WHERE witness = 'co-c'"), {"l": forged})
     with pytest.raises(LedgerTampered, match="co-c's cosignature on the tree head of size"):
         verify_ledger(sqlite_world.ledger, OPERATOR.public_key())
+
+
+def _audit_verify(world: World) -> tuple[int, str]:
+    """``audit verify`` of the world's ledger: its exit code and its output on one line."""
+    url = world.ledger.url
+    key = encode_public(OPERATOR.public_key())
+    result = CliRunner().invoke(app, ["audit", "verify", "--ledger", url, "--operator-key", key])
+    assert "Traceback" not in result.output
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_a_cosignature_dated_ten_years_ahead_is_not_intact(sqlite_world: World) -> None:
+    """Recording refuses a line dated over an hour ahead of its clock; verify applies the same."""
+    _accept_all(sqlite_world)
+    head = sqlite_world.receipts[("uni-a", 2)].tree_head
+    ahead = int(time.time()) + 10 * 365 * 86400
+    (future,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=ahead)
+    with sqlite_world.ledger.session() as s:
+        assert "states a time in the future" in record_cosignatures(s, "uni-a", [future])[1][0]
+    with sqlite_world.ledger.engine.begin() as c:  # kept by hand, as a rogue operator could
+        c.execute(
+            text(
+                "INSERT INTO cosignatures (tree_head_id, witness, line, cosigned_at) SELECT id, "
+                "'uni-a', :line, :at FROM tree_heads WHERE tree_size = :size"
+            ),
+            {"line": future.line, "at": datetime.fromtimestamp(ahead, UTC), "size": head.tree_size},
+        )
+    code, output = _audit_verify(sqlite_world)
+    assert code == 1 and output.startswith("NOT INTACT"), output
+    assert f"uni-a's cosignature on the tree head of size {head.tree_size}" in output
+    assert "states a time in the future" in output
+    assert "more than 60 minutes after the clock that checks it" in output
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "named"),
+    [
+        ("tree_heads", "checkpoint", "tree_heads row id 1"),
+        ("cosignatures", "line", "cosignatures row id 1"),
+    ],
+)
+def test_stored_text_that_is_not_utf8_is_named_not_a_crash(
+    sqlite_world: World, table: str, column: str, named: str
+) -> None:
+    _accept_all(sqlite_world)
+    _cosign_all(sqlite_world)
+    with sqlite_world.ledger.engine.begin() as c:
+        c.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_no_update")
+        c.exec_driver_sql(
+            f"UPDATE {table} SET {column} = {column} || CAST(x'ff' AS TEXT) "
+            f"WHERE id = (SELECT MIN(id) FROM {table})"
+        )
+    code, output = _audit_verify(sqlite_world)
+    assert code == 1 and output.startswith("NOT INTACT"), output
+    assert f"{named}: its {column} is not UTF-8 text" in output

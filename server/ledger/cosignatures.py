@@ -8,8 +8,8 @@ line on that checkpoint, signed with its own key (:mod:`client.receipts`).
 admitted key and keeps it in ``cosignatures`` (append-only, one per head and
 witness); :func:`cosigned_note` is a checkpoint with every cosignature kept
 for it, the note any transparency tool opens. :func:`check_cosignatures` is
-``audit verify``'s check: every kept line still verifies, and which heads each
-participant witnessed.
+``audit verify``'s check: every kept line still verifies, is dated no later
+than recording would accept, and which heads each participant witnessed.
 """
 
 from __future__ import annotations
@@ -65,6 +65,28 @@ class WitnessReport:
         return sum(len(names) for _, names in self.heads)
 
 
+def _check_time(when: int, now: float) -> None:
+    """Refuse a cosignature dated more than :data:`FUTURE_SLACK` after ``now``.
+
+    Recording checks against the server's clock then, ``audit verify`` against
+    its own clock now, which is later: a line that fails here could not have
+    been recorded.
+    """
+    if when > now + FUTURE_SLACK:
+        raise NoteError(
+            f"it states a time in the future ({_utc(when)}): a cosignature dated more than "
+            f"{FUTURE_SLACK // 60} minutes after the clock that checks it "
+            f"({_utc(int(now))}) is refused, when recorded and when verified"
+        )
+
+
+def _utc(when: int) -> str:
+    try:
+        return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # beyond datetime's years
+        return f"{when} s after 1970"
+
+
 def _participant_key(session: Session, name: str) -> tuple[Participant, Ed25519PublicKey] | None:
     participant = session.scalar(select(Participant).where(Participant.name == name))
     if participant is None or participant.public_key is None:
@@ -111,8 +133,7 @@ def record_cosignatures(
             if line.name != institution:
                 raise NoteError(f"the line is signed as {line.name!r}, not {institution!r}")
             when = verify_cosignature(row.body, line, public)
-            if when > time.time() + FUTURE_SLACK:
-                raise NoteError(f"it states a time in the future ({when})")
+            _check_time(when, time.time())
         except NoteError as err:
             refused.append(f"cosignature on the checkpoint of size {item.tree_size}: {err}")
             continue
@@ -180,9 +201,12 @@ def check_cosignatures(session: Session) -> WitnessReport:
     Raises
     ------
     NoteError
-        A line does not verify, is not its witness's, or names a participant
-        without an admitted key: the message names the head and witness.
+        A line does not verify, is not its witness's, is dated more than
+        :data:`FUTURE_SLACK` ahead of this clock (as recording refuses), or
+        names a participant without an admitted key: the message names the
+        head and witness.
     """
+    now = time.time()
     keys: dict[str, Ed25519PublicKey] = {}
     witnessed: dict[int, tuple[int, list[str]]] = {}
     for head_id, size in session.execute(
@@ -208,7 +232,7 @@ def check_cosignatures(session: Session) -> WitnessReport:
         if line.name != cosignature.witness:
             raise NoteError(f"{where}: the line is signed as {line.name!r}")
         try:
-            verify_cosignature(body, line, keys[cosignature.witness])
+            _check_time(verify_cosignature(body, line, keys[cosignature.witness]), now)
         except NoteError as err:
             raise NoteError(f"{where}: {err}") from None
         witnessed[cosignature.tree_head_id][1].append(cosignature.witness)

@@ -17,7 +17,8 @@ Checks, in order:
 7. every contribution value equals the one recomputed from its round's
    recorded coalition utilities (and GTG-Shapley's permutations);
 8. every participant's cosignature kept for a checkpoint verifies with the
-   key the ledger admitted it with (the report lists, per head, who
+   key the ledger admitted it with and is dated at most an hour ahead of
+   this clock, as recording it required (the report lists, per head, who
    witnessed it);
 9. every receipt a participant holds (given with ``receipts``) still agrees
    with the ledger: its entry is the ledger's entry at that position, and
@@ -26,8 +27,12 @@ Checks, in order:
    one), so a deleted tail or a rewritten history is caught even when the
    operator also removed the signed heads it had stored.
 
+A value that is not UTF-8 text (a SQLite file edited by hand) fails the
+check that reads it; the row that holds it is named.
+
 Nothing is written: the checks only read. Each check lives in its own
-module (:mod:`.entries`, :mod:`.rows`, :mod:`.heads`, :mod:`.receipts`);
+module (:mod:`.entries`, :mod:`.rows`, :mod:`.heads`, :mod:`.receipts`,
+:mod:`.encoding`);
 :mod:`.parallel` runs them in worker processes.
 
 From :data:`PARALLEL_FROM` entries on, checks 2, 3, 5 (reading and hashing
@@ -43,6 +48,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import inspect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from common.note import NoteError
@@ -50,6 +56,7 @@ from common.receipts import Receipt
 from server.ledger.contributions import check_valuations
 from server.ledger.cosignatures import check_cosignatures
 from server.ledger.store import Ledger, LedgerError
+from server.ledger.verify.encoding import is_undecodable, undecodable_row
 from server.ledger.verify.entries import check_entries
 from server.ledger.verify.heads import check_tree_heads
 from server.ledger.verify.parallel import PARALLEL_FROM, start_parallel
@@ -121,6 +128,11 @@ def verify_ledger(
                 raise LedgerTampered(None, None, str(err)) from None
             values = check_valuations(session)
             checked_receipts = check_receipts(leaves, receipts, operator)
+        except DBAPIError as err:
+            found = undecodable_row(ledger.engine) if is_undecodable(err) else None
+            if found is None:
+                raise
+            raise found from None
         finally:
             if parallel is not None:
                 parallel.pool.shutdown(wait=True, cancel_futures=True)
