@@ -7,7 +7,9 @@ round's snapshot is there with the hash the ledger holds) and marks it
 ``resuming``; the next ServerApp with that policy takes it over
 (:func:`server.ledger.runs.take_over_resume`) and starts from
 :func:`resume_point`: the snapshot, the aggregator's state and the round
-counter. The round that was in flight is trained again; what clients spent
+counter. A round whose replies the crashed ServerApp kept is recovered from
+them (:class:`server.run_start.Recovery`); one whose replies never reached
+it is trained again; what clients spent
 on it stays recorded and counts against their budgets.
 """
 

@@ -9,7 +9,9 @@ every update ciphertext already accepted (the gate's replay memory).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
@@ -26,11 +28,14 @@ from server.ledger import (
     admitted_records,
     start_run,
 )
-from server.ledger.runs import take_over_resume
+from server.ledger.runs import flower_runs, take_over_resume
 from server.ledger.schema import RoundUpdate
 from server.resume import ResumeError, ResumePoint, resume_point
+from server.snapshots import KeptReply, SnapshotError, kept_replies
 
-__all__ = ["OpenedRun", "open_run"]
+__all__ = ["OpenedRun", "Recovery", "open_run"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,27 @@ class OpenedRun:
     """Each admitted dataset's record count: no update may claim more examples."""
     accepted_before: set[str]
     """Ciphertext hashes of every update the ledger holds."""
+    recovery: Recovery | None = None
+    """The round a crashed run left unrecorded, to finish from the replies it kept."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A round whose replies a crashed ServerApp accepted and kept, but never recorded."""
+
+    replies: dict[str, KeptReply]
+    carrier: str
+    """The Flower run that carried the round (its updates are bound to it)."""
+
+
+def _recoverable(snapshot_dir: Path, server_round: int, quorum: int) -> dict[str, KeptReply]:
+    """The replies kept for ``server_round`` if there are enough to finish it; else none."""
+    try:
+        replies = kept_replies(snapshot_dir, server_round)
+    except SnapshotError as err:
+        log.warning("round %d is trained again: %s", server_round, err)
+        return {}
+    return replies if len(replies) >= quorum else {}
 
 
 def open_run(
@@ -79,9 +105,23 @@ def open_run(
             for digest in session.scalars(select(RoundUpdate.ciphertext_sha256))
             if digest is not None
         }
-        run = take_over_resume(session, policy.sha256(), flower_run_id)
+        kept: dict[int, dict[str, KeptReply]] = {}
+
+        def recovers(server_round: int) -> bool:
+            kept[server_round] = _recoverable(
+                deploy.snapshot_dir, server_round, policy.federation.min_nodes
+            )
+            return bool(kept[server_round])
+
+        recovery = None
+        run = take_over_resume(session, policy.sha256(), flower_run_id, recovers)
         if run is not None:
             point = resume_point(run, deploy.snapshot_dir)
+            replies = kept.get(point.rounds_done + 1)
+            if replies:
+                carriers = flower_runs(session, run.id)
+                carrier = [f for f, first in carriers if first <= point.rounds_done + 1][-1]
+                recovery = Recovery(replies, str(carrier))
             if point.weights is None and arrays_sha256(initial) != run.initial_model_sha256:
                 raise ResumeError(
                     f"run {run.id} cannot resume: its initial model was "
@@ -109,4 +149,5 @@ def open_run(
         licences=licences,
         records=records,
         accepted_before=accepted,
+        recovery=recovery,
     )

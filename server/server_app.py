@@ -158,7 +158,16 @@ def main(grid: Grid, context: Context) -> None:
         quorum_wait=federation.round_timeout,
     )
     try:
-        rounds_left = federation.rounds - point.rounds_done
+        if opened.recovery is not None:  # the members trained it: no one trains it again
+            log.info(
+                "recovering round %d from the %d replies the crashed run kept",
+                point.rounds_done + 1,
+                len(opened.recovery.replies),
+            )
+            weights = strategy.recover_round(
+                weights, opened.recovery.replies, opened.recovery.carrier
+            )
+        rounds_left = federation.rounds - strategy.rounds_done
         if rounds_left > 0:
             result = strategy.start(
                 grid=polling,

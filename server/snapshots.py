@@ -3,12 +3,19 @@
 A *snapshot* is the global model after a round: ``round-NNNN.safetensors``
 with the round number and the model's sha256 in its metadata. Beside it,
 ``round-NNNN-updates/NAME.json`` keeps each accepted sealed update as
-evidence (ciphertext: only the aggregator key opens it).
+evidence (ciphertext: only the aggregator key opens it). They are kept as
+soon as the round's replies are accepted, before anything is aggregated or
+recorded, with ``round-NNNN-replies.json`` (each reply's node and its
+unsigned metrics): a ServerApp that dies before the round is recorded leaves
+what a resumed run needs to recover the round without asking the members to
+train (and spend privacy budget) again (:func:`kept_replies`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +24,15 @@ from safetensors.numpy import save
 
 from common.arrays import Arrays, arrays_sha256
 from common.atomic import write_atomic
-from common.envelope import Envelope
+from common.envelope import Envelope, EnvelopeError
 from common.errors import UserError
 
 __all__ = [
+    "KeptReply",
     "SnapshotError",
     "checked_snapshot",
+    "keep_replies",
+    "kept_replies",
     "latest_snapshot",
     "load_server_state",
     "load_snapshot",
@@ -76,11 +86,67 @@ def save_envelopes(directory: Path, server_round: int, envelopes: Mapping[str, E
     They are ciphertext (only the aggregator key opens them); with them an
     auditor can re-check each update's signature against the ledger's hashes.
     """
-    folder = directory / f"round-{server_round:04d}-updates"
+    folder = _updates_folder(directory, server_round)
     folder.mkdir(parents=True, exist_ok=True)
     for participant, envelope in envelopes.items():
         write_atomic(folder / f"{participant}.json", envelope.to_json())
     return folder
+
+
+@dataclass(frozen=True)
+class KeptReply:
+    """An accepted reply as the ServerApp keeps it until its round is recorded."""
+
+    envelope: Envelope
+    """The sealed, signed update (ciphertext; it binds run, round, model and charge)."""
+    node_id: int
+    """The node that sent it (as the SuperLink numbered it then)."""
+    metrics: dict[str, float]
+    """The reply's unsigned metrics (training loss and seconds)."""
+
+
+def _updates_folder(directory: Path, server_round: int) -> Path:
+    return directory / f"round-{server_round:04d}-updates"
+
+
+def _replies_path(directory: Path, server_round: int) -> Path:
+    return directory / f"round-{server_round:04d}-replies.json"
+
+
+def keep_replies(directory: Path, server_round: int, replies: Mapping[str, KeptReply]) -> None:
+    """Keep a round's accepted replies (each written atomically) before anything else."""
+    save_envelopes(directory, server_round, {n: r.envelope for n, r in replies.items()})
+    doc = {n: {"node_id": r.node_id, "metrics": r.metrics} for n, r in sorted(replies.items())}
+    write_atomic(_replies_path(directory, server_round), json.dumps(doc, sort_keys=True).encode())
+
+
+def kept_replies(directory: Path, server_round: int) -> dict[str, KeptReply]:
+    """The replies kept for ``server_round`` (empty if none were); each is checked again
+    (signature, binding, tensors) when its round is recovered.
+
+    Raises
+    ------
+    SnapshotError
+        A kept file is unreadable or the two files disagree.
+    """
+    path = _replies_path(directory, server_round)
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+        kept = {}
+        for name, reply in doc.items():
+            envelope_file = _updates_folder(directory, server_round) / f"{name}.json"
+            kept[name] = KeptReply(
+                Envelope.from_json(envelope_file.read_text()),
+                int(reply["node_id"]),
+                {str(k): float(v) for k, v in reply["metrics"].items()},
+            )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EnvelopeError) as err:
+        raise SnapshotError(
+            f"the replies kept for round {server_round} are unreadable: {err}"
+        ) from None
+    return kept
 
 
 def load_snapshot(path: Path) -> tuple[int, Arrays]:

@@ -12,7 +12,7 @@ makes of its honest update. Never part of the shipped ClientApp.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from common.training import evaluate
 from common.witness import Cosigned
 from fedcommons.demo_setup import prepare_data
 from server.ledger import ChargeFact, DefenceFact, ExclusionFact
+from server.snapshots import KeptReply
 from server.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
@@ -92,6 +93,9 @@ class Tally:
     exclusions: list[tuple[int, ExclusionFact]] = field(default_factory=list)
     defences: list[tuple[int, DefenceFact]] = field(default_factory=list)
     valuations: list[RoundValues] = field(default_factory=list)
+
+    def keep_replies(self, server_round: int, replies: Mapping[str, KeptReply]) -> None:
+        return None  # nothing to recover: the harness never crashes
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         self.exclusions += [(server_round, e) for e in exclusions]

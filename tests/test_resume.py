@@ -10,6 +10,8 @@ made is refused with nothing written.
 from __future__ import annotations
 
 import io
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,15 @@ from fedcommons.local_federation import free_port
 from server.consortium import init_consortium
 from server.deploy import OperatorFiles
 from server.flower import FlwrCli, write_connection
-from server.ledger import Ledger, enrol_participant, finish_run, start_run
+from server.ledger import (
+    ChargeFact,
+    ExclusionFact,
+    Ledger,
+    LedgerUnreachable,
+    enrol_participant,
+    finish_run,
+    start_run,
+)
 from server.ledger.report import ledger_report
 from server.ledger.runs import request_resume
 from server.ledger.schema import LedgerEntry
@@ -182,6 +192,13 @@ def _crash(url: str, tmp_path: Path, aggregator: FedAvgM | None = None) -> Crash
     return Crashed(ledger, run_id, operator, after, receipts, sealed)
 
 
+def _forget_kept(crashed: Crashed, number: int = 2) -> None:
+    """As if the crash came before round ``number``'s replies were kept: it is trained again."""
+    snapshots = crashed.operator.snapshot_dir
+    shutil.rmtree(snapshots / f"round-{number:04d}-updates")
+    (snapshots / f"round-{number:04d}-replies.json").unlink()
+
+
 def _resume(crashed: Crashed) -> OpenedRun:
     """Ask for the resume, then open the run as the next ServerApp does."""
     with crashed.ledger.session() as s:
@@ -204,6 +221,7 @@ def _resumed_strategy(
 
 
 def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
+    _forget_kept(crashed)
     opened = _resume(crashed)
     assert (opened.run_id, opened.point.rounds_done) == (crashed.run_id, 1)
     assert opened.point.weights is not None
@@ -229,6 +247,7 @@ def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
 def test_envelopes_sealed_before_the_crash_are_refused_after_it_with_reasons(
     crashed: Crashed,
 ) -> None:
+    _forget_kept(crashed)
     opened = _resume(crashed)
     strategy, _ = _resumed_strategy(crashed, opened)
     begin_round(strategy, 1, crashed.after_round_1, nodes=(10, 11))  # the ledger's round 2
@@ -246,6 +265,7 @@ def test_envelopes_sealed_before_the_crash_are_refused_after_it_with_reasons(
 
 
 def test_receipts_after_a_resume_extend_the_heads_given_before(crashed: Crashed) -> None:
+    _forget_kept(crashed)
     opened = _resume(crashed)
     strategy, recorder = _resumed_strategy(crashed, opened)
     owed = recorder.resume(1)  # round 1's, built again exactly as before the crash
@@ -355,6 +375,7 @@ def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path:
 
     crashed = _crash(url, tmp_path, _momentum())
     assert arrays_sha256(crashed.after_round_1) == arrays_sha256(after)
+    _forget_kept(crashed)
     opened = _resume(crashed)
     assert opened.point.weights is not None and set(opened.point.server_state) == {"w"}
 
@@ -370,6 +391,135 @@ def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path:
     np.testing.assert_allclose(redo_round_2(True)["w"], arrays_of(second)["w"], rtol=1e-6)
     # without the saved momentum the same round gives another model: the state matters
     assert not np.allclose(redo_round_2(False)["w"], arrays_of(second)["w"])
+    crashed.ledger.close()
+
+
+# -- a round whose replies were kept is recovered, not trained again ----------------------
+
+
+def test_a_round_whose_replies_were_kept_is_recovered_not_trained_again(crashed: Crashed) -> None:
+    opened = _resume(crashed)
+    assert opened.recovery is not None
+    assert (sorted(opened.recovery.replies), opened.recovery.carrier) == (
+        ["inst0", "inst1"],
+        str(RUN),
+    )
+    strategy, _ = _resumed_strategy(crashed, opened)
+    assert opened.point.weights is not None
+    strategy.recover_round(opened.point.weights, opened.recovery.replies, opened.recovery.carrier)
+    assert strategy.rounds_done == 2  # Flower's round 1 is now the ledger's round 3
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    assert [(c["round"], c["institution"]) for c in run["privacy_charges"]] == [
+        (1, "inst0"), (1, "inst1"), (2, "inst0"), (2, "inst1"),
+    ]  # fmt: skip  # round 2's charges once: nobody paid for it twice
+    assert [(f["flower_run_id"], f["first_round"]) for f in run["flower_runs"]] == [
+        (str(RUN), 1), (str(NEW_RUN), 3),
+    ]  # fmt: skip  # round 2 stays carried by the run its updates are bound to
+    owed = [r for name in ("inst0", "inst1") for r in strategy.outbox.pending(name)]
+    assert [(r.round, r.run_id) for r in owed] == [(2, str(RUN)), (2, str(RUN))]
+    for receipt in owed:
+        receipt.verify(OPERATOR.public_key())
+    verify_ledger(crashed.ledger, OPERATOR.public_key())
+    crashed.ledger.close()
+
+
+def test_a_recovered_round_gives_the_model_the_run_would_have_given(
+    url: str, tmp_path: Path
+) -> None:
+    """FedAvgM with momentum: the recovered round 2 is the round 2 of a run that never stopped."""
+    licences = LicenceGate(None)
+    steady = ConsortiumStrategy(
+        _momentum(),
+        intake=UpdateIntake(_gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licences=licences),
+        licences=licences, evaluator=lambda w: (0.5, 0.5), min_nodes=2,
+    )  # fmt: skip
+    crashed = _crash(url, tmp_path, _momentum())
+    begin_round(steady, 1, ZEROS, nodes=(10, 11))
+    first, _ = steady.aggregate_train(1, _replies(crashed.sealed[1]))
+    assert first is not None
+    begin_round(steady, 2, arrays_of(first), nodes=(10, 11))
+    second, _ = steady.aggregate_train(2, _replies(crashed.sealed[2]))
+    assert second is not None
+    opened = _resume(crashed)
+    assert opened.recovery is not None and opened.point.weights is not None
+    strategy, _ = _resumed_strategy(crashed, opened, _momentum())
+    strategy.restore(opened.point.weights, opened.point.server_state)
+    recovered = strategy.recover_round(
+        opened.point.weights, opened.recovery.replies, opened.recovery.carrier
+    )
+    np.testing.assert_allclose(recovered["w"], arrays_of(second)["w"], rtol=1e-6)
+    crashed.ledger.close()
+
+
+def test_charges_the_crash_left_unwritten_are_recorded_from_the_signed_headers(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 2's replies were kept, then the ledger write of their charges failed for good:
+    the recovery records each charge from the header its member signed, so the ledger
+    never holds less privacy spent than the members spent."""
+    record_replies = LedgerRecorder.record_replies
+
+    def lost_in_round_2(
+        self: LedgerRecorder, n: int, charges: list[ChargeFact], exclusions: list[ExclusionFact]
+    ) -> None:
+        if n == 2:
+            raise LedgerUnreachable("lost the connection to the ledger (test)")
+        record_replies(self, n, charges, exclusions)
+
+    monkeypatch.setattr(LedgerRecorder, "record_replies", lost_in_round_2)
+    with pytest.raises(LedgerUnreachable):
+        _crash(url, tmp_path)
+    monkeypatch.undo()
+    crashed = _crashed_as_left(url, tmp_path)
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    assert [c["round"] for c in run["privacy_charges"]] == [1, 1]  # round 2's never written
+    opened = _resume(crashed)
+    assert opened.recovery is not None and opened.point.weights is not None
+    strategy, _ = _resumed_strategy(crashed, opened)
+    strategy.recover_round(opened.point.weights, opened.recovery.replies, opened.recovery.carrier)
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    charged = {(c["round"], c["institution"]): c["epsilon"] for c in run["privacy_charges"]}
+    assert charged == {
+        (1, "inst0"): 2.0, (1, "inst1"): 2.0, (2, "inst0"): 3.0, (2, "inst1"): 3.0,
+    }  # fmt: skip  # make_charge(1.0 + round): what each member signed
+    verify_ledger(crashed.ledger, OPERATOR.public_key())
+    crashed.ledger.close()
+
+
+def _crashed_as_left(url: str, tmp_path: Path) -> Crashed:
+    """The crashed run's ledger and operator folder, opened again after the crash."""
+    operator = OperatorFiles(tmp_path / "op")
+    ledger = Ledger(url)
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    return Crashed(ledger, run["id"], operator, {}, [], {})
+
+
+def test_a_kept_reply_changed_on_the_operators_disk_is_refused(crashed: Crashed) -> None:
+    """The operator cannot slip an update of its own into a recovered round."""
+    folder = crashed.operator.snapshot_dir / "round-0002-updates"
+    forged = seal_for(
+        "inst1", {"w": np.full(2, 50.0, np.float32)}, 5, server_round=2,
+        model=crashed.after_round_1, charge=make_charge(3.0), run=RUN,
+    )  # fmt: skip
+    doc = json.loads(forged.to_json())
+    doc["signature"] = json.loads(crashed.sealed[2]["inst1"].to_json())["signature"]
+    (folder / "inst1.json").write_text(json.dumps(doc))  # the member's signature, another update
+    opened = _resume(crashed)
+    assert opened.recovery is not None and opened.point.weights is not None
+    strategy, _ = _resumed_strategy(crashed, opened)
+    with pytest.raises(RoundFailed, match="1 of the required 2 nodes"):
+        strategy.recover_round(
+            opened.point.weights, opened.recovery.replies, opened.recovery.carrier
+        )
+    with crashed.ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    (refused,) = [e for e in run["exclusions"] if e["round"] == 2]
+    assert refused["institution"] == "inst1" and "signature" in refused["reason"]
     crashed.ledger.close()
 
 

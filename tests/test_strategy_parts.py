@@ -156,7 +156,6 @@ def _finished(number: int, weights: Arrays, taken: RoundIntake) -> FinishedRound
         accuracy=0.9,
         started=0.0,
         updates=[a.update for a in accepted],
-        envelopes={a.update.institution: a.envelope for a in accepted},
     )
 
 

@@ -11,6 +11,8 @@ with is ``runs.flower_run_id``, and each one that resumed it a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -99,10 +101,18 @@ def request_resume(session: Session, run_id: int) -> Run:
     return run
 
 
-def take_over_resume(session: Session, policy_sha256: str, flower_run_id: int) -> Run | None:
+def take_over_resume(
+    session: Session,
+    policy_sha256: str,
+    flower_run_id: int,
+    recovers: Callable[[int], bool] | None = None,
+) -> Run | None:
     """The run waiting to resume with this policy, now carried by ``flower_run_id``.
 
-    ``None`` if none waits: the ServerApp then starts a new run.
+    ``None`` if none waits: the ServerApp then starts a new run. ``recovers``
+    says whether the round after the last recorded one is recovered from the
+    replies the crashed run kept: that round stays carried by the Flower run
+    its updates are bound to, and ``flower_run_id`` carries the rounds after it.
     """
     run = session.scalar(
         select(Run)
@@ -116,7 +126,8 @@ def take_over_resume(session: Session, policy_sha256: str, flower_run_id: int) -
     run.status = "running"
     run.status_reason = None
     record_row(session, run, "run")
-    _record_flower_run(session, run.id, flower_run_id, first_round=last + 1)
+    first = last + 2 if recovers is not None and recovers(last + 1) else last + 1
+    _record_flower_run(session, run.id, flower_run_id, first_round=first)
     return run
 
 

@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from common.arrays import Arrays, arrays_of, arrays_sha256, record_of
-from common.protocol import ExclusionCode
+from common.envelope import envelope_record
+from common.protocol import (
+    ENVELOPE,
+    METRICS,
+    SEAL_SECONDS,
+    TRAIN_LOSS,
+    TRAIN_SECONDS,
+    ExclusionCode,
+)
 from common.witness import COSIGNATURES, cosignatures_of
 from server.ledger import ExclusionFact
+from server.snapshots import KeptReply
 from server.strategy.admission import LicenceGate
 from server.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender
 from server.strategy.outbox import ReceiptOutbox
@@ -111,15 +120,58 @@ class ConsortiumStrategy(Strategy):
         self._phases: dict[str, float] = {}
         """Seconds of the round's server-side phases, logged once the round is recorded."""
         self._taken = self._started
+        self._carrier: str | None = None
+        """The Flower run a recovered round's updates are bound to (``None``: this one)."""
+
+    def recover_round(
+        self, weights: Arrays, replies: Mapping[str, KeptReply], carrier: str
+    ) -> Arrays:
+        """Finish the round after :attr:`rounds_done` from the replies kept before a crash.
+
+        The members trained and paid for it; a resumed run aggregates, values
+        and records it as the crashed one would have, instead of asking them
+        to train (and spend privacy budget) again. Every kept reply goes
+        through the intake again (signature, binding to ``carrier``, the
+        Flower run that crashed, and to the round's starting model, tensors,
+        charge, licence, claims); charges the ledger already holds are not
+        recorded twice, and any it lacks (the crash came before they were
+        written) are recorded from the headers the members signed. Returns the
+        round's global model; the next round Flower runs is numbered after it.
+
+        Raises
+        ------
+        RoundFailed
+            Fewer kept replies than the quorum pass the checks: the round is
+            trained again (their charges stay recorded).
+        """
+        self.restore(weights, {})  # FedAvgM's server step starts from the round's model
+        self._start_round(self.rounds_done + 1, record_of(weights), carrier)
+        messages = [_reply_of(reply) for reply in replies.values()]
+        self._carrier = carrier
+        try:
+            arrays, _ = self.aggregate_train(1, messages)
+            if arrays is None:
+                raise RoundFailed(f"round {self.rounds_done + 1}: the kept replies gave no model")
+            self.finish_round(1, arrays)
+        finally:
+            self._carrier = None
+        self.rounds_done += 1
+        return arrays_of(arrays)
+
+    def _start_round(
+        self, server_round: int, arrays: ArrayRecord, run_id: str | None = None
+    ) -> None:
+        self._started = time.monotonic()
+        self._global = arrays_of(arrays)
+        self._model_before = arrays_sha256(self._global)
+        self.intake.begin_round(server_round, self._model_before, run_id=run_id)
+        self._sent = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.rounds_done  # the ledger's round number, also on the wire
-        self._started = time.monotonic()
-        self._global = arrays_of(arrays)
-        self._model_before = arrays_sha256(self._global)
-        self.intake.begin_round(server_round, self._model_before)
+        self._start_round(server_round, arrays)
         kept, excluded = [], []
         for message in self.aggregator.configure_train(server_round, arrays, config, grid):
             institution = self.intake.institution_of(message.metadata.dst_node_id)
@@ -158,6 +210,9 @@ class ConsortiumStrategy(Strategy):
                 self.outbox.answered(node, self.intake.institution_of(node))
                 self.take_cosignatures(self.intake.institution_of(node), reply)
         self._round = intake = self.intake.take(replies, asked)
+        self.recorder.keep_replies(
+            server_round, {a.update.institution: kept(a) for a in intake.accepted}
+        )
         self._taken = time.monotonic()
         self._phases["intake (verify, open, check)"] = self._taken - replied
         intake.exclusions += self.intake.missing(sent, senders)
@@ -216,7 +271,7 @@ class ConsortiumStrategy(Strategy):
                     accuracy=accuracy,
                     started=self._started,
                     updates=[a.update for a in self._round.accepted],
-                    envelopes={a.update.institution: a.envelope for a in self._round.accepted},
+                    flower_run_id=self._carrier,
                     server_state=self.server_state(weights),
                     valuation=valuation,
                 )
@@ -311,6 +366,24 @@ class ConsortiumStrategy(Strategy):
             log.warning("%s sent malformed cosignatures: %s", institution, err)
             return
         self.recorder.record_cosignatures(institution, cosigned)
+
+
+def kept(accepted: Accepted) -> KeptReply:
+    """What the server keeps of an accepted reply until its round is recorded."""
+    update = accepted.update
+    metrics = {TRAIN_LOSS: update.train_loss, TRAIN_SECONDS: update.train_seconds}
+    if update.seal_seconds is not None:
+        metrics[SEAL_SECONDS] = update.seal_seconds
+    return KeptReply(accepted.envelope, accepted.message.metadata.src_node_id, metrics)
+
+
+def _reply_of(reply: KeptReply) -> Message:
+    """A kept reply as the train reply it was: its envelope and metrics, from its node."""
+    request = Message(RecordDict(), dst_node_id=reply.node_id, message_type=MessageType.TRAIN)
+    content = RecordDict(
+        {ENVELOPE: envelope_record(reply.envelope), METRICS: MetricRecord(dict(reply.metrics))}
+    )
+    return Message(content, reply_to=request)
 
 
 def _from_client_app(reply: Message) -> bool:

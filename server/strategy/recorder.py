@@ -3,8 +3,9 @@
 :class:`LedgerRecorder` writes each fact to the ledger as soon as it is known
 (exclusions and privacy charges when the replies arrive, since a node that
 trained has spent its budget whatever happens next; the round once it is
-evaluated), saves the global model's snapshot and the accepted sealed
-updates, signs a tree head and builds a receipt for every accepted update.
+evaluated), keeps the accepted sealed updates before anything else (a
+resumed run recovers the round from them), saves the global model's
+snapshot, signs a tree head and builds a receipt for every accepted update.
 :class:`NullRecorder` keeps nothing: for tests and benchmarks of the
 strategy alone.
 """
@@ -22,7 +23,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.arrays import Arrays
-from common.envelope import Envelope
 from common.receipts import Receipt, TreeHead
 from common.witness import Cosigned
 from server.ledger import (
@@ -46,7 +46,7 @@ from server.ledger.tree_heads import (
     sign_tree_head,
     tree_head_from_row,
 )
-from server.snapshots import save_envelopes, save_server_state, save_snapshot
+from server.snapshots import KeptReply, keep_replies, save_server_state, save_snapshot
 from server.valuation import RoundValues
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder", "held_heads"]
@@ -67,7 +67,9 @@ class FinishedRound:
     started: float
     """``time.monotonic()`` when the round was configured."""
     updates: Sequence[UpdateFact]
-    envelopes: Mapping[str, Envelope]
+    flower_run_id: str | None = None
+    """The Flower run that carried the round, if not the recorder's (a round recovered
+    after a crash: its updates are bound to the run that crashed)."""
     server_state: Arrays = field(default_factory=dict)
     """The aggregator's own state (FedAvgM's momentum), kept to resume from this round."""
     valuation: RoundValues | None = None
@@ -76,6 +78,9 @@ class FinishedRound:
 
 class RoundRecorder(Protocol):
     """Keeps a run's record; every method is called once per event, in order."""
+
+    def keep_replies(self, server_round: int, replies: Mapping[str, KeptReply]) -> None:
+        """The round's accepted replies, kept before anything is aggregated or recorded."""
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         """Nodes left out before training (e.g. their licence expired)."""
@@ -97,6 +102,9 @@ class RoundRecorder(Protocol):
 
 class NullRecorder:
     """Keeps nothing and owes no receipts."""
+
+    def keep_replies(self, server_round: int, replies: Mapping[str, KeptReply]) -> None:
+        return None
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         return None
@@ -227,6 +235,10 @@ class LedgerRecorder:
             self._heads[institution] = largest
         return refused
 
+    def keep_replies(self, server_round: int, replies: Mapping[str, KeptReply]) -> None:
+        if self.snapshot_dir is not None and replies:
+            keep_replies(self.snapshot_dir, server_round, replies)
+
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         if exclusions:
             self._write(
@@ -254,7 +266,6 @@ class LedgerRecorder:
     def record_round(self, result: FinishedRound) -> list[Receipt]:
         if self.snapshot_dir is not None:
             save_snapshot(self.snapshot_dir, result.number, result.weights, result.model_after)
-            save_envelopes(self.snapshot_dir, result.number, result.envelopes)
             if result.server_state:
                 save_server_state(self.snapshot_dir, result.number, result.server_state)
         receipts = self._write(
@@ -296,7 +307,7 @@ class LedgerRecorder:
             head,
             round_id=row.id,
             server_round=result.number,
-            flower_run_id=self.flower_run_id,
+            flower_run_id=result.flower_run_id or self.flower_run_id,
             previous=self._heads,
             contributions=values,
         )
