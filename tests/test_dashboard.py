@@ -1,29 +1,39 @@
 """The read-only dashboard (``audit serve``): every endpoint, every kind of token, hostile input.
 
+Hostile input includes markup stored in the ledger (institution names, licence
+terms), checked in the HTML and, where Chromium is installed, in a real browser.
+
 The app runs on a real ledger (a SQLite file, and PostgreSQL) holding a
 released, valued run with signed tree heads, through FastAPI's test client.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from audit.web import COOKIE, create_app
-from common.licences import SPDX
+from common.licences import SPDX, Licence
+from fedcommons.local_federation import free_port
 from server.ledger import Ledger
 from server.ledger.tokens import ApiToken, issue_token, revoke_token
 from tests.test_release import COMPANY, Federation
+from tests.tools import CHROMIUM, needs_chromium
 
 PAGES = ["/", "/runs", "/runs/1", "/entries/0"]
 API = ["/api/overview", "/api/runs", "/api/runs/1", "/api/entries/0", "/api/verify",
@@ -36,22 +46,29 @@ class Dashboard:
     ledger: Ledger
     url: str
     tokens: dict[str, str]
+    app: FastAPI
 
     def get(self, path: str, token: str | None = "good", **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.tokens[token]}"} if token else {}
         return self.client.get(path, headers=headers, **kwargs)
 
 
-@pytest.fixture
-def dashboard(url: str, tmp_path: Path) -> Iterator[Dashboard]:
+@contextmanager
+def _served(
+    url: str, tmp_path: Path, contributors: dict[str, Licence], excluded: dict[str, Licence]
+) -> Iterator[Dashboard]:
+    """The dashboard on a ledger holding one released, valued run of ``contributors``.
+
+    Every institution is admitted under its licence; ``excluded`` ones are
+    left out of every round.
+    """
     ledger = Ledger(url)
     operator = Ed25519PrivateKey.generate()
     federation = Federation(ledger, operator, tmp_path / "snapshots", {})
-    federation.admit("university-a", SPDX["CC-BY-4.0"])
-    federation.admit("university-b", SPDX["CC-BY-NC-4.0"])
-    federation.admit("company-c", COMPANY)
-    worth = {"university-a": 30_000, "university-b": 10_000, "company-c": -5_000}
-    run_id = federation.run(["university-a", "university-b", "company-c"], worth=worth)
+    for name, licence in {**contributors, **excluded}.items():
+        federation.admit(name, licence)
+    worth = dict(zip(contributors, (30_000, 10_000, -5_000), strict=True))
+    run_id = federation.run(list(contributors), excluded=tuple(excluded), worth=worth)
     federation.release(run_id, tmp_path / "release")
     with ledger.session() as s:
         tokens = {name: issue_token(s, name, timedelta(days=1))
@@ -62,9 +79,17 @@ def dashboard(url: str, tmp_path: Path) -> Iterator[Dashboard]:
     tokens["wrong"] = "fct_" + "A" * 43
     app = create_app(url, operator.public_key(), "Test consortium")
     with TestClient(app) as client:
-        yield Dashboard(client, ledger, url, tokens)
+        yield Dashboard(client, ledger, url, tokens, app)
     app.state.ledger.close()
     ledger.close()
+
+
+@pytest.fixture
+def dashboard(url: str, tmp_path: Path) -> Iterator[Dashboard]:
+    licences = {"university-a": SPDX["CC-BY-4.0"], "university-b": SPDX["CC-BY-NC-4.0"],
+                "company-c": COMPANY}  # fmt: skip
+    with _served(url, tmp_path, licences, {}) as served:
+        yield served
 
 
 @pytest.mark.parametrize("path", PAGES + API)
@@ -239,3 +264,148 @@ def test_a_run_page_follows_the_ledger_as_entries_land(dashboard: Dashboard) -> 
     after = dashboard.get("/api/runs/1").json()
     assert (after["status"], after["status_reason"]) == ("interrupted", "the operator stopped it")
     assert "the operator stopped it" in dashboard.get("/runs/1").text
+
+
+# -- markup stored in the ledger -------------------------------------------------------
+# Licence ids and attributions are a participant's free text; institution names are
+# checked at enrolment, but the dashboard must not count on what the writer checked (a
+# ledger from another version, or edited by an insider, can hold anything). Each
+# payload would set window.__pwned if it ran; every page must show it as text.
+
+SCRIPT = "evil<script>window.__pwned = 'script'</script>"
+IMAGE = "<img src=x onerror=\"window.__pwned = 'img'\">"
+ATTRIBUTE = '" autofocus tabindex="0" onfocus="window.__pwned = \'attr\'" x="'
+EXCLUDED = "</td></tr></table><script>window.__pwned = 'row'</script>"
+LICENCE = Licence(
+    id="custom:<svg onload=\"window.__pwned = 'svg'\">",
+    commercial=False,
+    derivatives=True,
+    share_alike=False,
+    attribution="</pre><script>window.__pwned = 'card'</script>",
+    purposes=("research",),
+)
+MARKUP = [SCRIPT, IMAGE, ATTRIBUTE, EXCLUDED, LICENCE.id, LICENCE.attribution]
+SHOWN = {  # where each page shows them
+    "/": [SCRIPT, IMAGE, ATTRIBUTE, EXCLUDED, LICENCE.id],
+    "/runs": [],
+    "/runs/1": [SCRIPT, IMAGE, ATTRIBUTE, EXCLUDED, LICENCE.attribution],
+}
+
+
+@contextmanager
+def _hostile(url: str, tmp_path: Path) -> Iterator[Dashboard]:
+    contributors = {SCRIPT: SPDX["CC-BY-4.0"], IMAGE: LICENCE, ATTRIBUTE: SPDX["CC0-1.0"]}
+    with _served(url, tmp_path, contributors, {EXCLUDED: SPDX["CC-BY-4.0"]}) as served:
+        yield served
+
+
+@pytest.fixture
+def hostile(url: str, tmp_path: Path) -> Iterator[Dashboard]:
+    with _hostile(url, tmp_path) as served:
+        yield served
+
+
+class _Page(HTMLParser):
+    """A page's elements, attribute names, script bodies and text (character references decoded)."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[str] = []
+        self.scripts: list[str] = []
+        self.texts: list[str] = []
+        self._in_script = False
+        self.feed(body)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes += [name for name, _ in attrs]
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = self._in_script and tag != "script"
+
+    def handle_data(self, data: str) -> None:
+        (self.scripts if self._in_script else self.texts).append(data)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+def _assert_inert(body: str) -> _Page:
+    """No payload is in ``body`` as markup: no element, event handler or script it brought."""
+    page = _Page(body)
+    assert not [p for p in MARKUP if p in body]  # each one escaped wherever it appears
+    assert "img" not in page.tags
+    assert not [name for name in page.attributes if name.startswith("on") or name == "autofocus"]
+    assert not [script for script in page.scripts if "__pwned" in script]
+    return page
+
+
+@pytest.mark.parametrize("path", list(SHOWN))
+def test_markup_in_names_and_licences_is_shown_as_text(hostile: Dashboard, path: str) -> None:
+    response = hostile.get(path)
+    assert response.status_code == 200
+    page = _assert_inert(response.text)
+    assert [p for p in SHOWN[path] if p not in page.text] == []
+
+
+def test_markup_in_ledger_entries_is_shown_as_text(hostile: Dashboard) -> None:
+    shown = set()
+    for seq in range(hostile.get("/api/overview").json()["entries"]):
+        response = hostile.get(f"/entries/{seq}")
+        assert response.status_code == 200
+        text = _assert_inert(response.text).text
+        shown |= {p for p in MARKUP if json.dumps(p)[1:-1] in text}  # in the JSON payload
+    assert shown == set(MARKUP)
+
+
+@contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    """``app`` on a free loopback port (uvicorn in a thread): its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@needs_chromium
+def test_stored_markup_runs_no_script_in_a_real_browser(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with (
+        _hostile(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path) as dashboard,
+        _serving(dashboard.app) as base,
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        token = dashboard.tokens["good"]
+        page = browser.new_context(
+            extra_http_headers={"Authorization": f"Bearer {token}"}
+        ).new_page()
+        entries = dashboard.get("/api/overview").json()["entries"]
+        for path in [*SHOWN, *(f"/entries/{seq}" for seq in range(entries))]:
+            page.goto(base + path)
+            page.keyboard.press("Tab")  # focus fires an injected onfocus
+            assert page.evaluate("window.__pwned") is None, path
+            injected = "img, [onerror], [onload], [onfocus], [autofocus], [tabindex]"
+            assert page.locator(injected).count() == 0, path
+        page.goto(base + "/")
+        for name in (SCRIPT, IMAGE, ATTRIBUTE, EXCLUDED):
+            expect(page.locator("#participants")).to_contain_text(name)
+        expect(page.locator("#datasets")).to_contain_text(LICENCE.id)
+        browser.close()
