@@ -62,6 +62,61 @@ def _licence(dataset: Dataset) -> Licence:
     )
 
 
+def _charges(
+    session: Session, run: Run
+) -> tuple[dict[int, list[int]], dict[tuple[int, str], Charge], list[dict[str, Any]]]:
+    """Each contributor's rounds, its datasets' last charges, and the card's privacy rows.
+
+    Every charge counts, also for a round the model did not use (a round that
+    failed on the server, or one trained again after a crash): the member
+    spent it, so a dataset's epsilon is its last charge in the run, and the
+    rounds charged but unused are named.
+    """
+    rounds_of: dict[int, list[int]] = defaultdict(list)  # participant id -> its rounds
+    for participant_id, number in session.execute(
+        select(RoundUpdate.participant_id, Round.number)
+        .join(Round, Round.id == RoundUpdate.round_id)
+        .where(Round.run_id == run.id)
+        .order_by(Round.number)
+    ):
+        rounds_of[participant_id].append(number)
+    latest: dict[tuple[int, str], Charge] = {}  # (participant id, dataset) -> last charge
+    charged: dict[tuple[int, str], int] = defaultdict(int)
+    unused: dict[tuple[int, str], list[int]] = defaultdict(list)
+    per_round: dict[tuple[tuple[int, str], int], int] = defaultdict(int)
+    for charge in session.scalars(
+        select(Charge).where(Charge.run_id == run.id).order_by(Charge.round_number, Charge.id)
+    ):
+        key = (charge.participant_id, charge.dataset_sha256)
+        if charge.participant_id not in rounds_of:
+            continue  # none of its updates is in the model: not a contributor
+        latest[key] = charge
+        charged[key] += 1
+        per_round[key, charge.round_number] += 1
+    for (key, number), count in sorted(per_round.items()):
+        used = 1 if number in rounds_of[key[0]] else 0  # a redone round: its last charge
+        unused[key] += [number] * (count - used)
+    privacy = [
+        {
+            "institution": charge.participant.name,
+            "dataset_sha256": charge.dataset_sha256,
+            "dp": charge.dp,
+            "epsilon": epsilon_for_json(charge.epsilon),
+            "delta": charge.delta,
+            "accountant": charge.accountant,
+            "rounds_charged": charged[key],
+            "rounds_charged_unused": unused[key],
+        }
+        for key, charge in sorted(latest.items(), key=lambda kv: (kv[1].participant.name, kv[0]))
+    ]
+    return rounds_of, latest, privacy
+
+
+def privacy_rows(session: Session, run: Run) -> list[dict[str, Any]]:
+    """The card's privacy rows (see :func:`_charges`)."""
+    return _charges(session, run)[2]
+
+
 def _contributors(
     session: Session, run: Run
 ) -> tuple[list[dict[str, Any]], list[tuple[str, Licence]], list[dict[str, Any]]]:
@@ -77,23 +132,7 @@ def _contributors(
         The card's contributors, ``(institution, licence)`` per dataset, and
         the card's privacy rows (each dataset's last charge in the run).
     """
-    rounds_of: dict[int, list[int]] = defaultdict(list)  # participant id -> its rounds
-    for participant_id, number in session.execute(
-        select(RoundUpdate.participant_id, Round.number)
-        .join(Round, Round.id == RoundUpdate.round_id)
-        .where(Round.run_id == run.id)
-        .order_by(Round.number)
-    ):
-        rounds_of[participant_id].append(number)
-    latest: dict[tuple[int, str], Charge] = {}  # (participant id, dataset) -> last charge
-    charged: dict[tuple[int, str], int] = defaultdict(int)
-    for charge in session.scalars(
-        select(Charge).where(Charge.run_id == run.id).order_by(Charge.round_number, Charge.id)
-    ):
-        key = (charge.participant_id, charge.dataset_sha256)
-        if charge.round_number in rounds_of.get(charge.participant_id, []):
-            latest[key] = charge
-            charged[key] += 1
+    rounds_of, latest, privacy = _charges(session, run)
     contributors: list[dict[str, Any]] = []
     contributions: list[tuple[str, Licence]] = []
     for participant_id, numbers in sorted(rounds_of.items()):
@@ -136,18 +175,6 @@ def _contributors(
                 "datasets": datasets,
             }
         )
-    privacy = [
-        {
-            "institution": charge.participant.name,
-            "dataset_sha256": charge.dataset_sha256,
-            "dp": charge.dp,
-            "epsilon": epsilon_for_json(charge.epsilon),
-            "delta": charge.delta,
-            "accountant": charge.accountant,
-            "rounds_charged": charged[key],
-        }
-        for key, charge in sorted(latest.items(), key=lambda kv: (kv[1].participant.name, kv[0]))
-    ]
     return contributors, contributions, privacy
 
 

@@ -27,6 +27,14 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
+def _charged(privacy: dict[str, Any]) -> str:
+    unused = privacy.get("rounds_charged_unused") or []
+    text = str(privacy["rounds_charged"])
+    if unused:
+        text += f" (round{'s' if len(unused) > 1 else ''} {', '.join(map(str, unused))} unused)"
+    return text
+
+
 def _eps(value: float | str) -> str:
     return "∞ (DP off)" if value == "inf" else f"{float(value):.3f}"
 
@@ -105,10 +113,17 @@ def card_markdown(card: dict[str, Any]) -> str:
         ["institution", "dataset", "DP", "ε", "δ", "accountant", "rounds charged"],
         [
             [p["institution"], f"`{p['dataset_sha256'][:12]}…`", "yes" if p["dp"] else "no",
-             _eps(p["epsilon"]), f"{p['delta']:g}", p["accountant"], str(p["rounds_charged"])]
+             _eps(p["epsilon"]), f"{p['delta']:g}", p["accountant"], _charged(p)]
             for p in card["privacy"]
         ],
     )  # fmt: skip
+    if any(p.get("rounds_charged_unused") for p in card["privacy"]):
+        lines += [
+            "ε includes rounds a member trained and paid for whose update the model does not "
+            "use (a round that failed on the server, or one trained again after a crash): "
+            "the member spent it all the same.",
+            "",
+        ]
     lines += ["## Rounds", ""]
     lines += _table(
         ["round", "contributors", "validation accuracy", "global model sha256"],

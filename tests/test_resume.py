@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from common.policy import Policy, PrivacyConfig
 from common.receipts import Receipt
 from fedcommons.cli import app
 from fedcommons.local_federation import free_port
+from server.card import privacy_rows
 from server.consortium import init_consortium
 from server.deploy import OperatorFiles
 from server.flower import FlwrCli, write_connection
@@ -46,7 +47,7 @@ from server.ledger import (
 )
 from server.ledger.report import ledger_report
 from server.ledger.runs import request_resume
-from server.ledger.schema import LedgerEntry
+from server.ledger.schema import LedgerEntry, Run
 from server.ledger.verify import verify_ledger
 from server.operate import follow_with_progress
 from server.run_start import OpenedRun, open_run
@@ -241,6 +242,34 @@ def test_a_resumed_run_goes_on_from_its_last_snapshot(crashed: Crashed) -> None:
         initial=ZEROS, base_sha256=BASE,
     )  # fmt: skip
     assert again.run_id != crashed.run_id and again.point.rounds_done == 0
+    crashed.ledger.close()
+
+
+def test_the_card_counts_a_round_paid_for_twice_and_says_so(crashed: Crashed) -> None:
+    """Round 2 trained again after a crash: the card's epsilon is the members' true spend
+    (the last charge), and it names the charged round the model does not use."""
+    _forget_kept(crashed)
+    opened = _resume(crashed)
+    strategy, _ = _resumed_strategy(crashed, opened)
+    begin_round(strategy, 1, crashed.after_round_1, nodes=(10, 11))
+    redone = replace(make_charge(4.0), history_sha256="f" * 64)  # the history grew again
+    resealed = {
+        name: seal_for(name, {"w": np.full(2, 1.0, np.float32)}, 5, server_round=2,
+                       model=crashed.after_round_1, charge=redone, run=NEW_RUN)
+        for name in NODES
+    }  # fmt: skip
+    arrays, _ = strategy.aggregate_train(1, _replies(resealed))
+    assert arrays is not None
+    strategy.finish_round(1, arrays)
+    with crashed.ledger.session() as s:
+        run = s.get(Run, crashed.run_id)
+        assert run is not None
+        privacy = {p["institution"]: p for p in privacy_rows(s, run)}
+    for name in NODES:
+        assert privacy[name]["epsilon"] == 4.0  # round 2 redone: its last charge
+        assert (privacy[name]["rounds_charged"], privacy[name]["rounds_charged_unused"]) == (
+            3, [2],
+        )  # fmt: skip
     crashed.ledger.close()
 
 
