@@ -42,9 +42,12 @@ from server.runs import (
     submit_run,
 )
 
-__all__ = ["run_demo", "unfinished_run"]
+__all__ = ["RESUME", "node_exited", "run_demo", "unfinished_run"]
 
 log = logging.getLogger(__name__)
+
+RESUME = "'fedcommons demo --resume' in the same folder continues it"
+"""How a demo run that stopped short goes on."""
 
 
 def run_demo(
@@ -105,7 +108,14 @@ def run_demo(
                 snapshots = operator.deploy().snapshot_dir
                 prepare_resume(ledger, snapshots, resuming[0], federation.cli)
             flower_run_id = submit_run(federation.cli, policy, workdir / "run")
-            outcome = _follow(ledger, federation, flower_run_id, on_round, status_interval)
+            outcome = _follow(
+                ledger,
+                federation,
+                flower_run_id,
+                on_round,
+                status_interval,
+                quorum=policy.federation.min_nodes,
+            )
         summary = summarise(
             demo,
             policy,
@@ -133,15 +143,24 @@ def _follow(
     flower_run_id: int,
     on_round: Callable[[RoundProgress], None] | None,
     status_interval: float,
+    *,
+    quorum: int,
 ) -> RunOutcome:
-    """Follow the run; a SuperNode may die (the quorum decides), the SuperLink may not."""
+    """Follow the run; a SuperNode may die (the quorum decides), the SuperLink may not.
+
+    A run that stops short keeps the ServerApp's full log in ``logs/run-N.log``
+    (the SuperLink that holds it stops with the demo).
+    """
     lost: set[str] = set()
 
     def check() -> None:
         federation.check_alive()
-        for name in set(federation.dead_nodes()) - lost:
+        dead = federation.dead_nodes()
+        lost.intersection_update(dead)  # a node back and gone again is said again
+        alive = len(federation.nodes) - len(dead)
+        for name in sorted(set(dead) - lost):
             lost.add(name)
-            log.warning("the SuperNode of %s exited; the run goes on while the quorum holds", name)
+            log.warning("%s", node_exited(name, alive, len(federation.nodes), quorum))
 
     try:
         return follow_run(
@@ -152,14 +171,15 @@ def _follow(
             check=check,
             status_interval=status_interval,
         )
-    except (FederationError, KeyboardInterrupt) as err:
-        if isinstance(err, RunFailed):
+    except RunFailed as err:
+        if not err.log:  # budgets ran out, or no ServerApp started: nothing more to say
             raise
+        kept = federation.keep_run_log(flower_run_id)
+        resume = RESUME if err.run_id is not None else ""
+        raise err.saying(log=str(kept), resume=resume) from None
+    except (FederationError, KeyboardInterrupt) as err:
         if isinstance(err, LedgerLost):
-            raise FederationError(
-                f"{err}; once the database answers again, 'fedcommons demo --resume' in the "
-                "same folder continues it"
-            ) from None
+            raise FederationError(f"{err}; once the database answers again, {RESUME}") from None
         run, rounds = read_rounds(ledger, flower_run_id)
         if run is None:
             raise
@@ -169,8 +189,27 @@ def _follow(
             raise
         raise FederationError(
             f"{err}. Run {run.id} stopped after round {len(rounds)} and is recorded as "
-            "interrupted; 'fedcommons demo --resume' in the same folder continues it"
+            f"interrupted; {RESUME}"
         ) from None
+
+
+def node_exited(name: str, alive: int, total: int, quorum: int) -> str:
+    """What the demo says when ``name``'s SuperNode exits: whether the run can still go on.
+
+    Parameters
+    ----------
+    alive, total : int
+        SuperNodes still running, and started.
+    quorum : int
+        The policy's ``federation.min-nodes``.
+    """
+    counts = f"{alive} of {total} nodes alive, quorum {quorum}"
+    if alive >= quorum:
+        return f"the SuperNode of {name} exited; the run goes on while the quorum holds ({counts})"
+    return (
+        f"the SuperNode of {name} exited and the quorum is lost ({counts}): the run stops "
+        "unless enough nodes come back"
+    )
 
 
 def unfinished_run(workdir: Path, ledger_url: str) -> tuple[int, Policy]:

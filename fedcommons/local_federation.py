@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from client.supernode import supernode_argv
+from common.atomic import write_atomic
 from common.processes import ProcessTree, flower_env
 from common.protocol import NodeConfig
 from server.deploy import OPERATOR_DIR_ENV, OperatorFiles
@@ -437,6 +438,13 @@ class LocalFederation:
     def run_log(self, run_id: int) -> str:
         """The ServerApp's log of a run, as ``flwr log --show`` prints it."""
         return self.cli.run_log(run_id)
+
+    def keep_run_log(self, run_id: int) -> Path:
+        """Write the ServerApp's log of a run to ``logs/run-N.log`` and return that path.
+
+        The SuperLink holds the log only while it runs, and it stops with this object.
+        """
+        return write_atomic(self.log_dir / f"run-{run_id}.log", self.run_log(run_id))
 
     def check_alive(self) -> None:
         """Raise :class:`FederationError` if the SuperLink is gone (a SuperNode may come and go).

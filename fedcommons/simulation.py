@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from client.simulation import ROSTER_ENV, write_roster
-from common.atomic import write_atomic
 from common.policy import Policy
 from common.protocol import NodeConfig
 from fedcommons.demo_setup import DemoConsortium, admit_all, demo_consortium
@@ -168,13 +167,17 @@ def run_simulation(
                 outcome = follow_run(
                     federation.cli, ledger, flower_run_id, on_round=on_round, check=check
                 )
+            except RunFailed as err:
+                if not err.log:
+                    raise
+                kept = federation.keep_run_log(flower_run_id)  # the SuperLink stops here
+                raise err.saying(log=str(kept)) from None
             except (FederationError, KeyboardInterrupt) as err:
                 run, _ = read_rounds(ledger, flower_run_id)
                 if run is not None and not isinstance(err, RunFailed):
                     mark_interrupted(ledger, run.id, str(err) or "interrupted (Ctrl-C or SIGTERM)")
                 raise
-            run_log = federation.log_dir / f"run-{flower_run_id}.log"
-            write_atomic(run_log, federation.cli.run_log(flower_run_id))
+            run_log = federation.keep_run_log(flower_run_id)
         return summarise(
             demo,
             policy,

@@ -25,6 +25,7 @@ from server.progress import round_bar
 from server.resume import ResumeError, ResumePoint, check_resumable
 from server.runs import (
     LedgerLost,
+    RunFailed,
     RunOutcome,
     follow_run,
     mark_interrupted,
@@ -121,7 +122,11 @@ def _refuse_if_alive(cli: FlwrCli, run_id: int, flower_run_id: str | None) -> No
 def follow_with_progress(
     cli: FlwrCli, ledger: Ledger, flower_run_id: int, policy: Policy, console: Console
 ) -> RunOutcome:
-    """Follow with a progress bar; on Ctrl-C or SIGTERM stop the run and record it."""
+    """Follow with a progress bar; on Ctrl-C or SIGTERM stop the run and record it.
+
+    A run that stopped short and can go on (a lost quorum, a dead ServerApp)
+    is refused with how to resume it.
+    """
     try:
         # A resumed run's recorded rounds show as soon as its ServerApp takes it over.
         with round_bar(console, policy.federation.rounds) as on_round:
@@ -132,6 +137,12 @@ def follow_with_progress(
             f"{err}; once the database answers again, 'fedcommons operator resume {how}' "
             "continues it",
             err.run_id,
+        ) from None
+    except RunFailed as err:
+        if err.run_id is None:
+            raise
+        raise err.saying(
+            resume=f"'fedcommons operator resume --run {err.run_id}' continues it"
         ) from None
     except KeyboardInterrupt:
         with contextlib.suppress(FederationError):

@@ -6,12 +6,14 @@ setting. :func:`follow_run` polls the ledger for recorded rounds (reported
 as :class:`RoundProgress`) and ``flwr ls`` for the run's status, until Flower
 says the run finished; a run that did not finish well raises
 :class:`RunFailed` (or :class:`PrivacyBudgetExhausted`) with the reasons the
-ledger recorded and the end of the ServerApp's log. ``fedcommons operator
-run`` and the demo follow runs the same way.
+ledger recorded and where the ServerApp's full log is, never its traceback.
+``fedcommons operator run`` and the demo follow runs the same way, and each
+says how its own command resumes a run that can go on.
 """
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from common.policy import Policy
 from common.protocol import ExclusionCode
 from server.flower import FederationError, FlwrCli, build_app_dir, write_run_config
 from server.ledger import Ledger, LedgerUnreachable, finish_run
+from server.ledger.runs import RESUMABLE
 from server.ledger.schema import Charge, Exclusion, FlowerRun, Round, Run
 
 __all__ = [
@@ -58,7 +61,40 @@ class LedgerLost(FederationError):
 
 
 class RunFailed(FederationError):
-    """A run ended without finishing in the ledger, or Flower says it did not complete."""
+    """A run ended without finishing in the ledger, or Flower says it did not complete.
+
+    Parameters
+    ----------
+    what : str
+        What happened, in FedCommons' words (the ledger's reasons, Flower's status).
+    run_id : int, optional
+        The ledger's run when it stopped short and can go on: a resume
+        continues it (:meth:`saying` adds how).
+    log : str (default: "")
+        Where the ServerApp's full log is: a command or a file.
+    resume : str (default: "")
+        How to go on, the message's end ("'fedcommons operator resume --run 3'
+        continues it").
+    """
+
+    def __init__(
+        self, what: str, *, run_id: int | None = None, log: str = "", resume: str = ""
+    ) -> None:
+        self.what, self.run_id, self.log, self.resume = what, run_id, log, resume
+        super().__init__(
+            what
+            + (f". The ServerApp's full log: {log}" if log else "")
+            + (f"; {resume}" if resume else "")
+        )
+
+    def saying(self, *, log: str | None = None, resume: str | None = None) -> RunFailed:
+        """The same failure with where its log is, or how to go on, said otherwise."""
+        return type(self)(
+            self.what,
+            run_id=self.run_id,
+            log=self.log if log is None else log,
+            resume=self.resume if resume is None else resume,
+        )
 
 
 class PrivacyBudgetExhausted(RunFailed):
@@ -128,9 +164,7 @@ def _read_rounds(session: Session, flower_run_id: int) -> tuple[Run | None, list
         )
     if run is None:
         return None, []
-    rows = session.scalars(
-        select(Round).where(Round.run_id == run.id).order_by(Round.number)
-    ).all()
+    rows = session.scalars(select(Round).where(Round.run_id == run.id).order_by(Round.number)).all()
     epsilon: dict[int, dict[str, float]] = {}
     for charge in session.scalars(select(Charge).where(Charge.run_id == run.id)):
         epsilon.setdefault(charge.round_number, {})[charge.participant.name] = charge.epsilon
@@ -194,8 +228,9 @@ def follow_run(
     PrivacyBudgetExhausted
         The run stopped because budgets ran out (each refusal is listed).
     RunFailed
-        Any other run that did not finish, with Flower's status and the end
-        of the ServerApp's log.
+        Any other run that did not finish: the ledger's reasons, Flower's
+        status and how to read the ServerApp's full log; ``run_id`` is set
+        when the run can be resumed.
     """
     followed: list[int | None] = [None]  # the ledger's run, once it is known
     try:
@@ -269,14 +304,7 @@ def _follow_run(
                 "covers every run that uses it; see 'fedcommons client budget --state DIR' "
                 "and 'fedcommons audit show'."
             )
-        raise RunFailed(
-            f"Flower run {flower_run_id} ended as {status['status']} "
-            f"({status.get('status-details', '')}); ledger status "
-            f"{run.status if run else 'missing'}"
-            + (f" ({run.status_reason})" if run is not None and run.status_reason else "")
-            + ". ServerApp log:\n"
-            + _last_lines(cli.run_log(flower_run_id), 25)
-        )
+        raise _stopped(cli, flower_run_id, status, run, len(rounds))
     return RunOutcome(
         flower_run_id=flower_run_id,
         ledger_run_id=run.id,
@@ -302,8 +330,40 @@ def _ledger_lost(ledger: Ledger, run_id: int | None, err: LedgerUnreachable) -> 
     return LedgerLost(f"{err}. Run {run_id} {recorded}", run_id)
 
 
-def _last_lines(text: str, count: int) -> str:
-    return "\n".join(text.strip().splitlines()[-count:])
+def _stopped(
+    cli: FlwrCli, flower_run_id: int, status: dict[str, Any], run: Run | None, rounds: int
+) -> RunFailed:
+    """Why a run stopped short: the ledger's reason and Flower's status, and where the
+    ServerApp's full log is; its traceback frames stay in that log."""
+    details = status.get("status-details") or ""
+    log = (
+        f"FLWR_HOME={shlex.quote(str(cli.flwr_home))} flwr log {flower_run_id} "
+        f"{cli.connection} --show"
+    )
+    if run is None:
+        error = _last_error(cli.run_log(flower_run_id))
+        return RunFailed(
+            f"Flower run {flower_run_id} ended as {status['status']} ({details}) before its "
+            "ServerApp recorded a run in the ledger" + (f": {error}" if error else ""),
+            log=log,
+        )
+    return RunFailed(
+        f"run {run.id} stopped with {rounds} of {run.planned_rounds} rounds recorded "
+        f"(Flower run {flower_run_id}: {status['status']}): "
+        f"{run.status_reason or details or 'no reason was recorded'}",
+        run_id=run.id if run.status in RESUMABLE else None,
+        log=log,
+    )
+
+
+def _last_error(log: str) -> str:
+    """The exception that ended a log's last traceback (``ValueError: ...``), or ``""``."""
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return ""
+    after = (line for line in lines[starts[-1] + 1 :] if line and not line[0].isspace())
+    return next(after, "").strip()
 
 
 def _lost(ledger: Ledger, flower_run_id: int, err: FederationError, waited: float) -> None:

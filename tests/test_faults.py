@@ -28,7 +28,7 @@ from client.accountant import list_histories
 from common.policy import Policy
 from common.processes import ProcessTree
 from fedcommons.cli import app
-from fedcommons.demo import run_demo
+from fedcommons.demo import RESUME, run_demo, unfinished_run
 from fedcommons.demo_setup import collect_receipts, demo_consortium, started_federation
 from fedcommons.local_federation import LocalFederation
 from server.ledger import Ledger
@@ -261,3 +261,13 @@ def test_the_demo_stops_only_when_the_quorum_is_lost_and_says_so(tmp_path: Path)
     assert run["status_reason"].startswith("round 2: 1 of the required 2 nodes")
     gone = {(e["institution"], e["code"]) for e in run["exclusions"] if e["round"] == 2}
     assert gone == {("company-c", 503), ("university-b", 503)}
+    # what it said: the quorum lost as it happened, then one error line in its own words
+    assert "the quorum is lost (1 of 3 nodes alive, quorum 2)" in text
+    assert "quorum holds (1 of 3" not in text
+    error = text[text.index("error: run ") :]
+    assert error.startswith(f"error: run {run['id']} stopped with 1 of 3 rounds recorded")
+    assert "Traceback" not in text and 'File "' not in text
+    assert error.endswith(f"; {RESUME}")
+    kept = Path(error.split("The ServerApp's full log: ")[1].split(";")[0])
+    assert kept.parent == workdir / "logs" and "RoundFailed" in kept.read_text()
+    assert unfinished_run(workdir, url)[0] == run["id"]  # what --resume would go on with
