@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from common.consortium import Consortium
 from common.keys import decode_ed25519_public
-from common.output import OutputFormat
+from common.output import OutputFormat, literal_console
 from common.receipts import read_receipts
 from server.ledger import Ledger, contributions_report
 from server.ledger.report import ledger_report
@@ -91,7 +91,9 @@ def verify(
                 )
             )
         else:
-            Console(stderr=True).print(f"[bold red]NOT INTACT[/] {err}", highlight=False)
+            literal_console(stderr=True).print(
+                Text.assemble(("NOT INTACT", "bold red"), f" {err}"), highlight=False
+            )
         raise typer.Exit(code=1) from None
     finally:
         ledger.close()
@@ -127,7 +129,7 @@ def show(
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(report, indent=2))
         return
-    console = Console()
+    console = literal_console()
     people = Table(title="Participants")
     for column in ("name", "kind", "enrolled"):
         people.add_column(column)
@@ -172,7 +174,9 @@ def show(
             console.print(f"  resumed; Flower runs: {carried}", highlight=False)
         if run["status_reason"]:
             label = "stopped" if run["status"] != "finished" else "note"
-            console.print(f"[red]{label}:[/] {run['status_reason']}", highlight=False)
+            console.print(
+                Text.assemble((f"{label}:", "red"), f" {run['status_reason']}"), highlight=False
+            )
         for e in run["exclusions"]:
             console.print(
                 f"  excluded in round {e['round']}: {e['institution'] or 'node ' + e['node_id']} "
@@ -215,7 +219,7 @@ def contributions(
     if output_format is OutputFormat.json:
         typer.echo(json.dumps({"runs": report}, indent=2))
         return
-    console = Console()
+    console = literal_console()
     for entry in report:
         if not entry["rounds"]:
             console.print(f"Run {entry['run']}: no round was valued", highlight=False)
@@ -276,7 +280,7 @@ def serve(
             raise typer.BadParameter(
                 f"cannot listen on {host}:{port}: {err.strerror}", param_hint="--port"
             ) from None
-    Console(stderr=True).print(
+    literal_console(stderr=True).print(
         f"serving the ledger read-only on http://{host}:{port}/ (Ctrl-C stops)", highlight=False
     )
     uvicorn.run(dashboard, host=host, port=port, log_level="warning")

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from client.accountant import list_histories
 from client.enrolment import ParticipantState, enrol
@@ -19,7 +19,7 @@ from common.epsilon import format_epsilon
 from common.images import ImageData
 from common.keys import PASSPHRASE_ENV, passphrase_for_new_keys
 from common.local_data import load_local_data
-from common.output import OutputFormat
+from common.output import OutputFormat, literal_console, printer
 from common.policy import Policy
 
 __all__ = ["app"]
@@ -65,7 +65,9 @@ def check_data(
             )
         )
         return
-    Console().print(f"[green]ok[/] {source}: {len(data)} examples, per label {counts}")
+    literal_console().print(
+        Text.assemble(("ok", "green"), f" {source}: {len(data)} examples, per label {counts}")
+    )
 
 
 @app.command("budget")
@@ -99,7 +101,7 @@ def budget(
         typer.echo(json.dumps({"state_dir": str(state), "datasets": rows}, indent=2))
         return
     if not rows:
-        Console().print(f"no privacy budget charged yet in {state}")
+        literal_console().print(f"no privacy budget charged yet in {state}")
         return
     table = Table(title=f"Privacy budget in {state}")
     for column in ("institution", "dataset", "records", "ε spent", "ε budget", "remaining", "δ"):
@@ -114,7 +116,7 @@ def budget(
             format_epsilon(row["epsilon_remaining"]),
             f"{row['delta']:g}",
         )
-    Console().print(table)
+    literal_console().print(table)
 
 
 @app.command("enroll")
@@ -156,11 +158,14 @@ def enroll(
         passphrase=passphrase_for_new_keys(encrypt_key),
     )
     files = ParticipantState(state)
-    Console().print(
-        f"[green]enrolment request written[/]: {request}\n"
-        f"send it to the operator ('fedcommons operator admit {request.name}');\n"
-        f"keys (keep secret, mode 0600): {files.signing_key}, {files.supernode_key}\n"
-        f"once admitted: fedcommons client start --state {state}"
+    literal_console().print(
+        Text.assemble(
+            ("enrolment request written", "green"),
+            f": {request}\n"
+            f"send it to the operator ('fedcommons operator admit {request.name}');\n"
+            f"keys (keep secret, mode 0600): {files.signing_key}, {files.supernode_key}\n"
+            f"once admitted: fedcommons client start --state {state}",
+        )
     )
 
 
@@ -204,7 +209,6 @@ def start(
     match the manifest the operator admitted, or the SuperLink's certificate
     was not issued by the pinned consortium CA.
     """
-    console = Console(stderr=True)
     if isolation not in ISOLATIONS:
         raise typer.BadParameter(
             f"--isolation is {' or '.join(ISOLATIONS)}, not {isolation!r}", param_hint="--isolation"
@@ -217,6 +221,6 @@ def start(
         wait=wait,
         warm=isolation == "warm",
         encoder_cache=encoder_cache,
-        say=lambda line: console.print(line, highlight=False),
+        say=printer(literal_console(stderr=True)),
     )
     raise typer.Exit(code)

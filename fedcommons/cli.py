@@ -18,10 +18,10 @@ from typing import Any
 
 import click
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from typer.core import TyperGroup
 
+from common.output import literal_console
 from fedcommons.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -90,8 +90,10 @@ class _Root(TyperGroup):
 
 def _say(message: str) -> None:
     """One line on stderr, secrets masked."""
-    Console(stderr=True).print(
-        f"[bold red]error:[/] {escape(mask_secrets(message))}", highlight=False, soft_wrap=True
+    literal_console(stderr=True).print(
+        Text.assemble(("error:", "bold red"), f" {mask_secrets(message)}"),
+        highlight=False,
+        soft_wrap=True,
     )
 
 

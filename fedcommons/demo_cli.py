@@ -8,11 +8,12 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from client.supernode import ISOLATIONS
 from common.epsilon import format_epsilon
+from common.output import literal_console
 from common.policy import MODELS, Policy, PolicyError
 from fedcommons.demo import run_demo, unfinished_run
 from fedcommons.demo_setup import prepare_data, with_model
@@ -110,7 +111,7 @@ def demo(
     and are admitted first; the SuperLink then runs with TLS and admits only
     their registered SuperNodes, and every update is encrypted and signed.
     """
-    console = Console()
+    console = literal_console()
     given = {"--rounds": rounds, "--model": model, "--partition": partition, "--seed": seed,
              "--policy": policy_file, "--epsilon": epsilon}  # fmt: skip
     if resume and any(value is not None for value in given.values()):
@@ -132,7 +133,7 @@ def demo(
     if resume:  # shown as the run recorded it
         url = ledger_url or f"sqlite:///{workdir.resolve() / 'ledger.db'}"
         run_id, policy = unfinished_run(workdir.resolve(), url)
-        console.print(f"[bold]resuming run {run_id}[/] in {workdir}")
+        console.print(Text.assemble((f"resuming run {run_id}", "bold"), f" in {workdir}"))
     if model is not None:
         if model not in MODELS:
             raise PolicyError(
@@ -164,20 +165,27 @@ def demo(
         return
     if insecure:
         console.print(
-            "[bold yellow]WARNING: --insecure: the SuperLink runs WITHOUT TLS and accepts "
-            "any SuperNode. Use it only to debug on one machine.[/]"
+            Text(
+                "WARNING: --insecure: the SuperLink runs WITHOUT TLS and accepts any SuperNode. "
+                "Use it only to debug on one machine.",
+                "bold yellow",
+            )
         )
     interrupt_on_sigterm()
     privacy = policy.privacy
     guarantee = (
-        f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution"
+        Text(f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution")
         if privacy.dp
-        else "[yellow]DP OFF (policy says dp = false): ε = ∞[/]"
+        else Text("DP OFF (policy says dp = false): ε = ∞", "yellow")
     )
     console.print(
-        f"[bold]FedCommons demo[/]: {policy.model.name} on {policy.data.dataset}, "
-        f"{policy.data.partition}, {policy.federation.rounds} rounds, {guarantee}, "
-        f"work folder {workdir}"
+        Text.assemble(
+            ("FedCommons demo", "bold"),
+            f": {policy.model.name} on {policy.data.dataset}, {policy.data.partition}, "
+            f"{policy.federation.rounds} rounds, ",
+            guarantee,
+            f", work folder {workdir}",
+        )
     )
     try:
         with round_bar(console, policy.federation.rounds) as on_round:
@@ -193,8 +201,11 @@ def demo(
             )
     except KeyboardInterrupt:
         console.print(
-            "[yellow]interrupted: every Flower process started was stopped; the run is "
-            "recorded as interrupted and 'fedcommons demo --resume' continues it[/]"
+            Text(
+                "interrupted: every Flower process started was stopped; the run is recorded as "
+                "interrupted and 'fedcommons demo --resume' continues it",
+                "yellow",
+            )
         )
         raise typer.Exit(code=130) from None
 
@@ -214,9 +225,12 @@ def demo(
     console.print(table)
     console.print(rounds_table(summary_rounds(summary)))
     console.print(
-        f"final test accuracy [bold]{summary['final_accuracy']:.2%}[/] in "
-        f"{summary['wall_seconds']:.0f}s; ledger {summary['ledger_url']}; "
-        f"summary {workdir / 'summary.json'}"
+        Text.assemble(
+            "final test accuracy ",
+            (f"{summary['final_accuracy']:.2%}", "bold"),
+            f" in {summary['wall_seconds']:.0f}s; ledger {summary['ledger_url']}; "
+            f"summary {workdir / 'summary.json'}",
+        )
     )
 
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from common.epsilon import format_epsilon
+from common.output import literal_console
 from common.policy import Policy
 from fedcommons.demo_cli import interrupt_on_sigterm, summary_rounds
 from fedcommons.simulation import run_simulation, virtual_institutions
@@ -81,17 +82,22 @@ def simulate(
         },
         source="the command-line options",
     )
-    console = Console()
+    console = literal_console()
     privacy = policy.privacy
     guarantee = (
-        f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution"
+        Text(f"DP ε ≤ {privacy.epsilon:g}, δ = {privacy.delta:g} per institution")
         if privacy.dp
-        else "[yellow]DP OFF (policy says dp = false)[/]"
+        else Text("DP OFF (policy says dp = false)", "yellow")
     )
     console.print(
-        f"[bold]FedCommons simulation[/]: {institutions} virtual institutions, "
-        f"{policy.model.name} on {policy.data.dataset}, {policy.data.partition}, "
-        f"{policy.federation.rounds} rounds, {guarantee}, work folder {workdir}"
+        Text.assemble(
+            ("FedCommons simulation", "bold"),
+            f": {institutions} virtual institutions, {policy.model.name} on "
+            f"{policy.data.dataset}, {policy.data.partition}, {policy.federation.rounds} "
+            "rounds, ",
+            guarantee,
+            f", work folder {workdir}",
+        )
     )
     interrupt_on_sigterm()
     try:
@@ -107,7 +113,7 @@ def simulate(
                 insecure=insecure,
             )
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted: every process started was stopped[/]")
+        console.print(Text("interrupted: every process started was stopped", "yellow"))
         raise typer.Exit(code=130) from None
 
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -129,9 +135,12 @@ def simulate(
     console.print(table)
     console.print(rounds_table(summary_rounds(summary)))
     console.print(
-        f"final test accuracy [bold]{summary['final_accuracy']:.2%}[/] in "
-        f"{summary['wall_seconds']:.0f}s; ledger verified with {summary['receipts']} receipts; "
-        f"summary {workdir / 'summary.json'}"
+        Text.assemble(
+            "final test accuracy ",
+            (f"{summary['final_accuracy']:.2%}", "bold"),
+            f" in {summary['wall_seconds']:.0f}s; ledger verified with {summary['receipts']} "
+            f"receipts; summary {workdir / 'summary.json'}",
+        )
     )
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from common.keys import (
     PASSPHRASE_ENV,
@@ -17,7 +18,7 @@ from common.keys import (
     passphrase_for_new_keys,
     passphrase_from_env,
 )
-from common.output import OutputFormat
+from common.output import OutputFormat, literal_console, printer
 from common.policy import Policy
 from server.consortium import admit, init_consortium
 from server.deploy import DeployError, OperatorFiles
@@ -60,7 +61,7 @@ def check_policy(
     table.add_column("value")
     for key, value in config.items():
         table.add_row(key, repr(value))
-    Console().print(table)
+    literal_console().print(table)
 
 
 @app.command("init")
@@ -116,8 +117,8 @@ def init(
         )
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
-    console = Console()
-    console.print(f"[green]consortium {name!r} created in {files.root}[/]")
+    console = literal_console()
+    console.print(Text(f"consortium {name!r} created in {files.root}", "green"))
     table = Table(show_header=False)
     for label, path in (
         ("give to participants", files.consortium_file),
@@ -176,11 +177,14 @@ def admit_request(
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(result))
         return
-    Console().print(
-        f"[green]admitted[/] {admitted.institution} ({admitted.kind}), dataset "
-        f"{str(admitted.dataset['sha256'])[:12]}… ({admitted.dataset['records']} records, "
-        f"{admitted.licence_terms.id}), signing key {admitted.signing_key_id[:12]}…"
-        + ("; SuperNode key registered" if register else "; SuperNode key NOT registered")
+    literal_console().print(
+        Text.assemble(
+            ("admitted", "green"),
+            f" {admitted.institution} ({admitted.kind}), dataset "
+            f"{str(admitted.dataset['sha256'])[:12]}… ({admitted.dataset['records']} records, "
+            f"{admitted.licence_terms.id}), signing key {admitted.signing_key_id[:12]}…"
+            + ("; SuperNode key registered" if register else "; SuperNode key NOT registered"),
+        )
     )
 
 
@@ -207,14 +211,13 @@ def serve_superlink(
     deploy settings. Everything is checked before it starts.
     """
     files = OperatorFiles(folder.resolve())
-    console = Console(stderr=True)
     code = serve(
         files,
         host=host,
         port=port,
         database=database,
         insecure=insecure,
-        say=lambda line: console.print(line, highlight=False),
+        say=printer(literal_console(stderr=True)),
     )
     raise typer.Exit(code)
 
@@ -233,7 +236,7 @@ def status(
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(found, indent=2))
         return
-    Console().print(*status_tables(found))
+    literal_console().print(*status_tables(found))
 
 
 @app.command("run")
@@ -253,7 +256,7 @@ def run(
     """
     policy = Policy.load(policy_file)
     files = OperatorFiles(folder.resolve())
-    console = Console(stderr=output_format is OutputFormat.json)
+    console = literal_console(stderr=output_format is OutputFormat.json)
     outcome = run_policy(files, policy, FlwrCli(files.flwr_home, federation), console)
     _print_outcome(console, outcome, policy, output_format)
 
@@ -282,7 +285,7 @@ def resume(
     optimiser state; the round in flight is trained again.
     """
     files = OperatorFiles(folder.resolve())
-    console = Console(stderr=output_format is OutputFormat.json)
+    console = literal_console(stderr=output_format is OutputFormat.json)
     policy = Policy.load(policy_file) if policy_file else None
     cli = FlwrCli(files.flwr_home, federation)
     recorded, outcome = resume_run(files, run_id, cli, console, policy=policy)
@@ -298,9 +301,13 @@ def _print_outcome(
     console.print(rounds_table(outcome.rounds))
     accuracy = "-" if outcome.test_accuracy is None else f"{outcome.test_accuracy:.2%}"
     console.print(
-        f"run {outcome.ledger_run_id} (Flower {outcome.flower_run_id}) finished: test "
-        f"accuracy [bold]{accuracy}[/]; release it with 'fedcommons operator release "
-        f"--run {outcome.ledger_run_id} --out DIR'"
+        Text.assemble(
+            f"run {outcome.ledger_run_id} (Flower {outcome.flower_run_id}) finished: test "
+            "accuracy ",
+            (accuracy, "bold"),
+            f"; release it with 'fedcommons operator release --run {outcome.ledger_run_id} "
+            "--out DIR'",
+        )
     )
 
 
@@ -354,12 +361,15 @@ def release(
     if output_format is OutputFormat.json:
         typer.echo(json.dumps(result))
         return
-    console = Console()
+    console = literal_console()
     console.print(
-        f"[green]released[/] run {released.run_id} into {released.out_dir}: model "
-        f"{released.model_sha256[:12]}…, card {released.card_sha256[:12]}… "
-        f"(ledger entry {released.entry_seq}"
-        + (", covered by a new signed tree head)" if released.tree_head else ")"),
+        Text.assemble(
+            ("released", "green"),
+            f" run {released.run_id} into {released.out_dir}: model "
+            f"{released.model_sha256[:12]}…, card {released.card_sha256[:12]}… "
+            f"(ledger entry {released.entry_seq}"
+            + (", covered by a new signed tree head)" if released.tree_head else ")"),
+        ),
         highlight=False,
     )
     console.print(

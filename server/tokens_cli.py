@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from common.output import OutputFormat
+from common.output import OutputFormat, literal_console
 from server.deploy import OperatorFiles
 from server.ledger import Ledger
 from server.ledger.tokens import issue_token, list_tokens, parse_lifetime, revoke_token
@@ -55,7 +54,7 @@ def issue(
     finally:
         ledger.close()
     typer.echo(token)
-    Console(stderr=True).print(
+    literal_console(stderr=True).print(
         f"token {name!r} issued, valid for {expires}: it is shown only now", highlight=False
     )
 
@@ -92,7 +91,7 @@ def list_(
         table.add_column(column)
     for row in rows:
         table.add_row(row["name"], row["created_at"], row["expires_at"], row["status"])
-    Console().print(table)
+    literal_console().print(table)
 
 
 @app.command("revoke")

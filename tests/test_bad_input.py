@@ -364,3 +364,61 @@ def test_operator_resume_without_its_ledger_creates_nothing(operator: Path) -> N
     line = _one_clean_line(_run("operator", "resume", "--run", "1", "--dir", str(operator)))
     assert f"no ledger at sqlite:///{operator / 'ledger.db'}: the file does not exist" in line
     assert _tree(operator) == before
+
+
+# -- held out: text from the ledger, a request or a peer prints as itself ----------------
+
+MARKUP = "evil[/]x [bold]b[/bold] [red]r [link=https://evil.example]l[/link] :warning: q[/]x"
+"""Rich markup that would hide, restyle or link text, an emoji code and a stray close tag."""
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_admit_prints_a_licence_name_as_itself(
+    tmp_path: Path, operator: Path, data_file: Path
+) -> None:
+    terms = tmp_path / "terms.toml"
+    terms.write_text(
+        f"name = {json.dumps(MARKUP)}\ncommercial = false\nderivatives = true\n"
+        'share-alike = false\npurposes = ["research"]\n'
+    )
+    state = tmp_path / "state"
+    enrolled = _run(
+        "client", "enroll", "--state", str(state), "--institution", "lab-a", "--kind",
+        "academia", "--data", str(data_file), "--licence", str(terms),
+        "--consortium", str(operator / "consortium.json"),
+    )  # fmt: skip
+    assert enrolled.exit_code == 0, enrolled.output
+    request = str(state / "enrolment-request.json")
+    result = _run("operator", "admit", request, "--dir", str(operator), "--no-register")
+    assert result.exit_code == 0, result.output
+    assert f"custom:{MARKUP}), signing key" in _flat(result.output)
+
+
+def test_audit_show_prints_reasons_and_names_as_they_were_recorded(tmp_path: Path) -> None:
+    from server.ledger import ExclusionFact, enrol_participant, finish_run, record_privacy
+    from server.ledger.runs import start_run
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    with ledger.session() as s:
+        enrol_participant(s, "[red]lab[/red]", "academia")
+        run_id = start_run(
+            s, policy_sha256="a" * 64, policy_toml="[federation]\n", model="cnn",
+            dataset="[bold]digits[/bold]", initial_model_sha256="a" * 64, planned_rounds=1,
+            flower_run_id=7,
+        ).id  # fmt: skip
+        record_privacy(
+            s, run_id, 1, charges=[], exclusions=[ExclusionFact("[red]lab[/red]", 3, 12, MARKUP)]
+        )
+        finish_run(s, run_id, "failed", reason=f"stopped: {MARKUP}")
+    ledger.close()
+    result = _run("audit", "show", "--ledger", url)
+    assert result.exit_code == 0, result.output
+    shown = _flat(result.output)
+    assert "[red]lab[/red]" in shown and "on [bold]digits[/bold]," in shown
+    assert f"excluded in round 1: [red]lab[/red] (code 12): {MARKUP}" in shown
+    assert f"stopped: stopped: {MARKUP}" in shown
+
