@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from common.policy import Policy
 from fedcommons.demo_setup import (
+    created_folder,
     demo_consortium,
     started_federation,
 )
@@ -89,10 +90,10 @@ def run_demo(
     workdir = workdir.resolve()
     ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
     resuming = unfinished_run(workdir, ledger_url) if resume else None  # creates nothing
-    workdir.mkdir(parents=True, exist_ok=True)
     if resuming is not None:
         policy = resuming[1]
-    demo = demo_consortium(workdir, policy, ledger_url)
+    with created_folder(workdir):  # a refused policy leaves no folder
+        demo = demo_consortium(workdir, policy, ledger_url)
     operator = demo.operator
     ledger = Ledger(ledger_url)
     try:

@@ -26,7 +26,7 @@ from common.atomic import write_atomic
 from common.dp import check_delta
 from common.images import write_npz
 from common.local_data import LocalData, data_suffix, load_local_data, server_split_path
-from common.policy import Policy, Scalar
+from common.policy import Policy, PolicyError, Scalar
 from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
 from fedcommons.local_federation import STARTUP_TIMEOUT, LocalFederation, NodeSpec, free_port
 from fedcommons.partition import (
@@ -48,6 +48,7 @@ __all__ = [
     "DemoLayout",
     "admit_all",
     "collect_receipts",
+    "created_folder",
     "demo_consortium",
     "prepare_data",
     "started_federation",
@@ -110,7 +111,24 @@ def prepare_data(
     files (the formats a participant would supply). Every file is read back
     through the participant loader, so a problem surfaces here, before any
     process starts.
+
+    Raises
+    ------
+    PolicyError
+        Fewer institutions than ``federation.min-nodes``; nothing is written.
+    PartitionError
+        The training split cannot be shared among that many institutions
+        (the message names the most it can); nothing is written.
     """
+    count = len(institutions)
+    if count < 1 or len({name for name, _ in institutions}) != count:
+        raise ValueError(f"institutions need distinct names, got {list(institutions)}")
+    if count < policy.federation.min_nodes:
+        raise PolicyError(
+            f"federation.min-nodes = {policy.federation.min_nodes} but {count} institution(s) "
+            "take part: every round would wait for more until it timed out; give at least "
+            f"{policy.federation.min_nodes} institutions or lower federation.min-nodes"
+        )
     seed = policy.federation.seed
     fractions = (policy.data.validation_fraction, policy.data.test_fraction)
     splits: tuple[LocalData, LocalData, LocalData]
@@ -119,9 +137,6 @@ def prepare_data(
     else:
         splits = split_holdout(load_digits_data(), *fractions, seed)
     train, validation, test = splits
-    count = len(institutions)
-    if count < 1 or len({name for name, _ in institutions}) != count:
-        raise ValueError(f"institutions need distinct names, got {list(institutions)}")
     if policy.data.partition == "iid":
         parts = partition_iid(len(train), count, seed)
     else:
@@ -171,6 +186,23 @@ class DemoConsortium:
     layout: DemoLayout
     nodes: list[NodeSpec]
     """Each institution's SuperNode, with its state folder and SuperNode key."""
+
+
+@contextmanager
+def created_folder(folder: Path) -> Iterator[Path]:
+    """Make ``folder`` (and its missing parents); if the block fails, remove what was made.
+
+    A folder that was already there stays as it is (with whatever the block
+    wrote into it): a command that fails on its first use leaves nothing behind.
+    """
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        raise
 
 
 def demo_consortium(

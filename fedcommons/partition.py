@@ -12,9 +12,20 @@ from typing import Protocol, Self, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from common.errors import UserError
 from common.images import ImageData
 
-__all__ = ["load_digits_data", "partition_dirichlet", "partition_iid", "split_holdout"]
+__all__ = [
+    "PartitionError",
+    "load_digits_data",
+    "partition_dirichlet",
+    "partition_iid",
+    "split_holdout",
+]
+
+
+class PartitionError(UserError, ValueError):
+    """The data cannot be split among that many institutions; the message names the limit."""
 
 
 def load_digits_data() -> ImageData:
@@ -58,9 +69,19 @@ def split_holdout(
 
 
 def partition_iid(num_examples: int, num_partitions: int, seed: int) -> list[NDArray[np.int64]]:
-    """Shuffle and cut into ``num_partitions`` parts whose sizes differ by at most one."""
+    """Shuffle and cut into ``num_partitions`` parts whose sizes differ by at most one.
+
+    Raises
+    ------
+    PartitionError
+        Fewer examples than parts: each part needs one at least.
+    """
     if num_partitions < 1 or num_examples < num_partitions:
-        raise ValueError(f"cannot split {num_examples} examples into {num_partitions} partitions")
+        raise PartitionError(
+            f"cannot split {num_examples} training examples among {num_partitions} "
+            f"institutions: an IID split gives each one example at least, so at most "
+            f"{num_examples} institutions"
+        )
     order = np.random.default_rng(seed).permutation(num_examples)
     return [np.sort(part) for part in np.array_split(order, num_partitions)]
 
@@ -76,14 +97,33 @@ def partition_dirichlet(
 
     Draws are repeated (with the same generator, so the result stays a function
     of ``seed``) until every partition has at least ``min_size`` examples.
+
+    Raises
+    ------
+    PartitionError
+        No draw gave every part ``min_size`` examples; the message names the
+        most parts this ``alpha`` and ``seed`` split the labels into.
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    if len(labels) < num_partitions * min_size:
-        raise ValueError(
-            f"cannot give {num_partitions} partitions {min_size} examples each "
-            f"from {len(labels)} examples"
-        )
+    parts = _dirichlet_draws(labels, num_partitions, alpha, seed, min_size)
+    if parts is not None:
+        return parts
+    most = _most_dirichlet_parts(labels, alpha, seed, min_size, below=num_partitions)
+    raise PartitionError(
+        f"cannot split {len(labels)} training examples among {num_partitions} institutions "
+        f"with {min_size} examples each: a non-IID split (Dirichlet alpha={alpha:g}, seed "
+        f"{seed}) gives them to at most {most} institutions; use fewer, a larger alpha, or an "
+        "IID split"
+    )
+
+
+def _dirichlet_draws(
+    labels: NDArray[np.int64], num_partitions: int, alpha: float, seed: int, min_size: int
+) -> list[NDArray[np.int64]] | None:
+    """The first of up to 1,000 draws that gives every part ``min_size`` examples, if any."""
+    if num_partitions < 1 or len(labels) < num_partitions * min_size:
+        return None
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for _ in range(1000):
@@ -96,7 +136,18 @@ def partition_dirichlet(
                 part.extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(
-        f"could not draw a Dirichlet(alpha={alpha}) split with {min_size} examples "
-        "per partition; raise alpha"
-    )
+    return None
+
+
+def _most_dirichlet_parts(
+    labels: NDArray[np.int64], alpha: float, seed: int, min_size: int, below: int
+) -> int:
+    """The most parts (fewer than ``below``) a draw succeeds for, by bisection; 0 if none."""
+    low, high = 0, min(below, len(labels) // min_size + 1)  # low draws, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _dirichlet_draws(labels, middle, alpha, seed, min_size) is None:
+            high = middle
+        else:
+            low = middle
+    return low

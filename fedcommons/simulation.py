@@ -24,7 +24,7 @@ from typing import Any
 from client.simulation import ROSTER_ENV, write_roster
 from common.policy import Policy
 from common.protocol import NodeConfig
-from fedcommons.demo_setup import DemoConsortium, admit_all, demo_consortium
+from fedcommons.demo_setup import DemoConsortium, admit_all, created_folder, demo_consortium
 from fedcommons.local_federation import LocalFederation
 from fedcommons.summary import summarise
 from server.flower import FederationError
@@ -145,12 +145,12 @@ def run_simulation(
     """
     started = time.monotonic()
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     ledger_url = ledger_url or f"sqlite:///{workdir / 'ledger.db'}"
-    demo = demo_consortium(
-        workdir, policy, ledger_url, virtual_institutions(institutions, industry_share)
-    )
-    admit_all(demo, policy, register=None)  # no SuperNode keys: no SuperNode connects
+    with created_folder(workdir):  # a refused size or a failed enrolment leaves no folder
+        demo = demo_consortium(
+            workdir, policy, ledger_url, virtual_institutions(institutions, industry_share)
+        )
+        admit_all(demo, policy, register=None)  # no SuperNode keys: no SuperNode connects
     prepared = time.monotonic() - started
     ledger = Ledger(ledger_url)
     try:

@@ -422,3 +422,36 @@ def test_audit_show_prints_reasons_and_names_as_they_were_recorded(tmp_path: Pat
     assert f"excluded in round 1: [red]lab[/red] (code 12): {MARKUP}" in shown
     assert f"stopped: stopped: {MARKUP}" in shown
 
+
+# -- held out: a simulation sized beyond its data or below its quorum ---------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--institutions", "1000000", "--partition", "iid"],
+         "among 1000000 institutions: an IID split gives each one example at least, so at most "
+         "1257 institutions"),
+        (["--institutions", "200"],
+         "among 200 institutions with 10 examples each: a non-IID split (Dirichlet alpha=0.5, "
+         "seed 42) gives them to at most 64 institutions"),
+        (["--institutions", "2"],
+         "federation.min-nodes = 3 but 2 institution(s) take part"),
+    ],
+)  # fmt: skip
+def test_a_simulation_its_data_or_quorum_cannot_carry_is_refused_leaving_no_folder(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    workdir = tmp_path / "runs" / "sim"
+    line = _one_clean_line(_run("simulate", *options, "--workdir", str(workdir)))
+    assert message in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_demo_below_its_policys_quorum_is_refused_leaving_no_folder(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[federation]\nmin-nodes = 4\n")
+    workdir = tmp_path / "demo"
+    line = _one_clean_line(_run("demo", "--policy", str(policy), "--workdir", str(workdir)))
+    assert "federation.min-nodes = 4 but 3 institution(s) take part" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.toml"]

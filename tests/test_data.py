@@ -9,7 +9,13 @@ from PIL import Image
 from common.images import DataError, ImageData, load_image_data, write_npz
 from common.policy import Policy
 from fedcommons.demo_setup import prepare_data
-from fedcommons.partition import load_digits_data, partition_dirichlet, partition_iid, split_holdout
+from fedcommons.partition import (
+    PartitionError,
+    load_digits_data,
+    partition_dirichlet,
+    partition_iid,
+    split_holdout,
+)
 from tests.attacks import flip_labels
 
 LOAD = {"num_classes": 10, "image_size": 8}
@@ -41,7 +47,7 @@ def test_iid_partition_sizes_and_determinism() -> None:
         np.array_equal(a, b) for a, b in zip(parts, partition_iid(100, 3, seed=7), strict=True)
     )
     assert not np.array_equal(parts[0], partition_iid(100, 3, seed=8)[0])
-    with pytest.raises(ValueError, match="cannot split 2 examples into 3"):
+    with pytest.raises(PartitionError, match=r"among 3 institutions: .* so at most 2 institutions"):
         partition_iid(2, 3, seed=0)
 
 
