@@ -33,7 +33,10 @@ from typing import Any
 from record import write_record  # bench/record.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "dp_step.json"
+RESULTS = {
+    "cnn": ROOT / "bench" / "results" / "dp_step.json",
+    "bert": ROOT / "bench" / "results" / "dp_step_bert.json",
+}
 VARIANTS = ("plain", "hooks", "ghost")
 
 
@@ -121,7 +124,9 @@ def main() -> None:
         "--set", default="", help="policy changes, 'model.train-layers=0;model.lora-rank=8'"
     )
     parser.add_argument("--child", nargs=2, metavar=("VARIANT", "BATCH"), help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out", type=Path, help="default: bench/results/dp_step.json (dp_step_bert.json for BERT)"
+    )
     args = parser.parse_args()
     if args.child:
         row = measure(args.child[0], int(args.child[1]), args.epochs, args.model, args.set)
@@ -153,7 +158,7 @@ def main() -> None:
             f"{row['time_ratio']:>7.2f} {row['peak_added_mib']:>9.1f} "
             f"{row['memory_ratio'] or float('nan'):>7.2f}"
         )
-    write_record(args.out, rows=rows)
+    write_record(args.out or RESULTS[args.model], rows=rows)
 
 
 if __name__ == "__main__":

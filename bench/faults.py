@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Policy().federation.round_timeout,
         help="seconds a round waits for replies (default: the policy's)",
     )
-    parser.add_argument("--out", type=Path, default=Path("bench/results/faults.json"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "faults.json")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     args = parser.parse_args(argv)
     console = Console()

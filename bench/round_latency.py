@@ -66,6 +66,8 @@ from server.flower import FederationError, assemble_app, write_run_config
 from server.ledger import Ledger
 from server.ledger.report import ledger_report
 
+RESULTS = Path(__file__).resolve().parent / "results" / "round_latency.json"
+
 PLAIN_APP = Path(__file__).resolve().parent / "plain_app"
 STATUS_INTERVAL = 10.0  # seconds between `flwr ls` calls, the same for both variants
 
@@ -260,7 +262,7 @@ def render(results: dict[str, Any], console: Console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="federated rounds per variant")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/round_latency.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temp dir")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     args = parser.parse_args(argv)
