@@ -262,6 +262,7 @@ def serve(
     Every page and /api/ call needs a token ('fedcommons operator token
     issue'); the database connection is read-only. Stop with Ctrl-C.
     """
+    import errno
     import socket
 
     import uvicorn
@@ -273,12 +274,22 @@ def serve(
     if operator_key and (Path(operator_key).suffix == ".json" or Path(operator_key).is_file()):
         name = Consortium.load(Path(operator_key)).name
     dashboard = create_app(ledger_url, operator, name)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as err:
+        raise typer.BadParameter(
+            f"cannot listen on {host!r}: not an address or a name this machine resolves "
+            f"({err.strerror})",
+            param_hint="--host",
+        ) from None
+    with socket.socket(family) as probe:
         try:
             probe.bind((host, port))
         except OSError as err:
+            # in use or privileged: the port; anything else (not this machine's address): the host
+            option = "--port" if err.errno in (errno.EADDRINUSE, errno.EACCES) else "--host"
             raise typer.BadParameter(
-                f"cannot listen on {host}:{port}: {err.strerror}", param_hint="--port"
+                f"cannot listen on {host}:{port}: {err.strerror}", param_hint=option
             ) from None
     literal_console(stderr=True).print(
         f"serving the ledger read-only on http://{host}:{port}/ (Ctrl-C stops)", highlight=False

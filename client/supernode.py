@@ -20,11 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from client.enrolment import ParticipantState, dataset_manifest
 from common.consortium import Consortium, check_institution, read_json_object
 from common.errors import UserError
-from common.keys import KeyFileError, passphrase_from_env
+from common.keys import KeyFileError, load_supernode_key, passphrase_from_env
 from common.policy import Policy
 from common.processes import flower_env, run_foreground
 from common.protocol import NodeConfig
@@ -161,6 +162,16 @@ def check_state(state_dir: Path) -> ReadyNode:
         state.load_signing_key(passphrase_from_env())
     except KeyFileError as err:
         raise NodeStartError(f"{err} (every update is signed with it)") from None
+    try:
+        supernode = load_supernode_key(state.supernode_key)
+    except KeyFileError as err:
+        raise NodeStartError(f"{err} (the SuperNode authenticates with it)") from None
+    openssh = supernode.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+    if openssh.decode("ascii").split()[:2] != public.split()[:2]:
+        raise NodeStartError(
+            f"{state.supernode_key} is not the private half of {state.supernode_public_key}: "
+            "the SuperLink would refuse this node"
+        )
     enrolled = str(request.get("dataset", {}).get("sha256", ""))
     try:
         now = dataset_manifest(Policy.load(state.data_policy), data)["sha256"]

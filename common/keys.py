@@ -17,6 +17,7 @@ import os
 import stat
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -35,6 +36,7 @@ __all__ = [
     "load_ec_key",
     "load_ed25519_key",
     "load_private_key",
+    "load_supernode_key",
     "load_x25519_key",
     "passphrase_for_new_keys",
     "passphrase_from_env",
@@ -169,6 +171,33 @@ def load_ec_key(path: Path, *, passphrase: str | None = None) -> ec.EllipticCurv
     key = load_private_key(path, passphrase=passphrase)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise _wrong_kind(path, key, "ECDSA key")
+    return key
+
+
+def load_supernode_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """Load the SuperNode authentication key :func:`write_supernode_key` wrote (OpenSSH).
+
+    Flower's SuperNode reads this file itself; loading it first turns a
+    missing, exposed, truncated or foreign file into an error that names it,
+    rather than a SuperLink that seems unreachable.
+
+    Raises
+    ------
+    KeyFileError
+        Missing file, permissions wider than 0600, or not an OpenSSH ECDSA
+        private key (corrupt, truncated, or another kind of key).
+    """
+    if not path.is_file():
+        raise KeyFileError(f"no key file at {path}")
+    _check_permissions(path)
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise KeyFileError(
+            f"{path} is not a readable SuperNode key (truncated or corrupt: {err})"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise _wrong_kind(path, key, "ECDSA SuperNode key")
     return key
 
 

@@ -455,3 +455,16 @@ def test_a_demo_below_its_policys_quorum_is_refused_leaving_no_folder(tmp_path: 
     line = _one_clean_line(_run("demo", "--policy", str(policy), "--workdir", str(workdir)))
     assert "federation.min-nodes = 4 but 3 institution(s) take part" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.toml"]
+
+
+# -- held out: each message names what is wrong ------------------------------------------
+
+
+def test_audit_serve_names_a_host_it_cannot_listen_on(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).close()
+    result = _run("audit", "serve", "--ledger", url, "--host", "10.9.9.9", "--port", "8089")
+    assert result.exit_code == 2, result.output
+    said = _flat(result.output)
+    assert "Invalid value for --host: cannot listen on 10.9.9.9:8089" in said
+    assert "--port" not in said

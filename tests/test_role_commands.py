@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from client.enrolment import ParticipantState, enrol
 from client.supernode import NodeStartError, check_state, check_superlink_certificate
 from common.images import write_npz
+from common.keys import write_supernode_key
 from common.processes import ProcessTree
 from common.tls import TlsFiles
 from fedcommons.cli import app
@@ -139,6 +140,24 @@ def test_start_refuses_a_supernode_key_that_was_not_admitted(state: ParticipantS
     for name in ("supernode.pem", "supernode.pub"):
         shutil.copyfile(other / "keys" / name, state.root / "keys" / name)
     assert "is not the SuperNode key in the admitted request" in _start(state.root)
+
+
+def test_start_names_a_truncated_supernode_key(state: ParticipantState) -> None:
+    """Flower would read it only after the checks, and say the SuperLink cannot be reached."""
+    key = state.supernode_key
+    key.write_bytes(key.read_bytes()[:200])
+    said = _start(state.root, "--wait", "0.1")
+    assert f"{key} is not a readable SuperNode key (truncated or corrupt" in said
+
+
+def test_start_refuses_a_supernode_key_that_is_not_its_public_halfs(
+    state: ParticipantState, tmp_path: Path
+) -> None:
+    key = state.supernode_key
+    key.unlink()
+    write_supernode_key(key, tmp_path / "other.pub")
+    said = _start(state.root, "--wait", "0.1")
+    assert f"{key} is not the private half of {state.supernode_public_key}" in said
 
 
 def test_start_refuses_data_that_no_longer_match_the_manifest(state: ParticipantState) -> None:
