@@ -280,6 +280,8 @@ def locked_history(
 def list_histories(state_dir: Path) -> list[AccountantHistory]:
     """Every dataset history in a client's state folder (each validated)."""
     folder = state_dir / PRIVACY_DIR
+    if state_dir.exists() and not state_dir.is_dir():
+        raise PrivacyStateError(f"{state_dir} is not a folder: give the node's state folder")
     if not state_dir.is_dir():
         raise PrivacyStateError(f"state folder {state_dir} does not exist")
     if folder.exists() and not folder.is_dir():

@@ -11,9 +11,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from client.accountant import list_histories
+from client.accountant import (
+    PRIVACY_DIR,
+    AccountantHistory,
+    PrivacyStateError,
+    history_path,
+    list_histories,
+)
 from client.enrolment import ParticipantState, enrol
-from client.supernode import ISOLATIONS
+from client.supernode import ISOLATIONS, node_settings
 from client.supernode import start as start_supernode
 from common.epsilon import format_epsilon
 from common.images import ImageData
@@ -79,6 +85,14 @@ def budget(
 ) -> None:
     """Privacy budget spent and remaining per dataset, from the node's own accountant."""
     histories = list_histories(state)
+    files = ParticipantState(state)
+    own = node_settings(files)[0] if files.node_settings.is_file() else None
+    if own is None and not (state / PRIVACY_DIR).is_dir():
+        raise PrivacyStateError(
+            f"{state} is not a FedCommons state folder: it holds neither the node.toml "
+            "'fedcommons client enroll' writes nor a privacy/ folder of budget histories"
+        )
+    _warn_of_others(state, own, histories)
     rows: list[dict[str, Any]] = []
     for h in histories:
         spent = h.epsilon()
@@ -117,6 +131,21 @@ def budget(
             f"{row['delta']:g}",
         )
     literal_console().print(table)
+
+
+def _warn_of_others(state: Path, own: str | None, histories: list[AccountantHistory]) -> None:
+    """Say which histories are not this node's institution's (copied from another node?)."""
+    names = sorted({h.institution for h in histories})
+    if own is None and len(names) < 2:
+        return
+    say = printer(literal_console(stderr=True))
+    for h in histories:
+        if h.institution != own:
+            whose = f"not {own}'s (this node's)" if own else f"one of {len(names)} institutions'"
+            say(
+                f"warning: {history_path(state, h.dataset_sha256)} is {h.institution}'s budget "
+                f"history, {whose}: was it copied from another node's state folder?"
+            )
 
 
 @app.command("enroll")

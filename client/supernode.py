@@ -36,6 +36,7 @@ __all__ = [
     "ReadyNode",
     "check_state",
     "check_superlink_certificate",
+    "node_settings",
     "start",
     "supernode_argv",
 ]
@@ -146,7 +147,7 @@ def check_state(state_dir: Path) -> ReadyNode:
             "changed; restore both from the folder's backup"
         )
     request = read_json_object(state.request, "enrolment request")
-    institution, data = _node_settings(state)
+    institution, data = node_settings(state)
     if request.get("institution") != institution:
         raise NodeStartError(
             f"{state.node_settings} names {institution!r} but the enrolment request is for "
@@ -189,7 +190,8 @@ def check_state(state_dir: Path) -> ReadyNode:
     return ReadyNode(state, consortium, node_config, enrolled)
 
 
-def _node_settings(state: ParticipantState) -> tuple[str, Path]:
+def node_settings(state: ParticipantState) -> tuple[str, Path]:
+    """The institution this node is and its data folder, from ``node.toml``."""
     try:
         doc = tomllib.loads(state.node_settings.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:

@@ -44,9 +44,10 @@ def literal_console(*, stderr: bool = False) -> Console:
 
 
 def printer(console: Console) -> Callable[[str], None]:
-    """A ``say(line)`` callback printing each line on ``console`` as it is, unhighlighted."""
+    """A ``say(line)`` callback printing each line on ``console`` as it is: unhighlighted,
+    and not wrapped by Rich (a long path stays whole to copy)."""
 
     def say(line: str) -> None:
-        console.print(line, markup=False, emoji=False, highlight=False)
+        console.print(line, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
     return say

@@ -384,13 +384,7 @@ def test_admit_prints_a_licence_name_as_itself(
         f"name = {json.dumps(MARKUP)}\ncommercial = false\nderivatives = true\n"
         'share-alike = false\npurposes = ["research"]\n'
     )
-    state = tmp_path / "state"
-    enrolled = _run(
-        "client", "enroll", "--state", str(state), "--institution", "lab-a", "--kind",
-        "academia", "--data", str(data_file), "--licence", str(terms),
-        "--consortium", str(operator / "consortium.json"),
-    )  # fmt: skip
-    assert enrolled.exit_code == 0, enrolled.output
+    state = _enrolled(tmp_path / "state", operator, data_file, licence=str(terms))
     request = str(state / "enrolment-request.json")
     result = _run("operator", "admit", request, "--dir", str(operator), "--no-register")
     assert result.exit_code == 0, result.output
@@ -468,3 +462,46 @@ def test_audit_serve_names_a_host_it_cannot_listen_on(tmp_path: Path) -> None:
     said = _flat(result.output)
     assert "Invalid value for --host: cannot listen on 10.9.9.9:8089" in said
     assert "--port" not in said
+
+
+def _enrolled(state: Path, operator: Path, data_file: Path, licence: str = "CC-BY-4.0") -> Path:
+    """``state`` after 'client enroll' of lab-a with ``data_file``: a real state folder."""
+    enrolled = _run(
+        "client", "enroll", "--state", str(state), "--institution", "lab-a", "--kind",
+        "academia", "--data", str(data_file), "--licence", licence,
+        "--consortium", str(operator / "consortium.json"),
+    )  # fmt: skip
+    assert enrolled.exit_code == 0, enrolled.output
+    return state
+
+
+def test_client_budget_refuses_what_is_not_a_state_folder(
+    tmp_path: Path, operator: Path, data_file: Path
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = _one_clean_line(_run("client", "budget", "--state", str(empty)))
+    assert f"{empty} is not a FedCommons state folder" in line
+    line = _one_clean_line(_run("client", "budget", "--state", str(data_file)))
+    assert f"{data_file} is not a folder: give the node's state folder" in line
+    state = _enrolled(tmp_path / "state", operator, data_file)
+    result = _run("client", "budget", "--state", str(state))
+    assert result.exit_code == 0, result.output
+    assert f"no privacy budget charged yet in {state}" in _flat(result.output)
+
+
+def test_client_budget_warns_of_another_institutions_history(
+    tmp_path: Path, operator: Path, data_file: Path
+) -> None:
+    from client.accountant import history_path, locked_history
+
+    state = _enrolled(tmp_path / "state", operator, data_file)
+    with locked_history(state, institution="lab-b", dataset_sha256="b" * 64, num_records=30) as h:
+        h.history = [(1.2, 0.5, 4)]
+    result = _run("client", "budget", "--state", str(state), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert [row["institution"] for row in json.loads(result.stdout)["datasets"]] == ["lab-b"]
+    warning = _flat(result.stderr)
+    assert f"warning: {history_path(state, 'b' * 64)} is lab-b's budget history, not lab-a's" in (
+        warning
+    )

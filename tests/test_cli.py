@@ -147,7 +147,7 @@ def test_client_budget_shows_spent_and_remaining(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     result = runner.invoke(app, ["client", "budget", "--state", str(state)])
-    assert result.exit_code == 0 and "no privacy budget charged yet" in result.output
+    assert result.exit_code == 1 and "is not a FedCommons state folder" in result.output
     with locked_history(
         state, institution="university-a", dataset_sha256="a" * 64, num_records=420
     ) as history:
