@@ -342,9 +342,8 @@ def release(
     """Write a finished run's final model, its model card (JSON and Markdown), and record it."""
     url, snapshot_dir, key_file = _release_settings(folder, ledger_url, snapshots, operator_key)
     signer = load_ed25519_key(key_file, passphrase=passphrase_from_env()) if key_file else None
-    ledger = Ledger(url, migrate=False)  # refuses a ledger that is not there
+    ledger = Ledger(url, create=False)  # refuses a ledger that is not there
     try:
-        ledger.upgrade()
         released = release_model(ledger, run_id, out, snapshot_dir=snapshot_dir, signer=signer)
     finally:
         ledger.close()
