@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
@@ -35,6 +37,7 @@ from server.ledger import Ledger
 from server.ledger.report import ledger_report
 from server.ledger.store import LedgerError
 from server.runs import follow_run, read_rounds, submit_run
+from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.e2e
 
@@ -201,6 +204,113 @@ def test_the_superlink_killed_in_round_3_then_resumed_records_every_round_once(
     for name in INSTITUTIONS:
         held = sorted((Path(summary["receipts_dir"]) / name).glob("*.json"))
         assert len({json.loads(p.read_text())["round"] for p in held}) == len(held)
+
+
+def _charged_as_spent(workdir: Path, run: dict[str, Any]) -> None:
+    """Every institution's last charge is its own accountant's epsilon: never less in the ledger."""
+    for name in INSTITUTIONS:
+        (history,) = list_histories(workdir / "institutions" / name / "state")
+        charged = [c for c in run["privacy_charges"] if c["institution"] == name]
+        assert charged[-1]["epsilon"] == pytest.approx(history.epsilon(), rel=1e-9), name
+        # the steps the ledger charged add up to the steps the node trained: none missing
+        assert sum(c["steps"] for c in charged) == history.steps, name
+
+
+def test_a_round_whose_replies_were_kept_is_recovered_after_the_crash_not_trained_again(
+    tmp_path: Path,
+) -> None:
+    """The SuperLink and its ServerApp die once round 2's replies are kept, before the round
+    is recorded: the resumed run records round 2 from them; nobody trains or pays for it twice."""
+    policy = Policy().with_overrides({"federation.rounds": 3})
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    consortium = demo_consortium(tmp_path, policy, url)
+    kept = consortium.operator.snapshot_dir / "round-0002-replies.json"
+    ledger = Ledger(url)
+    with started_federation(consortium, policy) as federation:
+        flower_run_id = submit_run(federation.cli, policy, tmp_path / "run")
+        deadline = time.monotonic() + 300
+        while not kept.exists():  # kept before anything is aggregated or recorded
+            assert time.monotonic() < deadline, "timed out waiting for round 2's replies"
+            time.sleep(0.005)
+        killed = federation.crash_superlink()
+        _wait(lambda: not killed & federation.tree.look(), 10, "the ServerApp to die")
+        rounds_at_crash = len(read_rounds(ledger, flower_run_id)[1])
+    ledger.close()
+    assert rounds_at_crash == 1, "the crash came after round 2 was recorded: nothing to recover"
+    (run,) = _report(url)["runs"]
+    assert sorted(c["round"] for c in run["privacy_charges"]) == [1, 1, 1, 2, 2, 2]
+
+    summary = run_demo(tmp_path, policy, ledger_url=url, resume=True)
+    (run,) = _report(url)["runs"]
+    assert run["status"] == "finished"
+    assert [r["round"] for r in run["rounds"]] == [1, 2, 3]
+    # round 2 was paid for once: three charges per round, none twice
+    assert sorted(c["round"] for c in run["privacy_charges"]) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert [f["first_round"] for f in run["flower_runs"]] == [1, 3]  # round 2: the first run's
+    _charged_as_spent(tmp_path, run)
+    assert summary["ledger_verified"] is True
+
+
+def test_ledger_connections_cut_mid_run_on_postgresql_lose_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Every connection of the ledger's database is cut, again and again, through round 2
+    (a restart, a failover, an idle reaper): the demo finishes; every charge is recorded."""
+    policy = Policy().with_overrides({"federation.rounds": 3})
+    done: dict[str, Any] = {}
+
+    def demo() -> None:
+        try:
+            done["summary"] = run_demo(tmp_path, policy, ledger_url=postgres_url)
+        except BaseException as err:  # reported below, in the test's thread
+            done["error"] = err
+
+    thread = threading.Thread(target=demo)
+    thread.start()
+    database = postgres_url.rsplit("/", 1)[1]
+    cut = 0
+    try:
+        _wait(lambda: _rounds_recorded(postgres_url) >= 1, 300, "round 1")
+        until = time.monotonic() + 8  # round 2's training, replies and recording
+        while time.monotonic() < until and thread.is_alive():
+            cut += _terminate_backends(database)
+            time.sleep(0.4)
+    finally:
+        thread.join(timeout=600)
+    assert "error" not in done, done.get("error")
+    assert cut > 0
+    (run,) = _report(postgres_url)["runs"]
+    assert run["status"] == "finished"
+    assert [r["round"] for r in run["rounds"]] == [1, 2, 3]
+    assert sorted(c["round"] for c in run["privacy_charges"]) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    _charged_as_spent(tmp_path, run)
+
+
+def _rounds_recorded(url: str) -> int:
+    """Rounds the demo's ledger recorded (0 while the demo still creates it: never migrate
+    from here, or the two migrations wait on each other's locks)."""
+    try:
+        runs = _report(url)["runs"]
+    except (LedgerError, DBAPIError):
+        return 0
+    return len(runs[0]["rounds"]) if runs else 0
+
+
+def _terminate_backends(database: str) -> int:
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": database},
+                ).scalar_one()
+            )
+    finally:
+        admin.dispose()
 
 
 def test_sigterm_records_the_run_interrupted_stops_everything_and_resume_finishes_it(
