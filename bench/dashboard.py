@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ledger_throughput import LedgerBuilder  # noqa: E402
 from record import write_record  # noqa: E402
 
-from fedcommons.local_federation import free_port  # noqa: E402
+from fedcommons.startup import free_port  # noqa: E402
 from server.ledger import Ledger  # noqa: E402
 from server.ledger.tokens import issue_token  # noqa: E402
 

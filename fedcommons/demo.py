@@ -24,7 +24,8 @@ from fedcommons.demo_setup import (
     demo_consortium,
     started_federation,
 )
-from fedcommons.local_federation import STARTUP_TIMEOUT, LocalFederation
+from fedcommons.local_federation import LocalFederation
+from fedcommons.startup import STARTUP_TIMEOUT
 from fedcommons.summary import summarise
 from server.flower import FederationError
 from server.ledger import Ledger

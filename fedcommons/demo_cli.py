@@ -17,7 +17,7 @@ from common.output import literal_console
 from common.policy import MODELS, Policy, PolicyError
 from fedcommons.demo import run_demo, unfinished_run
 from fedcommons.demo_setup import prepare_data, with_model
-from fedcommons.local_federation import STALL_SHARE, STARTUP_TIMEOUT
+from fedcommons.startup import STALL_SHARE, STARTUP_TIMEOUT
 from server.progress import round_bar, rounds_table
 from server.runs import RoundProgress
 

@@ -28,13 +28,14 @@ from common.images import write_npz
 from common.local_data import LocalData, data_suffix, load_local_data, server_split_path
 from common.policy import Policy, PolicyError, Scalar
 from common.text import STDLIB_TOPICS, TextData, stdlib_docstrings, write_jsonl
-from fedcommons.local_federation import STARTUP_TIMEOUT, LocalFederation, NodeSpec, free_port
+from fedcommons.local_federation import LocalFederation, NodeSpec
 from fedcommons.partition import (
     load_digits_data,
     partition_dirichlet,
     partition_iid,
     split_holdout,
 )
+from fedcommons.startup import STARTUP_TIMEOUT, free_port
 from server.consortium import Register, admit, init_consortium
 from server.deploy import DeployConfig, OperatorFiles
 from server.ledger import Ledger
@@ -285,7 +286,7 @@ def started_federation(
     With TLS (unless ``insecure``), admission registers each SuperNode's key,
     so only those nodes get in. Every process is stopped on leaving.
     ``startup_timeout`` is the most seconds each may take to start
-    (:func:`~fedcommons.local_federation.wait_for_port`).
+    (:func:`~fedcommons.startup.wait_for_port`).
     """
 
     def admit_institutions(federation: LocalFederation) -> None:

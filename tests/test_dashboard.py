@@ -29,7 +29,7 @@ from sqlalchemy import text
 
 from audit.web import COOKIE, create_app
 from common.licences import SPDX, Licence
-from fedcommons.local_federation import free_port
+from fedcommons.startup import free_port
 from server.ledger import Ledger
 from server.ledger.tokens import ApiToken, issue_token, revoke_token
 from tests.test_release import COMPANY, Federation

@@ -37,8 +37,9 @@ from common.receipts import Receipt, read_receipts
 from fedcommons.cli import app
 from fedcommons.demo_setup import demo_consortium, prepare_data, started_federation
 from fedcommons.errors import EXIT_USER_ERROR
-from fedcommons.local_federation import LocalFederation, NodeSpec, free_port
+from fedcommons.local_federation import LocalFederation, NodeSpec
 from fedcommons.partition import load_digits_data
+from fedcommons.startup import free_port
 from server.consortium import admit, init_consortium
 from server.deploy import OperatorFiles
 from server.flower import CONNECTION
@@ -154,8 +155,10 @@ def test_the_ledger_records_every_round_update_and_charge(demo: DemoRun) -> None
         assert sum(u["num_examples"] for u in r["updates"]) == 1257
         assert len({u["update_sha256"] for u in r["updates"]}) == 3
     assert sorted(p.name for p in (demo.workdir / "operator" / "snapshots").iterdir()) == [
+        "round-0001-replies.json",  # kept until the round is recorded, and after
         "round-0001-updates",
         "round-0001.safetensors",
+        "round-0002-replies.json",
         "round-0002-updates",
         "round-0002.safetensors",
     ]
@@ -259,7 +262,9 @@ def test_a_second_run_whose_plan_cannot_fit_is_refused_before_training(demo: Dem
     assert "fewer than 3 institutions have privacy budget left" in again.output
     for name in INSTITUTIONS:
         assert f"privacy budget exhausted for {name}" in again.output
-    assert "so it cannot fit; nothing was trained" in " ".join(again.output.split())
+    said = " ".join(again.output.split())
+    assert "over the budget of 7.500 (spent so far: " in said  # 8, a past run's budget
+    assert "already over it); nothing was trained" in said
     ledger = Ledger(demo.summary["ledger_url"], migrate=False)
     with ledger.session() as session:
         report = ledger_report(session)

@@ -31,7 +31,7 @@ from common.keys import write_private_key
 from common.policy import Policy, PrivacyConfig
 from common.receipts import Receipt
 from fedcommons.cli import app
-from fedcommons.local_federation import free_port
+from fedcommons.startup import free_port
 from server.card import privacy_rows
 from server.consortium import init_consortium
 from server.deploy import OperatorFiles

@@ -34,8 +34,8 @@ from common.processes import ProcessTree
 from common.tls import TlsFiles
 from fedcommons.cli import app
 from fedcommons.errors import EXIT_USER_ERROR
-from fedcommons.local_federation import free_port
 from fedcommons.partition import load_digits_data
+from fedcommons.startup import free_port
 from server.consortium import init_consortium
 from server.deploy import DeployConfig, OperatorFiles
 from server.status import NodeNames

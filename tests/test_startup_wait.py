@@ -21,13 +21,8 @@ from typer.testing import CliRunner
 
 import fedcommons.demo_cli
 from fedcommons.cli import app
-from fedcommons.local_federation import (
-    STARTUP_TIMEOUT,
-    LocalFederation,
-    NodeSpec,
-    free_port,
-    wait_for_port,
-)
+from fedcommons.local_federation import LocalFederation, NodeSpec
+from fedcommons.startup import STARTUP_TIMEOUT, free_port, wait_for_port
 from server.flower import FederationError
 
 BUSY = "while True: pass"  # works (uses CPU) and never listens
