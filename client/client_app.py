@@ -11,7 +11,8 @@ from flwr.clientapp import ClientApp
 
 from client.accountant import BudgetExhausted
 from client.enrolment import ParticipantState
-from client.receipts import accept_receipts, record_sent
+from client.owed import acknowledged_of, forget, owed, owed_record
+from client.receipts import accept_receipts, receipt_book, record_sent
 from client.sealing import seal_update
 from client.simulation import node_config_of
 from client.task import ClientSetup, evaluate_global, train_round
@@ -19,11 +20,13 @@ from common.arrays import arrays_of, arrays_sha256
 from common.envelope import envelope_record
 from common.protocol import (
     ARRAYS,
+    CHARGES_RECORDED,
     CONFIG,
     ENVELOPE,
     META,
     METRICS,
     NUM_EXAMPLES,
+    OWED_CHARGES,
     RECEIPTS,
     RECEIPTS_STORED,
     SEAL_SECONDS,
@@ -64,6 +67,8 @@ def train(message: Message, context: Context) -> Message:
         accepted = accept_receipts(
             setup.identity(), setup.institution, message.content.config_records.get(RECEIPTS)
         )
+        book = receipt_book(setup.identity()).folder
+        forget(book, acknowledged_of(message.content.config_records.get(CHARGES_RECORDED)))
         global_weights = arrays_of(message.content.array_records[ARRAYS])
         config = TrainConfig.from_record(message.content.config_records[CONFIG])
         outcome = train_round(setup, global_weights, config, run_id=context.run_id)
@@ -80,6 +85,7 @@ def train(message: Message, context: Context) -> Message:
         )
         seal_seconds = time.perf_counter() - sealing
         record_sent(setup.identity(), envelope)
+        still_owed = owed(book, besides=envelope)  # paid for, not yet in the ledger
     except ReceiptError as err:
         return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context, err)
     except BudgetExhausted as err:
@@ -105,6 +111,8 @@ def train(message: Message, context: Context) -> Message:
     )
     if accepted.cosignatures:
         content[COSIGNATURES] = cosignature_record(accepted.cosignatures)
+    if still_owed:
+        content[OWED_CHARGES] = owed_record(still_owed)
     return Message(content, reply_to=message)
 
 
@@ -112,11 +120,14 @@ def train(message: Message, context: Context) -> Message:
 def query(message: Message, context: Context) -> Message:
     """Verify and store the receipts the server sends after the last round."""
     receipts = message.content.config_records.get(RECEIPTS)
+    recorded = message.content.config_records.get(CHARGES_RECORDED)
     try:
         node = NodeConfig.from_mapping(node_config_of(context))
-        if receipts is None or node.state_dir is None:
+        if (receipts is None and recorded is None) or node.state_dir is None:
             raise ValueError("a query without receipts, or a node config without state-dir")
-        accepted = accept_receipts(ParticipantState(node.state_dir), node.institution, receipts)
+        state = ParticipantState(node.state_dir)
+        accepted = accept_receipts(state, node.institution, receipts)
+        forget(receipt_book(state).folder, acknowledged_of(recorded))
     except ReceiptError as err:
         return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context, err)
     except ValueError as err:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from flwr.app import ConfigRecord
 
 from client.enrolment import ParticipantState
+from client.owed import keep_sealed
 from common.atomic import write_atomic
 from common.consortium import Consortium, EnrolmentError
 from common.envelope import Envelope, UpdateHeader
@@ -85,6 +86,7 @@ class ReceiptBook:
             "signature": base64.b64encode(envelope.signature).decode(),
         }
         write_atomic(path, json.dumps(doc, sort_keys=True, indent=2) + "\n")
+        keep_sealed(self.folder, envelope)  # until a receipt or the server covers its charge
         return path
 
     def receipts(self, run_id: str | None = None) -> list[Receipt]:

@@ -20,19 +20,24 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from common.errors import UserError
+
+if TYPE_CHECKING:  # the records come from Flower; this module does not need it to load
+    from flwr.app import ConfigRecord
 
 __all__ = [
     "AGGREGATOR_KEY",
     "ARRAYS",
     "BASE_SHA256",
+    "CHARGES_RECORDED",
     "CONFIG",
     "ENVELOPE",
     "META",
     "METRICS",
     "NUM_EXAMPLES",
+    "OWED_CHARGES",
     "RECEIPTS",
     "RECEIPTS_STORED",
     "SEAL_SECONDS",
@@ -45,6 +50,7 @@ __all__ = [
     "PrivacyCharge",
     "Refusal",
     "TrainConfig",
+    "strings_in",
 ]
 
 # -- record names -------------------------------------------------------------
@@ -60,6 +66,24 @@ RECEIPTS = "fedcommons.receipts"
 """``ConfigRecord`` of receipts (one JSON receipt per entry of its ``receipts`` list)."""
 META = "meta"
 """``ConfigRecord`` naming the institution in an evaluation reply."""
+OWED_CHARGES = "fedcommons.owed-charges"
+"""``ConfigRecord`` of a training reply: the node's earlier sealed updates that no receipt
+or acknowledgement covers yet (one JSON envelope per entry of its ``envelopes`` list),
+so the ledger can record each charge its signed header states."""
+CHARGES_RECORDED = "fedcommons.charges-recorded"
+"""``ConfigRecord`` of a message to a node: the ciphertext hashes (``ciphertexts``) of the
+owed updates whose charges the ledger now holds; the node stops reporting them."""
+
+
+def strings_in(record: ConfigRecord | None, key: str) -> list[str]:
+    """The strings a peer's ``record`` lists under ``key`` (none if absent or malformed)."""
+    if record is None:
+        return []
+    values = record.get(key, [])
+    if not isinstance(values, list):
+        return []
+    return [v for v in values if isinstance(v, str)]
+
 
 # -- training config keys -----------------------------------------------------
 SERVER_ROUND = "server-round"

@@ -37,6 +37,7 @@ from server.strategy import (
     Defences,
     LedgerRecorder,
     LicenceGate,
+    OwedCharges,
     RoundFailed,
     UpdateGate,
     UpdateIntake,
@@ -138,6 +139,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder=recorder,
         rounds_done=point.rounds_done,
         defences=Defences.of(federation),
+        owed=OwedCharges(opened.participants),
         valuer=Valuer(
             policy.valuation,
             federation.seed,

@@ -46,6 +46,7 @@ from server.strategy import (
     build_aggregator,
     expected_tensors,
 )
+from server.strategy.owed import OwedCharge
 from server.strategy.recorder import FinishedRound, RoundRecorder
 from server.valuation import RoundValues, Valuer
 from server.valuation.batched import batch_evaluator
@@ -96,6 +97,9 @@ class Tally:
 
     def keep_replies(self, server_round: int, replies: Mapping[str, KeptReply]) -> None:
         return None  # nothing to recover: the harness never crashes
+
+    def record_owed(self, owed: list[OwedCharge]) -> None:
+        return None  # its nodes owe nothing: every round is recorded
 
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         self.exclusions += [(server_round, e) for e in exclusions]

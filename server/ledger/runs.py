@@ -72,6 +72,16 @@ def _record_flower_run(
     )
 
 
+def ledger_run_of(session: Session, flower_run_id: str) -> int | None:
+    """The ledger run a Flower run carried (its first or a resumed one), if any."""
+    run = session.scalar(select(Run.id).where(Run.flower_run_id == flower_run_id))
+    if run is None:
+        run = session.scalar(
+            select(FlowerRun.run_id).where(FlowerRun.flower_run_id == flower_run_id).limit(1)
+        )
+    return run
+
+
 def flower_runs(session: Session, run_id: int) -> list[tuple[str, int]]:
     """Every Flower run that carried ``run_id``, in order: ``(flower run id, first round)``.
 

@@ -4,7 +4,8 @@
 ``FedAvgM``) with the :class:`LicenceGate`, the :class:`UpdateIntake` (which
 opens each sealed update through the :class:`UpdateGate` and checks its
 claims with the :class:`ClaimCheck`), a
-:class:`RoundRecorder` and the :class:`ReceiptOutbox`.
+:class:`RoundRecorder`, the :class:`ReceiptOutbox` and the :class:`OwedCharges`
+(charges members report they paid that the ledger may lack).
 """
 
 from server.strategy.admission import LicenceGate
@@ -13,6 +14,7 @@ from server.strategy.composed import ConsortiumStrategy, Evaluator, RoundFailed
 from server.strategy.gate import UpdateGate, expected_tensors
 from server.strategy.intake import UpdateIntake
 from server.strategy.outbox import ReceiptOutbox
+from server.strategy.owed import OwedCharge, OwedCharges
 from server.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
 from server.strategy.robust import Defences, NormBound, build_aggregator, rule_effects
 
@@ -26,6 +28,8 @@ __all__ = [
     "LicenceGate",
     "NormBound",
     "NullRecorder",
+    "OwedCharge",
+    "OwedCharges",
     "ReceiptOutbox",
     "RoundFailed",
     "RoundRecorder",

@@ -15,18 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from common.arrays import Arrays, arrays_of, arrays_sha256, record_of
-from common.envelope import envelope_record
 from common.protocol import (
-    ENVELOPE,
-    METRICS,
-    SEAL_SECONDS,
-    TRAIN_LOSS,
-    TRAIN_SECONDS,
+    OWED_CHARGES,
     ExclusionCode,
 )
 from common.witness import COSIGNATURES, cosignatures_of
@@ -34,7 +29,9 @@ from server.ledger import ExclusionFact
 from server.snapshots import KeptReply
 from server.strategy.admission import LicenceGate
 from server.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender
+from server.strategy.kept import kept_reply, reply_of
 from server.strategy.outbox import ReceiptOutbox
+from server.strategy.owed import OwedCharges
 from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
 from server.strategy.robust import Defences
 from server.valuation import RoundValues, Valuer
@@ -80,6 +77,9 @@ class ConsortiumStrategy(Strategy):
     valuer : Valuer, optional
         Values each round's accepted updates before the round is recorded
         (default: not valued).
+    owed : OwedCharges, optional
+        Checks the earlier updates a reply reports as owed, so the ledger
+        records every charge a member paid (default: reports are ignored).
     """
 
     def __init__(
@@ -95,6 +95,7 @@ class ConsortiumStrategy(Strategy):
         rounds_done: int = 0,
         defences: Defences | None = None,
         valuer: Valuer | None = None,
+        owed: OwedCharges | None = None,
     ) -> None:
         if min_nodes < 1:
             raise ValueError(f"min_nodes must be >= 1, got {min_nodes}")
@@ -103,6 +104,7 @@ class ConsortiumStrategy(Strategy):
         self.rounds_done = rounds_done
         self.defences = defences
         self.valuer = valuer
+        self.owed = owed
         self._global: Arrays = {}
         self.aggregator = aggregator
         self.intake = intake
@@ -146,7 +148,7 @@ class ConsortiumStrategy(Strategy):
         """
         self.restore(weights, {})  # FedAvgM's server step starts from the round's model
         self._start_round(self.rounds_done + 1, record_of(weights), carrier)
-        messages = [_reply_of(reply) for reply in replies.values()]
+        messages = [reply_of(reply) for reply in replies.values()]
         self._carrier = carrier
         try:
             arrays, _ = self.aggregate_train(1, messages)
@@ -205,19 +207,23 @@ class ConsortiumStrategy(Strategy):
         asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent}
         asked.pop("", None)  # a message never pushed has no id
         senders = [sender(r, asked) for r in replies]
+        reported = [
+            r.content.config_records.get(OWED_CHARGES) for r in replies if not r.has_error()
+        ]
         for reply, node in zip(replies, senders, strict=True):
             if _from_client_app(reply):  # it took the receipts before anything else
                 self.outbox.answered(node, self.intake.institution_of(node))
                 self.take_cosignatures(self.intake.institution_of(node), reply)
         self._round = intake = self.intake.take(replies, asked)
         self.recorder.keep_replies(
-            server_round, {a.update.institution: kept(a) for a in intake.accepted}
+            server_round, {a.update.institution: kept_reply(a) for a in intake.accepted}
         )
         self._taken = time.monotonic()
         self._phases["intake (verify, open, check)"] = self._taken - replied
         intake.exclusions += self.intake.missing(sent, senders)
         charges = [a.charge for a in intake.accepted]
         self.recorder.record_replies(server_round, charges, intake.exclusions)
+        self._settle_owed(server_round, reported)
         for e in intake.exclusions:
             who = e.institution or "unknown"
             log.warning(
@@ -236,6 +242,20 @@ class ConsortiumStrategy(Strategy):
         # Read before the rule: FedMedian and FedTrimmedAvg pop the arrays out of the replies.
         self._bounded = self._as_aggregated(intake.accepted)
         return self.aggregator.aggregate_train(server_round, [a.message for a in intake.accepted])
+
+    def _settle_owed(self, server_round: int, reported: list[ConfigRecord | None]) -> None:
+        """Record the charges members report they paid and the ledger may lack; tell them."""
+        if self.owed is None or not any(r is not None for r in reported):
+            return
+        owed, seen = self.owed.take(reported, server_round, self.intake.gate.run_id)
+        self.recorder.record_owed(owed)
+        for institution, ciphertext in seen:
+            self.outbox.acknowledge(institution, ciphertext)
+        if owed:
+            log.info(
+                "round %d: %d owed charge(s) reported: %s", server_round, len(owed),
+                ", ".join(f"{o.charge.institution} round {o.round}" for o in owed),
+            )  # fmt: skip
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -366,24 +386,6 @@ class ConsortiumStrategy(Strategy):
             log.warning("%s sent malformed cosignatures: %s", institution, err)
             return
         self.recorder.record_cosignatures(institution, cosigned)
-
-
-def kept(accepted: Accepted) -> KeptReply:
-    """What the server keeps of an accepted reply until its round is recorded."""
-    update = accepted.update
-    metrics = {TRAIN_LOSS: update.train_loss, TRAIN_SECONDS: update.train_seconds}
-    if update.seal_seconds is not None:
-        metrics[SEAL_SECONDS] = update.seal_seconds
-    return KeptReply(accepted.envelope, accepted.message.metadata.src_node_id, metrics)
-
-
-def _reply_of(reply: KeptReply) -> Message:
-    """A kept reply as the train reply it was: its envelope and metrics, from its node."""
-    request = Message(RecordDict(), dst_node_id=reply.node_id, message_type=MessageType.TRAIN)
-    content = RecordDict(
-        {ENVELOPE: envelope_record(reply.envelope), METRICS: MetricRecord(dict(reply.metrics))}
-    )
-    return Message(content, reply_to=request)
 
 
 def _from_client_app(reply: Message) -> bool:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common.protocol import RECEIPTS, Refusal
+from common.protocol import CHARGES_RECORDED, RECEIPTS, Refusal
 from common.receipts import Receipt
 
 __all__ = ["ReceiptOutbox", "with_receipts"]
@@ -37,6 +37,15 @@ class ReceiptOutbox:
     def __init__(self) -> None:
         self._pending: dict[str, list[Receipt]] = {}
         self._carrying: dict[int, int] = {}  # node id -> receipts its message carries
+        self._recorded: dict[str, list[str]] = {}  # owed charges now in the ledger, by node
+        self._carrying_recorded: dict[int, int] = {}
+
+    def acknowledge(self, institution: str, ciphertext_sha256: str) -> None:
+        """Tell ``institution``'s node, with its next message, that the ledger holds the
+        charge of its update ``ciphertext_sha256`` (it stops reporting it as owed)."""
+        owed = self._recorded.setdefault(institution, [])
+        if ciphertext_sha256 not in owed:
+            owed.append(ciphertext_sha256)
 
     def pending(self, institution: str) -> list[Receipt]:
         """The receipts ``institution`` is still owed, oldest first."""
@@ -53,12 +62,21 @@ class ReceiptOutbox:
         if receipts:
             message.content = with_receipts(message.content, receipts)
             self._carrying[message.metadata.dst_node_id] = len(receipts)
+        recorded = self._recorded.get(institution or "", [])
+        if recorded:
+            content = RecordDict(dict(message.content))
+            content[CHARGES_RECORDED] = ConfigRecord({"ciphertexts": list(recorded)})
+            message.content = content
+            self._carrying_recorded[message.metadata.dst_node_id] = len(recorded)
 
     def answered(self, node_id: int, institution: str | None) -> None:
         """The node answered the message it was sent: what that carried is delivered."""
         count = self._carrying.pop(node_id, 0)
         if count and institution in self._pending:
             del self._pending[institution][:count]
+        count = self._carrying_recorded.pop(node_id, 0)
+        if count and institution in self._recorded:
+            del self._recorded[institution][:count]
 
     def deliver_remaining(
         self,
@@ -80,14 +98,17 @@ class ReceiptOutbox:
         """
         messages = []
         institution_of = {node: name for name, node in nodes.items()}
-        for name, receipts in self._pending.items():
-            if receipts and name in nodes:
+        owed_something = {n for n, r in self._pending.items() if r} | {
+            n for n, r in self._recorded.items() if r
+        }
+        for name in sorted(owed_something):
+            if name in nodes:
                 message = Message(
                     RecordDict(), dst_node_id=nodes[name], message_type=MessageType.QUERY
                 )
                 self.attach(message, name)
                 messages.append(message)
-        outcome = {name: "not delivered (no reply)" for name, owed in self._pending.items() if owed}
+        outcome = {name: "not delivered (no reply)" for name in owed_something}
         if not messages:
             return {}
         for reply in grid.send_and_receive(messages, timeout=timeout):

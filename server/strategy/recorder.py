@@ -12,6 +12,7 @@ strategy alone.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from server.ledger import (
 )
 from server.ledger.contributions import record_valuation
 from server.ledger.cosignatures import latest_cosigned, record_cosignatures
-from server.ledger.runs import flower_runs
+from server.ledger.runs import flower_runs, ledger_run_of
 from server.ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
 from server.ledger.tree_heads import (
     LedgerTree,
@@ -47,11 +48,13 @@ from server.ledger.tree_heads import (
     tree_head_from_row,
 )
 from server.snapshots import KeptReply, keep_replies, save_server_state, save_snapshot
+from server.strategy.owed import OwedCharge
 from server.valuation import RoundValues
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder", "held_heads"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ class RoundRecorder(Protocol):
     def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
         """A node's cosignatures on the checkpoints it holds; returns why any were refused."""
 
+    def record_owed(self, owed: list[OwedCharge]) -> None:
+        """Charges members signed for rounds the ledger may lack (each recorded once)."""
+
 
 class NullRecorder:
     """Keeps nothing and owes no receipts."""
@@ -122,6 +128,9 @@ class NullRecorder:
 
     def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
         return []
+
+    def record_owed(self, owed: list[OwedCharge]) -> None:
+        return None
 
 
 class LedgerRecorder:
@@ -239,6 +248,10 @@ class LedgerRecorder:
         if self.snapshot_dir is not None and replies:
             keep_replies(self.snapshot_dir, server_round, replies)
 
+    def record_owed(self, owed: list[OwedCharge]) -> None:
+        if owed:
+            self._write(lambda session: _record_owed(session, owed), "recording owed charges")
+
     def record_exclusions(self, server_round: int, exclusions: list[ExclusionFact]) -> None:
         if exclusions:
             self._write(
@@ -312,6 +325,19 @@ class LedgerRecorder:
             contributions=values,
         )
         return receipts
+
+
+def _record_owed(session: Session, owed: list[OwedCharge]) -> None:
+    """Each owed charge under the ledger run of the Flower run its header names (once)."""
+    for item in owed:
+        run_id = ledger_run_of(session, item.flower_run_id)
+        if run_id is None:
+            log.warning(
+                "%s's owed charge names Flower run %s, which carried no run of this ledger",
+                item.charge.institution, item.flower_run_id,
+            )  # fmt: skip
+            continue
+        record_privacy(session, run_id, item.round, charges=[item.charge], exclusions=[])
 
 
 def _recorded_rounds(session: Session, run_id: int) -> list[tuple[int, int, list[str], int]]:
