@@ -1,7 +1,7 @@
 """What an auditor runs: ledger verification, reports, receipt and model-card checks.
 
 Read-only, and light: it imports the shared contracts (:mod:`common`) and
-the ledger's read side (:mod:`server.ledger`), never torch, Opacus or
+the ledger's read side (:mod:`ledger`), never torch, Opacus or
 transformers.
 """
 

@@ -16,10 +16,10 @@ from common.consortium import Consortium
 from common.keys import decode_ed25519_public
 from common.output import OutputFormat, literal_console
 from common.receipts import read_receipts
-from server.ledger import Ledger, contributions_report
-from server.ledger.report import ledger_report
-from server.ledger.schema import Run
-from server.ledger.verify import LedgerTampered, verify_ledger
+from ledger import Ledger, contributions_report
+from ledger.report import ledger_report
+from ledger.schema import Run
+from ledger.verify import LedgerTampered, verify_ledger
 
 __all__ = ["app"]
 

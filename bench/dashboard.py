@@ -37,8 +37,8 @@ from ledger_throughput import LedgerBuilder  # noqa: E402
 from record import write_record  # noqa: E402
 
 from fedcommons.startup import free_port  # noqa: E402
-from server.ledger import Ledger  # noqa: E402
-from server.ledger.tokens import issue_token  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from ledger.tokens import issue_token  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"
 PATHS = ["/", "/runs", "/runs/1", "/entries/{mid}", "/api/overview", "/api/runs",

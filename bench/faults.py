@@ -70,8 +70,8 @@ from client.accountant import list_histories  # noqa: E402
 from common.policy import Policy  # noqa: E402
 from fedcommons.demo_setup import DemoConsortium, demo_consortium, started_federation  # noqa: E402
 from fedcommons.local_federation import LocalFederation, NodeSpec  # noqa: E402
-from server.ledger import Ledger  # noqa: E402
-from server.ledger.report import ledger_report  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from ledger.report import ledger_report  # noqa: E402
 from server.operate import prepare_resume  # noqa: E402
 from server.runs import RoundProgress, follow_run, submit_run  # noqa: E402
 

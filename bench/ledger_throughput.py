@@ -27,7 +27,7 @@ Three measurements, in one run:
     by the operator; runs of ``--rounds-per-run`` rounds that start and
     finish (a finished run is restated). The fact rows are real rows whose
     ``entry_seq`` names their entry. It is grown to each of ``--verify-sizes``
-    entries and :func:`server.ledger.verify.verify_ledger` (the function the
+    entries and :func:`ledger.verify.verify_ledger` (the function the
     CLI calls, not the CLI: no start-up) is timed with the operator's key, so
     every check runs, signatures included, in a fresh process (its peak memory
     above what it held before verifying is reported too).
@@ -106,14 +106,14 @@ from common.keys import key_id  # noqa: E402
 from common.merkle import TreeBuilder, leaf_hash, verify_consistency, verify_inclusion  # noqa: E402
 from common.merkle_log import MerkleLog  # noqa: E402
 from common.receipts import TreeHead  # noqa: E402
-from server.ledger import verify as verify_module  # noqa: E402
-from server.ledger.entries import (  # noqa: E402
+from ledger import verify as verify_module  # noqa: E402
+from ledger.entries import (  # noqa: E402
     append_entries,
     append_entry,
     canonical_payload,
     column_facts,
 )
-from server.ledger.schema import (  # noqa: E402
+from ledger.schema import (  # noqa: E402
     Base,
     Charge,
     Dataset,
@@ -125,8 +125,8 @@ from server.ledger.schema import (  # noqa: E402
     RoundUpdate,
     Run,
 )
-from server.ledger.store import Ledger  # noqa: E402
-from server.ledger.verify import verify_ledger  # noqa: E402
+from ledger.store import Ledger  # noqa: E402
+from ledger.verify import verify_ledger  # noqa: E402
 from tests.merkle_reference import consistency_proof, inclusion_proof, root  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ledger.json"
@@ -453,7 +453,7 @@ def scratch_postgres() -> tuple[str, Callable[[], None]]:
 class LedgerBuilder:
     """Grows a ledger as the server writes it, fast: entries in batches, rows in bulk.
 
-    Entries go through :func:`~server.ledger.entries.append_entries`; fact rows
+    Entries go through :func:`~ledger.entries.append_entries`; fact rows
     and checkpoints are inserted with executemany in the same transaction,
     each row naming its entry. Checkpoints are signed as ``sign_tree_head``
     signs them, after every round.

@@ -62,9 +62,9 @@ from common.policy import Policy
 from fedcommons.demo import run_demo
 from fedcommons.demo_setup import prepare_data
 from fedcommons.local_federation import LocalFederation
+from ledger import Ledger
+from ledger.report import ledger_report
 from server.flower import FederationError, assemble_app, write_run_config
-from server.ledger import Ledger
-from server.ledger.report import ledger_report
 
 RESULTS = Path(__file__).resolve().parent / "results" / "round_latency.json"
 

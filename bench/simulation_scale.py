@@ -48,8 +48,8 @@ from record import write_record  # noqa: E402
 
 from common.policy import Policy  # noqa: E402
 from fedcommons.simulation import SimulatedFederation, run_simulation  # noqa: E402
-from server.ledger import Ledger  # noqa: E402
-from server.ledger.report import ledger_report  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from ledger.report import ledger_report  # noqa: E402
 
 PHASES = re.compile(r"round (\d+) server phases: (.*)")
 PHASE = re.compile(r"([a-z ,()]+?) (\d+\.\d+) s")

@@ -39,8 +39,8 @@ from record import write_record  # noqa: E402
 from common.policy import Policy  # noqa: E402
 from fedcommons.demo import run_demo  # noqa: E402
 from fedcommons.demo_setup import with_model  # noqa: E402
-from server.ledger import Ledger  # noqa: E402
-from server.ledger.report import ledger_report  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from ledger.report import ledger_report  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # the code before warm ClientApps and the caches: run this script from a

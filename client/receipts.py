@@ -10,7 +10,7 @@ once it holds any head, a **mandatory** consistency proof from the last
 has seen. Only then is the receipt stored, in ``STATE/receipts/``, and the
 node cosigns its checkpoint (C2SP ``cosignature/v1``, with its own key): the
 server keeps that cosignature as the node's witness that the log is
-append-only (:mod:`server.ledger.cosignatures`).
+append-only (:mod:`ledger.cosignatures`).
 
 A receipt that fails is refused (code 409; the node does not train in that
 round and cosigns nothing) and recorded in ``STATE/receipts/refused/``: a

@@ -1,7 +1,7 @@
 """An append-only RFC 6962 Merkle log that hands out tree heads and proofs in O(log n).
 
 The verifiers and the hashing rules are :mod:`common.merkle`'s; this is the
-builder a log operator keeps (the ledger's :class:`server.ledger.tree_heads.LedgerTree`).
+builder a log operator keeps (the ledger's :class:`ledger.tree_heads.LedgerTree`).
 """
 
 from __future__ import annotations

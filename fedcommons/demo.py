@@ -27,10 +27,10 @@ from fedcommons.demo_setup import (
 from fedcommons.local_federation import LocalFederation
 from fedcommons.startup import STARTUP_TIMEOUT
 from fedcommons.summary import summarise
+from ledger import Ledger
+from ledger.runs import RESUMABLE
+from ledger.schema import Run
 from server.flower import FederationError
-from server.ledger import Ledger
-from server.ledger.runs import RESUMABLE
-from server.ledger.schema import Run
 from server.operate import prepare_resume
 from server.resume import ResumeError
 from server.runs import (

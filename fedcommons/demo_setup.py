@@ -36,10 +36,10 @@ from fedcommons.partition import (
     split_holdout,
 )
 from fedcommons.startup import STARTUP_TIMEOUT, free_port
+from ledger import Ledger
+from ledger.schema import LedgerTreeHead
 from server.consortium import Register, admit, init_consortium
 from server.deploy import DeployConfig, OperatorFiles
-from server.ledger import Ledger
-from server.ledger.schema import LedgerTreeHead
 from server.status import registrar
 
 __all__ = [

@@ -27,8 +27,8 @@ from common.protocol import NodeConfig
 from fedcommons.demo_setup import DemoConsortium, admit_all, created_folder, demo_consortium
 from fedcommons.local_federation import LocalFederation
 from fedcommons.summary import summarise
+from ledger import Ledger
 from server.flower import FederationError
-from server.ledger import Ledger
 from server.runs import (
     RoundProgress,
     RunFailed,

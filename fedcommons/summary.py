@@ -21,11 +21,11 @@ from common.model import build_model, full_arrays, get_arrays
 from common.policy import Policy
 from common.receipts import read_receipts
 from fedcommons.demo_setup import DemoConsortium, collect_receipts
-from server.ledger import Ledger, contributions_report
-from server.ledger.runs import flower_runs
-from server.ledger.schema import Round, RoundUpdate
-from server.ledger.store import masked_url
-from server.ledger.verify import verify_ledger
+from ledger import Ledger, contributions_report
+from ledger.runs import flower_runs
+from ledger.schema import Round, RoundUpdate
+from ledger.store import masked_url
+from ledger.verify import verify_ledger
 from server.release import release_model
 from server.runs import RunOutcome
 

@@ -20,10 +20,10 @@ from common.epsilon import epsilon_for_json
 from common.errors import UserError
 from common.licences import PURPOSES, SPDX, Licence, LicenceError, obligations
 from common.policy import Policy
-from server.ledger.contributions import contributions_report
-from server.ledger.report import exclusion_doc
-from server.ledger.runs import flower_runs
-from server.ledger.schema import (
+from ledger.contributions import contributions_report
+from ledger.report import exclusion_doc
+from ledger.runs import flower_runs
+from ledger.schema import (
     Charge,
     Dataset,
     Exclusion,

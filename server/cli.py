@@ -20,10 +20,10 @@ from common.keys import (
 )
 from common.output import OutputFormat, literal_console, printer
 from common.policy import Policy
+from ledger import Ledger
 from server.consortium import admit, init_consortium
 from server.deploy import DeployError, OperatorFiles
 from server.flower import CONNECTION, FlwrCli
-from server.ledger import Ledger
 from server.operate import resume_run, run_policy, summary_of
 from server.progress import rounds_table
 from server.release import release_model

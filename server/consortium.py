@@ -39,11 +39,11 @@ from common.keys import encode_public, write_private_key
 from common.note import verifier_key
 from common.policy import Policy
 from common.tls import write_tls
+from ledger import Ledger, admit_participant, refuse_admission
+from ledger.schema import LogOrigin
+from ledger.tree_heads import TreeHeadError, set_log_origin
 from server.deploy import DEPLOY_FILE, DeployConfig, OperatorFiles
 from server.flower import CONNECTION, FederationError, write_connection
-from server.ledger import Ledger, admit_participant, refuse_admission
-from server.ledger.schema import LogOrigin
-from server.ledger.tree_heads import TreeHeadError, set_log_origin
 
 __all__ = ["Register", "admit", "init_consortium"]
 

@@ -35,7 +35,7 @@ __all__ = [
 
 CONNECTION = "fedcommons"
 """Name of the ``flwr`` CLI connection to the consortium's SuperLink."""
-PACKAGES = ("server", "client", "common")
+PACKAGES = ("server", "ledger", "client", "common")
 """What the Flower App carries: the rooms ServerApp and ClientApp import, nothing above."""
 
 

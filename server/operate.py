@@ -17,10 +17,10 @@ from typing import Any
 from rich.console import Console
 
 from common.policy import Policy
+from ledger import Ledger
+from ledger.runs import flower_runs, request_resume
 from server.deploy import OperatorFiles
 from server.flower import FederationError, FlwrCli
-from server.ledger import Ledger
-from server.ledger.runs import flower_runs, request_resume
 from server.progress import round_bar
 from server.resume import ResumeError, ResumePoint, check_resumable
 from server.runs import (

@@ -35,19 +35,19 @@ from common.atomic import write_atomic
 from common.canonical import canonical_json
 from common.policy import Policy, PolicyError
 from common.receipts import TreeHead, TreeHeadError
-from server.card import ReleaseError, build_card
-from server.ledger import Ledger
-from server.ledger.cosignatures import cosigned_note, witness_keys
-from server.ledger.entries import record_row
-from server.ledger.schema import (
+from ledger import Ledger
+from ledger.cosignatures import cosigned_note, witness_keys
+from ledger.entries import record_row
+from ledger.schema import (
     LedgerEntry,
     LedgerTreeHead,
     Release,
     Round,
     Run,
 )
-from server.ledger.tree_heads import LedgerTree, sign_tree_head, tree_head_from_row
-from server.ledger.verify import verify_ledger
+from ledger.tree_heads import LedgerTree, sign_tree_head, tree_head_from_row
+from ledger.verify import verify_ledger
+from server.card import ReleaseError, build_card
 from server.model_card import CARD_JSON, CARD_MARKDOWN, MODEL_FILE, card_markdown
 from server.snapshots import SnapshotError, checked_snapshot
 

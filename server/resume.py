@@ -5,7 +5,7 @@ Flower run. ``fedcommons operator resume`` checks here that the run can go
 on (it did not finish, the policy is the one it recorded, the last recorded
 round's snapshot is there with the hash the ledger holds) and marks it
 ``resuming``; the next ServerApp with that policy takes it over
-(:func:`server.ledger.runs.take_over_resume`) and starts from
+(:func:`ledger.runs.take_over_resume`) and starts from
 :func:`resume_point`: the snapshot, the aggregator's state and the round
 counter. A round whose replies the crashed ServerApp kept is recovered from
 them (:class:`server.run_start.Recovery`); one whose replies never reached
@@ -23,8 +23,8 @@ from sqlalchemy.orm import Session
 from common.arrays import Arrays
 from common.errors import UserError
 from common.policy import Policy
-from server.ledger.runs import RESUMABLE
-from server.ledger.schema import Run
+from ledger.runs import RESUMABLE
+from ledger.schema import Run
 from server.snapshots import SnapshotError, checked_snapshot, load_server_state
 
 __all__ = ["ResumeError", "ResumePoint", "check_resumable", "resume_point"]

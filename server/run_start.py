@@ -20,16 +20,16 @@ from common.arrays import Arrays, arrays_sha256
 from common.keys import decode_ed25519_public
 from common.licences import Licence
 from common.policy import Policy
-from server.deploy import DeployConfig
-from server.ledger import (
+from ledger import (
     Ledger,
     admitted_datasets,
     admitted_keys,
     admitted_records,
     start_run,
 )
-from server.ledger.runs import flower_runs, take_over_resume
-from server.ledger.schema import RoundUpdate
+from ledger.runs import flower_runs, take_over_resume
+from ledger.schema import RoundUpdate
+from server.deploy import DeployConfig
 from server.resume import ResumeError, ResumePoint, resume_point
 from server.snapshots import KeptReply, SnapshotError, kept_replies
 

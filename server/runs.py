@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from common.policy import Policy
 from common.protocol import ExclusionCode
+from ledger import Ledger, LedgerUnreachable, finish_run
+from ledger.runs import RESUMABLE
+from ledger.schema import Charge, Exclusion, FlowerRun, Round, Run
 from server.flower import FederationError, FlwrCli, build_app_dir, write_run_config
-from server.ledger import Ledger, LedgerUnreachable, finish_run
-from server.ledger.runs import RESUMABLE
-from server.ledger.schema import Charge, Exclusion, FlowerRun, Round, Run
 
 __all__ = [
     "LedgerLost",
@@ -147,7 +147,7 @@ def _submit(cli: FlwrCli, policy: Policy, folder: Path) -> int:
 def read_rounds(ledger: Ledger, flower_run_id: int) -> tuple[Run | None, list[RoundProgress]]:
     """The ledger's run for a Flower run id (``None`` until it starts) and its rounds.
 
-    A dropped connection is tried again (:meth:`~server.ledger.Ledger.transact`).
+    A dropped connection is tried again (:meth:`~ledger.Ledger.transact`).
     """
     return ledger.transact(
         lambda session: _read_rounds(session, flower_run_id), what="reading the run's rounds"
@@ -223,7 +223,7 @@ def follow_run(
     ------
     LedgerLost
         The ledger's database stayed unreachable (after
-        :meth:`~server.ledger.Ledger.transact`'s retries); the run is recorded
+        :meth:`~ledger.Ledger.transact`'s retries); the run is recorded
         ``interrupted`` if the ledger answers once more, and is resumable.
     PrivacyBudgetExhausted
         The run stopped because budgets ran out (each refusal is listed).

@@ -27,9 +27,9 @@ from common.model import build_model, frozen_sha256, get_arrays, set_arrays
 from common.policy import Policy
 from common.protocol import TrainConfig
 from common.training import Examples, evaluate
+from ledger import Ledger, finish_run
 from server.deploy import DeployConfig
 from server.grid import PollingGrid, QuorumLost
-from server.ledger import Ledger, finish_run
 from server.run_start import open_run
 from server.strategy import (
     ClaimCheck,

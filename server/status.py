@@ -16,10 +16,10 @@ from typing import Any
 from rich.table import Table
 
 from common.atomic import write_atomic
+from ledger import Ledger
+from ledger.report import ledger_report
 from server.deploy import OperatorFiles
 from server.flower import FlwrCli
-from server.ledger import Ledger
-from server.ledger.report import ledger_report
 
 __all__ = ["NodeNames", "consortium_status", "registrar", "status_tables"]
 

@@ -31,8 +31,8 @@ from common.keys import (
 )
 from common.processes import flower_env, run_foreground
 from common.tls import TlsFiles
+from ledger import Ledger
 from server.deploy import OPERATOR_DIR_ENV, DeployError, OperatorFiles
-from server.ledger import Ledger
 
 __all__ = ["ServeError", "SuperLinkSettings", "check_operator_folder", "serve", "superlink_argv"]
 

@@ -10,9 +10,9 @@ import typer
 from rich.table import Table
 
 from common.output import OutputFormat, literal_console
+from ledger import Ledger
+from ledger.tokens import issue_token, list_tokens, parse_lifetime, revoke_token
 from server.deploy import OperatorFiles
-from server.ledger import Ledger
-from server.ledger.tokens import issue_token, list_tokens, parse_lifetime, revoke_token
 
 __all__ = ["app"]
 

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from server.ledger import Ledger
+from ledger import Ledger
 
 pytest_plugins = ["tests.tools"]  # a test that needs a missing tool: skipped, or failed in CI
 

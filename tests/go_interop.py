@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import select
 
 from common.receipts import Receipt
-from server.ledger import Ledger
-from server.ledger.cosignatures import cosigned_note
-from server.ledger.schema import Cosignature, LedgerTreeHead, Participant
+from ledger import Ledger
+from ledger.cosignatures import cosigned_note
+from ledger.schema import Cosignature, LedgerTreeHead, Participant
 from tests.tools import needs
 
 __all__ = ["GO_PROGRAM", "XMOD", "go_checks", "interop_input", "needs_go"]

@@ -34,7 +34,7 @@ from common.receipts import Receipt
 from common.training import evaluate
 from common.witness import Cosigned
 from fedcommons.demo_setup import prepare_data
-from server.ledger import ChargeFact, DefenceFact, ExclusionFact
+from ledger import ChargeFact, DefenceFact, ExclusionFact
 from server.snapshots import KeptReply
 from server.strategy import (
     ClaimCheck,

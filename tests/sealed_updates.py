@@ -20,7 +20,7 @@ from common.licences import Licence
 from common.policy import PrivacyConfig
 from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge, Refusal
 from common.receipts import Receipt
-from server.ledger import Ledger, enrol_participant, start_run
+from ledger import Ledger, enrol_participant, start_run
 from server.strategy import (
     ClaimCheck,
     ConsortiumStrategy,

@@ -23,8 +23,8 @@ from common.keys import load_ed25519_key
 from common.licences import SPDX
 from fedcommons.cli import app
 from fedcommons.errors import LOG_DIR_ENV, mask_secrets
-from server.ledger import Ledger
-from server.ledger.report import ledger_report
+from ledger import Ledger
+from ledger.report import ledger_report
 from tests.test_release import Federation
 
 runner = CliRunner()
@@ -392,8 +392,8 @@ def test_admit_prints_a_licence_name_as_itself(
 
 
 def test_audit_show_prints_reasons_and_names_as_they_were_recorded(tmp_path: Path) -> None:
-    from server.ledger import ExclusionFact, enrol_participant, finish_run, record_privacy
-    from server.ledger.runs import start_run
+    from ledger import ExclusionFact, enrol_participant, finish_run, record_privacy
+    from ledger.runs import start_run
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)

@@ -13,8 +13,8 @@ import pytest
 
 from common.arrays import arrays_of
 from common.envelope import EnvelopeError, UpdateHeader
-from server.ledger.report import ledger_report
-from server.ledger.verify import verify_ledger
+from ledger.report import ledger_report
+from ledger.verify import verify_ledger
 from server.strategy import ClaimCheck
 from tests.sealed_updates import (
     RUN,

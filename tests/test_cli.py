@@ -13,7 +13,7 @@ from common.images import write_npz
 from common.protocol import ExclusionCode, PrivacyCharge
 from fedcommons.cli import app
 from fedcommons.partition import load_digits_data
-from server.ledger import (
+from ledger import (
     ChargeFact,
     ExclusionFact,
     Ledger,

@@ -21,12 +21,8 @@ from common.arrays import Arrays
 from common.policy import Policy, PolicyError
 from common.receipts import Receipt, ReceiptError
 from fedcommons.cli import app
-from server.ledger import Ledger, contributions_report, record_valuation
-from server.ledger.verify import LedgerTampered, verify_ledger
-from server.strategy import LedgerRecorder
-from server.valuation import CoalitionUtility
-from server.valuation.batched import batch_evaluator
-from server.valuation.shapley import (
+from ledger import Ledger, contributions_report, record_valuation
+from ledger.shapley import (
     RoundValues,
     exact_values,
     gtg_values,
@@ -35,6 +31,10 @@ from server.valuation.shapley import (
     sample_gtg,
     value_round,
 )
+from ledger.verify import LedgerTampered, verify_ledger
+from server.strategy import LedgerRecorder
+from server.valuation import CoalitionUtility
+from server.valuation.batched import batch_evaluator
 from tests.hostile_federation import FLOWER_RUN, HostileFederation
 from tests.sealed_updates import run_in
 

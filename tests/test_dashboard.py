@@ -30,8 +30,8 @@ from sqlalchemy import text
 from audit.web import COOKIE, create_app
 from common.licences import SPDX, Licence
 from fedcommons.startup import free_port
-from server.ledger import Ledger
-from server.ledger.tokens import ApiToken, issue_token, revoke_token
+from ledger import Ledger
+from ledger.tokens import ApiToken, issue_token, revoke_token
 from tests.test_release import COMPANY, Federation
 from tests.tools import CHROMIUM, needs_chromium
 
@@ -237,7 +237,7 @@ def test_the_run_page_shows_the_recorded_policy(dashboard: Dashboard) -> None:
 
 
 def test_the_light_report_is_the_full_one_projected(dashboard: Dashboard) -> None:
-    from server.ledger.report import ledger_report
+    from ledger.report import ledger_report
 
     with dashboard.ledger.session() as s:
         (full,) = ledger_report(s, run_id=1)["runs"]
@@ -255,7 +255,7 @@ def test_the_light_report_is_the_full_one_projected(dashboard: Dashboard) -> Non
 
 
 def test_a_run_page_follows_the_ledger_as_entries_land(dashboard: Dashboard) -> None:
-    from server.ledger.runs import finish_run
+    from ledger.runs import finish_run
 
     before = dashboard.get("/api/runs/1").json()
     assert dashboard.get("/api/runs/1").json() == before  # built once, served again

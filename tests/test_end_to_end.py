@@ -40,12 +40,12 @@ from fedcommons.errors import EXIT_USER_ERROR
 from fedcommons.local_federation import LocalFederation, NodeSpec
 from fedcommons.partition import load_digits_data
 from fedcommons.startup import free_port
+from ledger import Ledger
+from ledger.contributions import contributions_report
+from ledger.report import ledger_report
 from server.consortium import admit, init_consortium
 from server.deploy import OperatorFiles
 from server.flower import CONNECTION
-from server.ledger import Ledger
-from server.ledger.contributions import contributions_report
-from server.ledger.report import ledger_report
 from server.runs import RunFailed, follow_run, submit_run
 from server.snapshots import load_snapshot
 from tests.go_interop import go_checks, interop_input, needs_go

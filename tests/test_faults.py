@@ -33,9 +33,9 @@ from fedcommons.cli import app
 from fedcommons.demo import RESUME, run_demo, unfinished_run
 from fedcommons.demo_setup import collect_receipts, demo_consortium, started_federation
 from fedcommons.local_federation import LocalFederation
-from server.ledger import Ledger
-from server.ledger.report import ledger_report
-from server.ledger.store import LedgerError
+from ledger import Ledger
+from ledger.report import ledger_report
+from ledger.store import LedgerError
 from server.runs import follow_run, read_rounds, submit_run
 from tests.conftest import POSTGRES_ADMIN_URL
 

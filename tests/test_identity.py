@@ -33,10 +33,10 @@ from common.keys import (
 from common.licences import SPDX
 from common.policy import Policy
 from fedcommons.cli import app
+from ledger import Ledger, LedgerError, admitted_keys
+from ledger.report import ledger_report
 from server.consortium import admit, init_consortium
 from server.deploy import OperatorFiles
-from server.ledger import Ledger, LedgerError, admitted_keys
-from server.ledger.report import ledger_report
 
 # -- key files ----------------------------------------------------------------
 

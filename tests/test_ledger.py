@@ -19,7 +19,7 @@ from common.consortium import default_log_origin
 from common.merkle import leaf_hash
 from common.protocol import ExclusionCode, PrivacyCharge
 from common.receipts import TreeHead
-from server.ledger import (
+from ledger import (
     ChargeFact,
     ExclusionFact,
     Ledger,
@@ -32,12 +32,12 @@ from server.ledger import (
     record_round,
     start_run,
 )
-from server.ledger.entries import chain_hash, entry_leaf_hash
-from server.ledger.report import ledger_report, privacy_spent
-from server.ledger.schema import Base, LedgerTreeHead, Participant
-from server.ledger.store import MIGRATIONS
-from server.ledger.tree_heads import sign_tree_head, tree_head_from_row
-from server.ledger.verify import verify_ledger
+from ledger.entries import chain_hash, entry_leaf_hash
+from ledger.report import ledger_report, privacy_spent
+from ledger.schema import Base, LedgerTreeHead, Participant
+from ledger.store import MIGRATIONS
+from ledger.tree_heads import sign_tree_head, tree_head_from_row
+from ledger.verify import verify_ledger
 
 H = "a" * 64
 

@@ -18,11 +18,11 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
+from ledger import Ledger, LedgerUnreachable, enrol_participant, start_run
+from ledger import store as ledger_store
+from ledger.schema import Participant, Run
+from ledger.verify import verify_ledger
 from server.flower import FlwrCli
-from server.ledger import Ledger, LedgerUnreachable, enrol_participant, start_run
-from server.ledger import store as ledger_store
-from server.ledger.schema import Participant, Run
-from server.ledger.verify import verify_ledger
 from server.runs import LedgerLost, follow_run
 from tests.conftest import POSTGRES_ADMIN_URL
 

@@ -24,7 +24,7 @@ from common.note import SignatureLine, signature_lines
 from common.protocol import ExclusionCode, PrivacyCharge
 from common.receipts import TreeHead
 from fedcommons.cli import app
-from server.ledger import (
+from ledger import (
     ChargeFact,
     ExclusionFact,
     Ledger,
@@ -35,10 +35,10 @@ from server.ledger import (
     record_round,
     start_run,
 )
-from server.ledger.entries import canonical_payload, chain_hash, entry_leaf_hash, record_row
-from server.ledger.schema import LedgerEntry, LedgerHead, LedgerTreeHead, Participant
-from server.ledger.tree_heads import sign_tree_head
-from server.ledger.verify import LedgerTampered, verify_ledger
+from ledger.entries import canonical_payload, chain_hash, entry_leaf_hash, record_row
+from ledger.schema import LedgerEntry, LedgerHead, LedgerTreeHead, Participant
+from ledger.tree_heads import sign_tree_head
+from ledger.verify import LedgerTampered, verify_ledger
 from tests.merkle_reference import root
 
 H = "a" * 64

@@ -23,9 +23,9 @@ from client.owed import OWED_MAX, acknowledged_of, forget, keep_sealed, owed, ow
 from common.arrays import Arrays
 from common.envelope import Envelope
 from common.protocol import CHARGES_RECORDED, OWED_CHARGES, PrivacyCharge
-from server.ledger import Ledger
-from server.ledger.report import ledger_report
-from server.ledger.verify import verify_ledger
+from ledger import Ledger
+from ledger.report import ledger_report
+from ledger.verify import verify_ledger
 from server.strategy import ConsortiumStrategy, OwedCharges
 from tests.sealed_updates import (
     RUN,

@@ -15,14 +15,15 @@ from common.policy import Policy
 from server.flower import PACKAGES, build_app_dir
 
 REPO = Path(__file__).resolve().parent.parent
-ROOMS = ("common", "client", "server", "audit", "fedcommons")
+ROOMS = ("common", "client", "ledger", "server", "audit", "fedcommons")
 
 ALLOWED: dict[str, tuple[str, ...]] = {
     "common": ("common",),
     "client": ("common", "client"),
-    "server": ("common", "server"),
-    "audit": ("common", "audit", "server.ledger"),  # the ledger's read side, nothing else
-    "fedcommons": ("common", "client", "server", "audit", "fedcommons"),
+    "ledger": ("common", "ledger"),
+    "server": ("common", "ledger", "server"),
+    "audit": ("common", "ledger", "audit"),  # the shared record, never the operator's code
+    "fedcommons": ("common", "client", "ledger", "server", "audit", "fedcommons"),
 }
 """Which first-party modules each room may import: the direction, written once."""
 
@@ -57,11 +58,12 @@ def test_every_import_runs_downwards() -> None:
 
 def test_the_direction_check_catches_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from server.ledger import Ledger\n")
+    bad.write_text("def f():\n    from ledger import Ledger\n")
     ((line, module),) = _imports(bad)
-    assert (line, module) == (2, "server.ledger")
+    assert (line, module) == (2, "ledger")
     assert not _allowed("common", module) and not _allowed("client", module)
     assert _allowed("audit", module) and not _allowed("audit", "server.release")
+    assert not _allowed("ledger", "server.valuation") and not _allowed("audit", "server")
 
 
 def test_packages_import_from_this_repository() -> None:
@@ -83,7 +85,7 @@ def _loaded_ml_modules(*args: str) -> list[str]:
 
 
 def test_audit_verify_imports_no_ml_stack(tmp_path: Path) -> None:
-    from server.ledger import Ledger
+    from ledger import Ledger
 
     assert _loaded_ml_modules("audit", "verify", "--help") == []
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -108,7 +110,9 @@ def test_flower_app_default_config_is_the_default_policy() -> None:
 
 def test_the_app_bundle_carries_the_apps_rooms_only(tmp_path: Path) -> None:
     app = build_app_dir(tmp_path / "app")
-    assert sorted(p.name for p in app.iterdir()) == ["client", "common", "pyproject.toml", "server"]
+    assert sorted(p.name for p in app.iterdir()) == [
+        "client", "common", "ledger", "pyproject.toml", "server",
+    ]  # fmt: skip
     config = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert config == Policy().to_run_config()
 

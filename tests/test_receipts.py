@@ -30,12 +30,12 @@ from common.note import SignatureLine, signature_lines, verify_cosignature
 from common.protocol import PrivacyCharge
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead, read_receipts
 from fedcommons.cli import app
-from server.ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
-from server.ledger.cosignatures import cosigned_note, latest_cosigned, record_cosignatures
-from server.ledger.entries import chain_hash, entry_leaf_hash, record_row
-from server.ledger.schema import LedgerTreeHead
-from server.ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
-from server.ledger.verify import LedgerTampered, verify_ledger
+from ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
+from ledger.cosignatures import cosigned_note, latest_cosigned, record_cosignatures
+from ledger.entries import chain_hash, entry_leaf_hash, record_row
+from ledger.schema import LedgerTreeHead
+from ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
+from ledger.verify import LedgerTampered, verify_ledger
 
 H = "a" * 64
 NAMES = ("uni-a", "co-c")

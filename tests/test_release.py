@@ -33,8 +33,7 @@ from common.policy import Policy
 from common.protocol import PrivacyCharge
 from common.receipts import TreeHead, TreeHeadError
 from fedcommons.cli import app
-from server.consortium import init_consortium
-from server.ledger import (
+from ledger import (
     ChargeFact,
     ExclusionFact,
     Ledger,
@@ -46,14 +45,15 @@ from server.ledger import (
     record_valuation,
     start_run,
 )
-from server.ledger.cosignatures import record_cosignatures
-from server.ledger.report import ledger_report
-from server.ledger.schema import LedgerEntry, LedgerTreeHead, Release, Round
-from server.ledger.tree_heads import sign_tree_head, tree_head_from_row
-from server.ledger.verify import LedgerTampered, verify_ledger
+from ledger.cosignatures import record_cosignatures
+from ledger.report import ledger_report
+from ledger.schema import LedgerEntry, LedgerTreeHead, Release, Round
+from ledger.shapley import value_round
+from ledger.tree_heads import sign_tree_head, tree_head_from_row
+from ledger.verify import LedgerTampered, verify_ledger
+from server.consortium import init_consortium
 from server.release import ModelRelease, ReleaseError, release_model
 from server.snapshots import load_snapshot, save_snapshot
-from server.valuation.shapley import value_round
 
 H = "a" * 64
 COMPANY = Licence(

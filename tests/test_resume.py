@@ -32,11 +32,7 @@ from common.policy import Policy, PrivacyConfig
 from common.receipts import Receipt
 from fedcommons.cli import app
 from fedcommons.startup import free_port
-from server.card import privacy_rows
-from server.consortium import init_consortium
-from server.deploy import OperatorFiles
-from server.flower import FlwrCli, write_connection
-from server.ledger import (
+from ledger import (
     ChargeFact,
     ExclusionFact,
     Ledger,
@@ -45,10 +41,14 @@ from server.ledger import (
     finish_run,
     start_run,
 )
-from server.ledger.report import ledger_report
-from server.ledger.runs import request_resume
-from server.ledger.schema import LedgerEntry, Run
-from server.ledger.verify import verify_ledger
+from ledger.report import ledger_report
+from ledger.runs import request_resume
+from ledger.schema import LedgerEntry, Run
+from ledger.verify import verify_ledger
+from server.card import privacy_rows
+from server.consortium import init_consortium
+from server.deploy import OperatorFiles
+from server.flower import FlwrCli, write_connection
 from server.operate import follow_with_progress
 from server.run_start import OpenedRun, open_run
 from server.runs import SuperLinkLost, follow_run

@@ -18,9 +18,9 @@ from common.images import ImageData
 from common.local_data import load_local_data
 from common.policy import FederationConfig, Policy, PolicyError
 from fedcommons.demo_setup import prepare_data
-from server.ledger.contributions import contributions_report
-from server.ledger.report import ledger_report
-from server.ledger.verify import verify_ledger
+from ledger.contributions import contributions_report
+from ledger.report import ledger_report
+from ledger.verify import verify_ledger
 from server.strategy import Defences, LedgerRecorder, NormBound, build_aggregator, rule_effects
 from server.valuation import Valuer
 from tests.attacks import ATTACKS

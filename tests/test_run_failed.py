@@ -14,9 +14,9 @@ from rich.console import Console
 
 from common.policy import Policy
 from fedcommons.demo import node_exited
+from ledger import Ledger, finish_run
+from ledger.report import ledger_report
 from server.flower import FlwrCli
-from server.ledger import Ledger, finish_run
-from server.ledger.report import ledger_report
 from server.operate import follow_with_progress
 from server.runs import RunFailed, follow_run
 from tests.sealed_updates import ledger_with_run

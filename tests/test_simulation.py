@@ -24,7 +24,7 @@ from common.protocol import ExclusionCode, NodeConfig, NodeConfigError, Refusal
 from fedcommons.cli import app
 from fedcommons.demo_setup import demo_consortium, started_federation
 from fedcommons.simulation import run_simulation, virtual_institutions
-from server.ledger import Ledger
+from ledger import Ledger
 from server.runs import follow_run, submit_run
 from server.snapshots import load_snapshot
 from server.superlink import SuperLinkSettings, superlink_argv

@@ -25,8 +25,8 @@ from common.keys import key_id
 from common.licences import SPDX, with_expiry
 from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge
 from common.receipts import Receipt, read_receipts
-from server.ledger.report import ledger_report
-from server.ledger.verify import verify_ledger
+from ledger.report import ledger_report
+from ledger.verify import verify_ledger
 from server.snapshots import latest_snapshot, load_snapshot
 from server.strategy import RoundFailed
 from tests.sealed_updates import (

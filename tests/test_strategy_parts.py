@@ -23,8 +23,8 @@ from common.licences import SPDX, with_expiry
 from common.policy import PrivacyConfig
 from common.protocol import METRICS, RECEIPTS, ExclusionCode, Refusal
 from common.receipts import Receipt, TreeHead
-from server.ledger.report import ledger_report
-from server.ledger.verify import verify_ledger
+from ledger.report import ledger_report
+from ledger.verify import verify_ledger
 from server.snapshots import load_snapshot
 from server.strategy import (
     FinishedRound,

@@ -11,8 +11,8 @@ from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from fedcommons.cli import app
-from server.ledger import Ledger, LedgerError
-from server.ledger.tokens import (
+from ledger import Ledger, LedgerError
+from ledger.tokens import (
     ApiToken,
     check_token,
     issue_token,

@@ -30,8 +30,8 @@ from common.witness import (
     cosignatures_of,
 )
 from fedcommons.demo_setup import demo_consortium
-from server.ledger import Ledger
-from server.ledger.tree_heads import sign_tree_head
+from ledger import Ledger
+from ledger.tree_heads import sign_tree_head
 from server.strategy import ConsortiumStrategy, LicenceGate, UpdateGate, UpdateIntake
 from server.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
 from tests.hostile_federation import task_identity

@@ -28,8 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from audit.web.jobs import VerifyJobs
 from audit.web.plots import line_chart
 from audit.web.views import LedgerView, NotFound
-from server.ledger import Ledger
-from server.ledger.tokens import check_token
+from ledger import Ledger
+from ledger.tokens import check_token
 
 __all__ = ["COOKIE", "create_app"]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from server.ledger import Ledger, LedgerError
-from server.ledger.verify import LedgerTampered, verify_ledger
+from ledger import Ledger, LedgerError
+from ledger.verify import LedgerTampered, verify_ledger
 
 __all__ = ["VerifyJobs"]
 

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from common.policy import Policy, PolicyError
 from common.receipts import TreeHeadError
-from server.ledger.contributions import contributions_report
-from server.ledger.report import ledger_report
-from server.ledger.schema import FlowerRun, LedgerEntry, LedgerTreeHead, Round, Run
-from server.ledger.tree_heads import LedgerTree, tree_head_from_row
+from ledger.contributions import contributions_report
+from ledger.report import ledger_report
+from ledger.schema import FlowerRun, LedgerEntry, LedgerTreeHead, Round, Run
+from ledger.tree_heads import LedgerTree, tree_head_from_row
 
 __all__ = ["LedgerView", "NotFound"]
 

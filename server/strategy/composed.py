@@ -25,7 +25,7 @@ from common.protocol import (
     ExclusionCode,
 )
 from common.witness import COSIGNATURES, cosignatures_of
-from server.ledger import ExclusionFact
+from ledger import ExclusionFact
 from server.snapshots import KeptReply
 from server.strategy.admission import LicenceGate
 from server.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender

@@ -40,7 +40,7 @@ from common.protocol import (
     PrivacyCharge,
     Refusal,
 )
-from server.ledger import ChargeFact, ExclusionFact, UpdateFact
+from ledger import ChargeFact, ExclusionFact, UpdateFact
 from server.strategy.admission import LicenceGate
 from server.strategy.claims import ClaimCheck
 from server.strategy.gate import UpdateGate

@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord
 
 from common.envelope import Envelope, EnvelopeError, UpdateHeader, verify_signature
 from common.protocol import strings_in
-from server.ledger import ChargeFact
+from ledger import ChargeFact
 
 __all__ = ["OwedCharge", "OwedCharges"]
 

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from common.arrays import Arrays
 from common.receipts import Receipt, TreeHead
 from common.witness import Cosigned
-from server.ledger import (
+from ledger import (
     ChargeFact,
     DefenceFact,
     ExclusionFact,
@@ -37,11 +37,11 @@ from server.ledger import (
     record_privacy,
     record_round,
 )
-from server.ledger.contributions import record_valuation
-from server.ledger.cosignatures import latest_cosigned, record_cosignatures
-from server.ledger.runs import flower_runs, ledger_run_of
-from server.ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
-from server.ledger.tree_heads import (
+from ledger.contributions import record_valuation
+from ledger.cosignatures import latest_cosigned, record_cosignatures
+from ledger.runs import flower_runs, ledger_run_of
+from ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
+from ledger.tree_heads import (
     LedgerTree,
     round_receipts,
     sign_tree_head,

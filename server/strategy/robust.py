@@ -34,7 +34,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from common.arrays import Arrays, record_of
 from common.policy import FederationConfig
-from server.ledger import DefenceFact
+from ledger import DefenceFact
 from server.strategy.intake import Accepted
 
 __all__ = ["Defences", "NormBound", "build_aggregator", "rule_effects"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from common.arrays import Arrays
 from common.policy import ValuationConfig
-from server.valuation.shapley import RoundValues, recompute, value_round
+from ledger.shapley import RoundValues, recompute, value_round
 
 __all__ = [
     "BatchEvaluator",

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from server.ledger.schema import Base
+from ledger.schema import Base
 
 target_metadata = Base.metadata
 connection = context.config.attributes["connection"]

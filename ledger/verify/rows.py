@@ -13,9 +13,9 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
-from server.ledger.contributions import Contribution, Valuation
-from server.ledger.entries import SKIPPED_COLUMNS, canonical_payload, column_facts
-from server.ledger.schema import (
+from ledger.contributions import Contribution, Valuation
+from ledger.entries import SKIPPED_COLUMNS, canonical_payload, column_facts
+from ledger.schema import (
     Base,
     Charge,
     Dataset,
@@ -29,11 +29,11 @@ from server.ledger.schema import (
     RoundUpdate,
     Run,
 )
-from server.ledger.verify.entries import STREAM, Entries
-from server.ledger.verify.result import LedgerTampered
+from ledger.verify.entries import STREAM, Entries
+from ledger.verify.result import LedgerTampered
 
 if TYPE_CHECKING:
-    from server.ledger.verify.parallel import Parallel
+    from ledger.verify.parallel import Parallel
 
 __all__ = ["FACT_TABLES", "Row", "check_rows", "table_columns", "values_text"]
 

@@ -35,8 +35,8 @@ from common.note import (
 )
 from common.tree_head import TreeHead
 from common.witness import Cosigned
-from server.ledger.schema import Cosignature, LedgerTreeHead, Participant
-from server.ledger.tree_heads import tree_head_from_row
+from ledger.schema import Cosignature, LedgerTreeHead, Participant
+from ledger.tree_heads import tree_head_from_row
 
 __all__ = [
     "WitnessReport",

@@ -1,7 +1,7 @@
 """Opening the ledger: its URL, its migrations and its sessions.
 
-Query and record functions (:mod:`server.ledger.facts`,
-:mod:`server.ledger.report`) take a :class:`~sqlalchemy.orm.Session` opened
+Query and record functions (:mod:`ledger.facts`,
+:mod:`ledger.report`) take a :class:`~sqlalchemy.orm.Session` opened
 by the caller (``with ledger.session() as s: ...``), so one short transaction
 covers one fact.
 """

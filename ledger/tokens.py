@@ -20,8 +20,8 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import DateTime, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from server.ledger.schema import Base, IntPk, utcnow
-from server.ledger.store import LedgerError
+from ledger.schema import Base, IntPk, utcnow
+from ledger.store import LedgerError
 
 __all__ = [
     "ApiToken",

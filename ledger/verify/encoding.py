@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
-from server.ledger.verify.result import LedgerTampered
+from ledger.verify.result import LedgerTampered
 
 __all__ = ["is_undecodable", "undecodable_row"]
 

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
-from server.ledger.entries import ZERO_HASH, canonical_payload, chain_hash, entry_leaf_hash
-from server.ledger.schema import LedgerEntry, LedgerHead
-from server.ledger.verify.result import LedgerTampered
+from ledger.entries import ZERO_HASH, canonical_payload, chain_hash, entry_leaf_hash
+from ledger.schema import LedgerEntry, LedgerHead
+from ledger.verify.result import LedgerTampered
 
 if TYPE_CHECKING:
-    from server.ledger.verify.parallel import Parallel
+    from ledger.verify.parallel import Parallel
 
 __all__ = ["STREAM", "Entries", "EntriesPart", "check_entries", "entry_columns", "scan_entries"]
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from common.epsilon import epsilon_for_json
-from server.ledger.schema import (
+from ledger.schema import (
     Charge,
     Defence,
     Exclusion,

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.merkle import TreeBuilder, leaf_hash
 from common.receipts import Receipt, ReceiptError
-from server.ledger.verify.result import LedgerTampered
+from ledger.verify.result import LedgerTampered
 
 __all__ = ["check_receipts"]
 

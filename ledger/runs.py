@@ -6,7 +6,7 @@ own rules stopped it: too few nodes, budgets; with the reason); ``interrupted``
 operator resume`` asked for it to go on; the next ServerApp with the same policy
 takes it over). Every change is a ledger entry; the Flower run a run started
 with is ``runs.flower_run_id``, and each one that resumed it a
-:class:`~server.ledger.schema.FlowerRun` row.
+:class:`~ledger.schema.FlowerRun` row.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.ledger.entries import record_row
-from server.ledger.schema import FlowerRun, Run, utcnow
-from server.ledger.store import LedgerError
+from ledger.entries import record_row
+from ledger.schema import FlowerRun, Run, utcnow
+from ledger.store import LedgerError
 
 __all__ = [
     "RESUMABLE",
@@ -86,7 +86,7 @@ def flower_runs(session: Session, run_id: int) -> list[tuple[str, int]]:
     """Every Flower run that carried ``run_id``, in order: ``(flower run id, first round)``.
 
     The first is the run's own ``flower_run_id``; each resume adds a
-    :class:`~server.ledger.schema.FlowerRun` row.
+    :class:`~ledger.schema.FlowerRun` row.
     """
     run = session.get(Run, run_id)
     if run is None:

@@ -1,4 +1,4 @@
-"""Ledger tables (SQLAlchemy 2 typed ORM). Logic lives in :mod:`server.ledger.store`.
+"""Ledger tables (SQLAlchemy 2 typed ORM). Logic lives in :mod:`ledger.store`.
 
 The schema is designed to grow without a rewrite: later migrations add the
 hash-chained ``ledger_entries`` table, licences and privacy charges, and give

@@ -1,20 +1,20 @@
 """The ledger: who took part, with what, and what each round produced.
 
 The package's front door re-exports what the operator's code records and
-reads; the modules say more: :mod:`~server.ledger.store` (opening and
-migrating), :mod:`~server.ledger.facts` (recording), :mod:`~server.ledger.report`
-(reading), :mod:`~server.ledger.entries` (the hash-chained entries),
-:mod:`~server.ledger.tree_heads` (signed tree heads and receipts) and
-:mod:`~server.ledger.verify` (recomputing everything from the raw rows).
+reads; the modules say more: :mod:`~ledger.store` (opening and
+migrating), :mod:`~ledger.facts` (recording), :mod:`~ledger.report`
+(reading), :mod:`~ledger.entries` (the hash-chained entries),
+:mod:`~ledger.tree_heads` (signed tree heads and receipts) and
+:mod:`~ledger.verify` (recomputing everything from the raw rows).
 """
 
-from server.ledger.contributions import (
+from ledger.contributions import (
     Contribution,
     Valuation,
     contributions_report,
     record_valuation,
 )
-from server.ledger.facts import (
+from ledger.facts import (
     ChargeFact,
     DefenceFact,
     ExclusionFact,
@@ -30,9 +30,9 @@ from server.ledger.facts import (
     record_round,
     refuse_admission,
 )
-from server.ledger.runs import finish_run, start_run
-from server.ledger.store import Ledger, LedgerError, LedgerUnreachable, normalise_url
-from server.ledger.tokens import ApiToken  # registered with the schema (ledger v11)
+from ledger.runs import finish_run, start_run
+from ledger.store import Ledger, LedgerError, LedgerUnreachable, normalise_url
+from ledger.tokens import ApiToken  # registered with the schema (ledger v11)
 
 __all__ = [
     "ApiToken",

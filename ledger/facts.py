@@ -1,7 +1,7 @@
 """The facts the server records: participants, admissions, runs, rounds, charges, exclusions.
 
 Each function takes the caller's session and records one fact as a row and
-its ledger entry (:func:`server.ledger.entries.record_row`).
+its ledger entry (:func:`ledger.entries.record_row`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from common.consortium import EnrolmentRequest
 from common.protocol import PrivacyCharge
-from server.ledger.entries import append_entry, record_row, row_facts
-from server.ledger.schema import (
+from ledger.entries import append_entry, record_row, row_facts
+from ledger.schema import (
     PARTICIPANT_KINDS,
     Charge,
     Dataset,
@@ -28,7 +28,7 @@ from server.ledger.schema import (
     Run,
     utcnow,
 )
-from server.ledger.store import LedgerError
+from ledger.store import LedgerError
 
 __all__ = [
     "ChargeFact",
@@ -235,7 +235,7 @@ class ExclusionFact:
 
 @dataclass(frozen=True)
 class DefenceFact:
-    """What a defence did to one accepted update (see :class:`~server.ledger.schema.Defence`)."""
+    """What a defence did to one accepted update (see :class:`~ledger.schema.Defence`)."""
 
     institution: str
     rule: str

@@ -11,13 +11,13 @@ from sqlalchemy.orm import Session
 
 from common.merkle import TreeBuilder
 from common.receipts import TreeHeadError
-from server.ledger.schema import LedgerTreeHead, LogOrigin
-from server.ledger.tree_heads import tree_head_from_columns
-from server.ledger.verify.entries import STREAM
-from server.ledger.verify.result import LedgerTampered
+from ledger.schema import LedgerTreeHead, LogOrigin
+from ledger.tree_heads import tree_head_from_columns
+from ledger.verify.entries import STREAM
+from ledger.verify.result import LedgerTampered
 
 if TYPE_CHECKING:
-    from server.ledger.verify.parallel import Parallel
+    from ledger.verify.parallel import Parallel
 
 __all__ = ["Signed", "check_tree_heads", "read_tree_heads", "tree_head_columns"]
 

@@ -20,10 +20,10 @@ from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, sel
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from common.canonical import canonical_json
-from server.ledger.entries import record_row
-from server.ledger.schema import Base, IntPk, Participant, Run, Timestamp
-from server.ledger.store import LedgerError
-from server.valuation.shapley import RoundValues, recompute
+from ledger.entries import record_row
+from ledger.schema import Base, IntPk, Participant, Run, Timestamp
+from ledger.shapley import RoundValues, recompute
+from ledger.store import LedgerError
 
 __all__ = [
     "Contribution",
@@ -136,7 +136,7 @@ def check_valuations(session: Session) -> int:
     Raises ``LedgerTampered`` (naming the entry) when a value, a utility or the
     recorded gain no longer agree.
     """
-    from server.ledger.verify.result import LedgerTampered  # the verifier's own error
+    from ledger.verify.result import LedgerTampered  # the verifier's own error
 
     recorded: dict[int, dict[str, tuple[int, int | None]]] = {}
     for c in session.scalars(select(Contribution).order_by(Contribution.id)):

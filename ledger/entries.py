@@ -6,7 +6,7 @@ is flushed, its columns become the canonical JSON payload of a new entry,
 and the row keeps that entry's ``seq``. A row that changes later (a run that
 finishes, a participant that is admitted) gets a new entry and points at
 it, so every row always equals the payload of the entry it names, which is
-what :mod:`server.ledger.verify` checks.
+what :mod:`ledger.verify` checks.
 
 Canonical JSON: sorted keys, no spaces, ASCII, and no floats: a float is
 written as the string of its shortest round-tripping decimal form
@@ -24,7 +24,7 @@ from sqlalchemy import insert, inspect, update
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
-from server.ledger.schema import Base, LedgerEntry, LedgerHead, utcnow
+from ledger.schema import Base, LedgerEntry, LedgerHead, utcnow
 
 __all__ = [
     "ZERO_HASH",

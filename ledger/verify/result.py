@@ -1,10 +1,10 @@
-"""What :func:`~server.ledger.verify.verify_ledger` reports: intact, or the first bad entry."""
+"""What :func:`~ledger.verify.verify_ledger` reports: intact, or the first bad entry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from server.ledger.store import LedgerError
+from ledger.store import LedgerError
 
 __all__ = ["LedgerTampered", "VerifyReport"]
 

@@ -5,7 +5,7 @@ A signed tree head (:class:`common.tree_head.TreeHead`) says "the first
 out, any rewrite of those entries, or a deletion below that size, no longer
 matches it. Heads are signed as C2SP checkpoints of the log's origin
 (:func:`log_origin`); participants' cosignatures are kept beside them
-(:mod:`server.ledger.cosignatures`).
+(:mod:`ledger.cosignatures`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from common.consortium import default_log_origin
 from common.merkle_log import MerkleLog
 from common.note import NoteError, check_key_name
 from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
-from server.ledger.schema import (
+from ledger.schema import (
     LedgerEntry,
     LedgerHead,
     LedgerTreeHead,

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
-from server.ledger.schema import LedgerEntry, LedgerTreeHead, LogOrigin
-from server.ledger.store import Ledger
-from server.ledger.verify.entries import STREAM, EntriesPart, entry_columns, scan_entries
-from server.ledger.verify.heads import Signed, read_tree_heads, tree_head_columns
-from server.ledger.verify.result import LedgerTampered
-from server.ledger.verify.rows import FACT_TABLES, Row, table_columns, values_text
+from ledger.schema import LedgerEntry, LedgerTreeHead, LogOrigin
+from ledger.store import Ledger
+from ledger.verify.entries import STREAM, EntriesPart, entry_columns, scan_entries
+from ledger.verify.heads import Signed, read_tree_heads, tree_head_columns
+from ledger.verify.result import LedgerTampered
+from ledger.verify.rows import FACT_TABLES, Row, table_columns, values_text
 
 __all__ = ["PARALLEL_FROM", "Parallel", "start_parallel"]
 

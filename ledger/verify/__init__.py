@@ -53,16 +53,16 @@ from sqlalchemy.orm import Session
 
 from common.note import NoteError
 from common.receipts import Receipt
-from server.ledger.contributions import check_valuations
-from server.ledger.cosignatures import check_cosignatures
-from server.ledger.store import Ledger, LedgerError
-from server.ledger.verify.encoding import is_undecodable, undecodable_row
-from server.ledger.verify.entries import check_entries
-from server.ledger.verify.heads import check_tree_heads
-from server.ledger.verify.parallel import PARALLEL_FROM, start_parallel
-from server.ledger.verify.receipts import check_receipts
-from server.ledger.verify.result import LedgerTampered, VerifyReport
-from server.ledger.verify.rows import check_rows
+from ledger.contributions import check_valuations
+from ledger.cosignatures import check_cosignatures
+from ledger.store import Ledger, LedgerError
+from ledger.verify.encoding import is_undecodable, undecodable_row
+from ledger.verify.entries import check_entries
+from ledger.verify.heads import check_tree_heads
+from ledger.verify.parallel import PARALLEL_FROM, start_parallel
+from ledger.verify.receipts import check_receipts
+from ledger.verify.result import LedgerTampered, VerifyReport
+from ledger.verify.rows import check_rows
 
 __all__ = ["PARALLEL_FROM", "LedgerTampered", "VerifyReport", "verify_ledger"]
 
