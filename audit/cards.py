@@ -1,6 +1,6 @@
 """Checking a model card's ledger proof, as any reader of a release can, offline.
 
-A card (``model-card.json``, :mod:`server.card`) carries the final round's
+A card (``model-card.json``, :mod:`server.release.card`) carries the final round's
 ledger entry, the signed tree head covering it and the inclusion proof; from
 ledger v12 the head is a C2SP checkpoint carrying the cosignatures of the
 participants that checked it, with each witness's verifier key.

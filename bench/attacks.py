@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from record import write_record  # noqa: E402  (bench/record.py)
 
 from common.policy import Policy, PolicyError, Scalar  # noqa: E402
-from server.strategy import RoundFailed  # noqa: E402
+from server.app.strategy import RoundFailed  # noqa: E402
 from tests.attacks import ATTACKS  # noqa: E402
 from tests.hostile_federation import ABSENT, LABEL_FLIP, HostileFederation  # noqa: E402
 

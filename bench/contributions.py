@@ -38,8 +38,8 @@ from record import write_record  # noqa: E402  (bench/record.py)
 
 from common.policy import Policy  # noqa: E402
 from ledger.shapley import exact_values  # noqa: E402
-from server.valuation import CoalitionUtility, RoundValues, Valuer  # noqa: E402
-from server.valuation.batched import batch_evaluator  # noqa: E402
+from server.app.valuation import CoalitionUtility, RoundValues, Valuer  # noqa: E402
+from server.app.valuation.batched import batch_evaluator  # noqa: E402
 from tests.hostile_federation import HostileFederation  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "contributions.json"

@@ -64,7 +64,7 @@ from fedcommons.demo_setup import prepare_data
 from fedcommons.local_federation import LocalFederation
 from ledger import Ledger
 from ledger.report import ledger_report
-from server.flower import FederationError, assemble_app, write_run_config
+from server.operator.flower import FederationError, assemble_app, write_run_config
 
 RESULTS = Path(__file__).resolve().parent / "results" / "round_latency.json"
 

@@ -28,7 +28,7 @@ from common.images import ImageData
 from common.keys import load_x25519_key
 from common.local_data import load_local_data
 from common.policy import Policy
-from server.snapshots import load_snapshot
+from server.app.snapshots import load_snapshot
 
 
 def _chunks(data: bytes, size: int) -> list[bytes]:

@@ -1,7 +1,7 @@
 """Root of the ``fedcommons`` command: one sub-command group per user.
 
 ``demo`` (a whole consortium on this machine, :mod:`fedcommons.demo_cli`),
-``operator ...`` (:mod:`server.cli`), ``client ...`` (:mod:`client.cli`) and
+``operator ...`` (:mod:`server.operator.cli`), ``client ...`` (:mod:`client.cli`) and
 ``audit ...`` (:mod:`audit.cli`). Each group is imported only when it runs,
 so ``fedcommons audit ...`` never loads the ML stack. The groups only raise;
 the root turns an expected error into one line on stderr and a non-zero exit
@@ -40,7 +40,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "fedcommons.simulate_cli",
         "Size a consortium: N virtual institutions on Flower's Simulation Engine.",
     ),
-    "operator": ("server.cli", "Commands for the consortium operator."),
+    "operator": ("server.operator.cli", "Commands for the consortium operator."),
     "client": ("client.cli", "Commands for a participating institution."),
     "audit": ("audit.cli", "Read-only views of the ledger, for auditors."),
 }

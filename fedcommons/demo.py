@@ -30,10 +30,10 @@ from fedcommons.summary import summarise
 from ledger import Ledger
 from ledger.runs import RESUMABLE
 from ledger.schema import Run
-from server.flower import FederationError
-from server.operate import prepare_resume
-from server.resume import ResumeError
-from server.runs import (
+from server.app.resume import ResumeError
+from server.operator.flower import FederationError
+from server.operator.operate import prepare_resume
+from server.operator.runs import (
     LedgerLost,
     RoundProgress,
     RunFailed,
@@ -85,7 +85,7 @@ def run_demo(
     ------
     FederationError
         If a Flower process dies or the run does not finish successfully
-        (:class:`~server.runs.PrivacyBudgetExhausted` when budgets ran out).
+        (:class:`~server.operator.runs.PrivacyBudgetExhausted` when budgets ran out).
     """
     started = time.monotonic()
     workdir = workdir.resolve()

@@ -38,9 +38,9 @@ from fedcommons.partition import (
 from fedcommons.startup import STARTUP_TIMEOUT, free_port
 from ledger import Ledger
 from ledger.schema import LedgerTreeHead
-from server.consortium import Register, admit, init_consortium
 from server.deploy import DeployConfig, OperatorFiles
-from server.status import registrar
+from server.operator.consortium import Register, admit, init_consortium
+from server.operator.status import registrar
 
 __all__ = [
     "BERT_DEMO",

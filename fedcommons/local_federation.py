@@ -32,8 +32,8 @@ from common.processes import ProcessTree, flower_env
 from common.protocol import NodeConfig
 from fedcommons.startup import STARTUP_TIMEOUT, free_port, wait_for_port
 from server.deploy import OPERATOR_DIR_ENV, OperatorFiles
-from server.flower import CONNECTION, FederationError, FlwrCli, write_connection
-from server.superlink import SuperLinkSettings, superlink_argv
+from server.operator.flower import CONNECTION, FederationError, FlwrCli, write_connection
+from server.operator.superlink import SuperLinkSettings, superlink_argv
 
 __all__ = ["LocalFederation", "NodeSpec"]
 
@@ -97,7 +97,7 @@ class LocalFederation:
     flwr_home : Path, optional
         Where the ``flwr`` CLI's connection is written (default:
         ``operator_dir/flwr-home``, else ``workdir/flwr-home``), named
-        :data:`~server.flower.CONNECTION` and pointed at this SuperLink.
+        :data:`~server.operator.flower.CONNECTION` and pointed at this SuperLink.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ from common.output import literal_console
 from common.policy import Policy
 from fedcommons.demo_cli import interrupt_on_sigterm, summary_rounds
 from fedcommons.simulation import run_simulation, virtual_institutions
-from server.progress import round_bar, rounds_table
+from server.operator.progress import round_bar, rounds_table
 
 __all__ = ["app", "simulate"]
 

@@ -28,8 +28,8 @@ from fedcommons.demo_setup import DemoConsortium, admit_all, created_folder, dem
 from fedcommons.local_federation import LocalFederation
 from fedcommons.summary import summarise
 from ledger import Ledger
-from server.flower import FederationError
-from server.runs import (
+from server.operator.flower import FederationError
+from server.operator.runs import (
     RoundProgress,
     RunFailed,
     follow_run,
@@ -37,7 +37,7 @@ from server.runs import (
     read_rounds,
     submit_run,
 )
-from server.superlink import SuperLinkSettings, check_operator_folder, superlink_argv
+from server.operator.superlink import SuperLinkSettings, check_operator_folder, superlink_argv
 
 __all__ = ["SimulatedFederation", "run_simulation", "virtual_institutions"]
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from common.processes import ProcessTree
-from server.flower import FederationError
+from server.operator.flower import FederationError
 
 __all__ = ["STALL_SHARE", "STARTUP_TIMEOUT", "free_port", "wait_for_port"]
 

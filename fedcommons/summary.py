@@ -26,8 +26,8 @@ from ledger.runs import flower_runs
 from ledger.schema import Round, RoundUpdate
 from ledger.store import masked_url
 from ledger.verify import verify_ledger
-from server.release import release_model
-from server.runs import RunOutcome
+from server.operator.runs import RunOutcome
+from server.release.release import release_model
 
 __all__ = ["summarise"]
 

@@ -35,8 +35,8 @@ from common.training import evaluate
 from common.witness import Cosigned
 from fedcommons.demo_setup import prepare_data
 from ledger import ChargeFact, DefenceFact, ExclusionFact
-from server.snapshots import KeptReply
-from server.strategy import (
+from server.app.snapshots import KeptReply
+from server.app.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
     Defences,
@@ -46,10 +46,10 @@ from server.strategy import (
     build_aggregator,
     expected_tensors,
 )
-from server.strategy.owed import OwedCharge
-from server.strategy.recorder import FinishedRound, RoundRecorder
-from server.valuation import RoundValues, Valuer
-from server.valuation.batched import batch_evaluator
+from server.app.strategy.owed import OwedCharge
+from server.app.strategy.recorder import FinishedRound, RoundRecorder
+from server.app.valuation import RoundValues, Valuer
+from server.app.valuation.batched import batch_evaluator
 from tests.attacks import ATTACKS, flip_labels
 
 __all__ = ["ABSENT", "LABEL_FLIP", "HostileFederation", "StaticGrid", "Tally", "task_identity"]

@@ -21,7 +21,7 @@ from common.policy import PrivacyConfig
 from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge, Refusal
 from common.receipts import Receipt
 from ledger import Ledger, enrol_participant, start_run
-from server.strategy import (
+from server.app.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
     LedgerRecorder,

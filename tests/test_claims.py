@@ -15,7 +15,7 @@ from common.arrays import arrays_of
 from common.envelope import EnvelopeError, UpdateHeader
 from ledger.report import ledger_report
 from ledger.verify import verify_ledger
-from server.strategy import ClaimCheck
+from server.app.strategy import ClaimCheck
 from tests.sealed_updates import (
     RUN,
     begin_round,

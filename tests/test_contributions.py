@@ -32,9 +32,9 @@ from ledger.shapley import (
     value_round,
 )
 from ledger.verify import LedgerTampered, verify_ledger
-from server.strategy import LedgerRecorder
-from server.valuation import CoalitionUtility
-from server.valuation.batched import batch_evaluator
+from server.app.strategy import LedgerRecorder
+from server.app.valuation import CoalitionUtility
+from server.app.valuation.batched import batch_evaluator
 from tests.hostile_federation import FLOWER_RUN, HostileFederation
 from tests.sealed_updates import run_in
 

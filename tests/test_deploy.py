@@ -16,8 +16,8 @@ from common.policy import Policy
 from common.protocol import ExclusionCode, Refusal
 from fedcommons.cli import app
 from ledger import LedgerError
-from server.consortium import init_consortium
 from server.deploy import OPERATOR_DIR_ENV, DeployConfig, DeployError, OperatorFiles
+from server.operator.consortium import init_consortium
 from tests.sealed_updates import server_task_identity
 from tests.tools import needs_systemd
 

@@ -43,11 +43,11 @@ from fedcommons.startup import free_port
 from ledger import Ledger
 from ledger.contributions import contributions_report
 from ledger.report import ledger_report
-from server.consortium import admit, init_consortium
+from server.app.snapshots import load_snapshot
 from server.deploy import OperatorFiles
-from server.flower import CONNECTION
-from server.runs import RunFailed, follow_run, submit_run
-from server.snapshots import load_snapshot
+from server.operator.consortium import admit, init_consortium
+from server.operator.flower import CONNECTION
+from server.operator.runs import RunFailed, follow_run, submit_run
 from tests.go_interop import go_checks, interop_input, needs_go
 from tests.tools import CHROMIUM, needs_chromium
 

@@ -28,7 +28,7 @@ from common.envelope import (
 )
 from common.keys import key_id
 from common.protocol import PrivacyCharge
-from server.strategy.gate import UpdateGate, expected_tensors
+from server.app.strategy.gate import UpdateGate, expected_tensors
 
 RUN = "1234567890123456789"
 MODEL = "a" * 64

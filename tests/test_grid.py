@@ -13,11 +13,13 @@ from collections.abc import Iterable
 
 import pytest
 from flwr.app import Message, MessageType, RecordDict
-from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+from flwr.server.superlink.linkstate.utils import (
+    create_message_error_unavailable_res_message,
+)
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from server.grid import PollingGrid, QuorumLost
+from server.app.grid import PollingGrid, QuorumLost
 from tests.sealed_updates import server_task_identity
 
 pytestmark = pytest.mark.usefixtures("server_task_identity")

@@ -35,8 +35,8 @@ from common.policy import Policy
 from fedcommons.cli import app
 from ledger import Ledger, LedgerError, admitted_keys
 from ledger.report import ledger_report
-from server.consortium import admit, init_consortium
 from server.deploy import OperatorFiles
+from server.operator.consortium import admit, init_consortium
 
 # -- key files ----------------------------------------------------------------
 
@@ -395,7 +395,7 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
     from client.sealing import seal_update
     from common.policy import PolicyError
     from common.protocol import PrivacyCharge, TrainConfig
-    from server.strategy.gate import UpdateGate
+    from server.app.strategy.gate import UpdateGate
 
     state = ParticipantState(tmp_path / "state")
     _enrol(operator, data_file, state.root)

@@ -22,8 +22,8 @@ from ledger import Ledger, LedgerUnreachable, enrol_participant, start_run
 from ledger import store as ledger_store
 from ledger.schema import Participant, Run
 from ledger.verify import verify_ledger
-from server.flower import FlwrCli
-from server.runs import LedgerLost, follow_run
+from server.operator.flower import FlwrCli
+from server.operator.runs import LedgerLost, follow_run
 from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.postgres

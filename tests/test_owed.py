@@ -26,7 +26,7 @@ from common.protocol import CHARGES_RECORDED, OWED_CHARGES, PrivacyCharge
 from ledger import Ledger
 from ledger.report import ledger_report
 from ledger.verify import verify_ledger
-from server.strategy import ConsortiumStrategy, OwedCharges
+from server.app.strategy import ConsortiumStrategy, OwedCharges
 from tests.sealed_updates import (
     RUN,
     SIGNERS,

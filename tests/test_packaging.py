@@ -12,7 +12,7 @@ from pathlib import Path
 import tomllib
 
 from common.policy import Policy
-from server.flower import PACKAGES, build_app_dir
+from server.operator.flower import PACKAGES, build_app_dir
 
 REPO = Path(__file__).resolve().parent.parent
 ROOMS = ("common", "client", "ledger", "server", "audit", "fedcommons")
@@ -62,8 +62,8 @@ def test_the_direction_check_catches_an_upward_import(tmp_path: Path) -> None:
     ((line, module),) = _imports(bad)
     assert (line, module) == (2, "ledger")
     assert not _allowed("common", module) and not _allowed("client", module)
-    assert _allowed("audit", module) and not _allowed("audit", "server.release")
-    assert not _allowed("ledger", "server.valuation") and not _allowed("audit", "server")
+    assert _allowed("audit", module) and not _allowed("audit", "server.release.release")
+    assert not _allowed("ledger", "server.app.valuation") and not _allowed("audit", "server")
 
 
 def test_packages_import_from_this_repository() -> None:
@@ -102,7 +102,7 @@ def test_flower_app_default_config_is_the_default_policy() -> None:
     assert app["config"] == Policy().to_run_config()
     assert not any(key.startswith("deploy.") for key in app["config"])
     assert app["components"] == {
-        "serverapp": "server.server_app:app",
+        "serverapp": "server.app.server_app:app",
         "clientapp": "client.client_app:app",
     }
     assert app["fab-include"] == [f"{package}/**/*.py" for package in PACKAGES]
@@ -122,7 +122,7 @@ def test_flower_components_resolve_to_apps() -> None:
     from flwr.serverapp import ServerApp
 
     from client.client_app import app as client_app
-    from server.server_app import app as server_app
+    from server.app.server_app import app as server_app
 
     assert isinstance(server_app, ServerApp)
     assert isinstance(client_app, ClientApp)

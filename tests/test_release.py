@@ -51,9 +51,9 @@ from ledger.schema import LedgerEntry, LedgerTreeHead, Release, Round
 from ledger.shapley import value_round
 from ledger.tree_heads import sign_tree_head, tree_head_from_row
 from ledger.verify import LedgerTampered, verify_ledger
-from server.consortium import init_consortium
-from server.release import ModelRelease, ReleaseError, release_model
-from server.snapshots import load_snapshot, save_snapshot
+from server.app.snapshots import load_snapshot, save_snapshot
+from server.operator.consortium import init_consortium
+from server.release.release import ModelRelease, ReleaseError, release_model
 
 H = "a" * 64
 COMPANY = Licence(

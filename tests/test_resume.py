@@ -45,15 +45,9 @@ from ledger.report import ledger_report
 from ledger.runs import request_resume
 from ledger.schema import LedgerEntry, Run
 from ledger.verify import verify_ledger
-from server.card import privacy_rows
-from server.consortium import init_consortium
-from server.deploy import OperatorFiles
-from server.flower import FlwrCli, write_connection
-from server.operate import follow_with_progress
-from server.run_start import OpenedRun, open_run
-from server.runs import SuperLinkLost, follow_run
-from server.snapshots import save_snapshot, snapshot_path
-from server.strategy import (
+from server.app.run_start import OpenedRun, open_run
+from server.app.snapshots import save_snapshot, snapshot_path
+from server.app.strategy import (
     ConsortiumStrategy,
     LedgerRecorder,
     LicenceGate,
@@ -62,6 +56,12 @@ from server.strategy import (
     UpdateIntake,
     expected_tensors,
 )
+from server.deploy import OperatorFiles
+from server.operator.consortium import init_consortium
+from server.operator.flower import FlwrCli, write_connection
+from server.operator.operate import follow_with_progress
+from server.operator.runs import SuperLinkLost, follow_run
+from server.release.card import privacy_rows
 from tests.sealed_updates import (
     AGGREGATOR,
     BASE,

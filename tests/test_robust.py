@@ -21,8 +21,8 @@ from fedcommons.demo_setup import prepare_data
 from ledger.contributions import contributions_report
 from ledger.report import ledger_report
 from ledger.verify import verify_ledger
-from server.strategy import Defences, LedgerRecorder, NormBound, build_aggregator, rule_effects
-from server.valuation import Valuer
+from server.app.strategy import Defences, LedgerRecorder, NormBound, build_aggregator, rule_effects
+from server.app.valuation import Valuer
 from tests.attacks import ATTACKS
 from tests.hostile_federation import FLOWER_RUN, LABEL_FLIP, HostileFederation
 from tests.sealed_updates import (

@@ -36,10 +36,10 @@ from fedcommons.cli import app
 from fedcommons.errors import EXIT_USER_ERROR
 from fedcommons.partition import load_digits_data
 from fedcommons.startup import free_port
-from server.consortium import init_consortium
 from server.deploy import DeployConfig, OperatorFiles
-from server.status import NodeNames
-from server.superlink import ServeError, check_operator_folder
+from server.operator.consortium import init_consortium
+from server.operator.status import NodeNames
+from server.operator.superlink import ServeError, check_operator_folder
 
 runner = CliRunner()
 

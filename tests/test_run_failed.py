@@ -16,9 +16,9 @@ from common.policy import Policy
 from fedcommons.demo import node_exited
 from ledger import Ledger, finish_run
 from ledger.report import ledger_report
-from server.flower import FlwrCli
-from server.operate import follow_with_progress
-from server.runs import RunFailed, follow_run
+from server.operator.flower import FlwrCli
+from server.operator.operate import follow_with_progress
+from server.operator.runs import RunFailed, follow_run
 from tests.sealed_updates import ledger_with_run
 
 FLOWER_RUN = 9
@@ -27,11 +27,11 @@ SERVERAPP_LOG = """\
 INFO :      [ROUND 2]
 ERROR :     run stopped: round 2: 1 of the required 2 nodes returned an update
 Traceback (most recent call last):
-  File "/app/server/server_app.py", line 165, in main
+  File "/app/server/app/server_app.py", line 165, in main
     result = strategy.start(
-  File "/app/server/strategy/composed.py", line 171, in aggregate_train
+  File "/app/server/app/strategy/composed.py", line 171, in aggregate_train
     raise RoundFailed(
-server.strategy.composed.RoundFailed: round 2: 1 of the required 2 nodes returned an update
+server.app.strategy.composed.RoundFailed: round 2: 1 of the required 2 nodes returned an update
 """
 
 LOST_QUORUM = (
@@ -122,7 +122,7 @@ def test_a_serverapp_that_died_before_recording_a_run_names_its_last_error_only(
     ledger.close()
     assert str(failure) == (
         "Flower run 9 ended as finished:failed (exit code 1) before its ServerApp recorded a "
-        "run in the ledger: server.strategy.composed.RoundFailed: round 2: 1 of the required 2 "
+        "run in the ledger: server.app.strategy.composed.RoundFailed: round 2: 1 of the required 2 "
         f"nodes returned an update. The ServerApp's full log: FLWR_HOME={tmp_path / 'flwr-home'} "
         "flwr log 9 fedcommons --show"
     )

@@ -25,9 +25,9 @@ from fedcommons.cli import app
 from fedcommons.demo_setup import demo_consortium, started_federation
 from fedcommons.simulation import run_simulation, virtual_institutions
 from ledger import Ledger
-from server.runs import follow_run, submit_run
-from server.snapshots import load_snapshot
-from server.superlink import SuperLinkSettings, superlink_argv
+from server.app.snapshots import load_snapshot
+from server.operator.runs import follow_run, submit_run
+from server.operator.superlink import SuperLinkSettings, superlink_argv
 from tests.hostile_federation import HostileFederation
 from tests.sealed_updates import server_task_identity
 

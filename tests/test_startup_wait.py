@@ -23,7 +23,7 @@ import fedcommons.demo_cli
 from fedcommons.cli import app
 from fedcommons.local_federation import LocalFederation, NodeSpec
 from fedcommons.startup import STARTUP_TIMEOUT, free_port, wait_for_port
-from server.flower import FederationError
+from server.operator.flower import FederationError
 
 BUSY = "while True: pass"  # works (uses CPU) and never listens
 IDLE = "import time; time.sleep(120)"  # neither works nor listens

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+from flwr.server.superlink.linkstate.utils import (
+    create_message_error_unavailable_res_message,
+)
 from flwr.serverapp.strategy import FedAvgM
 
 from client.receipts import ReceiptBook
@@ -27,8 +29,8 @@ from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge
 from common.receipts import Receipt, read_receipts
 from ledger.report import ledger_report
 from ledger.verify import verify_ledger
-from server.snapshots import latest_snapshot, load_snapshot
-from server.strategy import RoundFailed
+from server.app.snapshots import latest_snapshot, load_snapshot
+from server.app.strategy import RoundFailed
 from tests.sealed_updates import (
     RUN,
     SIGNERS,

@@ -25,8 +25,8 @@ from common.protocol import METRICS, RECEIPTS, ExclusionCode, Refusal
 from common.receipts import Receipt, TreeHead
 from ledger.report import ledger_report
 from ledger.verify import verify_ledger
-from server.snapshots import load_snapshot
-from server.strategy import (
+from server.app.snapshots import load_snapshot
+from server.app.strategy import (
     FinishedRound,
     LedgerRecorder,
     LicenceGate,
@@ -34,7 +34,7 @@ from server.strategy import (
     ReceiptOutbox,
     UpdateIntake,
 )
-from server.strategy.intake import RoundIntake
+from server.app.strategy.intake import RoundIntake
 from tests.sealed_updates import (
     RUN,
     ledger_with_run,

@@ -32,8 +32,8 @@ from common.witness import (
 from fedcommons.demo_setup import demo_consortium
 from ledger import Ledger
 from ledger.tree_heads import sign_tree_head
-from server.strategy import ConsortiumStrategy, LicenceGate, UpdateGate, UpdateIntake
-from server.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
+from server.app.strategy import ConsortiumStrategy, LicenceGate, UpdateGate, UpdateIntake
+from server.app.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
 from tests.hostile_federation import task_identity
 from tests.test_receipts import AGGREGATOR, OPERATOR, SIGNERS, World, _world
 

@@ -19,7 +19,7 @@ from torch.func import functional_call, vmap
 
 from common.arrays import Arrays
 from common.training import Examples
-from server.valuation import BatchEvaluator
+from server.app.valuation import BatchEvaluator
 
 __all__ = ["batch_evaluator"]
 

@@ -43,7 +43,7 @@ from ledger import Ledger, admit_participant, refuse_admission
 from ledger.schema import LogOrigin
 from ledger.tree_heads import TreeHeadError, set_log_origin
 from server.deploy import DEPLOY_FILE, DeployConfig, OperatorFiles
-from server.flower import CONNECTION, FederationError, write_connection
+from server.operator.flower import CONNECTION, FederationError, write_connection
 
 __all__ = ["Register", "admit", "init_consortium"]
 

@@ -8,7 +8,7 @@ into a new or empty folder::
     OUT/model-card.md       the same, for people
 
 and appends a ``release`` entry naming the model and the SHA-256 of the
-card's JSON bytes (:mod:`server.card` builds the card). All or nothing: the
+card's JSON bytes (:mod:`server.release.card` builds the card). All or nothing: the
 files are written beside ``OUT`` and moved into it only once the ledger has
 committed the release, so a failed release leaves neither files nor an
 entry, and can simply be repeated.
@@ -47,9 +47,9 @@ from ledger.schema import (
 )
 from ledger.tree_heads import LedgerTree, sign_tree_head, tree_head_from_row
 from ledger.verify import verify_ledger
-from server.card import ReleaseError, build_card
-from server.model_card import CARD_JSON, CARD_MARKDOWN, MODEL_FILE, card_markdown
-from server.snapshots import SnapshotError, checked_snapshot
+from server.app.snapshots import SnapshotError, checked_snapshot
+from server.release.card import ReleaseError, build_card
+from server.release.model_card import CARD_JSON, CARD_MARKDOWN, MODEL_FILE, card_markdown
 
 __all__ = ["MODEL_FILE", "ModelRelease", "ReleaseError", "release_model"]
 
@@ -173,7 +173,7 @@ def _write(folder: Path, arrays: Arrays, card: dict[str, Any]) -> bytes:
     model_bytes = save_safetensors(
         {k: arrays[k] for k in sorted(arrays)},
         metadata={
-            "round": str(model["round"]),  # loadable with server.snapshots.load_snapshot
+            "round": str(model["round"]),  # loadable with server.app.snapshots.load_snapshot
             "run": str(card["run"]["id"]),
             "model_sha256": model["sha256"],
         },

@@ -1,6 +1,6 @@
 """The update intake: a round's replies sorted into accepted updates and exclusions.
 
-:class:`UpdateIntake` takes each reply through the :class:`~server.strategy.gate.UpdateGate`
+:class:`UpdateIntake` takes each reply through the :class:`~server.app.strategy.gate.UpdateGate`
 (signature, binding, decryption, tensors) and then the run's own rules (the
 privacy charge the update signed must fit the policy, its dataset's licence
 must still allow the run, the metrics must be finite numbers). An accepted
@@ -41,9 +41,9 @@ from common.protocol import (
     Refusal,
 )
 from ledger import ChargeFact, ExclusionFact, UpdateFact
-from server.strategy.admission import LicenceGate
-from server.strategy.claims import ClaimCheck
-from server.strategy.gate import UpdateGate
+from server.app.strategy.admission import LicenceGate
+from server.app.strategy.claims import ClaimCheck
+from server.app.strategy.gate import UpdateGate
 
 __all__ = ["Accepted", "RoundIntake", "UpdateIntake", "sender"]
 

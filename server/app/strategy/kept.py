@@ -1,6 +1,6 @@
 """A reply as the ServerApp keeps it until its round is recorded, and back again.
 
-What :func:`kept_reply` keeps (:class:`~server.snapshots.KeptReply`: the sealed
+What :func:`kept_reply` keeps (:class:`~server.app.snapshots.KeptReply`: the sealed
 update, its node and its unsigned metrics) is what :func:`reply_of` turns
 back into the train reply it was, for a resumed run to recover the round.
 """
@@ -11,8 +11,8 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from common.envelope import envelope_record
 from common.protocol import ENVELOPE, METRICS, SEAL_SECONDS, TRAIN_LOSS, TRAIN_SECONDS
-from server.snapshots import KeptReply
-from server.strategy.intake import Accepted
+from server.app.snapshots import KeptReply
+from server.app.strategy.intake import Accepted
 
 __all__ = ["kept_reply", "reply_of"]
 

@@ -35,7 +35,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 from common.arrays import Arrays, record_of
 from common.policy import FederationConfig
 from ledger import DefenceFact
-from server.strategy.intake import Accepted
+from server.app.strategy.intake import Accepted
 
 __all__ = ["Defences", "NormBound", "build_aggregator", "rule_effects"]
 

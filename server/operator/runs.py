@@ -29,7 +29,7 @@ from common.protocol import ExclusionCode
 from ledger import Ledger, LedgerUnreachable, finish_run
 from ledger.runs import RESUMABLE
 from ledger.schema import Charge, Exclusion, FlowerRun, Round, Run
-from server.flower import FederationError, FlwrCli, build_app_dir, write_run_config
+from server.operator.flower import FederationError, FlwrCli, build_app_dir, write_run_config
 
 __all__ = [
     "LedgerLost",

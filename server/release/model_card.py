@@ -1,6 +1,6 @@
 """The model card of a release, for people: its Markdown form, obligations first.
 
-The card itself (``model-card.json``) is built by :mod:`server.card` from the
+The card itself (``model-card.json``) is built by :mod:`server.release.card` from the
 ledger; a reader checks its ledger proof with :func:`audit.cards.verify_card`.
 """
 

@@ -47,9 +47,9 @@ from ledger.tree_heads import (
     sign_tree_head,
     tree_head_from_row,
 )
-from server.snapshots import KeptReply, keep_replies, save_server_state, save_snapshot
-from server.strategy.owed import OwedCharge
-from server.valuation import RoundValues
+from server.app.snapshots import KeptReply, keep_replies, save_server_state, save_snapshot
+from server.app.strategy.owed import OwedCharge
+from server.app.valuation import RoundValues
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder", "held_heads"]
 

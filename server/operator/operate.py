@@ -1,8 +1,8 @@
 """What ``fedcommons operator run`` and ``operator resume`` do, apart from printing.
 
 Both submit the FedCommons app with a policy and follow the run to its end
-(:mod:`server.runs`), with a progress bar; a resume first checks that the run
-can go on (:mod:`server.resume`) and marks it ``resuming``, so the ServerApp
+(:mod:`server.operator.runs`), with a progress bar; a resume first checks that the run
+can go on (:mod:`server.app.resume`) and marks it ``resuming``, so the ServerApp
 takes it over. Ctrl-C or SIGTERM stops the Flower run (``flwr stop``) and
 records the run as ``interrupted``, ready to resume.
 """
@@ -19,11 +19,11 @@ from rich.console import Console
 from common.policy import Policy
 from ledger import Ledger
 from ledger.runs import flower_runs, request_resume
+from server.app.resume import ResumeError, ResumePoint, check_resumable
 from server.deploy import OperatorFiles
-from server.flower import FederationError, FlwrCli
-from server.progress import round_bar
-from server.resume import ResumeError, ResumePoint, check_resumable
-from server.runs import (
+from server.operator.flower import FederationError, FlwrCli
+from server.operator.progress import round_bar
+from server.operator.runs import (
     LedgerLost,
     RunFailed,
     RunOutcome,

@@ -8,7 +8,7 @@ round's snapshot is there with the hash the ledger holds) and marks it
 (:func:`ledger.runs.take_over_resume`) and starts from
 :func:`resume_point`: the snapshot, the aggregator's state and the round
 counter. A round whose replies the crashed ServerApp kept is recovered from
-them (:class:`server.run_start.Recovery`); one whose replies never reached
+them (:class:`server.app.run_start.Recovery`); one whose replies never reached
 it is trained again; what clients spent
 on it stays recorded and counts against their budgets.
 """
@@ -25,7 +25,7 @@ from common.errors import UserError
 from common.policy import Policy
 from ledger.runs import RESUMABLE
 from ledger.schema import Run
-from server.snapshots import SnapshotError, checked_snapshot, load_server_state
+from server.app.snapshots import SnapshotError, checked_snapshot, load_server_state
 
 __all__ = ["ResumeError", "ResumePoint", "check_resumable", "resume_point"]
 

@@ -28,10 +28,9 @@ from common.policy import Policy
 from common.protocol import TrainConfig
 from common.training import Examples, evaluate
 from ledger import Ledger, finish_run
-from server.deploy import DeployConfig
-from server.grid import PollingGrid, QuorumLost
-from server.run_start import open_run
-from server.strategy import (
+from server.app.grid import PollingGrid, QuorumLost
+from server.app.run_start import open_run
+from server.app.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
     Defences,
@@ -44,8 +43,9 @@ from server.strategy import (
     build_aggregator,
     expected_tensors,
 )
-from server.valuation import Valuer
-from server.valuation.batched import batch_evaluator
+from server.app.valuation import Valuer
+from server.app.valuation.batched import batch_evaluator
+from server.deploy import DeployConfig
 
 __all__ = ["app"]
 

@@ -26,15 +26,15 @@ from common.protocol import (
 )
 from common.witness import COSIGNATURES, cosignatures_of
 from ledger import ExclusionFact
-from server.snapshots import KeptReply
-from server.strategy.admission import LicenceGate
-from server.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender
-from server.strategy.kept import kept_reply, reply_of
-from server.strategy.outbox import ReceiptOutbox
-from server.strategy.owed import OwedCharges
-from server.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
-from server.strategy.robust import Defences
-from server.valuation import RoundValues, Valuer
+from server.app.snapshots import KeptReply
+from server.app.strategy.admission import LicenceGate
+from server.app.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender
+from server.app.strategy.kept import kept_reply, reply_of
+from server.app.strategy.outbox import ReceiptOutbox
+from server.app.strategy.owed import OwedCharges
+from server.app.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
+from server.app.strategy.robust import Defences
+from server.app.valuation import RoundValues, Valuer
 
 __all__ = ["ConsortiumStrategy", "Evaluator", "RoundFailed"]
 

@@ -21,16 +21,16 @@ from common.keys import (
 from common.output import OutputFormat, literal_console, printer
 from common.policy import Policy
 from ledger import Ledger
-from server.consortium import admit, init_consortium
 from server.deploy import DeployError, OperatorFiles
-from server.flower import CONNECTION, FlwrCli
-from server.operate import resume_run, run_policy, summary_of
-from server.progress import rounds_table
-from server.release import release_model
-from server.runs import RunOutcome
-from server.status import consortium_status, registrar, status_tables
-from server.superlink import serve
-from server.tokens_cli import app as token_app
+from server.operator.consortium import admit, init_consortium
+from server.operator.flower import CONNECTION, FlwrCli
+from server.operator.operate import resume_run, run_policy, summary_of
+from server.operator.progress import rounds_table
+from server.operator.runs import RunOutcome
+from server.operator.status import consortium_status, registrar, status_tables
+from server.operator.superlink import serve
+from server.operator.tokens_cli import app as token_app
+from server.release.release import release_model
 
 __all__ = ["app"]
 

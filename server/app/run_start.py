@@ -29,9 +29,9 @@ from ledger import (
 )
 from ledger.runs import flower_runs, take_over_resume
 from ledger.schema import RoundUpdate
+from server.app.resume import ResumeError, ResumePoint, resume_point
+from server.app.snapshots import KeptReply, SnapshotError, kept_replies
 from server.deploy import DeployConfig
-from server.resume import ResumeError, ResumePoint, resume_point
-from server.snapshots import KeptReply, SnapshotError, kept_replies
 
 __all__ = ["OpenedRun", "Recovery", "open_run"]
 

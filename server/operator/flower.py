@@ -188,7 +188,7 @@ def assemble_app(
     sources : mapping of str to Path
         Package name in the app -> folder it is copied from.
     serverapp, clientapp : str
-        Component references, e.g. ``"server.server_app:app"``.
+        Component references, e.g. ``"server.app.server_app:app"``.
     config : mapping
         The app's default run config (``flwr run --run-config`` overrides it).
     """
@@ -233,7 +233,7 @@ def build_app_dir(target: Path) -> Path:
         target,
         name="fedcommons",
         sources={package: root / package for package in PACKAGES},
-        serverapp="server.server_app:app",
+        serverapp="server.app.server_app:app",
         clientapp="client.client_app:app",
         config=Policy().to_run_config(),
     )

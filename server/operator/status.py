@@ -19,7 +19,7 @@ from common.atomic import write_atomic
 from ledger import Ledger
 from ledger.report import ledger_report
 from server.deploy import OperatorFiles
-from server.flower import FlwrCli
+from server.operator.flower import FlwrCli
 
 __all__ = ["NodeNames", "consortium_status", "registrar", "status_tables"]
 
@@ -60,7 +60,7 @@ def registrar(files: OperatorFiles, cli: FlwrCli) -> Callable[[Path, str], int]:
 def consortium_status(files: OperatorFiles, cli: FlwrCli) -> dict[str, Any]:
     """Nodes by institution (from the SuperLink), and runs with their last round (ledger + Flower).
 
-    The SuperLink must be running (:class:`~server.flower.FederationError` otherwise).
+    The SuperLink must be running (:class:`~server.operator.flower.FederationError` otherwise).
     """
     names = NodeNames.of(files).read()
     nodes = [

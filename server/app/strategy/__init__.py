@@ -8,15 +8,15 @@ claims with the :class:`ClaimCheck`), a
 (charges members report they paid that the ledger may lack).
 """
 
-from server.strategy.admission import LicenceGate
-from server.strategy.claims import ClaimCheck
-from server.strategy.composed import ConsortiumStrategy, Evaluator, RoundFailed
-from server.strategy.gate import UpdateGate, expected_tensors
-from server.strategy.intake import UpdateIntake
-from server.strategy.outbox import ReceiptOutbox
-from server.strategy.owed import OwedCharge, OwedCharges
-from server.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
-from server.strategy.robust import Defences, NormBound, build_aggregator, rule_effects
+from server.app.strategy.admission import LicenceGate
+from server.app.strategy.claims import ClaimCheck
+from server.app.strategy.composed import ConsortiumStrategy, Evaluator, RoundFailed
+from server.app.strategy.gate import UpdateGate, expected_tensors
+from server.app.strategy.intake import UpdateIntake
+from server.app.strategy.outbox import ReceiptOutbox
+from server.app.strategy.owed import OwedCharge, OwedCharges
+from server.app.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
+from server.app.strategy.robust import Defences, NormBound, build_aggregator, rule_effects
 
 __all__ = [
     "ClaimCheck",

@@ -33,7 +33,7 @@ from ledger.schema import (
     Run,
     utcnow,
 )
-from server.model_card import CARD_FORMAT, MODEL_FILE
+from server.release.model_card import CARD_FORMAT, MODEL_FILE
 
 __all__ = ["ReleaseError", "build_card"]
 

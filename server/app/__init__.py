@@ -1,0 +1,5 @@
+"""The ServerApp process: wiring (:mod:`.server_app`), the strategy's parts, valuation,
+reply polling (:mod:`.grid`), snapshots and kept replies, and taking a run over
+(:mod:`.run_start`, :mod:`.resume`)."""
+
+__all__ = ["grid", "resume", "run_start", "server_app", "snapshots", "strategy", "valuation"]
