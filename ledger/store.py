@@ -234,17 +234,13 @@ class Ledger:
                     yield session
                 finally:
                     self._current.reset(token)
-        except OperationalError as err:
-            if _is_lock_timeout(err):
+        except DBAPIError as err:
+            if isinstance(err, OperationalError) and _is_lock_timeout(err):
                 raise LedgerError(
                     f"the ledger {self.shown} is busy: another process holds its write lock "
                     "and did not let go in time; nothing was written, so the same command "
                     "can simply be run again"
                 ) from None
-            if _is_disconnect(err):
-                raise self._unreachable(err) from None
-            raise
-        except DBAPIError as err:
             if _is_disconnect(err):
                 raise self._unreachable(err) from None
             raise

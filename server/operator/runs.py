@@ -235,8 +235,8 @@ def follow_run(
     followed: list[int | None] = [None]  # the ledger's run, once it is known
     try:
         return _follow_run(
-            cli, ledger, flower_run_id, followed, on_round, check, poll, status_interval,
-            lost_after, start_within,
+            cli, ledger, flower_run_id, followed, on_round=on_round, check=check, poll=poll,
+            status_interval=status_interval, lost_after=lost_after, start_within=start_within,
         )  # fmt: skip
     except LedgerUnreachable as err:
         raise _ledger_lost(ledger, followed[0], err) from None
@@ -247,6 +247,7 @@ def _follow_run(
     ledger: Ledger,
     flower_run_id: int,
     followed: list[int | None],
+    *,
     on_round: Callable[[RoundProgress], None] | None,
     check: Callable[[], None] | None,
     poll: float,

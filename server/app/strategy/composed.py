@@ -28,7 +28,7 @@ from common.witness import COSIGNATURES, cosignatures_of
 from ledger import ExclusionFact
 from server.app.snapshots import KeptReply
 from server.app.strategy.admission import LicenceGate
-from server.app.strategy.intake import Accepted, RoundIntake, UpdateIntake, sender
+from server.app.strategy.intake import RoundIntake, UpdateIntake, sender
 from server.app.strategy.kept import kept_reply, reply_of
 from server.app.strategy.outbox import ReceiptOutbox
 from server.app.strategy.owed import OwedCharges
@@ -235,12 +235,16 @@ class ConsortiumStrategy(Strategy):
                 f"round {server_round}: {len(intake.accepted)} of the required {self.min_nodes} "
                 "nodes returned an update" + (f" ({reasons})" if reasons else "")
             )
+        bounded = [a.arrays for a in intake.accepted]
         if self.defences is not None:
             key = self.intake.arrayrecord_key
-            effects = self.defences.apply(self._global, intake.accepted, key)
+            bounded, effects = self.defences.apply(self._global, intake.accepted, key)
             self.recorder.record_defences(server_round, effects)
-        # Read before the rule: FedMedian and FedTrimmedAvg pop the arrays out of the replies.
-        self._bounded = self._as_aggregated(intake.accepted)
+        # Kept apart from the replies: FedMedian and FedTrimmedAvg pop the arrays out of them.
+        self._bounded = [
+            (a.update.institution, arrays, a.update.num_examples)
+            for a, arrays in zip(intake.accepted, bounded, strict=True)
+        ]
         return self.aggregator.aggregate_train(server_round, [a.message for a in intake.accepted])
 
     def _settle_owed(self, server_round: int, reported: list[ConfigRecord | None]) -> None:
@@ -333,17 +337,6 @@ class ConsortiumStrategy(Strategy):
     def round_updates(self) -> list[tuple[str, Arrays, int]]:
         """The last round's accepted updates as aggregated (bounded), with their example counts."""
         return list(self._bounded)
-
-    def _as_aggregated(self, accepted: list[Accepted]) -> list[tuple[str, Arrays, int]]:
-        key = self.intake.arrayrecord_key
-        return [
-            (
-                a.update.institution,
-                arrays_of(a.message.content.array_records[key]),
-                a.update.num_examples,
-            )
-            for a in accepted
-        ]
 
     @property
     def round_start(self) -> Arrays:

@@ -98,17 +98,17 @@ class ReceiptOutbox:
         """
         messages = []
         institution_of = {node: name for name, node in nodes.items()}
-        owed_something = {n for n, r in self._pending.items() if r} | {
+        due = {n for n, r in self._pending.items() if r} | {
             n for n, r in self._recorded.items() if r
         }
-        for name in sorted(owed_something):
+        for name in sorted(due):
             if name in nodes:
                 message = Message(
                     RecordDict(), dst_node_id=nodes[name], message_type=MessageType.QUERY
                 )
                 self.attach(message, name)
                 messages.append(message)
-        outcome = {name: "not delivered (no reply)" for name in owed_something}
+        outcome = {name: "not delivered (no reply)" for name in due}
         if not messages:
             return {}
         for reply in grid.send_and_receive(messages, timeout=timeout):

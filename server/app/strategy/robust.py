@@ -225,8 +225,9 @@ class Defences:
 
     def apply(
         self, global_weights: Arrays, accepted: Sequence[Accepted], arrays_key: str
-    ) -> list[DefenceFact]:
-        """Clip the accepted updates in place (their messages) and say what was done."""
+    ) -> tuple[list[Arrays], list[DefenceFact]]:
+        """Clip the accepted updates in place (their messages); return each update as the
+        rule will receive it, and what was done."""
         names = [a.update.institution for a in accepted]
         opened = [a.arrays for a in accepted]
         pairs = list(zip(names, opened, strict=True))
@@ -235,4 +236,4 @@ class Defences:
             if after is not before:
                 item.message.content.array_records[arrays_key] = record_of(after)
         contents = [a.message.content for a in accepted]
-        return facts + rule_effects(self.federation, names, contents, bounded)
+        return bounded, facts + rule_effects(self.federation, names, contents, bounded)
