@@ -4,13 +4,13 @@ Five institutions split the demo's data (the policy's partition); one of
 them (``company-e``) is an authentic attacker: it trains with DP like the
 others, then sends what its attack makes of its update, signed and sealed
 with its own key. Every cell trains a federation from scratch through
-``tests/hostile_federation.py``: the ClientApp's training code, real
+``tests/support/hostile_federation.py``: the ClientApp's training code, real
 envelopes, and the consortium strategy composed as the ServerApp composes it
 (update gate, claim check, norm bound, Flower's aggregation rule). Only
 Flower's transport is left out, which changes no number. This in-process
 harness is a shortcut kept because the attacker's code must never be part
 of the shipped ClientApp that ``fedcommons simulate`` runs: with DP off,
-``tests/test_simulation.py`` checks that its first round's global model
+``tests/fedcommons/test_simulation.py`` checks that its first round's global model
 equals the simulation's and the deployment's (same seed and split), and
 BENCHMARKS.md (issue 20) compares its clean accuracy with DP to the
 simulation's.
@@ -57,8 +57,8 @@ from record import write_record  # noqa: E402  (bench/record.py)
 
 from common.policy import Policy, PolicyError, Scalar  # noqa: E402
 from server.app.strategy import RoundFailed  # noqa: E402
-from tests.attacks import ATTACKS  # noqa: E402
-from tests.hostile_federation import ABSENT, LABEL_FLIP, HostileFederation  # noqa: E402
+from tests.support.attacks import ATTACKS  # noqa: E402
+from tests.support.hostile_federation import ABSENT, LABEL_FLIP, HostileFederation  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "attacks.json"
 

@@ -7,7 +7,7 @@ ledger v12 and as a C2SP checkpoint (the product's ``TreeHead.sign`` /
 (``client.receipts.cosign_heads``) and the server's check of one
 (``common.note.verify_cosignature``); and Go's ``note.Open`` plus ``tlog``
 checks over every checkpoint and receipt of a ledger, through the interop
-program the tests build (``tests/interop/checkpoints.go``; compile time
+program the tests build (``tests/support/interop/checkpoints.go``; compile time
 excluded by a first, untimed run).
 
 Usage::
@@ -53,8 +53,15 @@ def _per_call_us(call: Callable[[], object], batch: int, repeats: int) -> float:
 
 def _go_seconds(rounds: int) -> dict[str, Any]:
     """Go's checks of a ledger with ``rounds`` cosigned checkpoints and their receipts."""
-    from tests.go_interop import go_checks, interop_input
-    from tests.test_receipts import NAMES, OPERATOR, _accept_all, _cosign_all, _record, _world
+    from tests.ledger.test_receipts import (
+        NAMES,
+        OPERATOR,
+        _accept_all,
+        _cosign_all,
+        _record,
+        _world,
+    )
+    from tests.support.go_interop import go_checks, interop_input
 
     folder = Path(tempfile.mkdtemp(prefix="bench-checkpoints-"))
     world = _world(f"sqlite:///{folder / 'ledger.db'}", folder)

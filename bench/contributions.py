@@ -1,9 +1,9 @@
 """What valuing contributions costs, and how close GTG-Shapley comes to exact Shapley values.
 
 For 3, 5, 10 and 20 institutions on the digits federation with DP (the
-demo's policy and split, in this process: ``tests/hostile_federation.py``,
+demo's policy and split, in this process: ``tests/support/hostile_federation.py``,
 the ClientApp's training and the ServerApp's strategy -- a shortcut checked
-against ``fedcommons simulate`` by ``tests/test_simulation.py``, kept because
+against ``fedcommons simulate`` by ``tests/fedcommons/test_simulation.py``, kept because
 it hands each round's updates to the valuer directly), each round is run,
 then valued as the policy's default does (exact Shapley up to 10
 institutions, GTG-Shapley above; the CNN's coalition models scored many at
@@ -40,7 +40,7 @@ from common.policy import Policy  # noqa: E402
 from ledger.shapley import exact_values  # noqa: E402
 from server.app.valuation import CoalitionUtility, RoundValues, Valuer  # noqa: E402
 from server.app.valuation.batched import batch_evaluator  # noqa: E402
-from tests.hostile_federation import HostileFederation  # noqa: E402
+from tests.support.hostile_federation import HostileFederation  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "contributions.json"
 

@@ -127,7 +127,7 @@ from ledger.schema import (  # noqa: E402
 )
 from ledger.store import Ledger  # noqa: E402
 from ledger.verify import verify_ledger  # noqa: E402
-from tests.merkle_reference import consistency_proof, inclusion_proof, root  # noqa: E402
+from tests.support.merkle_reference import consistency_proof, inclusion_proof, root  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ledger.json"
 PROOF_RESULTS = ROOT / "bench" / "results" / "ledger_proofs.json"

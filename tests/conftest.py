@@ -1,7 +1,7 @@
 """Shared fixtures: every ledger backend (a SQLite file and the real PostgreSQL server).
 
 Tests that need a tool from outside Python go through the plugin
-:mod:`tests.tools` (skipped where the tool is missing, failed where
+:mod:`tests.support.tools` (skipped where the tool is missing, failed where
 ``FEDCOMMONS_REQUIRE`` requires it).
 
 ``url`` is parametrised over both backends, so a test that takes it (or
@@ -20,7 +20,8 @@ from sqlalchemy.exc import OperationalError
 
 from ledger import Ledger
 
-pytest_plugins = ["tests.tools"]  # a test that needs a missing tool: skipped, or failed in CI
+# A test that needs a missing tool: skipped, or failed in CI.
+pytest_plugins = ["tests.support.tools"]
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

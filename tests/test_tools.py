@@ -1,7 +1,7 @@
 """A test that needs a missing tool is a listed skip here, and a failure where it is required.
 
 Each case runs pytest on a small test file (pytester, in process) with
-``tests.tools`` as its plugin and ``FEDCOMMONS_REQUIRE`` set as CI or a
+``tests.support.tools`` as its plugin and ``FEDCOMMONS_REQUIRE`` set as CI or a
 developer would set it.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import REQUIRE, TOOLS
+from tests.support.tools import REQUIRE, TOOLS
 
 pytest_plugins = ["pytester"]
 
@@ -20,7 +20,7 @@ CI_RUN = Path(__file__).resolve().parent.parent / ".ci" / "run"
 
 TESTS = """
 import pytest
-from tests.tools import missing_tool, needs
+from tests.support.tools import missing_tool, needs
 
 @needs("go", missing="no go here")
 def test_go() -> None:
@@ -54,7 +54,7 @@ def _run(
     else:
         monkeypatch.setenv(REQUIRE, required)
     pytester.makepyfile(test_needs=TESTS)
-    return pytester.runpytest("-p", "tests.tools", "-rs")
+    return pytester.runpytest("-p", "tests.support.tools", "-rs")
 
 
 def test_nothing_required_every_missing_tool_is_a_skip_with_its_reason(
@@ -118,11 +118,11 @@ def test_all_fails_a_module_skipped_at_collection(
         test_gone='import pytest\npytest.importorskip("no_such_module_here")\n\n'
         "def test_never() -> None:\n    pass\n"
     )
-    result = pytester.runpytest("-p", "tests.tools", "-rs")
+    result = pytester.runpytest("-p", "tests.support.tools", "-rs")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*{REQUIRE}=all: every test must run here*no_such_module_here*"])
     monkeypatch.delenv(REQUIRE)
-    pytester.runpytest("-p", "tests.tools", "-rs").assert_outcomes(skipped=1)
+    pytester.runpytest("-p", "tests.support.tools", "-rs").assert_outcomes(skipped=1)
 
 
 def test_an_unknown_tool_name_stops_the_run_before_any_test(
