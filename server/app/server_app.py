@@ -35,7 +35,7 @@ from server.app.strategy import (
     ConsortiumStrategy,
     Defences,
     LedgerRecorder,
-    LicenceGate,
+    LicenceCheck,
     OwedCharges,
     RoundFailed,
     UpdateGate,
@@ -109,7 +109,7 @@ def main(grid: Grid, context: Context) -> None:
         base_sha256=base_sha256,
     )
     point, federation = opened.point, policy.federation
-    licence_gate = LicenceGate(opened.licences, purpose=federation.purpose)
+    licence_check = LicenceCheck(opened.licences, purpose=federation.purpose)
     gate = UpdateGate(
         run_id=str(context.run_id),
         aggregator_key=aggregator,
@@ -130,10 +130,10 @@ def main(grid: Grid, context: Context) -> None:
         intake=UpdateIntake(
             gate,
             privacy=policy.privacy,
-            licences=licence_gate,
+            licences=licence_check,
             claims=ClaimCheck(opened.records),
         ),
-        licences=licence_gate,
+        licences=licence_check,
         evaluator=lambda weights: score(scored_validation, weights),
         min_nodes=federation.min_nodes,
         recorder=recorder,

@@ -32,7 +32,7 @@ from common.witness import (
 from fedcommons.demo_setup import demo_consortium
 from ledger import Ledger
 from ledger.tree_heads import sign_tree_head
-from server.app.strategy import ConsortiumStrategy, LicenceGate, UpdateGate, UpdateIntake
+from server.app.strategy import ConsortiumStrategy, LicenceCheck, UpdateGate, UpdateIntake
 from server.app.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
 from tests.ledger.test_receipts import AGGREGATOR, OPERATOR, SIGNERS, World, _world
 from tests.support.hostile_federation import task_identity
@@ -180,7 +180,7 @@ def test_malformed_cosignatures_in_a_reply_are_logged_and_not_kept(
             kept.append((institution, cosigned))
             return []
 
-    licences = LicenceGate(None, purpose="research")
+    licences = LicenceCheck(None, purpose="research")
     strategy = ConsortiumStrategy(
         FedAvg(),
         intake=UpdateIntake(

@@ -50,7 +50,7 @@ from server.app.snapshots import save_snapshot, snapshot_path
 from server.app.strategy import (
     ConsortiumStrategy,
     LedgerRecorder,
-    LicenceGate,
+    LicenceCheck,
     RoundFailed,
     UpdateGate,
     UpdateIntake,
@@ -60,7 +60,7 @@ from server.deploy import OperatorFiles
 from server.operator.consortium import init_consortium
 from server.operator.flower import FlwrCli, write_connection
 from server.operator.operate import follow_with_progress
-from server.operator.runs import SuperLinkLost, follow_run
+from server.operator.follow import SuperLinkLost, follow_run
 from server.release.card import privacy_rows
 from tests.support.sealed_updates import (
     AGGREGATOR,
@@ -108,7 +108,7 @@ def _strategy(
     recorder = LedgerRecorder(
         ledger, run_id, flower_run_id=str(flower_run), snapshot_dir=snapshots, signer=OPERATOR
     )
-    licences = LicenceGate(None)
+    licences = LicenceCheck(None)
     strategy = ConsortiumStrategy(
         aggregator or FedAvgM(min_available_nodes=1),
         intake=UpdateIntake(gate, privacy=PrivacyConfig(epsilon=8.0), licences=licences),
@@ -385,7 +385,7 @@ def _momentum() -> FedAvgM:
 def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path: Path) -> None:
     """The round counter and FedAvgM's momentum come back with the snapshot."""
     # the same two rounds without a crash (no ledger needed)
-    licences = LicenceGate(None)
+    licences = LicenceCheck(None)
     steady = ConsortiumStrategy(
         _momentum(),
         intake=UpdateIntake(_gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licences=licences),
@@ -458,7 +458,7 @@ def test_a_recovered_round_gives_the_model_the_run_would_have_given(
     url: str, tmp_path: Path
 ) -> None:
     """FedAvgM with momentum: the recovered round 2 is the round 2 of a run that never stopped."""
-    licences = LicenceGate(None)
+    licences = LicenceCheck(None)
     steady = ConsortiumStrategy(
         _momentum(),
         intake=UpdateIntake(_gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licences=licences),

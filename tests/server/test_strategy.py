@@ -1,6 +1,6 @@
 """The composed strategy on real Flower messages carrying real sealed updates.
 
-FedAvg maths, the ledger, snapshots, the licence gate and the envelope checks
+FedAvg maths, the ledger, snapshots, the licence check and the envelope checks
 working together, with real X25519/AES-GCM/Ed25519 envelopes built as the
 ClientApp builds them (each part alone: ``test_strategy_parts.py``).
 """

@@ -1,6 +1,6 @@
 """Each part of the server's strategy on its own, with real sealed updates and a real ledger.
 
-The licence gate, the update intake, the round recorder and the receipt
+The licence check, the update intake, the round recorder and the receipt
 outbox; and the composition with another of Flower's aggregators, to show
 the aggregation rule can be swapped without touching the rest.
 """
@@ -29,7 +29,7 @@ from server.app.snapshots import load_snapshot
 from server.app.strategy import (
     FinishedRound,
     LedgerRecorder,
-    LicenceGate,
+    LicenceCheck,
     NullRecorder,
     ReceiptOutbox,
     UpdateIntake,
@@ -66,12 +66,12 @@ def _header(participant: str, dataset: str) -> UpdateHeader:
     )
 
 
-# -- the licence gate ------------------------------------------------------------
+# -- the licence check -----------------------------------------------------------
 
 
-def test_the_licence_gate_asks_each_institution_if_any_dataset_may_still_be_used() -> None:
+def test_the_licence_check_asks_each_institution_if_any_dataset_may_still_be_used() -> None:
     day = [date(2026, 11, 30)]
-    gate = LicenceGate(
+    check = LicenceCheck(
         {
             ("uni-a", "a" * 64): with_expiry(SPDX["CC-BY-4.0"], date(2026, 12, 1)),
             ("uni-a", "b" * 64): with_expiry(SPDX["CC-BY-4.0"], date(2027, 1, 1)),
@@ -80,24 +80,24 @@ def test_the_licence_gate_asks_each_institution_if_any_dataset_may_still_be_used
         purpose="research",
         today=lambda: day[0],
     )
-    assert gate.blocked("uni-a") is None and gate.blocked("co-c") is None
-    assert gate.blocked("nobody") == "nobody has no admitted dataset"
+    assert check.blocked("uni-a") is None and check.blocked("co-c") is None
+    assert check.blocked("nobody") == "nobody has no admitted dataset"
     day[0] = date(2026, 12, 2)
-    assert gate.blocked("uni-a") is None  # its other dataset is still licensed
-    assert gate.blocked("co-c") == "licence CC-BY-4.0 expired on 2026-12-01"
+    assert check.blocked("uni-a") is None  # its other dataset is still licensed
+    assert check.blocked("co-c") == "licence CC-BY-4.0 expired on 2026-12-01"
     with pytest.raises(EnvelopeError, match=r"\(licence\)|expired") as err:
-        gate.check_update(_header("uni-a", "a" * 64))
+        check.check_update(_header("uni-a", "a" * 64))
     assert err.value.reason == "licence"
-    gate.check_update(_header("uni-a", "b" * 64))
+    check.check_update(_header("uni-a", "b" * 64))
     with pytest.raises(EnvelopeError) as err:
-        gate.check_update(_header("uni-a", "f" * 64))
+        check.check_update(_header("uni-a", "f" * 64))
     assert err.value.reason == "unknown-dataset"
 
 
-def test_a_gate_without_licences_lets_everyone_through() -> None:
-    gate = LicenceGate(None)
-    assert gate.blocked("anyone") is None
-    gate.check_update(_header("anyone", "f" * 64))
+def test_a_licence_check_without_licences_lets_everyone_through() -> None:
+    check = LicenceCheck(None)
+    assert check.blocked("anyone") is None
+    check.check_update(_header("anyone", "f" * 64))
 
 
 # -- the update intake -----------------------------------------------------------
@@ -105,7 +105,7 @@ def test_a_gate_without_licences_lets_everyone_through() -> None:
 
 def test_the_intake_sorts_replies_into_decrypted_updates_and_reasons() -> None:
     intake = UpdateIntake(
-        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceGate(None)
+        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceCheck(None)
     )
     intake.begin_round(1, arrays_sha256(ZEROS))
     good = sealed_reply(10, "inst0", {"w": np.full(2, 3.0, np.float32)}, 7)
@@ -132,7 +132,7 @@ def test_the_intake_sorts_replies_into_decrypted_updates_and_reasons() -> None:
 
 def test_the_intake_refuses_a_second_update_from_the_same_participant() -> None:
     intake = UpdateIntake(
-        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceGate(None)
+        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceCheck(None)
     )
     intake.begin_round(1, arrays_sha256(ZEROS))
     envelope = seal_for("inst0", {"w": np.ones(2, np.float32)}, 5, server_round=1, model=ZEROS)
@@ -168,7 +168,7 @@ def test_the_ledger_recorder_keeps_the_round_its_snapshot_and_owes_receipts(
         ledger, run_id, flower_run_id=str(RUN), snapshot_dir=tmp_path / "snap", signer=signer
     )
     intake = UpdateIntake(
-        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceGate(None)
+        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceCheck(None)
     )
     weights = {"w": np.full(2, 2.0, np.float32)}
     receipts: list[Receipt] = []

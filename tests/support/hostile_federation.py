@@ -40,7 +40,7 @@ from server.app.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
     Defences,
-    LicenceGate,
+    LicenceCheck,
     UpdateGate,
     UpdateIntake,
     build_aggregator,
@@ -193,7 +193,7 @@ class HostileFederation:
         )
         records = {(s.institution, s.data.sha256()): len(s.data) for s in self.setups}
         federation = policy.federation
-        licences = LicenceGate(None, purpose=federation.purpose)
+        licences = LicenceCheck(None, purpose=federation.purpose)
         self.tally = Tally()
         self.strategy = ConsortiumStrategy(
             build_aggregator(federation),

@@ -25,7 +25,7 @@ from server.app.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
     LedgerRecorder,
-    LicenceGate,
+    LicenceCheck,
     NullRecorder,
     UpdateGate,
     UpdateIntake,
@@ -157,7 +157,7 @@ def make_strategy(
     records: Mapping[tuple[str, str], int] | None = None,
 ) -> ConsortiumStrategy:
     """The parts composed as the ServerApp composes them; round ``server_round`` begun."""
-    gate = LicenceGate(licences, purpose="research", today=today)
+    licence_check = LicenceCheck(licences, purpose="research", today=today)
     recorder = (
         LedgerRecorder(
             ledger, run_id, flower_run_id=str(RUN), snapshot_dir=tmp_path / "snap", signer=signer
@@ -170,10 +170,10 @@ def make_strategy(
         intake=UpdateIntake(
             make_gate(model),
             privacy=PrivacyConfig(epsilon=8.0),
-            licences=gate,
+            licences=licence_check,
             claims=ClaimCheck(records),
         ),
-        licences=gate,
+        licences=licence_check,
         evaluator=evaluator,
         min_nodes=min_nodes,
         recorder=recorder,

@@ -1,18 +1,18 @@
 """The server's strategy, built from parts around Flower's aggregation.
 
 :class:`ConsortiumStrategy` wraps an aggregation strategy (Flower's
-``FedAvgM``) with the :class:`LicenceGate`, the :class:`UpdateIntake` (which
+``FedAvgM``) with the :class:`LicenceCheck`, the :class:`UpdateIntake` (which
 opens each sealed update through the :class:`UpdateGate` and checks its
 claims with the :class:`ClaimCheck`), a
 :class:`RoundRecorder`, the :class:`ReceiptOutbox` and the :class:`OwedCharges`
 (charges members report they paid that the ledger may lack).
 """
 
-from server.app.strategy.admission import LicenceGate
 from server.app.strategy.claims import ClaimCheck
 from server.app.strategy.composed import ConsortiumStrategy, Evaluator, RoundFailed
 from server.app.strategy.gate import UpdateGate, expected_tensors
 from server.app.strategy.intake import UpdateIntake
+from server.app.strategy.licence_check import LicenceCheck
 from server.app.strategy.outbox import ReceiptOutbox
 from server.app.strategy.owed import OwedCharge, OwedCharges
 from server.app.strategy.recorder import FinishedRound, LedgerRecorder, NullRecorder, RoundRecorder
@@ -25,7 +25,7 @@ __all__ = [
     "Evaluator",
     "FinishedRound",
     "LedgerRecorder",
-    "LicenceGate",
+    "LicenceCheck",
     "NormBound",
     "NullRecorder",
     "OwedCharge",

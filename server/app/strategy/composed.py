@@ -2,7 +2,7 @@
 
 Built like Flower's own DP wrappers: :class:`ConsortiumStrategy` holds the
 aggregation strategy (Flower's ``FedAvgM`` by default) and adds, around it,
-the licence gate (:mod:`.admission`), the update intake (:mod:`.intake`), the
+the licence check (:mod:`.licence_check`), the update intake (:mod:`.intake`), the
 round recorder (:mod:`.recorder`) and the receipt outbox (:mod:`.outbox`).
 Each part is replaceable and tested on its own; the aggregator only ever
 sees decrypted, checked updates weighted by the example count each
@@ -27,9 +27,9 @@ from common.protocol import (
 from common.witness import COSIGNATURES, cosignatures_of
 from ledger import ExclusionFact
 from server.app.snapshots import KeptReply
-from server.app.strategy.admission import LicenceGate
 from server.app.strategy.intake import RoundIntake, UpdateIntake, sender
 from server.app.strategy.kept import kept_reply, reply_of
+from server.app.strategy.licence_check import LicenceCheck
 from server.app.strategy.outbox import ReceiptOutbox
 from server.app.strategy.owed import OwedCharges
 from server.app.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
@@ -49,7 +49,7 @@ class RoundFailed(RuntimeError):
 
 
 class ConsortiumStrategy(Strategy):
-    """``aggregator`` plus the licence gate, update intake, round recorder and receipt outbox.
+    """``aggregator`` plus the licence check, update intake, round recorder and receipt outbox.
 
     Parameters
     ----------
@@ -58,7 +58,7 @@ class ConsortiumStrategy(Strategy):
         nodes and averages the accepted updates.
     intake : UpdateIntake
         Opens and checks every reply.
-    licences : LicenceGate
+    licences : LicenceCheck
         Nodes whose data may no longer be used are not asked to train.
     evaluator : callable
         ``(loss, accuracy)`` of global weights on the server's validation split.
@@ -87,7 +87,7 @@ class ConsortiumStrategy(Strategy):
         aggregator: FedAvg,
         *,
         intake: UpdateIntake,
-        licences: LicenceGate,
+        licences: LicenceCheck,
         evaluator: Evaluator,
         min_nodes: int,
         recorder: RoundRecorder | None = None,

@@ -41,9 +41,9 @@ from common.protocol import (
     Refusal,
 )
 from ledger import ChargeFact, ExclusionFact, UpdateFact
-from server.app.strategy.admission import LicenceGate
 from server.app.strategy.claims import ClaimCheck
 from server.app.strategy.gate import UpdateGate
+from server.app.strategy.licence_check import LicenceCheck
 
 __all__ = ["Accepted", "RoundIntake", "UpdateIntake", "sender"]
 
@@ -79,7 +79,7 @@ class UpdateIntake:
     privacy : PrivacyConfig
         The run's privacy policy: an update trained without DP when DP is
         required, or reporting an epsilon past the budget, is rejected.
-    licences : LicenceGate
+    licences : LicenceCheck
         Each update's dataset must be admitted, under a licence that allows the run.
     claims : ClaimCheck, optional
         Each update's example count must not exceed its admitted dataset's
@@ -94,7 +94,7 @@ class UpdateIntake:
         gate: UpdateGate,
         *,
         privacy: PrivacyConfig,
-        licences: LicenceGate,
+        licences: LicenceCheck,
         claims: ClaimCheck | None = None,
         arrayrecord_key: str = ARRAYS,
         weighted_by_key: str = NUM_EXAMPLES,

@@ -1,12 +1,12 @@
-"""The licence gate: may an institution's data be used for this run, today?
+"""The licence check: may an institution's data be used for this run, today?
 
 Admission (``fedcommons operator admit``) refuses data whose licence does not
-allow the consortium's purpose; this gate keeps checking every round, so a
+allow the consortium's purpose; this check runs again every round, so a
 licence that expires mid-run excludes the institution from then on. It
 answers two questions: before a round, whether a node may be asked to train
-at all (:meth:`LicenceGate.blocked`), and for each update, whether the
+at all (:meth:`LicenceCheck.blocked`), and for each update, whether the
 dataset it was trained on was admitted and may still be used
-(:meth:`LicenceGate.check_update`).
+(:meth:`LicenceCheck.check_update`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from datetime import date
 from common.envelope import EnvelopeError, UpdateHeader
 from common.licences import Licence
 
-__all__ = ["LicenceGate"]
+__all__ = ["LicenceCheck"]
 
 
-class LicenceGate:
+class LicenceCheck:
     """Checks the admitted datasets' licences against the run's purpose.
 
     Parameters
