@@ -8,12 +8,7 @@ migrating), :mod:`~ledger.facts` (recording), :mod:`~ledger.report`
 :mod:`~ledger.verify` (recomputing everything from the raw rows).
 """
 
-from ledger.contributions import (
-    Contribution,
-    Valuation,
-    contributions_report,
-    record_valuation,
-)
+from ledger.contributions import contributions_report, record_valuation
 from ledger.facts import (
     ChargeFact,
     DefenceFact,
@@ -31,8 +26,8 @@ from ledger.facts import (
     refuse_admission,
 )
 from ledger.runs import finish_run, start_run
+from ledger.schema import ApiToken, Contribution, Valuation
 from ledger.store import Ledger, LedgerError, LedgerUnreachable, normalise_url
-from ledger.tokens import ApiToken  # registered with the schema (ledger v11)
 
 __all__ = [
     "ApiToken",
@@ -50,7 +45,9 @@ __all__ = [
     "admitted_keys",
     "admitted_records",
     "contributions_report",
+    "cosignatures",
     "enrol_participant",
+    "entries",
     "finish_run",
     "normalise_url",
     "record_defences",
@@ -59,5 +56,10 @@ __all__ = [
     "record_round",
     "record_valuation",
     "refuse_admission",
+    "report",
+    "shapley",
     "start_run",
+    "tokens",
+    "tree_heads",
+    "verify",
 ]

@@ -6,72 +6,28 @@ GTG-Shapley, the sampled permutations); each participant's value is its own
 :class:`Contribution` row, so a receipt can prove it. Values are integers
 (parts per million of validation utility): no floats to disagree on. Both
 are entries like every other fact, covered by the round's signed tree head;
-:func:`check_valuations` (run by ``audit verify``) recomputes every value
-from the recorded utilities and compares.
+``audit verify`` recomputes every value from the recorded utilities and
+compares (:mod:`ledger.verify.valuations`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
 from ledger.entries import record_row
-from ledger.schema import Base, IntPk, Participant, Run, Timestamp
-from ledger.shapley import RoundValues, recompute
+from ledger.schema import Contribution, Participant, Run, Valuation
+from ledger.shapley import RoundValues
 from ledger.store import LedgerError
 
 __all__ = [
-    "Contribution",
-    "Valuation",
-    "check_valuations",
     "contributions_report",
     "record_valuation",
 ]
-
-
-class Valuation(Base):
-    """How one round's accepted updates were valued (ledger v10)."""
-
-    __tablename__ = "valuations"
-
-    id: Mapped[IntPk]
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    round_number: Mapped[int] = mapped_column(Integer)
-    method: Mapped[str] = mapped_column(String(16))
-    utility: Mapped[str] = mapped_column(String(16))
-    # Canonical JSON: the players (sorted), [[coalition bitmask, utility ppm], ...]
-    # and GTG-Shapley's permutations (lists of player indices).
-    players: Mapped[str] = mapped_column(Text)
-    utilities: Mapped[str] = mapped_column(Text)
-    permutations: Mapped[str] = mapped_column(Text)
-    truncation: Mapped[int] = mapped_column(BigInteger)
-    evaluations: Mapped[int] = mapped_column(Integer)
-    gain: Mapped[int] = mapped_column(BigInteger)
-    seconds: Mapped[float] = mapped_column(Float)
-    recorded_at: Mapped[Timestamp]
-
-
-class Contribution(Base):
-    """One participant's value in one round, in parts per million of utility (ledger v10)."""
-
-    __tablename__ = "contributions"
-
-    id: Mapped[IntPk]
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    round_number: Mapped[int] = mapped_column(Integer)
-    valuation_id: Mapped[int] = mapped_column(ForeignKey("valuations.id"))
-    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
-    value: Mapped[int] = mapped_column(BigInteger)
-    recorded_at: Mapped[Timestamp]
-
-    participant: Mapped[Participant] = relationship()
 
 
 def _text(value: Any) -> str:
@@ -111,67 +67,6 @@ def record_valuation(
         )
         seqs[name] = record_row(session, contribution, "contribution")
     return seqs
-
-
-def round_values(row: Valuation) -> RoundValues:
-    """A recorded valuation, parsed back (``ValueError`` if it is malformed)."""
-    try:
-        players = json.loads(row.players)
-        doc = {
-            "method": row.method,
-            "players": players,
-            "utilities": json.loads(row.utilities),
-            "permutations": json.loads(row.permutations),
-            "truncation": row.truncation,
-            "values": {p: 0 for p in players},
-        }
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"a malformed valuation record: {err}") from None
-    return RoundValues.from_doc(doc, row.seconds, row.utility)
-
-
-def check_valuations(session: Session) -> int:
-    """Recompute every recorded value from its valuation's utilities; return how many.
-
-    Raises ``LedgerTampered`` (naming the entry) when a value, a utility or the
-    recorded gain no longer agree.
-    """
-    from ledger.verify.result import LedgerTampered  # the verifier's own error
-
-    recorded: dict[int, dict[str, tuple[int, int | None]]] = {}
-    for c in session.scalars(select(Contribution).order_by(Contribution.id)):
-        recorded.setdefault(c.valuation_id, {})[c.participant.name] = (c.value, c.entry_seq)
-    checked = 0
-    for row in session.scalars(select(Valuation).order_by(Valuation.id)):
-        where = f"run {row.run_id} round {row.round_number}"
-        try:
-            parsed = round_values(row)
-            values = recompute(parsed)
-            gain = parsed.gain
-        except (ValueError, KeyError) as err:
-            raise LedgerTampered(row.entry_seq, "valuation", f"{where}: {err}") from None
-        if gain != row.gain or len(parsed.utilities) != row.evaluations:
-            raise LedgerTampered(
-                row.entry_seq, "valuation", f"{where}: the recorded gain or count disagrees"
-            )
-        stated = recorded.get(row.id, {})
-        if set(stated) != set(values):
-            raise LedgerTampered(
-                row.entry_seq,
-                "valuation",
-                f"{where}: values are recorded for {sorted(stated)}, not the valued "
-                f"{sorted(values)}",
-            )
-        for name, (value, seq) in sorted(stated.items()):
-            if value != values[name]:
-                raise LedgerTampered(
-                    seq,
-                    "contribution",
-                    f"{where}: {name}'s recorded value {value} is not the {values[name]} "
-                    "recomputed from the recorded coalition utilities",
-                )
-        checked += len(values)
-    return checked
 
 
 def contributions_report(

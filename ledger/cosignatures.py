@@ -7,9 +7,8 @@ line on that checkpoint, signed with its own key (:mod:`client.receipts`).
 :func:`record_cosignatures` checks each line against the participant's
 admitted key and keeps it in ``cosignatures`` (append-only, one per head and
 witness); :func:`cosigned_note` is a checkpoint with every cosignature kept
-for it, the note any transparency tool opens. :func:`check_cosignatures` is
-``audit verify``'s check: every kept line still verifies, is dated no later
-than recording would accept, and which heads each participant witnessed.
+for it, the note any transparency tool opens. ``audit verify`` checks what is
+kept here (:mod:`ledger.verify.cosignatures`).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -29,7 +27,6 @@ from common.note import (
     COSIGNATURE_TYPE,
     NoteError,
     SignatureLine,
-    note_text,
     verifier_key,
     verify_cosignature,
 )
@@ -39,10 +36,10 @@ from ledger.schema import Cosignature, LedgerTreeHead, Participant
 from ledger.tree_heads import tree_head_from_row
 
 __all__ = [
-    "WitnessReport",
-    "check_cosignatures",
+    "FUTURE_SLACK",
     "cosigned_note",
     "latest_cosigned",
+    "participant_key",
     "record_cosignatures",
     "witness_keys",
 ]
@@ -54,18 +51,7 @@ FUTURE_SLACK = 3600
 refuse future times; one hour of clock skew is allowed)."""
 
 
-@dataclass(frozen=True)
-class WitnessReport:
-    """Per signed head (by tree size, in id order), the participants that cosigned it."""
-
-    heads: list[tuple[int, list[str]]]
-
-    @property
-    def cosignatures(self) -> int:
-        return sum(len(names) for _, names in self.heads)
-
-
-def _check_time(when: int, now: float) -> None:
+def refuse_future_time(when: int, now: float) -> None:
     """Refuse a cosignature dated more than :data:`FUTURE_SLACK` after ``now``.
 
     Recording checks against the server's clock then, ``audit verify`` against
@@ -87,7 +73,7 @@ def _utc(when: int) -> str:
         return f"{when} s after 1970"
 
 
-def _participant_key(session: Session, name: str) -> tuple[Participant, Ed25519PublicKey] | None:
+def participant_key(session: Session, name: str) -> tuple[Participant, Ed25519PublicKey] | None:
     participant = session.scalar(select(Participant).where(Participant.name == name))
     if participant is None or participant.public_key is None:
         return None
@@ -110,7 +96,7 @@ def record_cosignatures(
     list of str
         Why each refused line was refused (not kept; nothing else changes).
     """
-    found = _participant_key(session, institution)
+    found = participant_key(session, institution)
     if found is None:
         return None, [f"{institution} has no admitted key to check cosignatures with"]
     participant, public = found
@@ -133,7 +119,7 @@ def record_cosignatures(
             if line.name != institution:
                 raise NoteError(f"the line is signed as {line.name!r}, not {institution!r}")
             when = verify_cosignature(row.body, line, public)
-            _check_time(when, time.time())
+            refuse_future_time(when, time.time())
         except NoteError as err:
             refused.append(f"cosignature on the checkpoint of size {item.tree_size}: {err}")
             continue
@@ -189,51 +175,7 @@ def witness_keys(session: Session, row: LedgerTreeHead) -> dict[str, str]:
         .where(Cosignature.tree_head_id == row.id)
         .order_by(Cosignature.id)
     ):
-        found = _participant_key(session, name)
+        found = participant_key(session, name)
         if found is not None:
             keys[name] = verifier_key(name, found[1], COSIGNATURE_TYPE)
     return keys
-
-
-def check_cosignatures(session: Session) -> WitnessReport:
-    """Check every kept cosignature against its witness's admitted key.
-
-    Raises
-    ------
-    NoteError
-        A line does not verify, is not its witness's, is dated more than
-        :data:`FUTURE_SLACK` ahead of this clock (as recording refuses), or
-        names a participant without an admitted key: the message names the
-        head and witness.
-    """
-    now = time.time()
-    keys: dict[str, Ed25519PublicKey] = {}
-    witnessed: dict[int, tuple[int, list[str]]] = {}
-    for head_id, size in session.execute(
-        select(LedgerTreeHead.id, LedgerTreeHead.tree_size).order_by(LedgerTreeHead.id)
-    ):
-        witnessed[head_id] = (size, [])
-    rows = session.execute(
-        select(Cosignature, LedgerTreeHead.body, LedgerTreeHead.checkpoint)
-        .join(LedgerTreeHead, LedgerTreeHead.id == Cosignature.tree_head_id)
-        .order_by(Cosignature.id)
-    )
-    for cosignature, body, checkpoint in rows:
-        where = f"{cosignature.witness}'s cosignature on the tree head of size "
-        where += str(witnessed[cosignature.tree_head_id][0])
-        if checkpoint is None or note_text(checkpoint) != body:
-            raise NoteError(f"{where}: the head is not a checkpoint")
-        if cosignature.witness not in keys:
-            found = _participant_key(session, cosignature.witness)
-            if found is None:
-                raise NoteError(f"{where}: no admitted participant has that name")
-            keys[cosignature.witness] = found[1]
-        line = SignatureLine.parse(cosignature.line)
-        if line.name != cosignature.witness:
-            raise NoteError(f"{where}: the line is signed as {line.name!r}")
-        try:
-            _check_time(verify_cosignature(body, line, keys[cosignature.witness]), now)
-        except NoteError as err:
-            raise NoteError(f"{where}: {err}") from None
-        witnessed[cosignature.tree_head_id][1].append(cosignature.witness)
-    return WitnessReport([witnessed[i] for i in sorted(witnessed)])

@@ -24,8 +24,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "ApiToken",
     "Base",
     "Charge",
+    "Contribution",
     "Cosignature",
     "Dataset",
     "Exclusion",
@@ -38,6 +40,7 @@ __all__ = [
     "Round",
     "RoundUpdate",
     "Run",
+    "Valuation",
 ]
 
 PARTICIPANT_KINDS = ("academia", "industry")
@@ -50,6 +53,8 @@ def utcnow() -> datetime:
 IntPk = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
 Sha256 = Annotated[str, mapped_column(String(64))]
 Timestamp = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow)]
+EntrySeq = Annotated[int | None, mapped_column(BigInteger, default=None)]
+"""A fact row's reference to the ledger entry that records it as it is now (ledger v5)."""
 
 
 class Base(DeclarativeBase):
@@ -141,8 +146,7 @@ class Participant(Base):
     __tablename__ = "participants"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     name: Mapped[str] = mapped_column(String(128), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
     # Set by admission (ledger v4): the Ed25519 key its updates are signed with
@@ -166,8 +170,7 @@ class Dataset(Base):
     __table_args__ = (UniqueConstraint("participant_id", "sha256"),)
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
     sha256: Mapped[Sha256]
     records: Mapped[int] = mapped_column(Integer)
@@ -189,8 +192,7 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     # Flower run ids are unsigned 64-bit: kept as text, they fit every backend.
     flower_run_id: Mapped[str | None] = mapped_column(String(20), default=None, index=True)
     policy_sha256: Mapped[Sha256]
@@ -223,8 +225,7 @@ class FlowerRun(Base):
     __tablename__ = "flower_runs"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row.
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     flower_run_id: Mapped[str] = mapped_column(String(20), index=True)
     first_round: Mapped[int] = mapped_column(Integer)
@@ -238,8 +239,7 @@ class Round(Base):
     __table_args__ = (UniqueConstraint("run_id", "number"),)
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     number: Mapped[int] = mapped_column(Integer)
     model_sha256_before: Mapped[Sha256]
@@ -262,8 +262,7 @@ class RoundUpdate(Base):
     __table_args__ = (UniqueConstraint("round_id", "participant_id"),)
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
     num_examples: Mapped[int] = mapped_column(Integer)
@@ -300,8 +299,7 @@ class Charge(Base):
     __tablename__ = "privacy_charges"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     round_number: Mapped[int] = mapped_column(Integer)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
@@ -332,8 +330,7 @@ class Defence(Base):
     __tablename__ = "defences"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row.
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     round_number: Mapped[int] = mapped_column(Integer)
     participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
@@ -354,8 +351,7 @@ class Exclusion(Base):
     __tablename__ = "exclusions"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row as it is now (ledger v5).
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     round_number: Mapped[int] = mapped_column(Integer)
     participant_id: Mapped[int | None] = mapped_column(ForeignKey("participants.id"), default=None)
@@ -379,8 +375,7 @@ class Release(Base):
     __tablename__ = "releases"
 
     id: Mapped[IntPk]
-    # The ledger entry that records this row.
-    entry_seq: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    entry_seq: Mapped[EntrySeq]
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     model_sha256: Mapped[Sha256]
     card_sha256: Mapped[Sha256]
@@ -391,3 +386,56 @@ class Release(Base):
     created_at: Mapped[Timestamp]
 
     run: Mapped[Run] = relationship()
+
+
+class Valuation(Base):
+    """How one round's accepted updates were valued (ledger v10)."""
+
+    __tablename__ = "valuations"
+
+    id: Mapped[IntPk]
+    entry_seq: Mapped[EntrySeq]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_number: Mapped[int] = mapped_column(Integer)
+    method: Mapped[str] = mapped_column(String(16))
+    utility: Mapped[str] = mapped_column(String(16))
+    # Canonical JSON: the players (sorted), [[coalition bitmask, utility ppm], ...]
+    # and GTG-Shapley's permutations (lists of player indices).
+    players: Mapped[str] = mapped_column(Text)
+    utilities: Mapped[str] = mapped_column(Text)
+    permutations: Mapped[str] = mapped_column(Text)
+    truncation: Mapped[int] = mapped_column(BigInteger)
+    evaluations: Mapped[int] = mapped_column(Integer)
+    gain: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[Timestamp]
+
+
+class Contribution(Base):
+    """One participant's value in one round, in parts per million of utility (ledger v10)."""
+
+    __tablename__ = "contributions"
+
+    id: Mapped[IntPk]
+    entry_seq: Mapped[EntrySeq]
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    round_number: Mapped[int] = mapped_column(Integer)
+    valuation_id: Mapped[int] = mapped_column(ForeignKey("valuations.id"))
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    value: Mapped[int] = mapped_column(BigInteger)
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant] = relationship()
+
+
+class ApiToken(Base):
+    """A dashboard token: its name, the SHA-256 of its secret, and when it stops working."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[IntPk]
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)

@@ -9,7 +9,7 @@ model's. A coalition's value is its utility minus the empty one's.
 Every value is computed exactly from the integer utilities (fractions, then
 rounded half to even), so anyone holding the recorded utilities, and for
 GTG-Shapley the recorded permutations, recomputes the very same integers:
-:func:`recompute` is what ``audit verify`` runs.
+``audit verify`` recomputes them (:mod:`ledger.verify.valuations`).
 
 - :func:`exact_values`: the Shapley formula over all 2^n coalitions.
 - :func:`loo_values`: leave one out, ``u(N) - u(N \\ {i})``.
@@ -37,7 +37,6 @@ __all__ = [
     "exact_values",
     "gtg_values",
     "loo_values",
-    "recompute",
     "sample_gtg",
     "value_round",
 ]
@@ -273,28 +272,6 @@ class RoundValues:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"a malformed valuation record: {err!r}") from None
-
-
-def recompute(record: RoundValues) -> dict[str, int]:
-    """Each player's value, recomputed from the recorded utilities (and permutations).
-
-    Raises ``ValueError`` if the record names an unknown method, a
-    coalition outside its players, or lacks a utility the method needs.
-    """
-    n = len(record.players)
-    if any(not 0 <= mask < 1 << n for mask in record.utilities):
-        raise ValueError(f"a coalition outside the round's {n} players is recorded")
-    if any(sorted(p) != list(range(n)) for p in record.permutations):
-        raise ValueError("a recorded permutation is not a permutation of the round's players")
-    if record.method == "shapley":
-        values = exact_values(n, record.utilities)
-    elif record.method == "loo":
-        values = loo_values(n, record.utilities)
-    elif record.method == "gtg":
-        values = gtg_values(n, record.utilities, record.permutations, record.truncation)
-    else:
-        raise ValueError(f"unknown valuation method {record.method!r}")
-    return dict(zip(record.players, values, strict=True))
 
 
 def value_round(

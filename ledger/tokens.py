@@ -17,14 +17,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import DateTime, String, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from ledger.schema import Base, IntPk, utcnow
+from ledger.schema import ApiToken, utcnow
 from ledger.store import LedgerError
 
 __all__ = [
-    "ApiToken",
     "TokenInfo",
     "check_token",
     "issue_token",
@@ -37,19 +36,6 @@ PREFIX = "fct_"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIFETIME = re.compile(r"(\d{1,4})([dhm])")
 MAX_LIFETIME = timedelta(days=366)
-
-
-class ApiToken(Base):
-    """A dashboard token: its name, the SHA-256 of its secret, and when it stops working."""
-
-    __tablename__ = "api_tokens"
-
-    id: Mapped[IntPk]
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 @dataclass(frozen=True)

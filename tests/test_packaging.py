@@ -56,6 +56,64 @@ def test_every_import_runs_downwards() -> None:
     assert wrong == []
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """Each product module and the product modules it imports (type-only and deferred too)."""
+    paths = {}
+    for room in ROOMS:
+        for path in (REPO / room).rglob("*.py"):
+            if "migrations" not in path.parts:
+                parts = path.relative_to(REPO).with_suffix("").parts
+                paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in paths.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:  # ``from a import b``: module a.b, or a itself
+                    full = f"{node.module}.{alias.name}"
+                    edges.add(full if full in paths else node.module)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+        graph[name] = {edge for edge in edges if edge in paths and edge != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group: list[str] = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_module_imports_its_way_back_to_itself() -> None:
+    """No import circle anywhere, counting imports only for type checking and deferred ones."""
+    assert _circles(_module_graph()) == []
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}  # the check finds one
+    assert _circles(graph) == [["a", "b", "c"]]
+
+
 def test_the_direction_check_catches_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from ledger import Ledger\n")
@@ -133,11 +191,17 @@ def test_console_script_is_declared() -> None:
     assert pyproject["project"]["scripts"] == {"fedcommons": "fedcommons.cli:main"}
 
 
+LONGER = {"ledger/schema.py": 480}
+"""The one exception, by design: every ledger table is declared in one module (issue 30).
+It holds declarations only, no logic."""
+
+
 def test_no_product_module_is_over_400_lines() -> None:
     long = {
-        str(path.relative_to(REPO)): n
+        name: n
         for room in ROOMS
         for path in (REPO / room).rglob("*.py")
-        if (n := len(path.read_text().splitlines())) > 420
+        if (n := len(path.read_text().splitlines()))
+        > LONGER.get(name := str(path.relative_to(REPO)), 420)
     }
     assert long == {}, json.dumps(long)

@@ -31,9 +31,11 @@ A value that is not UTF-8 text (a SQLite file edited by hand) fails the
 check that reads it; the row that holds it is named.
 
 Nothing is written: the checks only read. Each check lives in its own
-module (:mod:`.entries`, :mod:`.rows`, :mod:`.heads`, :mod:`.receipts`,
-:mod:`.encoding`);
-:mod:`.parallel` runs them in worker processes.
+module and is given only its own inputs: :mod:`.entries` (1-4), :mod:`.rows`
+(5), :mod:`.heads` (6), :mod:`.valuations` (7, with the recomputation of the
+values), :mod:`.cosignatures` (8), :mod:`.receipts` (9) and :mod:`.encoding`
+(undecodable text). :mod:`.parallel` runs checks 1-6 in worker processes and
+hands each check its workers' results; no check module imports it.
 
 From :data:`PARALLEL_FROM` entries on, checks 2, 3, 5 (reading and hashing
 the fact rows) and 6 (body and signature of each signed head) run in worker
@@ -53,9 +55,8 @@ from sqlalchemy.orm import Session
 
 from common.note import NoteError
 from common.receipts import Receipt
-from ledger.contributions import check_valuations
-from ledger.cosignatures import check_cosignatures
 from ledger.store import Ledger, LedgerError
+from ledger.verify.cosignatures import check_cosignatures
 from ledger.verify.encoding import is_undecodable, undecodable_row
 from ledger.verify.entries import check_entries
 from ledger.verify.heads import check_tree_heads
@@ -63,8 +64,21 @@ from ledger.verify.parallel import PARALLEL_FROM, start_parallel
 from ledger.verify.receipts import check_receipts
 from ledger.verify.result import LedgerTampered, VerifyReport
 from ledger.verify.rows import check_rows
+from ledger.verify.valuations import check_valuations
 
-__all__ = ["PARALLEL_FROM", "LedgerTampered", "VerifyReport", "verify_ledger"]
+__all__ = [
+    "PARALLEL_FROM",
+    "LedgerTampered",
+    "VerifyReport",
+    "cosignatures",
+    "encoding",
+    "entries",
+    "heads",
+    "receipts",
+    "rows",
+    "valuations",
+    "verify_ledger",
+]
 
 
 def verify_ledger(
@@ -119,9 +133,16 @@ def verify_ledger(
         parallel = None
         try:
             parallel = start_parallel(session, ledger, operator, workers, parallel_from)
-            leaves, entries, last_chain = check_entries(session, parallel)
-            checked, legacy = check_rows(session, entries, parallel)
-            heads, tree_root = check_tree_heads(session, leaves, operator, parallel)
+            if parallel is None:
+                leaves, entries, last_chain = check_entries(session)
+                checked, legacy = check_rows(session, entries)
+                heads, tree_root = check_tree_heads(session, leaves, operator)
+            else:
+                leaves, entries, last_chain = check_entries(
+                    session, parallel.entries, parallel.size
+                )
+                checked, legacy = check_rows(session, entries, parallel.rows)
+                heads, tree_root = check_tree_heads(session, leaves, operator, parallel.heads)
             try:
                 witnesses = check_cosignatures(session)
             except NoteError as err:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,9 +16,6 @@ from common.canonical import canonical_json
 from ledger.entries import ZERO_HASH, canonical_payload, chain_hash, entry_leaf_hash
 from ledger.schema import LedgerEntry, LedgerHead
 from ledger.verify.result import LedgerTampered
-
-if TYPE_CHECKING:
-    from ledger.verify.parallel import Parallel
 
 __all__ = ["STREAM", "Entries", "EntriesPart", "check_entries", "entry_columns", "scan_entries"]
 
@@ -180,10 +178,11 @@ def _check_head(session: Session, size: int, last_chain: str) -> None:
 
 
 def check_entries(
-    session: Session, parallel: Parallel | None = None
+    session: Session, parts: Sequence[Future[EntriesPart]] = (), size: int = 0
 ) -> tuple[list[bytes], Entries, str]:
-    if parallel is not None:
-        merged = merge_entries(parallel)
+    """Check every entry; ``parts``, the workers' ranges of the first ``size``, if any."""
+    if parts:
+        merged = merge_entries(parts, size)
         if merged is not None:
             _check_head(session, len(merged[0]), merged[2])
             return merged
@@ -198,7 +197,9 @@ def check_entries(
     return part.leaves, entries, part.last_chain
 
 
-def merge_entries(parallel: Parallel) -> tuple[list[bytes], Entries, str] | None:
+def merge_entries(
+    parts: Sequence[Future[EntriesPart]], size: int
+) -> tuple[list[bytes], Entries, str] | None:
     """The workers' ranges joined in seq order; ``None`` if they miss entries.
 
     Each range reports its own first bad entry; the ranges before it being
@@ -207,7 +208,7 @@ def merge_entries(parallel: Parallel) -> tuple[list[bytes], Entries, str] | None
     leaves: list[bytes] = []
     entries = Entries()
     last_chain = ZERO_HASH
-    for future in parallel.entries:
+    for future in parts:
         part = future.result()
         if part.first != len(leaves):  # a gap: named by a pass over all the entries
             return None
@@ -219,6 +220,6 @@ def merge_entries(parallel: Parallel) -> tuple[list[bytes], Entries, str] | None
         entries.row_digests += part.row_digests
         entries.stated.update(part.stated)  # later ranges win: the last entry stating a row
         last_chain = part.last_chain
-    if len(leaves) != parallel.size:
+    if len(leaves) != size:
         return None
     return leaves, entries, last_chain

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
@@ -15,9 +16,6 @@ from ledger.schema import LedgerTreeHead, LogOrigin
 from ledger.tree_heads import tree_head_from_columns
 from ledger.verify.entries import STREAM
 from ledger.verify.result import LedgerTampered
-
-if TYPE_CHECKING:
-    from ledger.verify.parallel import Parallel
 
 __all__ = ["Signed", "check_tree_heads", "read_tree_heads", "tree_head_columns"]
 
@@ -71,22 +69,20 @@ def check_tree_heads(
     session: Session,
     leaves: list[bytes],
     operator: Ed25519PublicKey | None,
-    parallel: Parallel | None = None,
+    parts: Sequence[Future[tuple[list[Signed], str | None]]] = (),
 ) -> tuple[int, bytes]:
     """Check the stored heads against ``leaves``; return their count and the tree root.
 
     The root of all ``leaves`` comes from the same pass that gives each
     head's root.
     """
-    parts = []
-    if parallel is not None:
-        parts = [future.result() for future in parallel.heads]
-    if not parts:
+    read = [future.result() for future in parts]
+    if not read:
         origin = session.scalar(select(LogOrigin.origin).where(LogOrigin.id == 1))
         stream = session.execute(tree_head_columns().execution_options(yield_per=STREAM))
-        parts = [read_tree_heads(stream, operator, origin)]
+        read = [read_tree_heads(stream, operator, origin)]
     heads: list[Signed] = []
-    for signed, failure in parts:
+    for signed, failure in read:
         for tree_size, _, at in signed:
             if tree_size > len(leaves):
                 raise LedgerTampered(

@@ -5,19 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
-from ledger.contributions import Contribution, Valuation
 from ledger.entries import SKIPPED_COLUMNS, canonical_payload, column_facts
 from ledger.schema import (
     Base,
     Charge,
+    Contribution,
     Dataset,
     Defence,
     Exclusion,
@@ -28,12 +29,10 @@ from ledger.schema import (
     Round,
     RoundUpdate,
     Run,
+    Valuation,
 )
 from ledger.verify.entries import STREAM, Entries
 from ledger.verify.result import LedgerTampered
-
-if TYPE_CHECKING:
-    from ledger.verify.parallel import Parallel
 
 __all__ = ["FACT_TABLES", "Row", "check_rows", "table_columns", "values_text"]
 
@@ -151,12 +150,13 @@ def _read_row_text(
 
 
 def check_rows(
-    session: Session, entries: Entries, parallel: Parallel | None = None
+    session: Session, entries: Entries, parts: Sequence[Sequence[Future[list[Row]]]] = ()
 ) -> tuple[int, int]:
+    """Check every fact row against its entry; ``parts``, the workers' id ranges per table."""
     stated = entries.stated  # (table, id) -> seq of the last entry stating it
     checked = legacy = 0
     present: set[tuple[str, int]] = set()
-    merged = merge_rows(parallel) if parallel is not None else None
+    merged = merge_rows(parts) if parts else None
     for index, table in enumerate(FACT_TABLES):
         name = table.__tablename__
         columns, keys, id_at, seq_at = table_columns(table)
@@ -219,6 +219,6 @@ def _compare_row(session: Session, name: str, row_id: int, seq: int, kind: str, 
         )
 
 
-def merge_rows(parallel: Parallel) -> list[list[Row]]:
+def merge_rows(parts: Sequence[Sequence[Future[list[Row]]]]) -> list[list[Row]]:
     """Each fact table's rows as the workers read them, by id."""
-    return [[row for task in tasks for row in task.result()] for tasks in parallel.rows]
+    return [[row for task in tasks for row in task.result()] for tasks in parts]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from fedcommons.cli import app
 from ledger import Ledger, LedgerError
+from ledger.schema import ApiToken
 from ledger.tokens import (
-    ApiToken,
     check_token,
     issue_token,
     list_tokens,

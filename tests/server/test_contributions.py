@@ -27,11 +27,11 @@ from ledger.shapley import (
     exact_values,
     gtg_values,
     loo_values,
-    recompute,
     sample_gtg,
     value_round,
 )
 from ledger.verify import LedgerTampered, verify_ledger
+from ledger.verify.valuations import recompute
 from server.app.strategy import LedgerRecorder
 from server.app.valuation import CoalitionUtility
 from server.app.valuation.batched import batch_evaluator

@@ -5,7 +5,8 @@ with no retraining (as GTG-Shapley does): the example-weighted mean of its
 members' accepted (norm-bounded) updates, FedAvg's rule, whatever rule
 aggregated the round itself; the empty coalition is the round's starting
 model. Its utility is the model's validation accuracy (or negated loss), in
-parts per million; :mod:`.shapley` turns those integers into values.
+parts per million; :mod:`ledger.shapley` turns those integers into values.
+:mod:`.batched` scores many coalition models at once (it needs torch).
 """
 
 from __future__ import annotations
@@ -20,16 +21,9 @@ import numpy as np
 
 from common.arrays import Arrays
 from common.policy import ValuationConfig
-from ledger.shapley import RoundValues, recompute, value_round
+from ledger.shapley import RoundValues, value_round
 
-__all__ = [
-    "BatchEvaluator",
-    "CoalitionUtility",
-    "RoundValues",
-    "Valuer",
-    "recompute",
-    "to_ppm",
-]
+__all__ = ["BatchEvaluator", "CoalitionUtility", "Valuer", "batched", "to_ppm"]
 
 log = logging.getLogger(__name__)
 
