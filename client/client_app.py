@@ -11,10 +11,10 @@ from flwr.clientapp import ClientApp
 
 from client.accountant import BudgetExhausted
 from client.enrolment import ParticipantState
+from client.node_config import node_config_of
 from client.owed import acknowledged_of, forget, owed, owed_record
 from client.receipts import accept_receipts, receipt_book, record_sent
 from client.sealing import seal_update
-from client.simulation import node_config_of
 from client.task import ClientSetup, evaluate_global, train_round
 from common.arrays import arrays_of, arrays_sha256
 from common.envelope import envelope_record

@@ -5,8 +5,8 @@ A real SuperNode is started with its institution's ``node_config``
 gives each virtual SuperNode only ``partition-id`` and ``num-partitions``, so
 ``fedcommons simulate`` writes a roster -- one node config per partition, in
 order -- and names it in :data:`ROSTER_ENV` in the environment of the
-simulation's processes. :func:`node_config_of` is what every handler of the
-ClientApp reads: the node's own config when it has one, else its roster entry.
+simulation's processes. :func:`roster_entry` is a virtual SuperNode's entry;
+the ClientApp's handlers reach it through :func:`client.node_config.node_config_of`.
 
 The roster only ever comes from the environment of the machine running the
 simulation, never from a message or the run config.
@@ -21,17 +21,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
-
 from common.atomic import write_atomic
 from common.protocol import NodeConfig, NodeConfigError
 
-__all__ = ["ROSTER_ENV", "node_config_of", "write_roster"]
+__all__ = ["NUM_PARTITIONS", "PARTITION_ID", "ROSTER_ENV", "roster_entry", "write_roster"]
 
 ROSTER_ENV = "FEDCOMMONS_SIMULATION_ROSTER"
 """Names the roster file in a simulation's environment (unset everywhere else)."""
 
 PARTITION_ID = "partition-id"
+"""The node config key that marks a virtual SuperNode (Flower's)."""
 NUM_PARTITIONS = "num-partitions"
 
 
@@ -65,18 +64,15 @@ def _roster(path: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(nodes)
 
 
-def node_config_of(context: Context) -> Mapping[str, Any]:
-    """The node config this ClientApp runs under: the SuperNode's, or its roster entry.
+def roster_entry(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The roster entry a virtual SuperNode plays, by its ``partition-id``.
 
     Raises
     ------
     NodeConfigError
-        A virtual SuperNode without a roster, or whose partition the roster
-        does not have (a roster written for another simulation).
+        No roster in the environment, or the roster has no entry for this
+        partition (a roster written for another simulation).
     """
-    config = context.node_config
-    if "institution" in config or PARTITION_ID not in config:
-        return config  # a real SuperNode (NodeConfig.from_mapping checks it)
     roster = os.environ.get(ROSTER_ENV)
     if not roster:
         raise NodeConfigError(

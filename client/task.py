@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from client.accountant import BudgetExhausted, locked_history
 from client.enrolment import ParticipantState
-from client.simulation import node_config_of
+from client.node_config import node_config_of
 from common.arrays import Arrays
 from common.dp import PlanExceedsBudget, epsilon_of, plan_round
 from common.local_data import LocalData, load_local_data, to_examples

@@ -17,7 +17,8 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from typer.testing import CliRunner
 
 from client.client_app import train
-from client.simulation import ROSTER_ENV, node_config_of, write_roster
+from client.node_config import node_config_of
+from client.simulation import ROSTER_ENV, write_roster
 from common.model import build_model, get_arrays
 from common.policy import Policy
 from common.protocol import ExclusionCode, NodeConfig, NodeConfigError, Refusal
