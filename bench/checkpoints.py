@@ -53,22 +53,22 @@ def _per_call_us(call: Callable[[], object], batch: int, repeats: int) -> float:
 
 def _go_seconds(rounds: int) -> dict[str, Any]:
     """Go's checks of a ledger with ``rounds`` cosigned checkpoints and their receipts."""
-    from tests.ledger.test_receipts import (
+    from tests.support.go_interop import go_checks, interop_input
+    from tests.support.receipt_world import (
         NAMES,
         OPERATOR,
-        _accept_all,
-        _cosign_all,
-        _record,
-        _world,
+        accept_all,
+        cosign_all,
+        make_world,
+        record_world_round,
     )
-    from tests.support.go_interop import go_checks, interop_input
 
     folder = Path(tempfile.mkdtemp(prefix="bench-checkpoints-"))
-    world = _world(f"sqlite:///{folder / 'ledger.db'}", folder)
+    world = make_world(f"sqlite:///{folder / 'ledger.db'}", folder)
     for number in range(3, rounds + 1):
-        _record(world, number)
-    _accept_all(world)
-    _cosign_all(world)
+        record_world_round(world, number)
+    accept_all(world)
+    cosign_all(world)
     receipts = [r for (_, _), r in sorted(world.receipts.items())]
     vkey = verifier_key(default_log_origin(OPERATOR.public_key()), OPERATOR.public_key())
     doc = interop_input(world.ledger, vkey, receipts)

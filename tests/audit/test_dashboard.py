@@ -32,7 +32,7 @@ from common.licences import SPDX, Licence
 from fedcommons.startup import free_port
 from ledger import Ledger
 from ledger.tokens import ApiToken, issue_token, revoke_token
-from tests.server.test_release import COMPANY, Federation
+from tests.support.release_federation import COMPANY, Federation
 from tests.support.tools import CHROMIUM, needs_chromium
 
 PAGES = ["/", "/runs", "/runs/1", "/entries/0"]

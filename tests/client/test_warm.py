@@ -20,7 +20,7 @@ import torch
 import client.warm as warm
 from client.warm import RuntimeHttpClient, run_clientapp  # type: ignore[attr-defined]
 from common.processes import run_foreground
-from tests.common.test_processes import _alive
+from tests.support.processes import alive
 
 
 def test_the_flower_internals_the_runner_uses_are_where_it_expects_them() -> None:
@@ -90,7 +90,7 @@ def test_a_node_stops_when_its_warm_runner_dies(tmp_path: Path, code: int) -> No
     )
     assert returned == (code or 1)  # a runner that ended, even cleanly, is a failure here
     pid = int(marker.read_text())
-    assert not _alive(pid)  # the node was stopped with it
+    assert not alive(pid)  # the node was stopped with it
 
 
 def test_runner_argv_names_the_runtime_api_and_the_state_folder(tmp_path: Path) -> None:

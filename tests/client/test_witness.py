@@ -34,8 +34,8 @@ from ledger import Ledger
 from ledger.tree_heads import sign_tree_head
 from server.app.strategy import ConsortiumStrategy, LicenceCheck, UpdateGate, UpdateIntake
 from server.app.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
-from tests.ledger.test_receipts import AGGREGATOR, OPERATOR, SIGNERS, World, _world
 from tests.support.hostile_federation import task_identity
+from tests.support.receipt_world import AGGREGATOR, OPERATOR, SIGNERS, World, make_world
 
 TRAIN = MessageType.TRAIN
 H = "a" * 64
@@ -44,7 +44,7 @@ CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    world = _world(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
+    world = make_world(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
     yield world
     world.ledger.close()
 

@@ -14,11 +14,11 @@ from common.bert_top import frozen_layers, frozen_outputs, top_view
 from common.dp import DPPlan
 from common.model import build_model, get_arrays
 from common.training import Examples, local_sgd, make_loader, train, train_private
-from tests.common.test_bert import _config, _data
+from tests.support.bert_data import LABELS, bert_config, text_data
 
 
 def _model(tiny_bert: Path, train_layers: int, **kw: object) -> TextClassifier:
-    model = build_model(_config(tiny_bert, train_layers=train_layers, **kw), seed=0)
+    model = build_model(bert_config(tiny_bert, train_layers=train_layers, **kw), seed=0)
     assert isinstance(model, TextClassifier)
     return model
 
@@ -41,7 +41,7 @@ def _fit(model: torch.nn.Module, examples: Examples, dp: bool) -> None:
 def test_training_from_the_cache_equals_training_the_whole_model(
     tiny_bert: Path, train_layers: int, dp: bool
 ) -> None:
-    encoded = encode(load_tokenizer(str(tiny_bert)), _data(), 24)
+    encoded = encode(load_tokenizer(str(tiny_bert)), text_data(), 24)
     whole, cached = _model(tiny_bert, train_layers), _model(tiny_bert, train_layers)
     k = frozen_layers(cached)
     assert k == 2 - train_layers
@@ -77,9 +77,8 @@ def _node_round(
     from common.policy import Policy
     from common.protocol import TrainConfig
     from common.text import write_jsonl
-    from tests.common.test_bert import LABELS
 
-    write_jsonl(tmp_path / "data" / "d.jsonl", _data(), "text", "label")
+    write_jsonl(tmp_path / "data" / "d.jsonl", text_data(), "text", "label")
     policy = Policy.from_sections(
         {
             "model": {"name": "bert", "num-classes": 3, "base-model": str(tiny_bert),
@@ -150,7 +149,7 @@ def test_the_server_scores_the_top_on_cached_validation_outputs_as_the_whole_mod
     from common.training import evaluate
 
     model = _model(tiny_bert, 1)
-    encoded = encode(load_tokenizer(str(tiny_bert)), _data(), 24)
+    encoded = encode(load_tokenizer(str(tiny_bert)), text_data(), 24)
     scorer, cached = scoring_view(model, encoded)
     assert scorer is not model and len(cached) == len(encoded)
     whole, top = evaluate(model, encoded), evaluate(scorer, cached)

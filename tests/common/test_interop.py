@@ -16,8 +16,8 @@ import pytest
 from common.consortium import default_log_origin
 from common.note import verifier_key
 from common.receipts import read_receipts
-from tests.ledger.test_receipts import NAMES, OPERATOR, World, _accept_all, _cosign_all, _world
 from tests.support.go_interop import go_checks, interop_input, needs_go
+from tests.support.receipt_world import NAMES, OPERATOR, World, accept_all, cosign_all, make_world
 
 pytestmark = [pytest.mark.interop, needs_go]
 
@@ -25,9 +25,9 @@ pytestmark = [pytest.mark.interop, needs_go]
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[World, dict[str, object], Path]:
     folder = tmp_path_factory.mktemp("interop")
-    world = _world(f"sqlite:///{folder / 'ledger.db'}", folder)
-    _accept_all(world)
-    _cosign_all(world)
+    world = make_world(f"sqlite:///{folder / 'ledger.db'}", folder)
+    accept_all(world)
+    cosign_all(world)
     receipts = [r for name in NAMES for _, r in read_receipts(world.books[name].folder)]
     vkey = verifier_key(default_log_origin(OPERATOR.public_key()), OPERATOR.public_key())
     doc = interop_input(world.ledger, vkey, receipts)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from common.processes import ProcessTree
+from tests.support.processes import alive
 
 # the child starts a detached grandchild (its own session), prints its PID, then waits
 CHILD = (
@@ -22,14 +22,6 @@ CHILD = (
     "print(p.pid, flush=True)\n"
     "time.sleep(300)\n"
 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_detached_grandchild_is_noted_named_and_stopped() -> None:
@@ -49,9 +41,9 @@ def test_a_detached_grandchild_is_noted_named_and_stopped() -> None:
         tree.stop(grace=5.0)
         child.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _alive(grandchild) and time.monotonic() < deadline:
+        while alive(grandchild) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(grandchild)  # stopped by PID although it left the child's group
+        assert not alive(grandchild)  # stopped by PID although it left the child's group
         assert tree.look() == set() and tree.argv(grandchild) == []
     finally:
         if child.poll() is None:

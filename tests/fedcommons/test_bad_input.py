@@ -25,7 +25,7 @@ from fedcommons.cli import app
 from fedcommons.errors import LOG_DIR_ENV, mask_secrets
 from ledger import Ledger
 from ledger.report import ledger_report
-from tests.server.test_release import Federation
+from tests.support.release_federation import Federation
 
 runner = CliRunner()
 

@@ -12,143 +12,36 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from client.receipts import ReceiptBook, cosign_heads
-from common.envelope import Envelope, UpdateHeader, seal
 from common.keys import encode_public
 from common.merkle import EMPTY_ROOT
 from common.note import SignatureLine, signature_lines, verify_cosignature
-from common.protocol import PrivacyCharge
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead, read_receipts
 from fedcommons.cli import app
-from ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
+from ledger import Ledger
 from ledger.cosignatures import cosigned_note, latest_cosigned, record_cosignatures
-from ledger.entries import chain_hash, entry_leaf_hash, record_row
+from ledger.entries import chain_hash, entry_leaf_hash
 from ledger.schema import LedgerTreeHead
-from ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
 from ledger.verify import LedgerTampered, verify_ledger
-
-H = "a" * 64
-NAMES = ("uni-a", "co-c")
-OPERATOR = Ed25519PrivateKey.generate()
-AGGREGATOR = X25519PrivateKey.generate()
-SIGNERS = {name: Ed25519PrivateKey.generate() for name in NAMES}
-CHARGE = PrivacyCharge(True, 2.5, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
-
-
-def _envelope(name: str, server_round: int, salt: bytes = b"") -> Envelope:
-    header = UpdateHeader(
-        run_id="7",
-        round=server_round,
-        participant=name,
-        model_sha256=H,
-        base_model_sha256=H,
-        num_examples=10,
-        privacy=CHARGE,
-    )
-    return seal(
-        b"safetensors bytes of the update" + salt,
-        header,
-        aggregator=AGGREGATOR.public_key(),
-        signer=SIGNERS[name],
-    )
-
-
-@dataclass
-class World:
-    """A ledger with two recorded rounds, their receipts and each node's receipts folder."""
-
-    ledger: Ledger
-    envelopes: dict[tuple[str, int], Envelope]
-    receipts: dict[tuple[str, int], Receipt]
-    books: dict[str, ReceiptBook]
-    tree: LedgerTree
-    heads: dict[str, TreeHead]
-
-
-def _record(world: World, number: int, loss: float = 0.7) -> None:
-    envelopes = {name: _envelope(name, number) for name in NAMES}
-    with world.ledger.session() as s:
-        run_id = 1
-        row = record_round(
-            s,
-            run_id,
-            number=number,
-            model_sha256_before=H,
-            model_sha256_after="b" * 64,
-            loss=loss,
-            accuracy=0.81,
-            seconds=12.5,
-            updates=[
-                UpdateFact(
-                    name,
-                    10,
-                    0.5,
-                    "c" * 64,
-                    1000,
-                    1.5,
-                    ciphertext_sha256=e.ciphertext_sha256(),
-                    signature=base64.b64encode(e.signature).decode(),
-                )
-                for name, e in envelopes.items()
-            ],
-        )
-        checkpoint = sign_tree_head(s, OPERATOR, f"round {number}", tree=world.tree)
-        receipts = round_receipts(
-            s,
-            world.tree,
-            checkpoint,
-            round_id=row.id,
-            server_round=number,
-            flower_run_id="7",
-            previous=world.heads,
-        )
-    for receipt in receipts:
-        world.heads[receipt.participant] = checkpoint
-        world.receipts[(receipt.participant, number)] = receipt
-    for name, envelope in envelopes.items():
-        world.envelopes[(name, number)] = envelope
-        world.books[name].record_sent(envelope)
-
-
-def _world(url: str, folder: Path, loss: float = 0.7) -> World:
-    ledger = Ledger(url)
-    with ledger.session() as s:
-        for name in NAMES:
-            participant = enrol_participant(s, name, "academia")
-            participant.public_key = encode_public(SIGNERS[name].public_key())  # as admitted
-            record_row(s, participant, "participant")
-        start_run(
-            s,
-            policy_sha256=H,
-            policy_toml="[federation]\n",
-            model="cnn",
-            dataset="digits",
-            initial_model_sha256=H,
-            planned_rounds=2,
-            flower_run_id=7,
-        )
-    world = World(
-        ledger, {}, {}, {n: ReceiptBook(folder / n / "receipts") for n in NAMES}, LedgerTree(), {}
-    )
-    _record(world, 1, loss)
-    _record(world, 2, loss)
-    return world
-
-
-def _accept_all(world: World) -> list[tuple[str, Receipt]]:
-    for (name, _), receipt in sorted(world.receipts.items()):
-        world.books[name].accept(receipt, OPERATOR.public_key(), name)
-    return [(str(p), r) for name in NAMES for p, r in read_receipts(world.books[name].folder)]
+from tests.support.receipt_world import (
+    NAMES,
+    OPERATOR,
+    SIGNERS,
+    World,
+    accept_all,
+    cosign_all,
+    make_world,
+    record_world_round,
+    sealed_update,
+)
 
 
 def _tamper(ledger: Ledger, *statements: str) -> None:
@@ -182,13 +75,13 @@ def _rehash_from(ledger: Ledger) -> list[str]:
 
 @pytest.fixture
 def world(url: str, tmp_path: Path) -> Iterator[World]:
-    world = _world(url, tmp_path)
+    world = make_world(url, tmp_path)
     yield world
     world.ledger.close()
 
 
 def test_participants_verify_and_keep_their_receipts(world: World) -> None:
-    held = _accept_all(world)
+    held = accept_all(world)
     assert len(held) == 4
     stored = sorted(p.name for p in world.books["uni-a"].folder.glob("*.json"))
     assert stored == ["run-7-round-0001.json", "run-7-round-0002.json"]
@@ -209,7 +102,7 @@ def test_participants_verify_and_keep_their_receipts(world: World) -> None:
 
 
 def test_a_deleted_tail_is_caught_through_receipts(world: World) -> None:
-    held = _accept_all(world)
+    held = accept_all(world)
     with world.ledger.engine.connect() as c:
         tail = c.execute(text("SELECT entry_seq FROM rounds WHERE number = 2")).scalar_one()
     # delete round 2 everywhere: its entries, rows and checkpoints, and fix the head
@@ -230,7 +123,7 @@ def test_a_deleted_tail_is_caught_through_receipts(world: World) -> None:
 
 
 def test_rewritten_history_is_caught_through_receipts(world: World) -> None:
-    held = _accept_all(world)
+    held = accept_all(world)
     with world.ledger.engine.connect() as c:
         seq, payload = c.execute(
             text("SELECT seq, payload FROM ledger_entries WHERE kind = 'round' ORDER BY seq")
@@ -250,7 +143,7 @@ def test_rewritten_history_is_caught_through_receipts(world: World) -> None:
 
 
 def test_a_rewritten_update_entry_is_named_by_its_receipt(world: World) -> None:
-    held = _accept_all(world)
+    held = accept_all(world)
     receipt = world.receipts[("co-c", 2)]
     forged = receipt.payload.replace('"num_examples":10,', '"num_examples":1000,')
     _tamper(
@@ -266,7 +159,7 @@ def test_a_rewritten_update_entry_is_named_by_its_receipt(world: World) -> None:
 
 
 def test_audit_verify_with_receipts(world: World, url: str, tmp_path: Path) -> None:
-    _accept_all(world)
+    accept_all(world)
     auditor = tmp_path / "collected"
     for name in NAMES:
         for path in world.books[name].folder.glob("*.json"):
@@ -300,7 +193,7 @@ def test_audit_verify_with_receipts(world: World, url: str, tmp_path: Path) -> N
 
 @pytest.fixture
 def sqlite_world(tmp_path: Path) -> Iterator[World]:
-    world = _world(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
+    world = make_world(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path)
     yield world
     world.ledger.close()
 
@@ -444,7 +337,7 @@ def test_a_receipt_must_be_for_this_node_and_its_own_update(
     fresh = ReceiptBook(tmp_path / "wiped" / "receipts")
     with pytest.raises(ReceiptError, match="no record of sending an update then"):
         fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
-    fresh.record_sent(_envelope("uni-a", 1, salt=b" resealed"))  # not what the ledger holds
+    fresh.record_sent(sealed_update("uni-a", 1, salt=b" resealed"))  # not what the ledger holds
     with pytest.raises(ReceiptError, match=r"another update than the one this node sent \(ciph"):
         fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
 
@@ -453,7 +346,7 @@ def test_a_forked_ledger_is_refused(sqlite_world: World, tmp_path: Path) -> None
     """The operator shows this node one ledger in round 1 and another in round 2."""
     book = sqlite_world.books["uni-a"]
     book.accept(sqlite_world.receipts[("uni-a", 1)], OPERATOR.public_key(), "uni-a")
-    fork = _world(f"sqlite:///{tmp_path / 'fork.db'}", tmp_path / "fork", loss=0.2)
+    fork = make_world(f"sqlite:///{tmp_path / 'fork.db'}", tmp_path / "fork", loss=0.2)
     try:
         forked = fork.receipts[("uni-a", 2)]  # valid on its own, in a ledger of the same size
         book.record_sent(fork.envelopes[("uni-a", 2)])
@@ -558,7 +451,7 @@ def test_a_proof_from_an_older_held_head_is_refused(sqlite_world: World) -> None
     for number in (1, 2):
         book.accept(sqlite_world.receipts[("uni-a", number)], OPERATOR.public_key(), "uni-a")
     sqlite_world.heads["uni-a"] = first.tree_head  # the server believes the node holds round 1's
-    _record(sqlite_world, 3)
+    record_world_round(sqlite_world, 3)
     third = sqlite_world.receipts[("uni-a", 3)]
     assert third.previous_size == first.tree_head.tree_size
     with pytest.raises(ReceiptError, match=r"proves consistency from size \d+, not from the head"):
@@ -578,7 +471,7 @@ def test_a_fork_is_recorded_with_both_signed_heads(sqlite_world: World, tmp_path
     book = sqlite_world.books["uni-a"]
     held = sqlite_world.receipts[("uni-a", 1)]
     book.accept(held, OPERATOR.public_key(), "uni-a")
-    fork = _world(f"sqlite:///{tmp_path / 'fork2.db'}", tmp_path / "fork2", loss=0.2)
+    fork = make_world(f"sqlite:///{tmp_path / 'fork2.db'}", tmp_path / "fork2", loss=0.2)
     try:
         forked = fork.receipts[("uni-a", 2)]
         book.record_sent(fork.envelopes[("uni-a", 2)])
@@ -602,22 +495,12 @@ def _garble(line: str) -> str:
     return line[:-6] + ("A" if line[-6] != "A" else "B") + line[-5:]
 
 
-def _cosign_all(world: World, now: int = 1_700_000_000) -> dict[str, list[str]]:
-    refused = {}
-    for name in NAMES:
-        heads = [r.tree_head for r in world.books[name].receipts()]
-        cosigned = cosign_heads(heads, name, SIGNERS[name], now=now)
-        with world.ledger.session() as s:
-            _, refused[name] = record_cosignatures(s, name, cosigned)
-    return refused
-
-
 def test_participants_cosign_what_they_accepted_and_audit_verify_names_them(
     world: World, url: str
 ) -> None:
-    held = _accept_all(world)
-    assert _cosign_all(world) == {name: [] for name in NAMES}
-    assert _cosign_all(world, now=1_750_000_000) == {name: [] for name in NAMES}  # kept once
+    held = accept_all(world)
+    assert cosign_all(world) == {name: [] for name in NAMES}
+    assert cosign_all(world, now=1_750_000_000) == {name: [] for name in NAMES}  # kept once
     sizes = [world.receipts[("uni-a", n)].tree_head.tree_size for n in (1, 2)]
     report = verify_ledger(world.ledger, OPERATOR.public_key(), held)
     assert report.witnesses == [(size, ["uni-a", "co-c"]) for size in sizes]
@@ -641,7 +524,7 @@ def test_participants_cosign_what_they_accepted_and_audit_verify_names_them(
 
 
 def test_hostile_cosignatures_are_refused_and_not_kept(sqlite_world: World) -> None:
-    _accept_all(sqlite_world)
+    accept_all(sqlite_world)
     head = sqlite_world.receipts[("uni-a", 2)].tree_head
     (good,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=1_700_000_000)
     (other,) = cosign_heads([head], "co-c", SIGNERS["co-c"], now=1_700_000_000)
@@ -674,8 +557,8 @@ def test_hostile_cosignatures_are_refused_and_not_kept(sqlite_world: World) -> N
 
 
 def test_a_tampered_cosignature_is_named_by_audit_verify(sqlite_world: World) -> None:
-    _accept_all(sqlite_world)
-    _cosign_all(sqlite_world)
+    accept_all(sqlite_world)
+    cosign_all(sqlite_world)
     with sqlite_world.ledger.engine.connect() as c:
         line = c.execute(text("SELECT line FROM cosignatures WHERE witness = 'co-c'")).first()
     assert line is not None
@@ -698,7 +581,7 @@ def _audit_verify(world: World) -> tuple[int, str]:
 
 def test_a_cosignature_dated_ten_years_ahead_is_not_intact(sqlite_world: World) -> None:
     """Recording refuses a line dated over an hour ahead of its clock; verify applies the same."""
-    _accept_all(sqlite_world)
+    accept_all(sqlite_world)
     head = sqlite_world.receipts[("uni-a", 2)].tree_head
     ahead = int(time.time()) + 10 * 365 * 86400
     (future,) = cosign_heads([head], "uni-a", SIGNERS["uni-a"], now=ahead)
@@ -729,8 +612,8 @@ def test_a_cosignature_dated_ten_years_ahead_is_not_intact(sqlite_world: World) 
 def test_stored_text_that_is_not_utf8_is_named_not_a_crash(
     sqlite_world: World, table: str, column: str, named: str
 ) -> None:
-    _accept_all(sqlite_world)
-    _cosign_all(sqlite_world)
+    accept_all(sqlite_world)
+    cosign_all(sqlite_world)
     with sqlite_world.ledger.engine.begin() as c:
         c.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_no_update")
         c.exec_driver_sql(

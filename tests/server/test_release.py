@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
@@ -24,187 +23,24 @@ from typer.testing import CliRunner
 from audit.cards import CardError, verify_card
 from client.receipts import cosign_heads
 from common.arrays import arrays_sha256
-from common.consortium import EnrolmentRequest
 from common.keys import encode_public, write_private_key
-from common.licences import SPDX, Licence
+from common.licences import SPDX
 from common.merkle import ProofError, leaf_hash, verify_inclusion
 from common.note import COSIGNATURE_TYPE, verifier_key
-from common.policy import Policy
-from common.protocol import PrivacyCharge
 from common.receipts import TreeHead, TreeHeadError
 from fedcommons.cli import app
-from ledger import (
-    ChargeFact,
-    ExclusionFact,
-    Ledger,
-    UpdateFact,
-    admit_participant,
-    finish_run,
-    record_privacy,
-    record_round,
-    record_valuation,
-    start_run,
-)
+from ledger import Ledger
 from ledger.cosignatures import record_cosignatures
 from ledger.report import ledger_report
 from ledger.schema import LedgerEntry, LedgerTreeHead, Release, Round
-from ledger.shapley import value_round
-from ledger.tree_heads import sign_tree_head, tree_head_from_row
+from ledger.tree_heads import tree_head_from_row
 from ledger.verify import LedgerTampered, verify_ledger
 from server.app.snapshots import load_snapshot, save_snapshot
 from server.operator.consortium import init_consortium
-from server.release.release import ModelRelease, ReleaseError, release_model
+from server.release.release import ReleaseError, release_model
+from tests.support.release_federation import COMPANY, Federation, dataset_sha256, round_weights
 
-H = "a" * 64
-COMPANY = Licence(
-    id="custom:company-c-research",
-    commercial=False,
-    derivatives=True,
-    share_alike=False,
-    attribution="Company C (industrial partner data)",
-    purposes=("research",),
-)
 CREDIT = SPDX["CC-BY-4.0"].attribution  # what each SPDX licence with attribution asks
-
-
-def _dataset(name: str, tag: str = "") -> str:
-    return hashlib.sha256(f"{name}{tag}".encode()).hexdigest()
-
-
-def _admit(ledger: Ledger, name: str, licence: Licence, dataset: str, key: str) -> None:
-    request = EnrolmentRequest(
-        institution=name,
-        kind="industry" if name.startswith(("company", "co-")) else "academia",
-        licence=licence.to_dict(),
-        dataset={"sha256": dataset, "records": 100, "format": "npz", "schema": {"x": [8, 8]}},
-        signing_public_key=key,
-        supernode_public_key=f"ecdsa-sha2-nistp384 {name}",
-        consortium_id=H,
-        created_at="2026-01-01T00:00:00+00:00",
-    )
-    with ledger.session() as s:
-        admit_participant(
-            s, request, hashlib.sha256(f"request {name}{dataset}".encode()).hexdigest()
-        )
-
-
-def _weights(round_number: int) -> dict[str, np.ndarray]:
-    return {
-        "conv.weight": np.full((2, 3), round_number, dtype=np.float32),
-        "fc.bias": np.arange(4, dtype=np.float32) * round_number,
-    }
-
-
-def _charge(epsilon: float, dataset: str) -> PrivacyCharge:
-    return PrivacyCharge(True, epsilon, 1e-5, 1.1, 0.05, 20, "rdp", 1.0, dataset, "f" * 64)
-
-
-@dataclass(frozen=True)
-class Federation:
-    """A ledger with institutions admitted under their licences."""
-
-    ledger: Ledger
-    operator: Ed25519PrivateKey
-    snapshots: Path
-    keys: dict[str, str]
-
-    def admit(self, name: str, licence: Licence, tag: str = "") -> None:
-        if name not in self.keys:
-            self.keys[name] = encode_public(Ed25519PrivateKey.generate().public_key())
-        _admit(self.ledger, name, licence, _dataset(name, tag), self.keys[name])
-
-    def release(self, run_id: int, out: Path, *, sign: bool = True) -> ModelRelease:
-        """Release ``run_id`` into ``out`` from this federation's snapshots."""
-        signer = self.operator if sign else None
-        return release_model(self.ledger, run_id, out, snapshot_dir=self.snapshots, signer=signer)
-
-    def run(
-        self,
-        contributors: list[str],
-        *,
-        excluded: tuple[str, ...] = (),
-        rounds: int = 2,
-        status: str = "finished",
-        sign: bool = True,
-        trained_on: dict[str, str] | None = None,
-        worth: dict[str, int] | None = None,
-    ) -> int:
-        """A run in which ``contributors`` train every round and ``excluded`` never do."""
-        trained_on = trained_on or {}
-        policy = Policy()
-        with self.ledger.session() as s:
-            run_id = start_run(
-                s,
-                policy_sha256=policy.sha256(),
-                policy_toml=policy.to_toml(),
-                model="cnn",
-                dataset="digits",
-                initial_model_sha256=arrays_sha256(_weights(0)),
-                base_model_sha256="e" * 64,
-                planned_rounds=rounds,
-                flower_run_id=4242,
-            ).id
-        for number in range(1, rounds + 1):
-            charges = [
-                ChargeFact(
-                    name, _charge(1.5 * number + i, _dataset(name, trained_on.get(name, "")))
-                )
-                for i, name in enumerate(contributors)
-            ]
-            exclusions = [
-                ExclusionFact(name, 100 + i, 451, "licence expired (research run)")
-                for i, name in enumerate(excluded)
-            ]
-            after = arrays_sha256(_weights(number))
-            save_snapshot(self.snapshots, number, _weights(number), after)
-            with self.ledger.session() as s:
-                record_privacy(s, run_id, number, charges=charges, exclusions=exclusions)
-                record_round(
-                    s,
-                    run_id,
-                    number=number,
-                    model_sha256_before=arrays_sha256(_weights(number - 1)),
-                    model_sha256_after=after,
-                    loss=1.0 / number,
-                    accuracy=0.5 + 0.1 * number,
-                    seconds=3.0,
-                    updates=[
-                        UpdateFact(name, 100, 0.4, _dataset(name, f"u{number}"), 500, 1.0)
-                        for name in contributors
-                    ],
-                )
-                if worth:  # an additive game: each one's Shapley value is its worth
-                    players = sorted(contributors)
-
-                    def game(m: int, players: list[str] = players) -> int:
-                        return sum(worth[p] for i, p in enumerate(players) if m >> i & 1)
-
-                    record_valuation(
-                        s,
-                        run_id,
-                        number,
-                        value_round(
-                            players,
-                            game,
-                            method="shapley",
-                            exact_max=10,
-                            truncation=0,
-                            convergence=0.2,
-                            seed=0,
-                        ),
-                    )
-                if sign:
-                    sign_tree_head(s, self.operator, note=f"run {run_id} round {number}")
-        if status != "running":
-            with self.ledger.session() as s:
-                finish_run(
-                    s,
-                    run_id,
-                    status,
-                    test_accuracy=0.75 if status == "finished" else None,
-                    reason=None if status == "finished" else "round 3: 1 of 3 nodes",
-                )
-        return run_id
 
 
 def _entries(ledger: Ledger) -> list[LedgerEntry]:
@@ -318,7 +154,7 @@ def test_only_the_dataset_a_contributor_trained_on_counts(
     card = _read_card(tmp_path / "out")
     (b,) = (c for c in card["contributors"] if c["institution"] == "university-b")
     assert [(d["sha256"], d["licence"]) for d in b["datasets"]] == [
-        (_dataset("university-b", "v2"), "CC-BY-4.0")
+        (dataset_sha256("university-b", "v2"), "CC-BY-4.0")
     ]
     assert card["obligations"]["non_commercial"] is False
 
@@ -334,7 +170,7 @@ def test_the_card_states_what_the_ledger_holds(demo: Federation, tmp_path: Path)
     ]
     card = _read_card(out)
     assert card == released.card
-    final = arrays_sha256(_weights(2))
+    final = arrays_sha256(round_weights(2))
     number, arrays = load_snapshot(out / "model.safetensors")
     assert (number, arrays_sha256(arrays)) == (2, final)
     assert card["model"]["sha256"] == released.model_sha256 == final
@@ -351,7 +187,7 @@ def test_the_card_states_what_the_ledger_holds(demo: Federation, tmp_path: Path)
         "research",
     )
     assert [(r["round"], r["model_sha256_after"]) for r in card["rounds"]] == [
-        (1, arrays_sha256(_weights(1))),
+        (1, arrays_sha256(round_weights(1))),
         (2, final),
     ]
     assert [(c["institution"], c["kind"], c["rounds"]) for c in card["contributors"]] == [
@@ -482,11 +318,11 @@ def test_a_missing_or_different_checkpoint_is_refused(demo: Federation, tmp_path
         ReleaseError, match=rf"run {run_id}'s final model: the snapshot of round 2 is missing: no "
     ):
         demo.release(run_id, tmp_path / "out")
-    save_snapshot(demo.snapshots, 2, _weights(7), "x")  # another run's model
+    save_snapshot(demo.snapshots, 2, round_weights(7), "x")  # another run's model
     with pytest.raises(
         ReleaseError,
         match=rf"run {run_id}'s final model: .*round-0002.safetensors holds model "
-        rf"{arrays_sha256(_weights(7))} \(round 2\); the ledger records .*overwritten it",
+        rf"{arrays_sha256(round_weights(7))} \(round 2\); the ledger records .*overwritten it",
     ):
         demo.release(run_id, tmp_path / "out")
     # the real one, from another folder
@@ -496,7 +332,7 @@ def test_a_missing_or_different_checkpoint_is_refused(demo: Federation, tmp_path
     released = release_model(
         demo.ledger, run_id, tmp_path / "out", snapshot_dir=moved, signer=demo.operator
     )
-    assert released.model_sha256 == arrays_sha256(_weights(2))
+    assert released.model_sha256 == arrays_sha256(round_weights(2))
 
 
 def test_a_non_empty_folder_is_never_written_over(demo: Federation, tmp_path: Path) -> None:

@@ -1,0 +1,153 @@
+"""A real ledger with two recorded rounds, its receipts and each node's receipts folder.
+
+Shared by the receipt, witness and Go interoperability tests and by
+bench/checkpoints.py. The operator's, aggregator's and nodes' keys are
+generated once, when this module is imported.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from client.receipts import ReceiptBook, cosign_heads
+from common.envelope import Envelope, UpdateHeader, seal
+from common.keys import encode_public
+from common.protocol import PrivacyCharge
+from common.receipts import Receipt, TreeHead, read_receipts
+from ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
+from ledger.cosignatures import record_cosignatures
+from ledger.entries import record_row
+from ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
+
+H = "a" * 64  # the model, policy and base digests
+NAMES = ("uni-a", "co-c")
+OPERATOR = Ed25519PrivateKey.generate()
+AGGREGATOR = X25519PrivateKey.generate()
+SIGNERS = {name: Ed25519PrivateKey.generate() for name in NAMES}
+CHARGE = PrivacyCharge(True, 2.5, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
+
+
+def sealed_update(name: str, server_round: int, salt: bytes = b"") -> Envelope:
+    """``name``'s sealed update for ``server_round``; ``salt`` changes its bytes."""
+    header = UpdateHeader(
+        run_id="7",
+        round=server_round,
+        participant=name,
+        model_sha256=H,
+        base_model_sha256=H,
+        num_examples=10,
+        privacy=CHARGE,
+    )
+    return seal(
+        b"safetensors bytes of the update" + salt,
+        header,
+        aggregator=AGGREGATOR.public_key(),
+        signer=SIGNERS[name],
+    )
+
+
+@dataclass
+class World:
+    """A ledger with two recorded rounds, their receipts and each node's receipts folder."""
+
+    ledger: Ledger
+    envelopes: dict[tuple[str, int], Envelope]
+    receipts: dict[tuple[str, int], Receipt]
+    books: dict[str, ReceiptBook]
+    tree: LedgerTree
+    heads: dict[str, TreeHead]
+
+
+def record_world_round(world: World, number: int, loss: float = 0.7) -> None:
+    """Record round ``number``, sign a checkpoint and keep its receipts and sent updates."""
+    envelopes = {name: sealed_update(name, number) for name in NAMES}
+    with world.ledger.session() as s:
+        run_id = 1
+        row = record_round(
+            s,
+            run_id,
+            number=number,
+            model_sha256_before=H,
+            model_sha256_after="b" * 64,
+            loss=loss,
+            accuracy=0.81,
+            seconds=12.5,
+            updates=[
+                UpdateFact(
+                    name,
+                    10,
+                    0.5,
+                    "c" * 64,
+                    1000,
+                    1.5,
+                    ciphertext_sha256=e.ciphertext_sha256(),
+                    signature=base64.b64encode(e.signature).decode(),
+                )
+                for name, e in envelopes.items()
+            ],
+        )
+        checkpoint = sign_tree_head(s, OPERATOR, f"round {number}", tree=world.tree)
+        receipts = round_receipts(
+            s,
+            world.tree,
+            checkpoint,
+            round_id=row.id,
+            server_round=number,
+            flower_run_id="7",
+            previous=world.heads,
+        )
+    for receipt in receipts:
+        world.heads[receipt.participant] = checkpoint
+        world.receipts[(receipt.participant, number)] = receipt
+    for name, envelope in envelopes.items():
+        world.envelopes[(name, number)] = envelope
+        world.books[name].record_sent(envelope)
+
+
+def make_world(url: str, folder: Path, loss: float = 0.7) -> World:
+    """A ledger at ``url`` with both nodes enrolled and rounds 1 and 2 recorded."""
+    ledger = Ledger(url)
+    with ledger.session() as s:
+        for name in NAMES:
+            participant = enrol_participant(s, name, "academia")
+            participant.public_key = encode_public(SIGNERS[name].public_key())  # as admitted
+            record_row(s, participant, "participant")
+        start_run(
+            s,
+            policy_sha256=H,
+            policy_toml="[federation]\n",
+            model="cnn",
+            dataset="digits",
+            initial_model_sha256=H,
+            planned_rounds=2,
+            flower_run_id=7,
+        )
+    world = World(
+        ledger, {}, {}, {n: ReceiptBook(folder / n / "receipts") for n in NAMES}, LedgerTree(), {}
+    )
+    record_world_round(world, 1, loss)
+    record_world_round(world, 2, loss)
+    return world
+
+
+def accept_all(world: World) -> list[tuple[str, Receipt]]:
+    """Each node accepts its receipts, in order; returns the (path, receipt) pairs kept."""
+    for (name, _), receipt in sorted(world.receipts.items()):
+        world.books[name].accept(receipt, OPERATOR.public_key(), name)
+    return [(str(p), r) for name in NAMES for p, r in read_receipts(world.books[name].folder)]
+
+
+def cosign_all(world: World, now: int = 1_700_000_000) -> dict[str, list[str]]:
+    """Each node cosigns the heads it holds and the ledger records them; returns refusals."""
+    refused = {}
+    for name in NAMES:
+        heads = [r.tree_head for r in world.books[name].receipts()]
+        cosigned = cosign_heads(heads, name, SIGNERS[name], now=now)
+        with world.ledger.session() as s:
+            _, refused[name] = record_cosignatures(s, name, cosigned)
+    return refused
