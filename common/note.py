@@ -37,7 +37,7 @@ from common.errors import UserError
 __all__ = [
     "COSIGNATURE_TYPE",
     "ED25519_TYPE",
-    "Checkpoint",
+    "CheckpointBody",
     "NoteError",
     "SignatureLine",
     "check_key_name",
@@ -248,8 +248,12 @@ def verify_cosignature(text: str, line: SignatureLine, public: Ed25519PublicKey)
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """A C2SP ``tlog-checkpoint`` note text: origin, tree size, root."""
+class CheckpointBody:
+    """What a checkpoint states, before it is signed: its note text's origin, tree size, root.
+
+    The checkpoint itself is the signed note whose text this is
+    (c2sp.org/tlog-checkpoint calls the text the checkpoint's body).
+    """
 
     origin: str
     tree_size: int
@@ -262,7 +266,7 @@ class Checkpoint:
         return f"{self.origin}\n{self.tree_size}\n{base64.b64encode(self.root).decode()}\n"
 
     @classmethod
-    def parse(cls, text: str) -> Checkpoint:
+    def parse(cls, text: str) -> CheckpointBody:
         """Read a checkpoint's text (extension lines refused: FedCommons never writes any)."""
         lines = text.split("\n")
         if len(lines) != 4 or lines[3] != "":

@@ -23,7 +23,7 @@ from common.canonical import canonical_json
 from common.errors import UserError
 from common.keys import key_id
 from common.note import (
-    Checkpoint,
+    CheckpointBody,
     NoteError,
     SignatureLine,
     sign_note,
@@ -64,7 +64,7 @@ class TreeHead:
     """The C2SP signed note, verbatim; ``None`` for a JSON head."""
 
     @cached_property
-    def parsed(self) -> tuple[str, list[SignatureLine], Checkpoint]:
+    def parsed(self) -> tuple[str, list[SignatureLine], CheckpointBody]:
         """A checkpoint's signed text, its signature lines and what it states (parsed once).
 
         Raises
@@ -76,7 +76,7 @@ class TreeHead:
             raise TreeHeadError(f"the tree head at size {self.tree_size} is no checkpoint")
         try:
             text, lines = signature_lines(self.checkpoint)
-            return text, lines, Checkpoint.parse(text)
+            return text, lines, CheckpointBody.parse(text)
         except NoteError as err:
             raise TreeHeadError(f"the checkpoint at size {self.tree_size}: {err}") from None
 
@@ -175,7 +175,7 @@ class TreeHead:
             signature = base64.b64encode(signer.sign(unsigned.body())).decode()
             return replace(unsigned, signature=signature)
         try:
-            text = Checkpoint(origin, tree_size, bytes.fromhex(root)).text()
+            text = CheckpointBody(origin, tree_size, bytes.fromhex(root)).text()
             signed = sign_note(text, origin, signer)
         except (NoteError, ValueError) as err:
             raise TreeHeadError(f"cannot sign a checkpoint of {origin!r}: {err}") from None

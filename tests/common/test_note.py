@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.note import (
     COSIGNATURE_TYPE,
-    Checkpoint,
+    CheckpointBody,
     NoteError,
     SignatureLine,
     cosign,
@@ -41,7 +41,7 @@ def test_the_specifications_example_note_verifies() -> None:
 
 def test_a_note_signed_here_verifies_and_ignores_other_signatures() -> None:
     operator, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    text = Checkpoint("fedcommons.example/log", 7, ROOT).text()
+    text = CheckpointBody("fedcommons.example/log", 7, ROOT).text()
     note = sign_note(text, "fedcommons.example/log", operator)
     witness = cosign(text, "university-a", other, 1_700_000_000)
     cosigned = note + witness.line()
@@ -55,11 +55,13 @@ def test_a_note_signed_here_verifies_and_ignores_other_signatures() -> None:
 
 def test_a_cosignature_is_bound_to_its_checkpoint_key_and_time() -> None:
     witness = Ed25519PrivateKey.generate()
-    text = Checkpoint("log.example", 3, ROOT).text()
+    text = CheckpointBody("log.example", 3, ROOT).text()
     line = cosign(text, "company-b", witness, 1_800_000_000)
     assert len(line.key_id) == 4 and len(line.signature) == 72
     with pytest.raises(NoteError, match="does not verify"):
-        verify_cosignature(Checkpoint("log.example", 4, ROOT).text(), line, witness.public_key())
+        verify_cosignature(
+            CheckpointBody("log.example", 4, ROOT).text(), line, witness.public_key()
+        )
     later = SignatureLine(
         line.name, line.key_id, (1_800_000_001).to_bytes(8, "big") + line.signature[8:]
     )
@@ -75,13 +77,13 @@ def test_a_cosignature_is_bound_to_its_checkpoint_key_and_time() -> None:
 
 
 def test_checkpoint_text_round_trips() -> None:
-    checkpoint = Checkpoint("fedcommons.example/consortium/abc", 20852163, ROOT)
-    text = checkpoint.text()
+    body = CheckpointBody("fedcommons.example/consortium/abc", 20852163, ROOT)
+    text = body.text()
     assert text == (
         f"fedcommons.example/consortium/abc\n20852163\n{base64.b64encode(ROOT).decode()}\n"
     )
-    assert Checkpoint.parse(text) == checkpoint
-    assert Checkpoint.parse("o\n0\n" + base64.b64encode(ROOT).decode() + "\n").tree_size == 0
+    assert CheckpointBody.parse(text) == body
+    assert CheckpointBody.parse("o\n0\n" + base64.b64encode(ROOT).decode() + "\n").tree_size == 0
 
 
 @pytest.mark.parametrize(
@@ -100,7 +102,7 @@ def test_checkpoint_text_round_trips() -> None:
 )
 def test_malformed_checkpoints_are_refused(text: str, error: str) -> None:
     with pytest.raises(NoteError, match=error):
-        Checkpoint.parse(text)
+        CheckpointBody.parse(text)
 
 
 @pytest.mark.parametrize(
