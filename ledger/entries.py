@@ -24,7 +24,7 @@ from sqlalchemy import insert, inspect, update
 from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
-from ledger.schema import Base, LedgerEntry, LedgerHead, utcnow
+from ledger.schema import Base, ChainTip, LedgerEntry, utcnow
 
 __all__ = [
     "ZERO_HASH",
@@ -101,9 +101,9 @@ def _entry_values(seq: int, kind: str, doc: dict[str, Any], prev: str) -> dict[s
 
 
 def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]) -> list[int]:
-    """Append entries, serialised with every other writer through ``ledger_head``.
+    """Append entries, serialised with every other writer through the chain tip (``ledger_head``).
 
-    The head is locked (``UPDATE … RETURNING``) once for the whole batch,
+    The chain tip is locked (``UPDATE … RETURNING``) once for the whole batch,
     each entry chains on the one before, and the rows go in with one INSERT,
     which the append-only triggers check like any other; no ORM objects are
     created for them. Returns the entries' seqs, in the order of ``items``.
@@ -111,7 +111,7 @@ def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]
     Parameters
     ----------
     session : Session
-        The caller's transaction; the head stays locked until it ends.
+        The caller's transaction; the chain tip stays locked until it ends.
     items : Sequence[tuple[str, dict]]
         ``(kind, doc)`` pairs, in the order they are to be appended.
 
@@ -127,10 +127,10 @@ def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]
     # most of a single append.
     connection = session.connection()
     size, prev = connection.execute(
-        update(LedgerHead)
-        .where(LedgerHead.id == 1)
-        .values(size=LedgerHead.size + len(items))
-        .returning(LedgerHead.size, LedgerHead.chain_hash)
+        update(ChainTip)
+        .where(ChainTip.id == 1)
+        .values(size=ChainTip.size + len(items))
+        .returning(ChainTip.size, ChainTip.chain_hash)
     ).one()
     first = size - len(items)
     rows = []
@@ -138,7 +138,7 @@ def append_entries(session: Session, items: Sequence[tuple[str, dict[str, Any]]]
         rows.append(_entry_values(seq, kind, doc, prev))
         prev = rows[-1]["chain_hash"]
     connection.execute(insert(LedgerEntry), rows)
-    connection.execute(update(LedgerHead).where(LedgerHead.id == 1).values(chain_hash=prev))
+    connection.execute(update(ChainTip).where(ChainTip.id == 1).values(chain_hash=prev))
     return list(range(first, size))
 
 

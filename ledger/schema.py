@@ -26,13 +26,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = [
     "ApiToken",
     "Base",
+    "ChainTip",
     "Charge",
     "Contribution",
     "Cosignature",
     "Dataset",
     "Exclusion",
     "LedgerEntry",
-    "LedgerHead",
     "LedgerTreeHead",
     "LogOrigin",
     "Participant",
@@ -126,8 +126,8 @@ class Cosignature(Base):
     cosigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class LedgerHead(Base):
-    """A single row: how many entries there are and the last chain hash.
+class ChainTip(Base):
+    """The chain tip, a single row: how many entries there are and the last chain hash.
 
     Every append updates it first, which takes the row's (PostgreSQL) or the
     database's (SQLite) write lock: appends are serialised and cannot fork.

@@ -22,8 +22,8 @@ from common.merkle_log import MerkleLog
 from common.note import NoteError, check_key_name
 from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
 from ledger.schema import (
+    ChainTip,
     LedgerEntry,
-    LedgerHead,
     LedgerTreeHead,
     LogOrigin,
     Participant,
@@ -186,10 +186,10 @@ def sign_tree_head(
         The leaves read so far, extended here; without it all leaves are read.
     """
     size = session.execute(
-        update(LedgerHead)
-        .where(LedgerHead.id == 1)
-        .values(size=LedgerHead.size)  # takes the append lock without changing anything
-        .returning(LedgerHead.size)
+        update(ChainTip)
+        .where(ChainTip.id == 1)
+        .values(size=ChainTip.size)  # takes the append lock without changing anything
+        .returning(ChainTip.size)
     ).scalar_one()
     tree = tree if tree is not None else LedgerTree()
     if tree.sync(session) != size:

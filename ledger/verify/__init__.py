@@ -6,7 +6,7 @@ Checks, in order:
 2. each payload is canonical JSON and its RFC 6962 leaf hash is the stored one;
 3. each ``prev_hash`` is the previous entry's ``chain_hash`` and each
    ``chain_hash`` is recomputed from it;
-4. ``ledger_head`` agrees with the last entry;
+4. the chain tip (``ledger_head``) agrees with the last entry;
 5. every fact row equals the payload of the entry it names (so editing a
    typed table, such as a participant's public key, is caught), and every row
    an entry states still exists;

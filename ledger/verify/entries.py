@@ -1,4 +1,4 @@
-"""Checks 1 to 4: numbering, canonical payloads, leaf hashes, the hash chain and the head."""
+"""Checks 1 to 4: numbering, canonical payloads, leaf hashes, the hash chain and the chain tip."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
 from ledger.entries import ZERO_HASH, canonical_payload, chain_hash, entry_leaf_hash
-from ledger.schema import LedgerEntry, LedgerHead
+from ledger.schema import ChainTip, LedgerEntry
 from ledger.verify.result import LedgerTampered
 
 __all__ = ["STREAM", "Entries", "EntriesPart", "check_entries", "entry_columns", "scan_entries"]
@@ -166,14 +166,14 @@ def scan_entries(rows: Iterable[Any], part: EntriesPart) -> None:
             digests.append(None)  # names no row: no row can match it
 
 
-def _check_head(session: Session, size: int, last_chain: str) -> None:
-    head = session.get(LedgerHead, 1)
-    if head is None or head.size != size or head.chain_hash != last_chain:
+def _check_chain_tip(session: Session, size: int, last_chain: str) -> None:
+    tip = session.get(ChainTip, 1)
+    if tip is None or tip.size != size or tip.chain_hash != last_chain:
         raise LedgerTampered(
             None,
             None,
-            f"the head says {head.size if head else 'nothing'} entries, the table holds "
-            f"{size}: entries were deleted or the head was edited",
+            f"the chain tip says {tip.size if tip else 'nothing'} entries, the table holds "
+            f"{size}: entries were deleted or the chain tip was edited",
         )
 
 
@@ -184,7 +184,7 @@ def check_entries(
     if parts:
         merged = merge_entries(parts, size)
         if merged is not None:
-            _check_head(session, len(merged[0]), merged[2])
+            _check_chain_tip(session, len(merged[0]), merged[2])
             return merged
         # the entries changed under the workers: check them again here, in one pass
     part = EntriesPart()
@@ -192,7 +192,7 @@ def check_entries(
         entry_columns().order_by(LedgerEntry.seq).execution_options(yield_per=STREAM)
     )
     scan_entries(rows, part)
-    _check_head(session, len(part.leaves), part.last_chain)
+    _check_chain_tip(session, len(part.leaves), part.last_chain)
     entries = Entries(part.kinds, part.keys, part.row_digests, part.stated)
     return part.leaves, entries, part.last_chain
 

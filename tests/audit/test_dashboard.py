@@ -31,7 +31,8 @@ from audit.web import COOKIE, create_app
 from common.licences import SPDX, Licence
 from fedcommons.startup import free_port
 from ledger import Ledger
-from ledger.tokens import ApiToken, issue_token, revoke_token
+from ledger.schema import ApiToken
+from ledger.tokens import issue_token, revoke_token
 from tests.support.release_federation import COMPANY, Federation
 from tests.support.tools import CHROMIUM, needs_chromium
 

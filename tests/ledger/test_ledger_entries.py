@@ -36,7 +36,7 @@ from ledger import (
     start_run,
 )
 from ledger.entries import canonical_payload, chain_hash, entry_leaf_hash, record_row
-from ledger.schema import LedgerEntry, LedgerHead, LedgerTreeHead, Participant
+from ledger.schema import ChainTip, LedgerEntry, LedgerTreeHead, Participant
 from ledger.tree_heads import sign_tree_head
 from ledger.verify import LedgerTampered, verify_ledger
 from tests.support.merkle_reference import root
@@ -201,7 +201,7 @@ def test_a_deleted_middle_entry_is_named(ledger: Ledger) -> None:
 
 def test_a_deleted_tail_is_caught_by_the_head_or_the_rows(ledger: Ledger) -> None:
     _tamper(ledger, "DELETE FROM ledger_entries WHERE seq = 8")
-    assert "the head says 9 entries, the table holds 8" in str(_caught(ledger))
+    assert "the chain tip says 9 entries, the table holds 8" in str(_caught(ledger))
     # the head rewritten too: the finished run now names a missing entry
     with ledger.engine.connect() as c:
         chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 7")).scalar()
@@ -379,7 +379,7 @@ def test_a_json_tree_head_signed_before_checkpoints_still_verifies(ledger: Ledge
     """A ledger migrated to v12 keeps its older heads, checked as they were signed."""
     operator = Ed25519PrivateKey.generate()
     with ledger.session() as s:
-        size = s.execute(select(LedgerHead.size)).scalar_one()
+        size = s.execute(select(ChainTip.size)).scalar_one()
         old = TreeHead.sign(
             operator, tree_size=size, root=root(_leaves(s)).hex(), at="t", note="v11", origin=None
         )
