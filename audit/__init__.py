@@ -1,8 +1,8 @@
-"""What an auditor runs: ledger verification, reports, receipt and model-card checks.
+"""What an auditor runs: ledger verification, reports, receipt and model-card checks, the dashboard.
 
 Read-only, and light: it imports the shared contracts (:mod:`common`) and
 the ledger's read side (:mod:`ledger`), never torch, Opacus or
 transformers.
 """
 
-__all__ = ["cards", "cli"]
+__all__ = ["cards", "cli", "web"]

@@ -2,7 +2,7 @@
 
 Builds the packaged all-MiniLM-L6-v2 classifier for each trainable set and
 serialises, exactly as the ClientApp and the demo summary do
-(``common.model.arrays_to_bytes``, safetensors), the trainable part (what
+(``common.arrays.arrays_to_bytes``, safetensors), the trainable part (what
 travels) and the full state (``model_bytes``).
 
 Usage::

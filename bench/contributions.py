@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from record import write_record  # noqa: E402  (bench/record.py)
 
 from common.policy import Policy  # noqa: E402
-from ledger.shapley import exact_values  # noqa: E402
-from server.app.valuation import CoalitionUtility, RoundValues, Valuer  # noqa: E402
+from ledger.shapley import RoundValues, exact_values  # noqa: E402
+from server.app.valuation import CoalitionUtility, Valuer  # noqa: E402
 from server.app.valuation.batched import batch_evaluator  # noqa: E402
 from tests.support.hostile_federation import HostileFederation  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Share of the demo's round wall time spent on the update envelope.
 
-Runs the embedded demo (``common.demo.run_demo``: real SuperLink with TLS
+Runs the embedded demo (``fedcommons.demo.run_demo``: real SuperLink with TLS
 and SuperNode authentication, three SuperNodes, sealed updates) and reads
 from its ledger, per round, the round's wall time, every client's sealing
 time (serialise + encrypt + sign, measured in the ClientApp) and the

@@ -2,14 +2,14 @@
 
 Two variants train the same CNN (``common.model.DigitsCNN``, seed 42) with the
 same training code (``common.training``) on the same digits partitions (three
-institutions, written by ``common.demo.prepare_data``), each on a real loopback
-SuperLink with three SuperNodes (``common.local_federation.LocalFederation``):
+institutions, written by ``fedcommons.demo_setup.prepare_data``), each on a real
+loopback SuperLink with three SuperNodes (``fedcommons.local_federation.LocalFederation``):
 
 (a) plain    -- ``bench/plain_app``, a quickstart-style Flower app: default
                ``FedAvg()`` (so a client-side evaluate round follows every
                train round), Flower's ``grid.send_and_receive`` (3 s between
                polls) and SuperExec's default 1 s task poll interval.
-(b) fedcommons -- ``common.demo.run_demo`` with ``Policy(rounds=N)``: FedCommons'
+(b) fedcommons -- ``fedcommons.demo.run_demo`` with ``Policy(rounds=N)``: FedCommons'
                defaults (no client-side evaluation, 0.2 s reply polling, 0.1 s
                SuperExec poll interval, ledger and checkpoint writes).
 

@@ -91,7 +91,7 @@ class AccountantHistory:
     institution : str
         Who owns the dataset.
     dataset_sha256 : str
-        Manifest hash of the dataset (:meth:`common.data.ImageData.sha256`).
+        Manifest hash of the dataset (:meth:`common.images.ImageData.sha256`).
     num_records : int
         Records in the dataset.
     history : list of (float, float, int)

@@ -12,7 +12,7 @@ is still its own process, as Flower isolates it; it only starts warm.
 
 Flower documents ``--isolation process`` but not the SuperExec loop's
 building blocks, so every Flower internal this uses is imported here and
-only here, and ``tests/test_warm.py`` checks their signatures: a Flower
+only here, and ``tests/client/test_warm.py`` checks their signatures: a Flower
 upgrade that moves them fails that test loudly, not a demo silently.
 """
 
@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-# Flower internals (pinned by tests/test_warm.py)
+# Flower internals (pinned by tests/client/test_warm.py)
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor

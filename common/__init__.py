@@ -1,20 +1,24 @@
 """Contracts the server and the clients share: what both sides write and read.
 
 Policy, protocol keys and message parsing, the sealed-update envelope,
-canonical JSON, Merkle proofs and receipts, keys, licences, the consortium
-file and enrolment requests, models and data readers. Nothing here imports
-``client``, ``server``, ``audit`` or the CLI.
+canonical JSON, Merkle proofs and receipts, signed notes, signed tree heads
+and cosignatures, keys, licences, the consortium file and enrolment
+requests, models and data readers, the base class of user errors, command
+output, and the processes a federation starts. Nothing here imports
+``client``, ``server``, ``ledger``, ``audit`` or the CLI.
 """
 
 __all__ = [
     "arrays",
     "atomic",
     "bert",
+    "bert_top",
     "canonical",
     "consortium",
     "dp",
     "envelope",
     "epsilon",
+    "errors",
     "images",
     "keys",
     "licences",
@@ -22,10 +26,15 @@ __all__ = [
     "merkle",
     "merkle_log",
     "model",
+    "note",
+    "output",
     "policy",
+    "processes",
     "protocol",
     "receipts",
     "text",
     "tls",
     "training",
+    "tree_head",
+    "witness",
 ]

@@ -17,7 +17,7 @@ The header is canonical JSON (sorted keys, no spaces, no NaN), so the bytes
 that were signed and authenticated are the bytes the server parses.
 Opening is split into :func:`verify_signature` and :func:`decrypt` so the
 server can run its checks in the order its policy names
-(:mod:`server.intake`). Only primitives from ``cryptography`` are used.
+(:mod:`server.app.strategy.intake`). Only primitives from ``cryptography`` are used.
 """
 
 from __future__ import annotations

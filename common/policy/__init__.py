@@ -22,6 +22,7 @@ from typing import Any
 
 import tomllib
 
+from common.policy.federation import FederationConfig
 from common.policy.sections import (
     ACCOUNTANTS,
     ACTIVATIONS,
@@ -31,7 +32,6 @@ from common.policy.sections import (
     LR_SCHEDULES,
     MODELS,
     DataConfig,
-    FederationConfig,
     ModelConfig,
     PrivacyConfig,
     TrainingConfig,

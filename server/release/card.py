@@ -205,7 +205,7 @@ def build_card(
     """The model card as JSON-ready data (the model file's sha256 is added by the caller).
 
     ``proof`` is the final round's entry, the signed tree head covering it and
-    the inclusion proof (:func:`server.release.release_model` builds it).
+    the inclusion proof (:func:`server.release.release.release_model` builds it).
     """
     contributors, contributions, privacy = _contributors(session, run)
     exclusions = session.scalars(

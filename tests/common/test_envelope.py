@@ -1,7 +1,7 @@
 """The update envelope and the server's checks: real X25519/HKDF/AES-GCM/Ed25519.
 
 Every rejection path is exercised with a real sealed update and must fail
-with its own reason code, in the order :mod:`server.intake` documents.
+with its own reason code, in the order :mod:`server.app.strategy.intake` documents.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def keys() -> dict[str, object]:
 
 def make_gate(keys: dict[str, object], round_number: int = 3) -> UpdateGate:
     gate = UpdateGate(
-        flower_run_id=RUN,
+        run_id=RUN,
         aggregator_key=keys["aggregator"],  # type: ignore[arg-type]
         participants={
             "university-a": keys["a"].public_key(),  # type: ignore[attr-defined]

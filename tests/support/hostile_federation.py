@@ -35,6 +35,7 @@ from common.training import evaluate
 from common.witness import Cosigned
 from fedcommons.demo_setup import prepare_data
 from ledger import ChargeFact, DefenceFact, ExclusionFact
+from ledger.shapley import RoundValues
 from server.app.snapshots import KeptReply
 from server.app.strategy import (
     ClaimCheck,
@@ -48,7 +49,7 @@ from server.app.strategy import (
 )
 from server.app.strategy.owed import OwedCharge
 from server.app.strategy.recorder import FinishedRound, RoundRecorder
-from server.app.valuation import RoundValues, Valuer
+from server.app.valuation import Valuer
 from server.app.valuation.batched import batch_evaluator
 from tests.support.attacks import ATTACKS, flip_labels
 
@@ -199,7 +200,7 @@ class HostileFederation:
             build_aggregator(federation),
             intake=UpdateIntake(
                 UpdateGate(
-                    flower_run_id=str(FLOWER_RUN),
+                    run_id=str(FLOWER_RUN),
                     aggregator_key=self.aggregator_key,
                     participants={k: v.public_key() for k, v in self.signers.items()},
                     expected=expected_tensors(self.weights),
@@ -233,7 +234,7 @@ class HostileFederation:
             setup,
             self.weights,
             TrainConfig(server_round, base_sha256=self.base_sha256),
-            flower_run_id=FLOWER_RUN,
+            run_id=FLOWER_RUN,
         )
         sent, claimed = outcome.weights, len(setup.data)
         if setup.institution == self.attacker and self.attack in ATTACKS:

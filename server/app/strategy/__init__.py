@@ -5,7 +5,8 @@
 opens each sealed update through the :class:`UpdateGate` and checks its
 claims with the :class:`ClaimCheck`), a
 :class:`RoundRecorder`, the :class:`ReceiptOutbox` and the :class:`OwedCharges`
-(charges members report they paid that the ledger may lack).
+(charges members report they paid that the ledger may lack); :mod:`.kept`
+turns an accepted reply into what a snapshot keeps, and back.
 """
 
 from server.app.strategy.claims import ClaimCheck
@@ -37,5 +38,6 @@ __all__ = [
     "UpdateIntake",
     "build_aggregator",
     "expected_tensors",
+    "kept",
     "rule_effects",
 ]

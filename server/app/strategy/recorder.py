@@ -41,6 +41,7 @@ from ledger.contributions import record_valuation
 from ledger.cosignatures import latest_cosigned, record_cosignatures
 from ledger.runs import flower_runs, ledger_run_of
 from ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
+from ledger.shapley import RoundValues
 from ledger.tree_heads import (
     LedgerTree,
     round_receipts,
@@ -49,7 +50,6 @@ from ledger.tree_heads import (
 )
 from server.app.snapshots import KeptReply, keep_replies, save_server_state, save_snapshot
 from server.app.strategy.owed import OwedCharge
-from server.app.valuation import RoundValues
 
 __all__ = ["FinishedRound", "LedgerRecorder", "NullRecorder", "RoundRecorder", "held_heads"]
 

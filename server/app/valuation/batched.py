@@ -5,7 +5,7 @@ split; for a model as small as the digits CNN the cost is Python's, not the
 arithmetic's. :func:`batch_evaluator` stacks the weights of up to ``chunk``
 models and runs them through the module together with ``torch.func``
 (``vmap`` over ``functional_call``), giving the same loss and accuracy as
-scoring each in turn (checked in ``tests/test_contributions.py``).
+scoring each in turn (checked in ``tests/server/test_contributions.py``).
 """
 
 from __future__ import annotations
