@@ -71,7 +71,7 @@ def train(message: Message, context: Context) -> Message:
         forget(book, acknowledged_of(message.content.config_records.get(CHARGES_RECORDED)))
         global_weights = arrays_of(message.content.array_records[ARRAYS])
         config = TrainConfig.from_record(message.content.config_records[CONFIG])
-        outcome = train_round(setup, global_weights, config, run_id=context.run_id)
+        outcome = train_round(setup, global_weights, config, flower_run_id=context.run_id)
         sealing = time.perf_counter()
         envelope = seal_update(
             setup.identity(),
@@ -79,7 +79,7 @@ def train(message: Message, context: Context) -> Message:
             weights=outcome.weights,
             charge=outcome.charge,
             num_examples=len(setup.data),
-            run_id=context.run_id,
+            flower_run_id=context.run_id,
             model_sha256=arrays_sha256(global_weights),
             config=config,
         )

@@ -26,7 +26,7 @@ def seal_update(
     weights: Arrays,
     charge: PrivacyCharge,
     num_examples: int,
-    run_id: int,
+    flower_run_id: int,
     model_sha256: str,
     config: TrainConfig,
 ) -> Envelope:
@@ -55,7 +55,7 @@ def seal_update(
             f"{state.consortium} ({consortium.aggregator_public_key}): refusing to send an update"
         )
     header = UpdateHeader(
-        run_id=str(run_id),
+        run_id=str(flower_run_id),
         round=config.server_round,
         participant=institution,
         model_sha256=model_sha256,

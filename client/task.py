@@ -98,12 +98,12 @@ class RoundOutcome:
 
 
 def train_round(
-    setup: ClientSetup, global_weights: Arrays, config: TrainConfig, *, run_id: int = 0
+    setup: ClientSetup, global_weights: Arrays, config: TrainConfig, *, flower_run_id: int = 0
 ) -> RoundOutcome:
     """Train the global weights locally, with DP-SGD unless the policy turned it off.
 
     With DP, the dataset's accountant history is restored first. The noise
-    for the run (Flower's ``run_id``) is planned from the budget that is
+    for the run (by ``flower_run_id``, the Flower run's id) is planned from the budget that is
     left, for the rounds left of the policy's plan (this one included), so
     the run fits; a plan that cannot fit, or a round that would push epsilon
     past the budget, is refused (:class:`~client.accountant.BudgetExhausted`)
@@ -146,7 +146,7 @@ def train_round(
                 rounds_left=rounds_left,
                 history=state.history,
                 cache=state.derived_noise,
-                plan_key=f"run={run_id}",
+                plan_key=f"run={flower_run_id}",
             )
         except PlanExceedsBudget as err:
             raise BudgetExhausted(

@@ -1,9 +1,9 @@
-"""RFC 6962 / RFC 9162 Merkle trees: tree heads, inclusion and consistency proofs.
+"""RFC 6962 / RFC 9162 Merkle trees: roots, inclusion and consistency proofs.
 
 A leaf is hashed as ``SHA-256(0x00 || data)`` and an interior node as
 ``SHA-256(0x01 || left || right)``. The Merkle Tree Hash (MTH) of ``n > 1``
 leaves splits them at ``k``, the largest power of two smaller than ``n``,
-and hashes the two halves' heads together (RFC 6962, section 2.1); the head
+and hashes the two halves' roots together (RFC 6962, section 2.1); the root
 of the empty tree is ``SHA-256("")``.
 
 Proofs are generated as RFC 6962 defines them (``PATH``, section 2.1.1, and
@@ -13,10 +13,10 @@ RFC 9162 (sections 2.1.3.2 and 2.1.4.2).
 Every function that takes ``leaves`` expects leaf *hashes*, i.e. values
 already passed through :func:`leaf_hash`.
 
-This module verifies proofs and computes tree heads incrementally
+This module verifies proofs and computes roots incrementally
 (:class:`TreeBuilder`, O(log n) state). Proofs are built by
-:class:`common.merkle_log.MerkleLog`, which caches every complete subtree
-head as leaves are appended and builds any proof with O(log n) hashes; the
+:class:`common.merkle_log.MerkleLog`, which caches every complete subtree's
+root as leaves are appended and builds any proof with O(log n) hashes; the
 O(n) reference builders that follow RFC 6962's definitions literally live
 with the tests (``tests/support/merkle_reference.py``), which check the two agree.
 """
@@ -118,7 +118,7 @@ def verify_inclusion(
     proof : Sequence[bytes]
         The audit path, lowest sibling first.
     root_hash : bytes
-        The trusted head of the tree of ``size`` leaves.
+        The trusted root of the tree of ``size`` leaves.
 
     Raises
     ------
@@ -174,9 +174,9 @@ def verify_consistency(
     new_size : int
         Size of the later tree.
     old_root : bytes
-        The trusted head of the earlier tree.
+        The trusted root of the earlier tree.
     new_root : bytes
-        The trusted head of the later tree.
+        The trusted root of the later tree.
     proof : Sequence[bytes]
         The consistency proof.
 
@@ -189,7 +189,7 @@ def verify_consistency(
         the sizes are out of order, a root or component is not a 32-byte
         hash, the sizes are equal and the roots differ or the proof is not
         empty, the proof has too many or too few components, or the
-        recomputed old or new head differs from the one given.
+        recomputed old or new root differs from the one given.
     """
     if old_size < 1:
         raise ProofError(
@@ -254,9 +254,9 @@ def verify_consistency(
 
 
 class TreeBuilder:
-    """Incremental tree head over appended leaf hashes, in O(log n) memory.
+    """Incremental Merkle root over appended leaf hashes, in O(log n) memory.
 
-    Only the heads of the complete subtrees that make up the tree so far are
+    Only the roots of the complete subtrees that make up the tree so far are
     kept (one per set bit of the size, largest first: the "compact range" of
     ``[0, size)``), so :meth:`root` equals the Merkle Tree Hash of all the leaves
     appended without storing them.
@@ -294,7 +294,7 @@ class TreeBuilder:
         return self._size
 
     def root(self) -> bytes:
-        """Compute the head of the tree of all leaves appended so far.
+        """Compute the root of the tree of all leaves appended so far.
 
         Returns
         -------
@@ -303,7 +303,7 @@ class TreeBuilder:
         """
         if not self._frontier:
             return EMPTY_ROOT
-        head = self._frontier[-1]
+        root = self._frontier[-1]
         for left in reversed(self._frontier[:-1]):
-            head = node_hash(left, head)
-        return head
+            root = node_hash(left, root)
+        return root

@@ -1,4 +1,4 @@
-"""An append-only RFC 6962 Merkle log that hands out tree heads and proofs in O(log n).
+"""An append-only RFC 6962 Merkle log that hands out roots and proofs in O(log n).
 
 The verifiers and the hashing rules are :mod:`common.merkle`'s; this is the
 builder a log operator keeps (the ledger's :class:`ledger.tree_heads.LedgerTree`).
@@ -18,12 +18,12 @@ _sha256 = hashlib.sha256  # inlined node hashes: appends are the hot path
 
 
 class MerkleLog:
-    """Append-only tree that keeps every complete subtree head, for O(log n) proofs.
+    """Append-only tree that keeps every complete subtree's root, for O(log n) proofs.
 
-    Level ``h`` holds the head of every *complete* subtree of height ``h``
+    Level ``h`` holds the root of every *complete* subtree of height ``h``
     seen so far: element ``j`` is the MTH of leaves ``[j * 2**h, (j + 1) *
     2**h)`` (level 0 is the leaves themselves). An append adds the leaf and
-    the heads of the subtrees it completes, one per trailing one bit of the
+    the roots of the subtrees it completes, one per trailing one bit of the
     old size, so appends cost one node hash amortised and the log holds
     about ``2 * n`` hashes. Nothing is ever recomputed or invalidated: the
     complete subtrees of a smaller tree are complete subtrees of every later
@@ -34,7 +34,7 @@ class MerkleLog:
     ``k`` long and starts at a multiple of ``2 * k``; the right part is at
     most ``k`` long and starts at a multiple of ``k``). Its binary
     decomposition, largest piece first, is therefore made of cached
-    complete subtrees, and its MTH is their heads folded from the right,
+    complete subtrees, and its MTH is their roots folded from the right,
     which is exactly the split at the largest power of two smaller than the
     length, applied repeatedly. So :meth:`root`, :meth:`inclusion_proof`
     and :meth:`consistency_proof` return exactly what RFC 6962's MTH, PATH
@@ -60,7 +60,7 @@ class MerkleLog:
         return self._levels[0]
 
     def append(self, leaf_hash: bytes) -> int:
-        """Append one leaf hash and the heads of the subtrees it completes.
+        """Append one leaf hash and the roots of the subtrees it completes.
 
         Parameters
         ----------
@@ -111,7 +111,7 @@ class MerkleLog:
             raise ValueError(f"tree size {size} is outside 0..{self.size} (the leaves appended)")
         return size
 
-    def _head(self, start: int, end: int) -> bytes:
+    def _subtree_root(self, start: int, end: int) -> bytes:
         """MTH of leaves ``[start, end)``, a non-empty range RFC 6962's recursion visits.
 
         ``start`` must be a multiple of every power of two in ``end - start``
@@ -119,19 +119,19 @@ class MerkleLog:
         binary decomposition is a cached complete subtree.
         """
         levels = self._levels
-        heads = []
+        roots = []
         count = end - start
         for height in range(count.bit_length() - 1, -1, -1):
             if count >> height & 1:
-                heads.append(levels[height][start >> height])
+                roots.append(levels[height][start >> height])
                 start += 1 << height
-        head = heads.pop()
-        while heads:
-            head = _sha256(_NODE_PREFIX + heads.pop() + head).digest()
-        return head
+        root = roots.pop()
+        while roots:
+            root = _sha256(_NODE_PREFIX + roots.pop() + root).digest()
+        return root
 
     def root(self, size: int | None = None) -> bytes:
-        """Compute the head of the tree of the first ``size`` leaves.
+        """Compute the root of the tree of the first ``size`` leaves.
 
         Parameters
         ----------
@@ -149,7 +149,7 @@ class MerkleLog:
             If ``size`` is negative or exceeds :attr:`size`.
         """
         size = self._size(size)
-        return self._head(0, size) if size else EMPTY_ROOT
+        return self._subtree_root(0, size) if size else EMPTY_ROOT
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """Build the audit path ``PATH(index, D[0:size])`` of RFC 6962, section 2.1.1.
@@ -188,10 +188,10 @@ class MerkleLog:
         while end - start > 1:
             split = start + (1 << ((end - start - 1).bit_length() - 1))
             if index < split:
-                path.append(self._head(split, end))
+                path.append(self._subtree_root(split, end))
                 end = split
             else:
-                path.append(self._head(start, split))
+                path.append(self._subtree_root(start, split))
                 start = split
         path.reverse()
         return path
@@ -230,18 +230,18 @@ class MerkleLog:
             return []
         # SUBPROOF(m, D[start:end], whole) walked from the root down; ``whole``
         # stays true while the old tree is a prefix that is a node of its own
-        # (the verifier holds its head, so it is not sent).
+        # (the verifier holds its root, so it is not sent).
         proof: list[bytes] = []
         start, end, whole = 0, new_size, True
         while old_size != end:
             split = start + (1 << ((end - start - 1).bit_length() - 1))
             if old_size <= split:
-                proof.append(self._head(split, end))
+                proof.append(self._subtree_root(split, end))
                 end = split
             else:
-                proof.append(self._head(start, split))
+                proof.append(self._subtree_root(start, split))
                 start, whole = split, False
         if not whole:
-            proof.append(self._head(start, end))
+            proof.append(self._subtree_root(start, end))
         proof.reverse()
         return proof

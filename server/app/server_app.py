@@ -111,7 +111,7 @@ def main(grid: Grid, context: Context) -> None:
     point, federation = opened.point, policy.federation
     licence_check = LicenceCheck(opened.licences, purpose=federation.purpose)
     gate = UpdateGate(
-        run_id=str(context.run_id),
+        flower_run_id=str(context.run_id),
         aggregator_key=aggregator,
         participants=opened.participants,
         expected=expected_tensors(initial),

@@ -185,7 +185,7 @@ def test_malformed_cosignatures_in_a_reply_are_logged_and_not_kept(
         FedAvg(),
         intake=UpdateIntake(
             UpdateGate(
-                run_id="7",
+                flower_run_id="7",
                 aggregator_key=AGGREGATOR,
                 participants={},
                 expected={},

@@ -66,7 +66,7 @@ def keys() -> dict[str, object]:
 
 def make_gate(keys: dict[str, object], round_number: int = 3) -> UpdateGate:
     gate = UpdateGate(
-        run_id=RUN,
+        flower_run_id=RUN,
         aggregator_key=keys["aggregator"],  # type: ignore[arg-type]
         participants={
             "university-a": keys["a"].public_key(),  # type: ignore[attr-defined]

@@ -274,13 +274,13 @@ def test_a_second_run_plans_from_what_is_left_and_finishes_within_the_budget(
     def history() -> list[tuple[float, float, int]]:
         return [(float(s), float(q), int(n)) for s, q, n in json.loads(path.read_text())["history"]]
 
-    first_run = [train_round(setup, weights, TrainConfig(r), run_id=1) for r in (1, 2)]
+    first_run = [train_round(setup, weights, TrainConfig(r), flower_run_id=1) for r in (1, 2)]
     cut = first_run[-1].charge  # 2 of 3 planned rounds: the run was cut short
     # the first run's noise was planned for all 3 rounds: the round it never ran
     # would have spent the rest of the budget
     never_ran = (cut.noise_multiplier, cut.sample_rate, cut.steps)
     assert epsilon_of([*history(), never_ran], 1e-5, "rdp") == pytest.approx(2.0, rel=1e-3)
-    second_run = [train_round(setup, weights, TrainConfig(r), run_id=2) for r in (1, 2, 3)]
+    second_run = [train_round(setup, weights, TrainConfig(r), flower_run_id=2) for r in (1, 2, 3)]
     sigmas = {o.charge.noise_multiplier for o in second_run}
     assert len(sigmas) == 1 and sigmas.pop() > first_run[0].charge.noise_multiplier
     final = second_run[-1].charge.epsilon
@@ -299,7 +299,7 @@ def test_a_plan_that_cannot_fit_is_refused_before_any_training(
     setup = _setup(data_dir, epsilon=2.0)
     weights = _start(setup)
     for server_round in (1, 2, 3):
-        weights = train_round(setup, weights, TrainConfig(server_round), run_id=1).weights
+        weights = train_round(setup, weights, TrainConfig(server_round), flower_run_id=1).weights
     path = history_path(data_dir.parent / "state", setup.data.sha256())
     saved = path.read_bytes()
     monkeypatch.setattr(client.task, "train_private", forbidden)
@@ -307,13 +307,13 @@ def test_a_plan_that_cannot_fit_is_refused_before_any_training(
     smaller = _setup(data_dir, epsilon=1.5)
     spent = r"the 3 round.* over the budget of 1\.500 \(spent so far: (1\.9\d\d|2\.000), already"
     with pytest.raises(BudgetExhausted, match=spent):
-        train_round(smaller, weights, TrainConfig(1), run_id=2)
+        train_round(smaller, weights, TrainConfig(1), flower_run_id=2)
     # an explicit noise multiplier too small for what is left
     fixed = _setup(data_dir, epsilon=2.5, noise_multiplier=0.5)
     with pytest.raises(
         BudgetExhausted, match=r"over the budget of 2\.500 .*; nothing was trained$"
     ) as caught:
-        train_round(fixed, weights, TrainConfig(1), run_id=3)
+        train_round(fixed, weights, TrainConfig(1), flower_run_id=3)
     assert caught.value.next_epsilon > 2.5
     assert path.read_bytes() == saved  # a refusal charges nothing
 
@@ -430,12 +430,12 @@ def test_derived_noise_is_computed_once_per_run_and_kept_with_the_history(
     monkeypatch.setattr(common.dp, "_noise_for_budget", counting)
     setup = _setup(data_dir, epsilon=5.0)
     weights = _start(setup)
-    first = train_round(setup, weights, TrainConfig(1), run_id=1).charge
-    second = train_round(setup, weights, TrainConfig(2), run_id=1).charge
+    first = train_round(setup, weights, TrainConfig(1), flower_run_id=1).charge
+    second = train_round(setup, weights, TrainConfig(2), flower_run_id=1).charge
     assert calls == [3]  # derived in round 1 for the 3 rounds planned, looked up in round 2
     assert first.noise_multiplier == second.noise_multiplier
     path = history_path(data_dir.parent / "state", setup.data.sha256())
     (sigma,) = json.loads(path.read_text())["derived_noise"].values()
     assert sigma == first.noise_multiplier
-    train_round(setup, weights, TrainConfig(3), run_id=2)  # a resumed run plans again
+    train_round(setup, weights, TrainConfig(3), flower_run_id=2)  # a resumed run plans again
     assert calls == [3, 1]

@@ -121,7 +121,9 @@ def test_replayed_envelopes_are_each_rejected_with_their_own_reason(tmp_path: Pa
     reasons = {  # (node 12 did not answer in round 1: not a rejection)
         (e["round"], e["node_id"]): e["reason"] for e in run["exclusions"] if e["code"] == 422
     }
-    assert reasons[(1, "11")].startswith("update rejected (wrong-run): the update is for run 8")
+    assert reasons[(1, "11")].startswith(
+        "update rejected (wrong-run): the update is for Flower run 8"
+    )
     assert reasons[(2, "10")].startswith("update rejected (replay): ")
     assert reasons[(2, "11")].startswith("update rejected (duplicate): a second update from")
     assert len(reasons) == 3

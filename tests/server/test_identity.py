@@ -410,14 +410,14 @@ def test_a_node_seals_only_to_the_pinned_aggregator_and_only_when_enrolled(
             weights=weights,
             charge=charge,
             num_examples=30,
-            run_id=5,
+            flower_run_id=5,
             model_sha256="m" * 64,
             config=TrainConfig(1, base_sha256="b" * 64, aggregator_key=aggregator),
         )
 
     envelope = sealed(pinned)
     gate = UpdateGate(
-        run_id="5",
+        flower_run_id="5",
         aggregator_key=operator.load_aggregator_key(),
         participants={"university-a": state.load_signing_key().public_key()},
         expected={"w": ((6,), "float32")},

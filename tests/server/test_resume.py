@@ -123,7 +123,7 @@ def _strategy(
 
 def _gate(flower_run: int, accepted: set[str] | None = None) -> UpdateGate:
     return UpdateGate(
-        run_id=str(flower_run),
+        flower_run_id=str(flower_run),
         aggregator_key=AGGREGATOR,
         participants={n: SIGNERS[n].public_key() for n in ("inst0", "inst1")},
         expected=expected_tensors(ZEROS),
@@ -289,7 +289,9 @@ def test_envelopes_sealed_before_the_crash_are_refused_after_it_with_reasons(
     after_crash = [e for e in run["exclusions"] if e["round"] == 2]
     reasons = {e["institution"]: e["reason"] for e in after_crash}
     assert reasons["inst0"].startswith("update rejected (replay): this update from 'inst0'")
-    assert reasons["inst1"].startswith(f"update rejected (wrong-run): the update is for run {RUN}")
+    assert reasons["inst1"].startswith(
+        f"update rejected (wrong-run): the update is for Flower run {RUN}"
+    )
     crashed.ledger.close()
 
 

@@ -200,7 +200,7 @@ class HostileFederation:
             build_aggregator(federation),
             intake=UpdateIntake(
                 UpdateGate(
-                    run_id=str(FLOWER_RUN),
+                    flower_run_id=str(FLOWER_RUN),
                     aggregator_key=self.aggregator_key,
                     participants={k: v.public_key() for k, v in self.signers.items()},
                     expected=expected_tensors(self.weights),
@@ -234,7 +234,7 @@ class HostileFederation:
             setup,
             self.weights,
             TrainConfig(server_round, base_sha256=self.base_sha256),
-            run_id=FLOWER_RUN,
+            flower_run_id=FLOWER_RUN,
         )
         sent, claimed = outcome.weights, len(setup.data)
         if setup.institution == self.attacker and self.attack in ATTACKS:

@@ -132,7 +132,7 @@ def refusal_reply(
 
 def make_gate(expected: Arrays) -> UpdateGate:
     return UpdateGate(
-        run_id=str(RUN),
+        flower_run_id=str(RUN),
         aggregator_key=AGGREGATOR,
         participants={name: key.public_key() for name, key in SIGNERS.items()},
         expected={k: (tuple(v.shape), v.dtype.name) for k, v in expected.items()},

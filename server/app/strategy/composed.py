@@ -162,12 +162,12 @@ class ConsortiumStrategy(Strategy):
         return arrays_of(arrays)
 
     def _start_round(
-        self, server_round: int, arrays: ArrayRecord, run_id: str | None = None
+        self, server_round: int, arrays: ArrayRecord, flower_run_id: str | None = None
     ) -> None:
         self._started = time.monotonic()
         self._global = arrays_of(arrays)
         self._model_before = arrays_sha256(self._global)
-        self.intake.begin_round(server_round, self._model_before, run_id=run_id)
+        self.intake.begin_round(server_round, self._model_before, flower_run_id=flower_run_id)
         self._sent = []
 
     def configure_train(
@@ -252,7 +252,7 @@ class ConsortiumStrategy(Strategy):
         """Record the charges members report they paid and the ledger may lack; tell them."""
         if self.owed is None or not any(r is not None for r in reported):
             return
-        owed, seen = self.owed.take(reported, server_round, self.intake.gate.run_id)
+        owed, seen = self.owed.take(reported, server_round, self.intake.gate.flower_run_id)
         self.recorder.record_owed(owed)
         for institution, ciphertext in seen:
             self.outbox.acknowledge(institution, ciphertext)

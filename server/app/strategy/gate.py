@@ -70,8 +70,9 @@ class UpdateGate:
 
     Parameters
     ----------
-    run_id : str
-        Flower's id of this run; an update bound to another run is rejected.
+    flower_run_id : str
+        The id of the Flower run carrying this run; an update bound to another
+        Flower run is rejected.
     aggregator_key : X25519PrivateKey
         The aggregator's private key, which updates are encrypted to.
     participants : mapping of str to Ed25519PublicKey
@@ -88,35 +89,39 @@ class UpdateGate:
     def __init__(
         self,
         *,
-        run_id: str,
+        flower_run_id: str,
         aggregator_key: X25519PrivateKey,
         participants: Mapping[str, Ed25519PublicKey],
         expected: Mapping[str, TensorSpec],
         base_model_sha256: str,
         accepted_before: Iterable[str] = (),
     ) -> None:
-        self.run_id = run_id
+        self.flower_run_id = flower_run_id
         self.aggregator_key = aggregator_key
         self.participants = dict(participants)
         self.expected = dict(expected)
         self.base_model_sha256 = base_model_sha256
         self.round = 0
-        self.round_run_id = run_id
+        self.round_flower_run_id = flower_run_id
         self.model_sha256 = ""
         self._seen: set[str] = set()
         self._accepted = set(accepted_before)  # ciphertext hashes, from the ledger on resume
         self._this_round: set[str] = set()  # a second copy this round is a "duplicate"
 
-    def begin_round(self, server_round: int, model_sha256: str, run_id: str | None = None) -> None:
+    def begin_round(
+        self, server_round: int, model_sha256: str, flower_run_id: str | None = None
+    ) -> None:
         """Expect updates for ``server_round`` trained from the model with ``model_sha256``.
 
-        ``run_id``: the Flower run this round's updates are bound to, if not
-        this one (a round recovered from the replies a crashed run kept).
+        ``flower_run_id``: the Flower run this round's updates are bound to, if
+        not this one (a round recovered from the replies a crashed run kept).
         """
         if server_round <= self.round:
             raise ValueError(f"round {server_round} does not follow round {self.round}")
         self.round, self.model_sha256 = server_round, model_sha256
-        self.round_run_id = run_id if run_id is not None else self.run_id
+        self.round_flower_run_id = (
+            flower_run_id if flower_run_id is not None else self.flower_run_id
+        )
         self._seen.clear()
         self._accepted |= self._this_round  # from now on, the last round's are replays
         self._this_round = set()
@@ -161,10 +166,11 @@ class UpdateGate:
         )
 
     def _check_binding(self, header: UpdateHeader) -> None:
-        if header.run_id != self.round_run_id:
+        if header.run_id != self.round_flower_run_id:
             raise EnvelopeError(
                 "wrong-run",
-                f"the update is for run {header.run_id}, this is run {self.round_run_id}",
+                f"the update is for Flower run {header.run_id}, this is Flower run "
+                f"{self.round_flower_run_id}",
             )
         if header.round < self.round:
             raise EnvelopeError(

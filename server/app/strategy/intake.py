@@ -116,10 +116,12 @@ class UpdateIntake:
         """The institution whose verified update came from ``node_id``, if any did."""
         return self._institution_of.get(node_id)
 
-    def begin_round(self, server_round: int, model_sha256: str, run_id: str | None = None) -> None:
+    def begin_round(
+        self, server_round: int, model_sha256: str, flower_run_id: str | None = None
+    ) -> None:
         """Expect updates for ``server_round`` trained from the model with ``model_sha256``
-        (bound to the Flower run ``run_id``, if not this one)."""
-        self.gate.begin_round(server_round, model_sha256, run_id)
+        (bound to the Flower run ``flower_run_id``, if not this one)."""
+        self.gate.begin_round(server_round, model_sha256, flower_run_id)
 
     def take(
         self, replies: Iterable[Message], asked: Mapping[str, int] | None = None
