@@ -89,9 +89,9 @@ class ReceiptBook:
         keep_sealed(self.folder, envelope)  # until a receipt or the server covers its charge
         return path
 
-    def receipts(self, run_id: str | None = None) -> list[Receipt]:
-        """The receipts accepted so far, of every run or of ``run_id`` only."""
-        pattern = f"run-{run_id}-round-*.json" if run_id is not None else "run-*.json"
+    def receipts(self, flower_run_id: str | None = None) -> list[Receipt]:
+        """The receipts accepted so far, of every Flower run or of ``flower_run_id`` only."""
+        pattern = f"run-{flower_run_id}-round-*.json" if flower_run_id is not None else "run-*.json"
         return [
             Receipt.from_json(path.read_text(encoding="utf-8"), str(path))
             for path in sorted(self.folder.glob(pattern))
