@@ -130,10 +130,10 @@ def main(grid: Grid, context: Context) -> None:
         intake=UpdateIntake(
             gate,
             privacy=policy.privacy,
-            licences=licence_check,
+            licence_check=licence_check,
             claims=ClaimCheck(opened.records),
         ),
-        licences=licence_check,
+        licence_check=licence_check,
         evaluator=lambda weights: score(scored_validation, weights),
         min_nodes=federation.min_nodes,
         recorder=recorder,

@@ -180,7 +180,7 @@ def test_malformed_cosignatures_in_a_reply_are_logged_and_not_kept(
             kept.append((institution, cosigned))
             return []
 
-    licences = LicenceCheck(None, purpose="research")
+    licence_check = LicenceCheck(None, purpose="research")
     strategy = ConsortiumStrategy(
         FedAvg(),
         intake=UpdateIntake(
@@ -192,9 +192,9 @@ def test_malformed_cosignatures_in_a_reply_are_logged_and_not_kept(
                 base_model_sha256="0" * 64,
             ),
             privacy=PrivacyConfig(epsilon=8.0),
-            licences=licences,
+            licence_check=licence_check,
         ),
-        licences=licences,
+        licence_check=licence_check,
         evaluator=lambda weights: (0.0, 0.0),
         min_nodes=1,
         recorder=Recorder(),

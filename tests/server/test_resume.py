@@ -108,11 +108,11 @@ def _strategy(
     recorder = LedgerRecorder(
         ledger, run_id, flower_run_id=str(flower_run), snapshot_dir=snapshots, signer=OPERATOR
     )
-    licences = LicenceCheck(None)
+    licence_check = LicenceCheck(None)
     strategy = ConsortiumStrategy(
         aggregator or FedAvgM(min_available_nodes=1),
-        intake=UpdateIntake(gate, privacy=PrivacyConfig(epsilon=8.0), licences=licences),
-        licences=licences,
+        intake=UpdateIntake(gate, privacy=PrivacyConfig(epsilon=8.0), licence_check=licence_check),
+        licence_check=licence_check,
         evaluator=lambda w: (0.5, 0.5),
         min_nodes=2,
         recorder=recorder,
@@ -387,11 +387,13 @@ def _momentum() -> FedAvgM:
 def test_a_resumed_run_aggregates_as_if_it_had_never_stopped(url: str, tmp_path: Path) -> None:
     """The round counter and FedAvgM's momentum come back with the snapshot."""
     # the same two rounds without a crash (no ledger needed)
-    licences = LicenceCheck(None)
+    licence_check = LicenceCheck(None)
     steady = ConsortiumStrategy(
         _momentum(),
-        intake=UpdateIntake(_gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licences=licences),
-        licences=licences,
+        intake=UpdateIntake(
+            _gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licence_check=licence_check
+        ),
+        licence_check=licence_check,
         evaluator=lambda w: (0.5, 0.5),
         min_nodes=2,
     )
@@ -460,11 +462,13 @@ def test_a_recovered_round_gives_the_model_the_run_would_have_given(
     url: str, tmp_path: Path
 ) -> None:
     """FedAvgM with momentum: the recovered round 2 is the round 2 of a run that never stopped."""
-    licences = LicenceCheck(None)
+    licence_check = LicenceCheck(None)
     steady = ConsortiumStrategy(
         _momentum(),
-        intake=UpdateIntake(_gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licences=licences),
-        licences=licences, evaluator=lambda w: (0.5, 0.5), min_nodes=2,
+        intake=UpdateIntake(
+            _gate(RUN), privacy=PrivacyConfig(epsilon=8.0), licence_check=licence_check
+        ),
+        licence_check=licence_check, evaluator=lambda w: (0.5, 0.5), min_nodes=2,
     )  # fmt: skip
     crashed = _crash(url, tmp_path, _momentum())
     begin_round(steady, 1, ZEROS, nodes=(10, 11))

@@ -105,7 +105,7 @@ def test_a_licence_check_without_licences_lets_everyone_through() -> None:
 
 def test_the_intake_sorts_replies_into_decrypted_updates_and_reasons() -> None:
     intake = UpdateIntake(
-        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceCheck(None)
+        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licence_check=LicenceCheck(None)
     )
     intake.begin_round(1, arrays_sha256(ZEROS))
     good = sealed_reply(10, "inst0", {"w": np.full(2, 3.0, np.float32)}, 7)
@@ -132,7 +132,7 @@ def test_the_intake_sorts_replies_into_decrypted_updates_and_reasons() -> None:
 
 def test_the_intake_refuses_a_second_update_from_the_same_participant() -> None:
     intake = UpdateIntake(
-        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceCheck(None)
+        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licence_check=LicenceCheck(None)
     )
     intake.begin_round(1, arrays_sha256(ZEROS))
     envelope = seal_for("inst0", {"w": np.ones(2, np.float32)}, 5, server_round=1, model=ZEROS)
@@ -168,7 +168,7 @@ def test_the_ledger_recorder_keeps_the_round_its_snapshot_and_owes_receipts(
         ledger, run_id, flower_run_id=str(RUN), snapshot_dir=tmp_path / "snap", signer=signer
     )
     intake = UpdateIntake(
-        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licences=LicenceCheck(None)
+        make_gate(ZEROS), privacy=PrivacyConfig(epsilon=8.0), licence_check=LicenceCheck(None)
     )
     weights = {"w": np.full(2, 2.0, np.float32)}
     receipts: list[Receipt] = []

@@ -194,7 +194,7 @@ class HostileFederation:
         )
         records = {(s.institution, s.data.sha256()): len(s.data) for s in self.setups}
         federation = policy.federation
-        licences = LicenceCheck(None, purpose=federation.purpose)
+        licence_check = LicenceCheck(None, purpose=federation.purpose)
         self.tally = Tally()
         self.strategy = ConsortiumStrategy(
             build_aggregator(federation),
@@ -207,10 +207,10 @@ class HostileFederation:
                     base_model_sha256=self.base_sha256,
                 ),
                 privacy=policy.privacy,
-                licences=licences,
+                licence_check=licence_check,
                 claims=ClaimCheck(records if check_claims else None),
             ),
-            licences=licences,
+            licence_check=licence_check,
             evaluator=lambda weights: self.score(weights, self.validation),
             min_nodes=federation.min_nodes,
             recorder=recorder if recorder is not None else self.tally,

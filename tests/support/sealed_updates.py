@@ -170,10 +170,10 @@ def make_strategy(
         intake=UpdateIntake(
             make_gate(model),
             privacy=PrivacyConfig(epsilon=8.0),
-            licences=licence_check,
+            licence_check=licence_check,
             claims=ClaimCheck(records),
         ),
-        licences=licence_check,
+        licence_check=licence_check,
         evaluator=evaluator,
         min_nodes=min_nodes,
         recorder=recorder,

@@ -59,7 +59,7 @@ class ConsortiumStrategy(Strategy):
         nodes and averages the accepted updates.
     intake : UpdateIntake
         Opens and checks every reply.
-    licences : LicenceCheck
+    licence_check : LicenceCheck
         Nodes whose data may no longer be used are not asked to train.
     evaluator : callable
         ``(loss, accuracy)`` of global weights on the server's validation split.
@@ -88,7 +88,7 @@ class ConsortiumStrategy(Strategy):
         aggregator: FedAvg,
         *,
         intake: UpdateIntake,
-        licences: LicenceCheck,
+        licence_check: LicenceCheck,
         evaluator: Evaluator,
         min_nodes: int,
         recorder: RoundRecorder | None = None,
@@ -109,7 +109,7 @@ class ConsortiumStrategy(Strategy):
         self._global: Arrays = {}
         self.aggregator = aggregator
         self.intake = intake
-        self.licences = licences
+        self.licence_check = licence_check
         self.evaluator = evaluator
         self.min_nodes = min_nodes
         self.recorder: RoundRecorder = recorder if recorder is not None else NullRecorder()
@@ -178,7 +178,7 @@ class ConsortiumStrategy(Strategy):
         kept, excluded = [], []
         for message in self.aggregator.configure_train(server_round, arrays, config, grid):
             institution = self.intake.institution_of(message.metadata.dst_node_id)
-            reason = self.licences.blocked(institution) if institution else None
+            reason = self.licence_check.blocked(institution) if institution else None
             if reason is None:
                 self.outbox.attach(message, institution)
                 kept.append(message)

@@ -79,7 +79,7 @@ class UpdateIntake:
     privacy : PrivacyConfig
         The run's privacy policy: an update trained without DP when DP is
         required, or reporting an epsilon past the budget, is rejected.
-    licences : LicenceCheck
+    licence_check : LicenceCheck
         Each update's dataset must be admitted, under a licence that allows the run.
     claims : ClaimCheck, optional
         Each update's example count must not exceed its admitted dataset's
@@ -94,14 +94,14 @@ class UpdateIntake:
         gate: UpdateGate,
         *,
         privacy: PrivacyConfig,
-        licences: LicenceCheck,
+        licence_check: LicenceCheck,
         claims: ClaimCheck | None = None,
         arrayrecord_key: str = ARRAYS,
         weighted_by_key: str = NUM_EXAMPLES,
     ) -> None:
         self.gate = gate
         self.privacy = privacy
-        self.licences = licences
+        self.licence_check = licence_check
         self.claims = claims if claims is not None else ClaimCheck(None)
         self.arrayrecord_key = arrayrecord_key
         self.weighted_by_key = weighted_by_key
@@ -178,7 +178,7 @@ class UpdateIntake:
         header = opened.header
         self._institution_of[message.metadata.src_node_id] = header.participant
         self._check_charge(header.privacy)
-        self.licences.check_update(header)
+        self.licence_check.check_update(header)
         self.claims.check(header)
         metrics = message.content.metric_records.get(METRICS, MetricRecord())
         train_loss = _metric(metrics, TRAIN_LOSS)
