@@ -73,7 +73,7 @@ def supernode_argv(
         The CA the SuperLink's certificate must come from (``None``: the
         system's roots).
     auth_key : Path or None
-        The SuperNode's authentication key (the SuperLink admits registered keys only).
+        The SuperNode's authentication key (the SuperLink accepts registered keys only).
     clientappio_port : int, optional
         Local port for its ClientApps (each SuperNode on one machine needs its own).
     insecure : bool (default: False)
