@@ -72,8 +72,8 @@ from fedcommons.demo_setup import DemoConsortium, demo_consortium, started_feder
 from fedcommons.local_federation import LocalFederation, NodeSpec  # noqa: E402
 from ledger import Ledger  # noqa: E402
 from ledger.report import ledger_report  # noqa: E402
+from server.operator.follow import RoundProgress, follow_run, submit_run  # noqa: E402
 from server.operator.operate import prepare_resume  # noqa: E402
-from server.operator.runs import RoundProgress, follow_run, submit_run  # noqa: E402
 
 REBOOT_SECONDS = 5.0
 LATEST_KILL = 8.0  # a fault strikes 0..LATEST_KILL seconds into its round

@@ -4,8 +4,10 @@ The data are scikit-learn's real hand-written digits (or standard-library
 docstrings for BERT). Each institution's partition is written to its own
 folder, which only its SuperNode reads; the server keeps a validation split
 (scored every round) and a test split (scored once at the end). The run is
-submitted and followed exactly as ``fedcommons operator run`` does, then
-released and verified as an operator and an auditor would.
+submitted and followed exactly as ``fedcommons operator run`` does (by
+:func:`~server.operator.operate.follow_with_progress`, with the demo's own
+check that its processes live), then released and verified as an operator and
+an auditor would.
 """
 
 from __future__ import annotations
@@ -31,18 +33,8 @@ from ledger import Ledger
 from ledger.runs import RESUMABLE
 from ledger.schema import Run
 from server.app.resume import ResumeError
-from server.operator.flower import FederationError
-from server.operator.operate import prepare_resume
-from server.operator.runs import (
-    LedgerLost,
-    RoundProgress,
-    RunFailed,
-    RunOutcome,
-    follow_run,
-    mark_interrupted,
-    read_rounds,
-    submit_run,
-)
+from server.operator.follow import RoundProgress, submit_run
+from server.operator.operate import follow_with_progress, prepare_resume
 
 __all__ = ["RESUME", "node_exited", "run_demo", "unfinished_run"]
 
@@ -85,7 +77,9 @@ def run_demo(
     ------
     FederationError
         If a Flower process dies or the run does not finish successfully
-        (:class:`~server.operator.runs.PrivacyBudgetExhausted` when budgets ran out).
+        (:class:`~server.operator.follow.PrivacyBudgetExhausted` when budgets ran out).
+        A run that stops short keeps the ServerApp's full log in ``logs/run-N.log``
+        (the SuperLink that holds it stops with the demo).
     """
     started = time.monotonic()
     workdir = workdir.resolve()
@@ -110,13 +104,16 @@ def run_demo(
                 snapshots = operator.deploy().snapshot_dir
                 prepare_resume(ledger, snapshots, resuming[0], federation.cli)
             flower_run_id = submit_run(federation.cli, policy, workdir / "run")
-            outcome = _follow(
+            outcome = follow_with_progress(
+                federation.cli,
                 ledger,
-                federation,
                 flower_run_id,
-                on_round,
-                status_interval,
-                quorum=policy.federation.min_nodes,
+                on_round=on_round,
+                check=_nodes_watch(federation, quorum=policy.federation.min_nodes),
+                keep_log=federation.keep_run_log,
+                resume=RESUME,
+                interrupted="interrupted (Ctrl-C or SIGTERM)",
+                status_interval=status_interval,
             )
         summary = summarise(
             demo,
@@ -139,20 +136,9 @@ def run_demo(
     return summary
 
 
-def _follow(
-    ledger: Ledger,
-    federation: LocalFederation,
-    flower_run_id: int,
-    on_round: Callable[[RoundProgress], None] | None,
-    status_interval: float,
-    *,
-    quorum: int,
-) -> RunOutcome:
-    """Follow the run; a SuperNode may die (the quorum decides), the SuperLink may not.
-
-    A run that stops short keeps the ServerApp's full log in ``logs/run-N.log``
-    (the SuperLink that holds it stops with the demo).
-    """
+def _nodes_watch(federation: LocalFederation, *, quorum: int) -> Callable[[], None]:
+    """The demo's check on every poll: the SuperLink must live, a SuperNode may exit (the
+    quorum decides whether the run goes on); each exit is said once, as it happens."""
     lost: set[str] = set()
 
     def check() -> None:
@@ -164,35 +150,7 @@ def _follow(
             lost.add(name)
             log.warning("%s", node_exited(name, alive, len(federation.nodes), quorum))
 
-    try:
-        return follow_run(
-            federation.cli,
-            ledger,
-            flower_run_id,
-            on_round=on_round,
-            check=check,
-            status_interval=status_interval,
-        )
-    except RunFailed as err:
-        if not err.log:  # budgets ran out, or no ServerApp started: nothing more to say
-            raise
-        kept = federation.keep_run_log(flower_run_id)
-        resume = RESUME if err.run_id is not None else ""
-        raise err.saying(log=str(kept), resume=resume) from None
-    except (FederationError, KeyboardInterrupt) as err:
-        if isinstance(err, LedgerLost):
-            raise FederationError(f"{err}; once the database answers again, {RESUME}") from None
-        run, rounds = read_rounds(ledger, flower_run_id)
-        if run is None:
-            raise
-        why = "interrupted (Ctrl-C or SIGTERM)" if isinstance(err, KeyboardInterrupt) else str(err)
-        mark_interrupted(ledger, run.id, why)
-        if isinstance(err, KeyboardInterrupt):
-            raise
-        raise FederationError(
-            f"{err}. Run {run.id} stopped after round {len(rounds)} and is recorded as "
-            f"interrupted; {RESUME}"
-        ) from None
+    return check
 
 
 def node_exited(name: str, alive: int, total: int, quorum: int) -> str:

@@ -18,8 +18,8 @@ from common.policy import MODELS, Policy, PolicyError
 from fedcommons.demo import run_demo, unfinished_run
 from fedcommons.demo_setup import prepare_data, with_model
 from fedcommons.startup import STALL_SHARE, STARTUP_TIMEOUT
+from server.operator.follow import RoundProgress
 from server.operator.progress import round_bar, rounds_table
-from server.operator.runs import RoundProgress
 
 __all__ = ["app", "demo", "interrupt_on_sigterm", "summary_rounds"]
 

@@ -28,15 +28,8 @@ from fedcommons.demo_setup import DemoConsortium, admit_all, created_folder, dem
 from fedcommons.local_federation import LocalFederation
 from fedcommons.summary import summarise
 from ledger import Ledger
-from server.operator.flower import FederationError
-from server.operator.runs import (
-    RoundProgress,
-    RunFailed,
-    follow_run,
-    mark_interrupted,
-    read_rounds,
-    submit_run,
-)
+from server.operator.follow import RoundProgress, submit_run
+from server.operator.operate import follow_with_progress
 from server.operator.superlink import SuperLinkSettings, check_operator_folder, superlink_argv
 
 __all__ = ["SimulatedFederation", "run_simulation", "virtual_institutions"]
@@ -163,20 +156,16 @@ def run_simulation(
                 if watch is not None:
                     watch(federation)
 
-            try:
-                outcome = follow_run(
-                    federation.cli, ledger, flower_run_id, on_round=on_round, check=check
-                )
-            except RunFailed as err:
-                if not err.log:
-                    raise
-                kept = federation.keep_run_log(flower_run_id)  # the SuperLink stops here
-                raise err.saying(log=str(kept)) from None
-            except (FederationError, KeyboardInterrupt) as err:
-                run, _ = read_rounds(ledger, flower_run_id)
-                if run is not None and not isinstance(err, RunFailed):
-                    mark_interrupted(ledger, run.id, str(err) or "interrupted (Ctrl-C or SIGTERM)")
-                raise
+            outcome = follow_with_progress(
+                federation.cli,
+                ledger,
+                flower_run_id,
+                on_round=on_round,
+                check=check,
+                keep_log=federation.keep_run_log,  # the SuperLink stops here
+                resume=None,
+                interrupted="interrupted (Ctrl-C or SIGTERM)",
+            )
             run_log = federation.keep_run_log(flower_run_id)
         return summarise(
             demo,

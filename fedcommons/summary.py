@@ -26,7 +26,7 @@ from ledger.runs import flower_runs
 from ledger.schema import Round, RoundUpdate
 from ledger.store import masked_url
 from ledger.verify import verify_ledger
-from server.operator.runs import RunOutcome
+from server.operator.follow import RunOutcome
 from server.release.release import release_model
 
 __all__ = ["summarise"]

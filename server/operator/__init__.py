@@ -1,15 +1,16 @@
 """What the operator's commands run: ``fedcommons operator ...`` (:mod:`.cli`), the
 consortium folder (:mod:`.consortium`), the SuperLink (:mod:`.superlink`), the flwr
 CLI and the app bundle (:mod:`.flower`), submitting and following runs
-(:mod:`.runs`, :mod:`.operate`, :mod:`.progress`), status and API tokens."""
+(:mod:`.follow`, :mod:`.operate`, :mod:`.progress`), status (:mod:`.status`) and API
+tokens (:mod:`.tokens_cli`)."""
 
 __all__ = [
     "cli",
     "consortium",
     "flower",
+    "follow",
     "operate",
     "progress",
-    "runs",
     "status",
     "superlink",
     "tokens_cli",

@@ -24,9 +24,9 @@ from ledger import Ledger
 from server.deploy import DeployError, OperatorFiles
 from server.operator.consortium import admit, init_consortium
 from server.operator.flower import CONNECTION, FlwrCli
+from server.operator.follow import RunOutcome
 from server.operator.operate import resume_run, run_policy, summary_of
 from server.operator.progress import rounds_table
-from server.operator.runs import RunOutcome
 from server.operator.status import consortium_status, registrar, status_tables
 from server.operator.superlink import serve
 from server.operator.tokens_cli import app as token_app

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from common.epsilon import format_epsilon
-from server.operator.runs import RoundProgress
+from server.operator.follow import RoundProgress
 
 __all__ = ["round_bar", "rounds_table"]
 

@@ -47,7 +47,7 @@ from server.app.snapshots import load_snapshot
 from server.deploy import OperatorFiles
 from server.operator.consortium import admit, init_consortium
 from server.operator.flower import CONNECTION
-from server.operator.runs import RunFailed, follow_run, submit_run
+from server.operator.follow import RunFailed, follow_run, submit_run
 from tests.support.go_interop import go_checks, interop_input, needs_go
 from tests.support.tools import CHROMIUM, needs_chromium
 

@@ -36,7 +36,7 @@ from fedcommons.local_federation import LocalFederation
 from ledger import Ledger
 from ledger.report import ledger_report
 from ledger.store import LedgerError
-from server.operator.runs import follow_run, read_rounds, submit_run
+from server.operator.follow import follow_run, read_rounds, submit_run
 from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.e2e

@@ -5,20 +5,18 @@ does once a run has ended; the ledger is a real one.
 
 from __future__ import annotations
 
-import io
+import ast
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
-from common.policy import Policy
-from fedcommons.demo import node_exited
+from fedcommons.demo import RESUME, node_exited
 from ledger import Ledger, finish_run
 from ledger.report import ledger_report
-from server.operator.flower import FlwrCli
+from server.operator.flower import FederationError, FlwrCli
+from server.operator.follow import RunFailed, follow_run
 from server.operator.operate import follow_with_progress
-from server.operator.runs import RunFailed, follow_run
 from tests.support.sealed_updates import ledger_with_run
 
 FLOWER_RUN = 9
@@ -90,7 +88,7 @@ def test_operator_run_ends_a_failure_that_can_go_on_with_the_resume_command(
 ) -> None:
     ledger, run_id = _ledger(tmp_path, "failed", LOST_QUORUM)
     with pytest.raises(RunFailed) as failed:
-        follow_with_progress(cli, ledger, FLOWER_RUN, Policy(), Console(file=io.StringIO()))
+        follow_with_progress(cli, ledger, FLOWER_RUN)
     ledger.close()
     message = str(failed.value)
     assert message.startswith(f"run {run_id} stopped with 0 of 1 rounds recorded")
@@ -104,7 +102,7 @@ def test_a_killed_serverapp_leaves_its_run_interrupted_and_says_how_to_resume_it
 ) -> None:
     ledger, run_id = _ledger(tmp_path, None)  # nobody could record how it ended
     with pytest.raises(RunFailed) as failed:
-        follow_with_progress(cli, ledger, FLOWER_RUN, Policy(), Console(file=io.StringIO()))
+        follow_with_progress(cli, ledger, FLOWER_RUN)
     with ledger.session() as session:
         (run,) = ledger_report(session)["runs"]
     ledger.close()
@@ -112,6 +110,72 @@ def test_a_killed_serverapp_leaves_its_run_interrupted_and_says_how_to_resume_it
     message = str(failed.value)
     assert ": the Flower run ended as finished:failed (exit code 1). The ServerApp's" in message
     assert message.endswith(f"'fedcommons operator resume --run {run_id}' continues it")
+
+
+def test_the_demo_fails_through_the_same_follower_in_its_own_words(
+    cli: FlwrCli, tmp_path: Path
+) -> None:
+    """The demo keeps the log its SuperLink takes down with it and says its own resume."""
+    ledger, run_id = _ledger(tmp_path, "failed", LOST_QUORUM)
+    kept = tmp_path / "logs" / f"run-{FLOWER_RUN}.log"
+    with pytest.raises(RunFailed) as failed:
+        follow_with_progress(cli, ledger, FLOWER_RUN, keep_log=lambda _: kept, resume=RESUME)
+    ledger.close()
+    message = str(failed.value)
+    assert message.startswith(f"run {run_id} stopped with 0 of 1 rounds recorded")
+    assert message.endswith(f". The ServerApp's full log: {kept}; {RESUME}")
+    assert failed.value.run_id == run_id
+
+
+def test_a_process_that_dies_while_followed_leaves_the_run_interrupted_and_resumable(
+    cli: FlwrCli, tmp_path: Path
+) -> None:
+    """What the demo's check raises (its SuperLink exited) is recorded, then told with how
+    the demo goes on."""
+    ledger, run_id = _ledger(tmp_path, None)
+
+    def superlink_gone() -> None:
+        raise FederationError("the SuperLink exited unexpectedly with code -9")
+
+    with pytest.raises(FederationError) as failed:
+        follow_with_progress(cli, ledger, FLOWER_RUN, check=superlink_gone, resume=RESUME)
+    with ledger.session() as session:
+        (run,) = ledger_report(session)["runs"]
+    ledger.close()
+    assert (run["status"], run["status_reason"]) == (
+        "interrupted", "the SuperLink exited unexpectedly with code -9",
+    )  # fmt: skip
+    assert str(failed.value) == (
+        f"the SuperLink exited unexpectedly with code -9. Run {run_id} stopped after round 0 "
+        f"and is recorded as interrupted; {RESUME}"
+    )
+
+
+def test_every_command_follows_its_runs_through_one_function() -> None:
+    """The operator's run and resume, the demo and the simulation all call
+    ``follow_with_progress``; only it runs the polling loop (``follow_run``)."""
+    root = Path(__file__).resolve().parents[2]
+    called = {
+        path.relative_to(root).as_posix(): _called(path)
+        for package in ("audit", "client", "common", "fedcommons", "ledger", "server")
+        for path in (root / package).rglob("*.py")
+    }
+    assert {module for module, names in called.items() if "follow_run" in names} == {
+        "server/operator/operate.py"
+    }
+    assert {module for module, names in called.items() if "follow_with_progress" in names} == {
+        "server/operator/operate.py", "fedcommons/demo.py", "fedcommons/simulation.py",
+    }  # fmt: skip
+
+
+def _called(path: Path) -> set[str]:
+    """The plain names a module calls (``name(...)``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    return {
+        node.func.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
 
 
 def test_a_serverapp_that_died_before_recording_a_run_names_its_last_error_only(

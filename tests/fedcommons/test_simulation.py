@@ -27,7 +27,7 @@ from fedcommons.demo_setup import demo_consortium, started_federation
 from fedcommons.simulation import run_simulation, virtual_institutions
 from ledger import Ledger
 from server.app.snapshots import load_snapshot
-from server.operator.runs import follow_run, submit_run
+from server.operator.follow import follow_run, submit_run
 from server.operator.superlink import SuperLinkSettings, superlink_argv
 from tests.support.hostile_federation import HostileFederation
 from tests.support.sealed_updates import server_task_identity

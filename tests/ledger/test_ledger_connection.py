@@ -23,7 +23,7 @@ from ledger import store as ledger_store
 from ledger.schema import Participant, Run
 from ledger.verify import verify_ledger
 from server.operator.flower import FlwrCli
-from server.operator.runs import LedgerLost, follow_run
+from server.operator.follow import LedgerLost, follow_run
 from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.postgres

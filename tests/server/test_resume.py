@@ -9,7 +9,6 @@ made is refused with nothing written.
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -21,7 +20,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Message
 from flwr.serverapp.strategy import FedAvgM
-from rich.console import Console
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -59,8 +57,8 @@ from server.app.strategy import (
 from server.deploy import OperatorFiles
 from server.operator.consortium import init_consortium
 from server.operator.flower import FlwrCli, write_connection
-from server.operator.operate import follow_with_progress
 from server.operator.follow import SuperLinkLost, follow_run
+from server.operator.operate import follow_with_progress
 from server.release.card import privacy_rows
 from tests.support.sealed_updates import (
     AGGREGATOR,
@@ -578,7 +576,7 @@ def test_ctrl_c_on_the_operator_side_stops_the_flower_run_and_records_it(
 ) -> None:
     cli = _InterruptedCli(tmp_path / "flwr-home")
     with pytest.raises(KeyboardInterrupt):
-        follow_with_progress(cli, crashed.ledger, RUN, POLICY, Console(file=io.StringIO()))
+        follow_with_progress(cli, crashed.ledger, RUN)
     assert cli.stopped == [("stop", str(RUN), cli.connection)]
     with crashed.ledger.session() as s:
         (run,) = ledger_report(s)["runs"]

@@ -7,8 +7,9 @@ as :class:`RoundProgress`) and ``flwr ls`` for the run's status, until Flower
 says the run finished; a run that did not finish well raises
 :class:`RunFailed` (or :class:`PrivacyBudgetExhausted`) with the reasons the
 ledger recorded and where the ServerApp's full log is, never its traceback.
-``fedcommons operator run`` and the demo follow runs the same way, and each
-says how its own command resumes a run that can go on.
+Every command follows its runs through
+:func:`~server.operator.operate.follow_with_progress`, which shows the rounds
+and says how that command resumes a run that can go on.
 """
 
 from __future__ import annotations
