@@ -10,8 +10,9 @@ from typing import Any
 
 __all__ = ["CARD_FORMAT", "CARD_JSON", "CARD_MARKDOWN", "MODEL_FILE", "card_markdown"]
 
-CARD_FORMAT = "fedcommons-model-card/v2"
-"""v2 names the signed head ``tree_head`` in the card's ``ledger`` proof (v1: ``checkpoint``)."""
+CARD_FORMAT = "fedcommons-model-card/v3"
+"""v3 proves every round it lists (``ledger.rounds``); v2 named the signed head
+``tree_head`` in the card's ``ledger`` proof (v1: ``checkpoint``)."""
 MODEL_FILE = "model.safetensors"
 CARD_JSON = "model-card.json"
 CARD_MARKDOWN = "model-card.md"

@@ -222,13 +222,12 @@ def _final_model(run: Run, last: Round, folder: Path) -> Arrays:
 def _proof(
     session: Session, last: Round, signer: Ed25519PrivateKey | None, tree: LedgerTree
 ) -> dict[str, Any]:
-    """The final round's entry, the signed tree head covering it and the inclusion proof."""
-    seq = last.entry_seq
-    if seq is None:
-        raise ReleaseError(
-            f"round {last.number} of run {last.run_id} predates the ledger's entries (v5): "
-            "there is no entry to prove it"
-        )
+    """The final round's entry, the signed tree head covering it and the inclusion proof.
+
+    ``rounds`` proves every round of the run under that head, so that a reader
+    can check each round the card lists (cards before these proofs lack it).
+    """
+    seq = _seq_of(last)
     row = session.scalar(
         select(LedgerTreeHead)
         .where(LedgerTreeHead.tree_size > seq)
@@ -249,16 +248,9 @@ def _proof(
             f"(entry {seq}); give the operator's key to sign one"
         )
     tree.sync(session)
-    entry = session.get(LedgerEntry, seq)
-    if entry is None:  # verify_ledger found every row's entry: only a concurrent rewrite
-        raise ReleaseError(f"round {last.number}'s entry {seq} is missing from the ledger")
+    entry = _entry(session, last)
     return {
-        "entry": {
-            "seq": entry.seq,
-            "kind": entry.kind,
-            "payload": entry.payload,
-            "leaf_hash": entry.leaf_hash,
-        },
+        "entry": entry,
         "tree_head": {
             "tree_size": head.tree_size,
             "root": head.root,
@@ -273,4 +265,29 @@ def _proof(
             "witnesses": witness_keys(session, row) if row is not None else {},
         },
         "inclusion_proof": tree.inclusion(seq, head.tree_size),
+        # every round the card lists, each proven under the same head (the last is "entry")
+        "rounds": [
+            {**_entry(session, r), "inclusion_proof": tree.inclusion(_seq_of(r), head.tree_size)}
+            for r in last.run.rounds
+        ],
     }
+
+
+def _seq_of(round_: Round) -> int:
+    """The ledger entry recording ``round_``."""
+    if round_.entry_seq is None:
+        raise ReleaseError(
+            f"round {round_.number} of run {round_.run_id} predates the ledger's entries (v5): "
+            "there is no entry to prove it"
+        )
+    return round_.entry_seq
+
+
+def _entry(session: Session, round_: Round) -> dict[str, Any]:
+    """The entry recording ``round_``, as the card carries it."""
+    seq = _seq_of(round_)
+    entry = session.get(LedgerEntry, seq)
+    if entry is None:  # verify_ledger found every row's entry: only a concurrent rewrite
+        raise ReleaseError(f"round {round_.number}'s entry {seq} is missing from the ledger")
+    return {"seq": entry.seq, "kind": entry.kind, "payload": entry.payload,
+            "leaf_hash": entry.leaf_hash}  # fmt: skip

@@ -39,6 +39,7 @@ from ledger import (
     finish_run,
     start_run,
 )
+from ledger.provenance import privacy_rows
 from ledger.report import ledger_report
 from ledger.runs import request_resume
 from ledger.schema import LedgerEntry, Run
@@ -59,7 +60,6 @@ from server.operator.consortium import init_consortium
 from server.operator.flower import FlwrCli, write_connection
 from server.operator.follow import SuperLinkLost, follow_run
 from server.operator.operate import follow_with_progress
-from server.release.card import privacy_rows
 from tests.support.sealed_updates import (
     AGGREGATOR,
     BASE,
