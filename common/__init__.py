@@ -32,6 +32,7 @@ __all__ = [
     "processes",
     "protocol",
     "receipts",
+    "shapley",
     "text",
     "tls",
     "training",

@@ -1,4 +1,4 @@
-"""Shapley values of a round's participants from coalition utilities, in integers.
+"""Valuing a round's participants: Shapley values from coalition utilities, in integers.
 
 A coalition is a bitmask over the round's players (sorted by name: bit ``i``
 is ``players[i]``); its utility is an integer (parts per million of the
@@ -6,30 +6,31 @@ validation accuracy, or of the negated loss) of the model aggregated from
 its members' updates, and the empty coalition's is the round's starting
 model's. A coalition's value is its utility minus the empty one's.
 
-Every value is computed exactly from the integer utilities (fractions, then
-rounded half to even), so anyone holding the recorded utilities, and for
-GTG-Shapley the recorded permutations, recomputes the very same integers:
-``audit verify`` recomputes them (:mod:`ledger.verify.valuations`).
-
-- :func:`exact_values`: the Shapley formula over all 2^n coalitions.
-- :func:`loo_values`: leave one out, ``u(N) - u(N \\ {i})``.
-- :func:`gtg_values`: GTG-Shapley (Liu et al. 2022): the mean marginal
-  contribution over sampled permutations, a permutation's tail truncated (0)
-  once its prefix is within ``truncation`` of the grand coalition, and the
-  whole round truncated (all 0) when its gain is below ``truncation``.
-  :func:`sample_gtg` draws the permutations (guided: each player leads in
-  turn, the rest shuffled by a seeded generator) until the values converge.
+The integer maths (:func:`exact_values`, :func:`loo_values`,
+:func:`gtg_values`) lives in :mod:`common.shapley`, shared with the nodes,
+which recompute their own values from a receipt, and with ``audit verify``
+(:mod:`ledger.verify.valuations`). Here: :func:`sample_gtg` draws
+GTG-Shapley's permutations (guided: each player leads in turn, the rest
+shuffled by a seeded generator) until the values converge, and
+:func:`value_round` values a round by the policy's method.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
+
+from common.shapley import (
+    CachedUtility,
+    Utility,
+    add_marginals,
+    exact_values,
+    gtg_values,
+    loo_values,
+)
 
 __all__ = [
     "MAX_PERMUTATIONS_PER_PLAYER",
@@ -41,92 +42,8 @@ __all__ = [
     "value_round",
 ]
 
-Utility = Callable[[int], int]
-"""A coalition's utility (an integer, parts per million) by its bitmask."""
-
 MAX_PERMUTATIONS_PER_PLAYER = 50
 """GTG-Shapley draws at most this many permutations per player, converged or not."""
-
-
-class _Cached:
-    """A utility evaluated at most once per coalition; the record of every evaluation."""
-
-    def __init__(self, utility: Utility | Mapping[int, int]) -> None:
-        self.utility = utility
-        self.seen: dict[int, int] = {}
-
-    def __call__(self, mask: int) -> int:
-        if mask not in self.seen:
-            if callable(self.utility):
-                self.seen[mask] = int(self.utility(mask))
-            elif mask in self.utility:
-                self.seen[mask] = int(self.utility[mask])
-            else:
-                raise ValueError(f"the utility of coalition {mask:#x} is not recorded")
-        return self.seen[mask]
-
-
-def _rounded(value: Fraction) -> int:
-    return round(value)  # half to even: the same integer everywhere
-
-
-def exact_values(n: int, utility: Utility | Mapping[int, int]) -> list[int]:
-    """Exact Shapley values of ``n`` players: ``sum |S|!(n-|S|-1)!/n! (u(S+i) - u(S))``."""
-    u = _Cached(utility)
-    weights = [math.factorial(s) * math.factorial(n - s - 1) for s in range(n)]
-    values = []
-    for i in range(n):
-        bit, total = 1 << i, 0
-        for mask in range(1 << n):
-            if not mask & bit:
-                total += weights[mask.bit_count()] * (u(mask | bit) - u(mask))
-        values.append(_rounded(Fraction(total, math.factorial(n))))
-    return values
-
-
-def loo_values(n: int, utility: Utility | Mapping[int, int]) -> list[int]:
-    """Leave-one-out values: the grand coalition's utility minus the one without each player."""
-    u, full = _Cached(utility), (1 << n) - 1
-    return [u(full) - u(full & ~(1 << i)) for i in range(n)]
-
-
-def gtg_values(
-    n: int,
-    utility: Utility | Mapping[int, int],
-    permutations: Sequence[Sequence[int]],
-    truncation: int,
-) -> list[int]:
-    """GTG-Shapley's estimate from ``permutations`` (see the module docstring)."""
-    u, full = _Cached(utility), (1 << n) - 1
-    grand, empty = u(full), u(0)
-    if abs(grand - empty) < truncation or not permutations:
-        return [0] * n
-    sums = [0] * n
-    for permutation in permutations:
-        _walk(permutation, u, grand, empty, truncation, sums)
-    return [_rounded(Fraction(s, len(permutations))) for s in sums]
-
-
-def _walk(
-    permutation: Sequence[int],
-    u: _Cached,
-    grand: int,
-    empty: int,
-    truncation: int,
-    sums: list[int],
-    squares: list[int] | None = None,
-) -> None:
-    """Add each player's marginal contribution along ``permutation`` to ``sums`` (and squares)."""
-    prefix, before = 0, empty
-    for player in permutation:
-        prefix |= 1 << player
-        if abs(grand - before) < truncation:
-            continue  # within-round truncation: the rest add (about) nothing
-        after = u(prefix)
-        sums[player] += after - before
-        if squares is not None:
-            squares[player] += (after - before) ** 2
-        before = after
 
 
 def _prefix(permutation: Sequence[int], length: int) -> int:
@@ -165,7 +82,7 @@ def sample_gtg(
     batch evaluator can score them together (the draws and the result are
     the same either way).
     """
-    u, full = _Cached(utility), (1 << n) - 1
+    u, full = CachedUtility(utility), (1 << n) - 1
     grand, empty = u(full), u(0)
     gain = abs(grand - empty)
     permutations: list[tuple[int, ...]] = []
@@ -182,7 +99,7 @@ def sample_gtg(
             prefetch(sorted({_prefix(p, j) for p in block for j in range(1, n)} - set(u.seen)))
         for permutation in block:
             permutations.append(permutation)
-            _walk(permutation, u, grand, empty, truncation, sums, squares)
+            add_marginals(permutation, u, grand, empty, truncation, sums, squares)
         k = len(permutations)
         if max_evaluations is not None and len(u.seen) >= max_evaluations:
             break
@@ -295,7 +212,7 @@ def value_round(
     n = len(players)
     if list(players) != sorted(set(players)):
         raise ValueError("players must be distinct and sorted")
-    u = _Cached(utility)
+    u = CachedUtility(utility)
     permutations: list[tuple[int, ...]] = []
     if method == "shapley" and n <= exact_max:
         values = exact_values(n, u)

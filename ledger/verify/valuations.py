@@ -4,7 +4,7 @@ A round's :class:`~ledger.schema.Valuation` row keeps the players, the
 utility of every coalition evaluated and, for GTG-Shapley, the sampled
 permutations; each participant's value is a
 :class:`~ledger.schema.Contribution` row. :func:`recompute` derives the values
-again with the same integer maths the server used (:mod:`ledger.shapley`),
+again with the same integer maths the server used (:mod:`common.shapley`),
 and :func:`check_valuations` compares them with what is recorded.
 """
 
@@ -15,8 +15,9 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.shapley import recompute_values
 from ledger.schema import Contribution, Valuation
-from ledger.shapley import RoundValues, exact_values, gtg_values, loo_values
+from ledger.shapley import RoundValues
 from ledger.verify.result import LedgerTampered
 
 __all__ = ["check_valuations", "recompute", "round_values"]
@@ -28,20 +29,9 @@ def recompute(record: RoundValues) -> dict[str, int]:
     Raises ``ValueError`` if the record names an unknown method, a
     coalition outside its players, or lacks a utility the method needs.
     """
-    n = len(record.players)
-    if any(not 0 <= mask < 1 << n for mask in record.utilities):
-        raise ValueError(f"a coalition outside the round's {n} players is recorded")
-    if any(sorted(p) != list(range(n)) for p in record.permutations):
-        raise ValueError("a recorded permutation is not a permutation of the round's players")
-    if record.method == "shapley":
-        values = exact_values(n, record.utilities)
-    elif record.method == "loo":
-        values = loo_values(n, record.utilities)
-    elif record.method == "gtg":
-        values = gtg_values(n, record.utilities, record.permutations, record.truncation)
-    else:
-        raise ValueError(f"unknown valuation method {record.method!r}")
-    return dict(zip(record.players, values, strict=True))
+    return recompute_values(
+        record.method, record.players, record.utilities, record.permutations, record.truncation
+    )
 
 
 def round_values(row: Valuation) -> RoundValues:
