@@ -5,4 +5,4 @@ the ledger's read side (:mod:`ledger`), never torch, Opacus or
 transformers.
 """
 
-__all__ = ["cards", "cli", "web"]
+__all__ = ["cards", "cli", "compare", "web"]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.table import Table
 from rich.text import Text
 
+from audit.compare import compare_folders
 from common.consortium import Consortium
 from common.keys import decode_ed25519_public
 from common.output import OutputFormat, literal_console
@@ -26,6 +27,7 @@ __all__ = ["app"]
 app = typer.Typer(
     help="Read-only views of the ledger, for auditors.", no_args_is_help=True, add_completion=False
 )
+app.command("compare")(compare_folders)
 
 
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text (for people) or json.")]
@@ -50,11 +52,12 @@ def verify(
         ),
     ] = False,
     receipts: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             "--receipts",
-            help="A folder of participants' receipts (*.json, searched recursively): each "
-            "must still agree with the ledger.",
+            help="A folder of participants' receipts (*.json, searched recursively; a "
+            "node's sent/ and refused/ are skipped), repeatable: each must still agree "
+            "with the ledger.",
         ),
     ] = None,
     output_format: FormatOption = OutputFormat.text,
@@ -79,7 +82,7 @@ def verify(
             param_hint="--skip-signatures",
         )
     operator = _operator_key(operator_key) if operator_key else None
-    held = [(str(path), r) for path, r in read_receipts(receipts)] if receipts else []
+    held = [(str(path), r) for folder in receipts or [] for path, r in read_receipts(folder)]
     ledger = Ledger(ledger_url, migrate=False)
     try:
         report = verify_ledger(ledger, operator, held)

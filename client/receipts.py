@@ -36,6 +36,7 @@ from client.owed import keep_sealed
 from common.atomic import write_atomic
 from common.consortium import Consortium, EnrolmentError
 from common.envelope import Envelope, UpdateHeader
+from common.evidence import record_checkpoints
 from common.keys import passphrase_from_env
 from common.note import cosign
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead
@@ -327,4 +328,8 @@ def accept_receipts(
     if not any(h.checkpoint is not None for h in heads):
         return Accepted(stored, [])
     signer = state.load_signing_key(passphrase_from_env())
-    return Accepted(stored, cosign_heads(heads, institution, signer))
+    cosigned = cosign_heads(heads, institution, signer)
+    checkpoints = [head for head in heads if head.checkpoint is not None]
+    shown = heads[: len(stored)]  # the latest held was shown before: logged then
+    record_checkpoints(book.folder, shown, zip(checkpoints, cosigned, strict=True))
+    return Accepted(stored, cosigned)

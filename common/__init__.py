@@ -1,7 +1,8 @@
 """Contracts the server and the clients share: what both sides write and read.
 
 Policy, protocol keys and message parsing, the sealed-update envelope,
-canonical JSON, Merkle proofs and receipts, signed notes, signed tree heads
+canonical JSON, Merkle proofs and receipts, the checkpoints a node keeps as
+evidence, signed notes, signed tree heads
 and cosignatures, keys, licences, the consortium file and enrolment
 requests, models and data readers, the base class of user errors, command
 output, and the processes a federation starts. Nothing here imports
@@ -19,6 +20,7 @@ __all__ = [
     "envelope",
     "epsilon",
     "errors",
+    "evidence",
     "images",
     "keys",
     "licences",

@@ -41,6 +41,7 @@ from common.merkle import ProofError, leaf_hash, verify_consistency, verify_incl
 from common.tree_head import TREE_HEAD_FORMAT, TreeHead, TreeHeadError, is_hex_digest
 
 __all__ = [
+    "NOT_RECEIPTS",
     "RECEIPT_FORMAT",
     "TREE_HEAD_FORMAT",
     "ForkError",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 RECEIPT_FORMAT = "fedcommons-receipt/v3"
+NOT_RECEIPTS = frozenset({"sent", "refused"})
+"""Subfolders of a node's receipts folder that hold no receipts: what it sent, what it refused."""
 _RECEIPT_V1 = "fedcommons-receipt/v1"
 _RECEIPT_V2 = "fedcommons-receipt/v2"
 
@@ -284,6 +287,10 @@ class Receipt:
 def read_receipts(folder: Path) -> Iterator[tuple[Path, Receipt]]:
     """Every receipt under ``folder`` (``*.json``, recursively, sorted).
 
+    A node's ``sent/`` and ``refused/`` folders are skipped (:data:`NOT_RECEIPTS`):
+    they hold what it sent and the receipts it refused, read by
+    :func:`common.evidence.signed_heads`.
+
     Raises
     ------
     ReceiptError
@@ -291,7 +298,9 @@ def read_receipts(folder: Path) -> Iterator[tuple[Path, Receipt]]:
     """
     if not folder.is_dir():
         raise ReceiptError(f"no receipts folder at {folder}")
-    paths = sorted(p for p in folder.rglob("*.json") if p.is_file() and p.parent.name != "sent")
+    paths = sorted(  # not what a node keeps beside them: its sent updates and refusals
+        p for p in folder.rglob("*.json") if p.is_file() and p.parent.name not in NOT_RECEIPTS
+    )
     if not paths:
         raise ReceiptError(f"{folder} holds no receipts (*.json)")
     for path in paths:

@@ -15,10 +15,8 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from client.enrolment import ParticipantState
 from client.receipts import accept_receipts, cosign_heads
 from common.consortium import Consortium, default_log_origin
-from common.keys import encode_public, write_private_key
 from common.note import NoteError, SignatureLine, verify_cosignature
 from common.policy import Policy, PrivacyConfig
 from common.receipts import ReceiptError, TreeHead
@@ -35,11 +33,10 @@ from ledger.tree_heads import sign_tree_head
 from server.app.strategy import ConsortiumStrategy, LicenceCheck, UpdateGate, UpdateIntake
 from server.app.strategy.recorder import LedgerRecorder, NullRecorder, held_heads
 from tests.support.hostile_federation import task_identity
-from tests.support.receipt_world import AGGREGATOR, OPERATOR, SIGNERS, World, make_world
+from tests.support.receipt_world import AGGREGATOR, OPERATOR, SIGNERS, World, make_world, node_state
 
 TRAIN = MessageType.TRAIN
 H = "a" * 64
-CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 @pytest.fixture
@@ -49,21 +46,6 @@ def world(tmp_path: Path) -> Iterator[World]:
     world.ledger.close()
 
 
-def _node(folder: Path, name: str, origin: str = "") -> ParticipantState:
-    """The node's state folder: the world's receipt book is ``folder/name/receipts``."""
-    state = ParticipantState(folder / name)
-    Consortium(
-        name="t",
-        superlink="127.0.0.1:9092",
-        aggregator_public_key=encode_public(AGGREGATOR.public_key()),
-        operator_public_key=encode_public(OPERATOR.public_key()),
-        ca_certificate=CA,
-        log_origin=origin,
-    ).write(state.consortium)
-    write_private_key(state.signing_key, SIGNERS[name])
-    return state
-
-
 def _record(*receipts: str) -> ConfigRecord:
     return ConfigRecord({"receipts": list(receipts)})
 
@@ -71,7 +53,7 @@ def _record(*receipts: str) -> ConfigRecord:
 def test_a_node_cosigns_what_it_accepted_and_the_head_it_holds(
     world: World, tmp_path: Path
 ) -> None:
-    state = _node(tmp_path, "uni-a")
+    state = node_state(tmp_path, "uni-a")
     first, second = world.receipts[("uni-a", 1)], world.receipts[("uni-a", 2)]
     assert accept_receipts(state, "uni-a", None).cosignatures == []  # holds nothing yet
     accepted = accept_receipts(state, "uni-a", _record(first.to_json()))
@@ -93,7 +75,7 @@ def test_a_node_cosigns_what_it_accepted_and_the_head_it_holds(
 def test_a_refused_receipt_is_recorded_and_nothing_is_cosigned(
     world: World, tmp_path: Path
 ) -> None:
-    state = _node(tmp_path, "uni-a")
+    state = node_state(tmp_path, "uni-a")
     accept_receipts(state, "uni-a", _record(world.receipts[("uni-a", 1)].to_json()))
     stripped = dataclasses.replace(
         world.receipts[("uni-a", 2)], previous_size=None, previous_root=None, consistency=None
@@ -105,10 +87,10 @@ def test_a_refused_receipt_is_recorded_and_nothing_is_cosigned(
 
 
 def test_a_checkpoint_of_another_log_is_refused(world: World, tmp_path: Path) -> None:
-    state = _node(tmp_path, "uni-a", origin="consortium.example.org/ledger")
+    state = node_state(tmp_path, "uni-a", origin="consortium.example.org/ledger")
     with pytest.raises(ReceiptError, match="not of this consortium's log"):
         accept_receipts(state, "uni-a", _record(world.receipts[("uni-a", 1)].to_json()))
-    same = _node(tmp_path / "same", "uni-a", origin=default_log_origin(OPERATOR.public_key()))
+    same = node_state(tmp_path / "same", "uni-a", origin=default_log_origin(OPERATOR.public_key()))
     assert Consortium.load(same.consortium).origin == world.receipts[("uni-a", 1)].tree_head.origin
 
 
@@ -239,7 +221,7 @@ def test_a_receipt_delivered_again_is_cosigned_as_it_was_checked(
     world: World, tmp_path: Path
 ) -> None:
     """The same entry and head under another checkpoint text: the node cosigns its own copy."""
-    state = _node(tmp_path, "uni-a")
+    state = node_state(tmp_path, "uni-a")
     first = world.receipts[("uni-a", 1)]
     accept_receipts(state, "uni-a", _record(first.to_json()))
     head = first.tree_head

@@ -14,10 +14,21 @@ from pathlib import Path
 import pytest
 
 from common.consortium import default_log_origin
+from common.evidence import compare
+from common.keys import encode_public
 from common.note import verifier_key
 from common.receipts import read_receipts
 from tests.support.go_interop import go_checks, interop_input, needs_go
-from tests.support.receipt_world import NAMES, OPERATOR, World, accept_all, cosign_all, make_world
+from tests.support.receipt_world import (
+    NAMES,
+    OPERATOR,
+    SIGNERS,
+    World,
+    accept_all,
+    cosign_all,
+    make_world,
+    node_accepts,
+)
 
 pytestmark = [pytest.mark.interop, needs_go]
 
@@ -87,3 +98,32 @@ def test_go_refuses_what_fedcommons_refuses(
         )
     result = go_checks(bad, folder / "go")
     assert result.returncode == 1 and failure in result.stderr, result.stderr
+
+
+def test_go_opens_both_checkpoints_of_an_equivocation(tmp_path: Path) -> None:
+    """The pair ``audit compare`` prints is evidence any C2SP tool accepts: Go's note.Open."""
+    one = make_world(f"sqlite:///{tmp_path / 'one.db'}", tmp_path / "one", loss=0.7)
+    two = make_world(f"sqlite:///{tmp_path / 'two.db'}", tmp_path / "two", loss=0.2)
+    try:
+        uni_a = node_accepts(one, tmp_path / "one", "uni-a", 1)
+        co_c = node_accepts(two, tmp_path / "two", "co-c", 1)
+    finally:
+        one.ledger.close()
+        two.ledger.close()
+    origin = default_log_origin(OPERATOR.public_key())
+    (pair,) = compare([uni_a, co_c], OPERATOR.public_key(), origin).equivocations
+    doc = {
+        "operator_vkey": verifier_key(origin, OPERATOR.public_key()),
+        "witnesses": {name: encode_public(SIGNERS[name].public_key()) for name in NAMES},
+        "notes": [
+            {"note": seen.signed_note(), "witnesses": list(seen.cosigners)}
+            for seen in (pair.first, pair.second)
+        ],
+        "receipts": [],
+    }
+    result = go_checks(doc, tmp_path / "go")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["notes_opened"] == 2 and report["cosignatures"] == {"uni-a": 1, "co-c": 1}
+    assert pair.first.head.tree_size == pair.second.head.tree_size
+    assert pair.first.head.root != pair.second.head.root

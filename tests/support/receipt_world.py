@@ -13,10 +13,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from flwr.app import ConfigRecord
 
-from client.receipts import ReceiptBook, cosign_heads
+from client.enrolment import ParticipantState
+from client.receipts import ReceiptBook, accept_receipts, cosign_heads
+from common.consortium import Consortium
 from common.envelope import Envelope, UpdateHeader, seal
-from common.keys import encode_public
+from common.keys import encode_public, write_private_key
 from common.protocol import PrivacyCharge
 from common.receipts import Receipt, TreeHead, read_receipts
 from ledger import Ledger, UpdateFact, enrol_participant, record_round, start_run
@@ -25,6 +28,7 @@ from ledger.entries import record_row
 from ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
 
 H = "a" * 64  # the model, policy and base digests
+CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 NAMES = ("uni-a", "co-c")
 OPERATOR = Ed25519PrivateKey.generate()
 AGGREGATOR = X25519PrivateKey.generate()
@@ -151,3 +155,33 @@ def cosign_all(world: World, now: int = 1_700_000_000) -> dict[str, list[str]]:
         with world.ledger.session() as s:
             _, refused[name] = record_cosignatures(s, name, cosigned)
     return refused
+
+
+def node_state(folder: Path, name: str, origin: str = "") -> ParticipantState:
+    """``name``'s state folder in ``folder`` (its consortium file and signing key): the
+    world's receipt book ``folder/name/receipts`` is its receipts folder."""
+    state = ParticipantState(folder / name)
+    Consortium(
+        name="t",
+        superlink="127.0.0.1:9092",
+        aggregator_public_key=encode_public(AGGREGATOR.public_key()),
+        operator_public_key=encode_public(OPERATOR.public_key()),
+        ca_certificate=CA,
+        log_origin=origin,
+    ).write(state.consortium)
+    write_private_key(state.signing_key, SIGNERS[name])
+    return state
+
+
+def node_accepts(world: World, folder: Path, name: str, *rounds: int) -> Path:
+    """``name`` accepts its receipts of ``rounds`` from ``world`` as its node does.
+
+    Its state folder is made in ``folder`` (:func:`node_state`); each receipt goes
+    through :func:`client.receipts.accept_receipts`, which also cosigns and logs
+    the checkpoints. Returns the state folder.
+    """
+    state = node_state(folder, name)
+    for number in rounds:
+        record = ConfigRecord({"receipts": [world.receipts[(name, number)].to_json()]})
+        accept_receipts(state, name, record)
+    return state.root
