@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,15 +23,20 @@ from client.enrolment import ParticipantState, enrol
 from client.supernode import ISOLATIONS, node_settings
 from client.supernode import start as start_supernode
 from common.epsilon import format_epsilon
+from common.errors import UserError
 from common.images import ImageData
 from common.keys import PASSPHRASE_ENV, passphrase_for_new_keys
 from common.local_data import load_local_data
 from common.output import OutputFormat, literal_console, printer
 from common.policy import Policy
+from common.sent import SENT_FOLDER, read_sent, unreceipted
 
 __all__ = ["app"]
 
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text (for people) or json.")]
+StateOption = Annotated[
+    Path, typer.Option("--state", help="The node's state folder (its node config state-dir).")
+]
 
 app = typer.Typer(
     help="Commands for a participating institution.", no_args_is_help=True, add_completion=False
@@ -78,9 +84,7 @@ def check_data(
 
 @app.command("budget")
 def budget(
-    state: Annotated[
-        Path, typer.Option("--state", help="The node's state folder (its node config state-dir).")
-    ],
+    state: StateOption,
     output_format: FormatOption = OutputFormat.text,
 ) -> None:
     """Privacy budget spent and remaining per dataset, from the node's own accountant."""
@@ -131,6 +135,36 @@ def budget(
             f"{row['delta']:g}",
         )
     literal_console().print(table)
+
+
+@app.command("check")
+def check(
+    state: StateOption,
+    output_format: FormatOption = OutputFormat.text,
+) -> None:
+    """Updates this node sent that it holds no receipt for (withheld, unrecorded or refused).
+
+    Exits 1 if there is any: the last round of a run still under way is owed
+    its receipt with the closing message; any other was withheld or never
+    recorded by the operator, or its receipt refused (see receipts/refused/).
+    """
+    receipts = state / "receipts"
+    if not ((receipts / SENT_FOLDER).is_dir() or ParticipantState(state).node_settings.is_file()):
+        raise UserError(
+            f"{state} is not a FedCommons state folder: it holds neither the node.toml "
+            "'fedcommons client enroll' writes nor a receipts/sent/ folder"
+        )
+    sent, missing = read_sent(receipts), unreceipted(receipts)
+    if output_format is OutputFormat.json:
+        rows = [{**asdict(m.sent), "refused": list(m.refused)} for m in missing]
+        typer.echo(json.dumps({"state_dir": str(state), "sent": len(sent), "unreceipted": rows}))
+    else:
+        say = printer(literal_console())
+        say(f"{len(sent)} updates sent, {len(sent) - len(missing)} with a receipt kept")
+        for m in missing:
+            say(f"no receipt: {m.describe()}")
+    if missing:
+        raise typer.Exit(1)
 
 
 def _warn_of_others(state: Path, own: str | None, histories: list[AccountantHistory]) -> None:

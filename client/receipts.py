@@ -20,7 +20,6 @@ already receipted) keeps both operator-signed heads there as evidence.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -33,13 +32,15 @@ from flwr.app import ConfigRecord
 
 from client.enrolment import ParticipantState
 from client.owed import keep_sealed
+from client.own_entries import Misstated, check_own_entries
 from common.atomic import write_atomic
 from common.consortium import Consortium, EnrolmentError
-from common.envelope import Envelope, UpdateHeader
+from common.envelope import Envelope
 from common.evidence import record_checkpoints
 from common.keys import passphrase_from_env
 from common.note import cosign
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead
+from common.sent import SentUpdate
 from common.witness import Cosigned
 
 __all__ = ["Accepted", "Kept", "ReceiptBook", "accept_receipts", "receipt_book", "record_sent"]
@@ -79,14 +80,8 @@ class ReceiptBook:
 
     def record_sent(self, envelope: Envelope) -> Path:
         """Remember what was sent, so a receipt can be matched to this node's own update."""
-        header = UpdateHeader.parse(envelope.header)
-        path = self.sent_folder / f"run-{header.run_id}-round-{header.round:04d}.json"
-        doc = {
-            "participant": header.participant,
-            "ciphertext_sha256": envelope.ciphertext_sha256(),
-            "signature": base64.b64encode(envelope.signature).decode(),
-        }
-        write_atomic(path, json.dumps(doc, sort_keys=True, indent=2) + "\n")
+        sent = SentUpdate.of(envelope)
+        path = write_atomic(self.sent_folder / sent.file_name, sent.to_json())
         keep_sealed(self.folder, envelope)  # until a receipt or the server covers its charge
         return path
 
@@ -172,10 +167,11 @@ class ReceiptBook:
         return Kept(path, receipt.tree_head)
 
     def _check_sent(self, receipt: Receipt, latest: TreeHead | None) -> None:
-        """Refuse unless the receipt's entry records the update this node sent."""
+        """Refuse unless the receipt's entries state the update this node sent, its own charge
+        and its value as recomputed (:mod:`client.own_entries`): ``misstated`` if not."""
         sent_path = self.sent_folder / receipt.file_name
         try:
-            sent = json.loads(sent_path.read_text(encoding="utf-8"))
+            sent = SentUpdate.read(sent_path)
         except (OSError, ValueError):
             self._refuse(
                 receipt,
@@ -184,16 +180,12 @@ class ReceiptBook:
                 f"a receipt for run {receipt.run_id} round {receipt.round}, but this node has "
                 f"no record of sending an update then ({sent_path})",
             )
-        row = receipt.update()
-        for column in ("ciphertext_sha256", "signature"):
-            if row.get(column) != sent.get(column):
-                self._refuse(
-                    receipt,
-                    latest,
-                    "invalid",
-                    f"the receipt's ledger entry {receipt.seq} for round {receipt.round} records "
-                    f"another update than the one this node sent ({column} differs)",
-                )
+        try:
+            check_own_entries(receipt, sent)
+        except Misstated as err:
+            self._refuse(receipt, latest, "misstated", str(err), err.detail())
+        except ReceiptError as err:
+            self._refuse(receipt, latest, "invalid", str(err))
 
     def _check_extends(self, receipt: Receipt, latest: TreeHead) -> None:
         """Refuse unless the receipt's head provably extends ``latest``, the largest held."""
@@ -239,9 +231,17 @@ class ReceiptBook:
             )
 
     def _refuse(
-        self, receipt: Receipt, latest: TreeHead | None, kind: str, reason: str
+        self,
+        receipt: Receipt,
+        latest: TreeHead | None,
+        kind: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
     ) -> NoReturn:
-        """Record why ``receipt`` was refused (with the head held, as evidence); raise."""
+        """Record why ``receipt`` was refused (with the head held, as evidence); raise.
+
+        ``detail``: what a ``misstated`` refusal found (entry, field, both values).
+        """
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         record = {
             "kind": kind,
@@ -250,6 +250,8 @@ class ReceiptBook:
             "held_head": asdict(latest) if latest is not None else None,
             "receipt": receipt.to_dict(),
         }
+        if detail is not None:
+            record["misstated"] = detail
         write_atomic(
             self.folder / "refused" / f"{stamp}-{receipt.file_name}",
             json.dumps(record, sort_keys=True, indent=2) + "\n",

@@ -34,6 +34,7 @@ __all__ = [
     "processes",
     "protocol",
     "receipts",
+    "sent",
     "shapley",
     "text",
     "tls",

@@ -22,7 +22,11 @@ tool opens it with the operator's verifier key. Heads signed before that are
 canonical JSON whose body says ``"format": "fedcommons-checkpoint/v1"`` (kept:
 signatures already given cover those bytes) and stay verifiable. Receipts
 are ``fedcommons-receipt/v3`` (v2 could not carry a checkpoint; v1 named the
-head ``checkpoint``); v1 and v2 are still read.
+head ``checkpoint``); v1 and v2 are still read. A receipt may also carry, each
+with its inclusion proof under the same head, the participant's contribution
+value, its privacy charge and the round's valuation, so that the participant
+checks its own entries (:mod:`client.own_entries`); receipts without them
+stay valid.
 """
 
 from __future__ import annotations
@@ -101,6 +105,12 @@ class Receipt:
     value_seq, value_payload, value_inclusion : optional
         The entry recording the participant's contribution value in the round
         (``contributions``), with its inclusion proof under the same head.
+    charge_seq, charge_payload, charge_inclusion : optional
+        The entry recording the participant's privacy charge for the round
+        (``privacy_charges``), with its inclusion proof under the same head.
+    valuation_seq, valuation_payload, valuation_inclusion : optional
+        The round's valuation entry (``valuations``: players, coalition
+        utilities), from which the participant recomputes its value.
     """
 
     participant: str
@@ -116,6 +126,12 @@ class Receipt:
     value_seq: int | None = None
     value_payload: str | None = None
     value_inclusion: list[str] | None = None
+    charge_seq: int | None = None
+    charge_payload: str | None = None
+    charge_inclusion: list[str] | None = None
+    valuation_seq: int | None = None
+    valuation_payload: str | None = None
+    valuation_inclusion: list[str] | None = None
 
     @property
     def file_name(self) -> str:
@@ -133,21 +149,46 @@ class Receipt:
         """The participant's value in the round (parts per million of utility), if carried."""
         if self.value_payload is None:
             return None
-        doc = json.loads(self.value_payload)
-        row = doc.get("row") if isinstance(doc, dict) else None
-        if not isinstance(row, dict) or doc.get("kind") != "contribution":
-            raise ReceiptError(f"receipt entry {self.value_seq} does not record a contribution")
+        row = self._own(self.value_payload, self.value_seq, "contribution", "value")
         value = row.get("value")
         if not isinstance(value, int) or isinstance(value, bool):
             raise ReceiptError(f"receipt entry {self.value_seq} holds no integer value")
+        return value
+
+    def charge(self) -> dict[str, Any] | None:
+        """The participant's privacy charge in the round (a ``privacy_charges`` row), if carried."""
+        if self.charge_payload is None:
+            return None
+        return self._own(self.charge_payload, self.charge_seq, "privacy-charge", "charge")
+
+    def _own(self, payload: str, seq: int | None, kind: str, what: str) -> dict[str, Any]:
+        """The row of entry ``seq``, a ``kind`` of this participant's in this round."""
+        row = _row(payload, seq, kind)
         if row.get("round_number") != self.round or row.get("participant_id") != self.update().get(
             "participant_id"
         ):
             raise ReceiptError(
-                f"receipt for round {self.round}: its value entry {self.value_seq} is for "
+                f"receipt for round {self.round}: its {what} entry {seq} is for "
                 "another round or participant"
             )
-        return value
+        return row
+
+    def valuation(self) -> dict[str, Any] | None:
+        """The round's valuation (a ``valuations`` row) the value was computed by, if carried."""
+        if self.valuation_payload is None:
+            return None
+        row = _row(self.valuation_payload, self.valuation_seq, "valuation")
+        named = None  # the valuation the value entry names, by row id
+        if self.value_payload is not None:
+            named = _row(self.value_payload, self.value_seq, "contribution").get("valuation_id")
+        if row.get("round_number") != self.round or (
+            named is not None and named != json.loads(self.valuation_payload).get("id")
+        ):
+            raise ReceiptError(
+                f"receipt for round {self.round}: its valuation entry {self.valuation_seq} is "
+                "for another round, or not the one its value entry names"
+            )
+        return row
 
     def verify(self, operator: Ed25519PublicKey, origin: str | None = None) -> None:
         """Check the signature, the inclusion proof and (if given) the consistency proof.
@@ -176,11 +217,19 @@ class Receipt:
         self.update()
         root = bytes.fromhex(self.tree_head.root)
         self._included(self.payload, self.seq, self.inclusion, root)
-        if self.value_seq is not None or self.value_payload is not None:
-            if self.value_seq is None or self.value_payload is None or not self.value_inclusion:
-                raise ReceiptError(f"receipt for round {self.round}: an incomplete value proof")
-            self._included(self.value_payload, self.value_seq, self.value_inclusion, root)
-            self.contribution()
+        for what, seq, payload, proof in (
+            ("value", self.value_seq, self.value_payload, self.value_inclusion),
+            ("charge", self.charge_seq, self.charge_payload, self.charge_inclusion),
+            ("valuation", self.valuation_seq, self.valuation_payload, self.valuation_inclusion),
+        ):
+            if seq is None and payload is None:
+                continue
+            if seq is None or payload is None or not proof:
+                raise ReceiptError(f"receipt for round {self.round}: an incomplete {what} proof")
+            self._included(payload, seq, proof, root)
+        self.contribution()  # each entry carried: this participant's, of this round
+        self.charge()
+        self.valuation()
         if self.previous_size is None:
             return
         if self.previous_root is None or self.consistency is None:
@@ -263,6 +312,12 @@ class Receipt:
             "value_seq": (int, type(None)),
             "value_payload": (str, type(None)),
             "value_inclusion": (list, type(None)),
+            "charge_seq": (int, type(None)),
+            "charge_payload": (str, type(None)),
+            "charge_inclusion": (list, type(None)),
+            "valuation_seq": (int, type(None)),
+            "valuation_payload": (str, type(None)),
+            "valuation_inclusion": (list, type(None)),
         }
         for name, kinds in fields.items():
             value = doc.get(name)
@@ -275,13 +330,25 @@ class Receipt:
         _hashes(doc["inclusion"], f"{source}'s inclusion proof")
         if doc["consistency"] is not None:
             _hashes(doc["consistency"], f"{source}'s consistency proof")
-        if doc["value_inclusion"] is not None:
-            _hashes(doc["value_inclusion"], f"{source}'s value inclusion proof")
-        if doc["value_seq"] is not None and not 0 <= doc["value_seq"] < tree_head.tree_size:
-            raise ReceiptError(f"{source}: value entry {doc['value_seq']} is outside the head")
+        for what in ("value", "charge", "valuation"):
+            if doc.get(f"{what}_inclusion") is not None:
+                _hashes(doc[f"{what}_inclusion"], f"{source}'s {what} inclusion proof")
+            seq = doc.get(f"{what}_seq")
+            if seq is not None and not 0 <= seq < tree_head.tree_size:
+                raise ReceiptError(f"{source}: {what} entry {seq} is outside the head")
         if doc["previous_root"] is not None and not is_hex_digest(doc["previous_root"]):
             raise ReceiptError(f"{source}: previous_root is not a hex SHA-256 digest")
-        return cls(tree_head=tree_head, **{name: doc[name] for name in fields})
+        values: dict[str, Any] = {name: doc.get(name) for name in fields}
+        return cls(tree_head=tree_head, **values)
+
+
+def _row(payload: str, seq: int | None, kind: str) -> dict[str, Any]:
+    """The row a ledger entry of ``kind`` states; :class:`ReceiptError` if it states another."""
+    doc = json.loads(payload)
+    row = doc.get("row") if isinstance(doc, dict) else None
+    if not isinstance(row, dict) or doc.get("kind") != kind:
+        raise ReceiptError(f"receipt entry {seq} does not record a {kind}")
+    return row
 
 
 def read_receipts(folder: Path) -> Iterator[tuple[Path, Receipt]]:

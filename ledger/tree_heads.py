@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from common.consortium import default_log_origin
@@ -23,11 +24,15 @@ from common.note import NoteError, check_key_name
 from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
 from ledger.schema import (
     ChainTip,
+    Charge,
+    Contribution,
     LedgerEntry,
     LedgerTreeHead,
     LogOrigin,
     Participant,
+    Round,
     RoundUpdate,
+    Valuation,
     utcnow,
 )
 
@@ -240,18 +245,59 @@ def round_receipts(
         then carries a consistency proof from that head.
     contributions : mapping, optional
         The entry recording each participant's value in the round, by name:
-        its receipt then carries that entry and its inclusion proof too.
+        its receipt then carries that entry, the round's valuation entry and
+        their inclusion proofs too.
+
+    Each receipt also carries the participant's privacy charge for the round
+    (the last one recorded under ``head``), if any, with its inclusion proof:
+    the node checks its own entries against what it sent (:mod:`client.own_entries`).
     """
+    size = head.tree_size
     contributions = contributions or {}
-    value_payloads: dict[int, str] = {
+    recorded = session.get_one(Round, round_id)
+    charges: dict[str, int] = {
+        name: seq
+        for name, seq in session.execute(
+            select(Participant.name, func.max(Charge.entry_seq))
+            .join(Charge, Charge.participant_id == Participant.id)
+            .where(
+                Charge.run_id == recorded.run_id,
+                Charge.round_number == recorded.number,
+                Charge.entry_seq < size,
+            )
+            .group_by(Participant.name)
+        )
+        if seq is not None
+    }
+    valuations: dict[int, int] = {
+        value_seq: valuation_seq
+        for value_seq, valuation_seq in session.execute(
+            select(Contribution.entry_seq, Valuation.entry_seq)
+            .join(Valuation, Valuation.id == Contribution.valuation_id)
+            .where(Contribution.entry_seq.in_(list(contributions.values())))
+        )
+        if value_seq is not None and valuation_seq is not None
+    }
+    wanted = [*contributions.values(), *charges.values(), *valuations.values()]
+    payloads: dict[int, str] = {
         seq: payload
         for seq, payload in session.execute(
-            select(LedgerEntry.seq, LedgerEntry.payload).where(
-                LedgerEntry.seq.in_(list(contributions.values()))
-            )
+            select(LedgerEntry.seq, LedgerEntry.payload).where(LedgerEntry.seq.in_(wanted))
         )
     }
-    size = head.tree_size
+
+    def proven(what: str, seq: int | None, name: str) -> dict[str, Any]:
+        """Entry ``seq`` (``name``'s ``what``) with its inclusion proof, as receipt fields."""
+        if seq is None:
+            return {}
+        if seq >= size:
+            raise TreeHeadError(f"{name}'s {what} (entry {seq}) is not under the signed head")
+        return {
+            f"{what}_seq": seq,
+            f"{what}_payload": payloads[seq],
+            f"{what}_inclusion": tree.inclusion(seq, size),
+        }
+
     rows = session.execute(
         select(Participant.name, LedgerEntry.seq, LedgerEntry.payload)
         .join(RoundUpdate, RoundUpdate.participant_id == Participant.id)
@@ -265,8 +311,6 @@ def round_receipts(
             raise TreeHeadError(f"{name}'s update (entry {seq}) is not under the signed head")
         before = previous.get(name)
         value_seq = contributions.get(name)
-        if value_seq is not None and value_seq >= size:
-            raise TreeHeadError(f"{name}'s value (entry {value_seq}) is not under the signed head")
         receipts.append(
             Receipt(
                 participant=name,
@@ -279,9 +323,9 @@ def round_receipts(
                 previous_size=before.tree_size if before else None,
                 previous_root=before.root if before else None,
                 consistency=tree.consistency(before.tree_size, size) if before else None,
-                value_seq=value_seq,
-                value_payload=value_payloads.get(value_seq) if value_seq is not None else None,
-                value_inclusion=tree.inclusion(value_seq, size) if value_seq is not None else None,
+                **proven("value", value_seq, name),
+                **proven("charge", charges.get(name), name),
+                **proven("valuation", valuations.get(value_seq) if value_seq else None, name),
             )
         )
     return receipts

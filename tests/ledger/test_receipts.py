@@ -25,6 +25,7 @@ from common.keys import encode_public
 from common.merkle import EMPTY_ROOT
 from common.note import SignatureLine, signature_lines, verify_cosignature
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead, read_receipts
+from common.sent import read_sent
 from fedcommons.cli import app
 from ledger import Ledger
 from ledger.cosignatures import cosigned_note, latest_cosigned, record_cosignatures
@@ -338,7 +339,12 @@ def test_a_receipt_must_be_for_this_node_and_its_own_update(
     with pytest.raises(ReceiptError, match="no record of sending an update then"):
         fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
     fresh.record_sent(sealed_update("uni-a", 1, salt=b" resealed"))  # not what the ledger holds
-    with pytest.raises(ReceiptError, match=r"another update than the one this node sent \(ciph"):
+    resealed = f"this node sent {read_sent(fresh.folder)[0].ciphertext_sha256}"
+    with pytest.raises(
+        ReceiptError,
+        match=rf"^misstated: the ledger's entry {receipt.seq} records ciphertext_sha256 "
+        rf"{receipt.update()['ciphertext_sha256']} for this node's round 1 update; {resealed}$",
+    ):
         fresh.accept(receipt, OPERATOR.public_key(), "uni-a")
 
 

@@ -55,6 +55,20 @@ def sealed_update(name: str, server_round: int, salt: bytes = b"") -> Envelope:
     )
 
 
+def update_fact(name: str, envelope: Envelope, num_examples: int = 10) -> UpdateFact:
+    """The fact the server records of ``name``'s sealed ``envelope`` (its count as given)."""
+    return UpdateFact(
+        name,
+        num_examples,
+        0.5,
+        "c" * 64,
+        1000,
+        1.5,
+        ciphertext_sha256=envelope.ciphertext_sha256(),
+        signature=base64.b64encode(envelope.signature).decode(),
+    )
+
+
 @dataclass
 class World:
     """A ledger with two recorded rounds, their receipts and each node's receipts folder."""
@@ -81,19 +95,7 @@ def record_world_round(world: World, number: int, loss: float = 0.7) -> None:
             loss=loss,
             accuracy=0.81,
             seconds=12.5,
-            updates=[
-                UpdateFact(
-                    name,
-                    10,
-                    0.5,
-                    "c" * 64,
-                    1000,
-                    1.5,
-                    ciphertext_sha256=e.ciphertext_sha256(),
-                    signature=base64.b64encode(e.signature).decode(),
-                )
-                for name, e in envelopes.items()
-            ],
+            updates=[update_fact(name, e) for name, e in envelopes.items()],
         )
         checkpoint = sign_tree_head(s, OPERATOR, f"round {number}", tree=world.tree)
         receipts = round_receipts(
