@@ -5,4 +5,4 @@ the ledger's read side (:mod:`ledger`), never torch, Opacus or
 transformers.
 """
 
-__all__ = ["cards", "cli", "compare", "web"]
+__all__ = ["card_cli", "card_ledger", "card_proof", "cards", "cli", "compare", "web"]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.table import Table
 from rich.text import Text
 
+from audit.card_cli import card, print_verdict, verify_releases
 from audit.compare import compare_folders
 from common.consortium import Consortium
 from common.keys import decode_ed25519_public
@@ -28,6 +29,7 @@ app = typer.Typer(
     help="Read-only views of the ledger, for auditors.", no_args_is_help=True, add_completion=False
 )
 app.command("compare")(compare_folders)
+app.command("card")(card)
 
 
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="text (for people) or json.")]
@@ -60,6 +62,14 @@ def verify(
             "with the ledger.",
         ),
     ] = None,
+    releases: Annotated[
+        Path | None,
+        typer.Option(
+            "--releases",
+            help="A folder of releases: every model-card.json under it is checked against "
+            "the consortium and this ledger, as 'audit card' does (needs consortium.json).",
+        ),
+    ] = None,
     output_format: FormatOption = OutputFormat.text,
 ) -> None:
     """Recompute every entry, the hash chain and the Merkle tree; check every fact row,
@@ -69,6 +79,7 @@ def verify(
     participants that cosigned it, if every check ran and held;
     exit 1 and the first bad entry otherwise. Without --operator-key it
     refuses (exit 2) unless --skip-signatures says to verify the rest.
+    With --releases, exit 1 also when a card is refused.
     """
     if operator_key is None and not skip_signatures:
         raise typer.BadParameter(
@@ -100,14 +111,22 @@ def verify(
         raise typer.Exit(code=1) from None
     finally:
         ledger.close()
+    cards = verify_releases(ledger_url, operator_key, releases) if releases else []
     if output_format is OutputFormat.json:
         complete = report.signatures_checked
         unchecked = [] if complete else ["tree-head signatures"]
-        typer.echo(json.dumps({"intact": complete, "unchecked": unchecked, **asdict(report)}))
-        return
-    typer.echo(report.summary())
-    for line in report.witness_lines():
-        typer.echo(f"  {line}")
+        shown = {"releases": [c.to_dict() for c in cards]} if releases else {}
+        typer.echo(
+            json.dumps({"intact": complete, "unchecked": unchecked, **asdict(report), **shown})
+        )
+    else:
+        typer.echo(report.summary())
+        for line in report.witness_lines():
+            typer.echo(f"  {line}")
+        for checked in cards:
+            print_verdict(checked)
+    if any(c.verdict.status != "verified" for c in cards):
+        raise typer.Exit(code=1)
 
 
 def _operator_key(value: str) -> Ed25519PublicKey:

@@ -50,6 +50,7 @@ __all__ = [
     "entries",
     "finish_run",
     "normalise_url",
+    "provenance",
     "record_defences",
     "record_exclusions",
     "record_privacy",

@@ -27,7 +27,7 @@ import tomllib
 from safetensors.numpy import load as load_safetensors
 from typer.testing import CliRunner
 
-from audit.cards import verify_card
+from audit.cards import check_card
 from client.enrolment import ParticipantState, enrol
 from common.envelope import Envelope, UpdateHeader, decrypt
 from common.images import write_npz
@@ -185,8 +185,16 @@ def test_the_release_and_every_receipt_verify(demo: DemoRun) -> None:
     assert release_dir == (demo.workdir / "releases" / f"run-{run['id']}").resolve()
     card = json.loads((release_dir / "model-card.json").read_bytes())
     operator = OperatorFiles((demo.workdir / "operator").resolve())
-    # the release checkpoint carries every contributor's cosignature: each checked it
-    assert sorted(verify_card(card, operator.consortium().operator_key)) == INSTITUTIONS
+    # the card checks against the consortium and its ledger: the release checkpoint
+    # carries every contributor's cosignature, verified with its admitted key
+    consortium, ledger = operator.consortium(), Ledger(summary["ledger_url"], read_only=True)
+    with ledger.session() as session:
+        verdict = check_card(
+            card, operator=consortium.operator_key, origin=consortium.origin, session=session
+        )
+    ledger.close()
+    assert verdict.status == "verified", verdict.to_dict()
+    assert verdict.check("quorum").detail.startswith("cosigned by 3 of the 3 members")
     assert card["model"]["sha256"] == run["rounds"][-1]["model_sha256_after"]
     assert sorted(c["institution"] for c in card["contributors"]) == INSTITUTIONS
     assert card["obligations"]["non_commercial"] is True
