@@ -292,10 +292,11 @@ def serve(
     from audit.web import create_app
 
     operator = _operator_key(operator_key) if operator_key else None
-    name = None
+    name = origin = None
     if operator_key and (Path(operator_key).suffix == ".json" or Path(operator_key).is_file()):
-        name = Consortium.load(Path(operator_key)).name
-    dashboard = create_app(ledger_url, operator, name)
+        consortium = Consortium.load(Path(operator_key))
+        name, origin = consortium.name, consortium.origin
+    dashboard = create_app(ledger_url, operator, name, origin=origin)
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as err:

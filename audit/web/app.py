@@ -57,15 +57,21 @@ JobId = Annotated[str, PathParam(pattern="^[0-9a-f]{32}$")]
 
 
 def create_app(
-    ledger_url: str, operator: Ed25519PublicKey | None = None, consortium: str | None = None
+    ledger_url: str,
+    operator: Ed25519PublicKey | None = None,
+    consortium: str | None = None,
+    *,
+    origin: str | None = None,
 ) -> FastAPI:
     """The dashboard for the ledger at ``ledger_url`` (opened read-only).
 
-    ``operator`` lets "verify now" check the tree heads' signatures;
-    ``consortium`` is the name the overview shows (from ``consortium.json``).
+    ``operator`` lets "verify now" check the tree heads' signatures and the
+    release view check each model card (:func:`audit.cards.check_card`);
+    ``consortium`` is the name the overview shows and ``origin`` the log
+    origin cards are checked against (both from ``consortium.json``).
     """
     ledger = Ledger(ledger_url, read_only=True)
-    view = LedgerView()
+    view = LedgerView(operator, origin)
     jobs = VerifyJobs(ledger, operator)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     app = FastAPI(

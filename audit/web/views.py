@@ -7,6 +7,8 @@ the ledger's URL or any secret.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -14,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from audit.cards import check_card
 from common.policy import Policy, PolicyError
 from common.receipts import TreeHeadError
 from ledger.contributions import contributions_report
@@ -47,7 +51,8 @@ class LedgerView:
     lands. The newest :data:`CACHED_RUNS` builds are kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, operator: Ed25519PublicKey | None = None, origin: str | None = None) -> None:
+        self._operator, self._origin = operator, origin
         self._tree = LedgerTree()
         self._lock = threading.Lock()
         self._runs: OrderedDict[tuple[int, int], Any] = OrderedDict()
@@ -181,7 +186,10 @@ class LedgerView:
                 "institutions": valued["institutions"],
                 "kinds": valued["kinds"],
             },
-            "releases": [{**r, "card": _card_text(r["out"])} for r in run["releases"]],
+            "releases": [
+                {**r, "card": _card_text(r["out"]), "verdict": self._verdict(session, r["out"])}
+                for r in run["releases"]
+            ],
         }
 
     def entry(self, session: Session, seq: int) -> dict[str, Any]:
@@ -205,6 +213,25 @@ class LedgerView:
             "from leaf index seq up to tree_head.root (tree_size leaves); check the "
             "head's Ed25519 signature with the operator's key",
         }
+
+    def _verdict(self, session: Session, out: str | None) -> dict[str, Any]:
+        """The card check's verdict on the released card, against this ledger."""
+        if self._operator is None:
+            return {"status": "not checked", "checks": [],
+                    "detail": "the dashboard was started without the operator's key"}  # fmt: skip
+        try:
+            data = (Path(out) / "model-card.json").read_bytes() if out else b""
+            card = json.loads(data)
+            if not isinstance(card, dict):
+                raise ValueError("not a JSON object")
+            verdict = check_card(
+                card, operator=self._operator, origin=self._origin, session=session,
+                card_sha256=hashlib.sha256(data).hexdigest(),
+            )  # fmt: skip
+        except (OSError, ValueError) as err:  # CardError is a ValueError
+            return {"status": "not checked", "checks": [],
+                    "detail": f"the card is not readable here: {err}"}  # fmt: skip
+        return {**verdict.to_dict(), "detail": None}
 
 
 def _card_text(out: str | None) -> str | None:

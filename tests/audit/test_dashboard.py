@@ -410,3 +410,20 @@ def test_stored_markup_runs_no_script_in_a_real_browser(tmp_path: Path) -> None:
             expect(page.locator("#participants")).to_contain_text(name)
         expect(page.locator("#datasets")).to_contain_text(LICENCE.id)
         browser.close()
+
+
+def test_the_release_view_shows_the_card_checks_verdict(dashboard: Dashboard) -> None:
+    """The card is checked against this ledger; nobody cosigned its checkpoint here."""
+    (release,) = dashboard.get("/api/runs/1").json()["releases"]
+    verdict = release["verdict"]
+    assert verdict["status"] == "refused"
+    statuses = {c["check"]: c["status"] for c in verdict["checks"]}
+    assert (statuses.pop("quorum"), statuses.pop("log origin")) == ("mismatch", "not checked")
+    assert set(statuses.values()) == {"held"}, statuses  # signature, proofs, ledger, ε, ...
+    page = dashboard.get("/runs/1").text
+    assert "Card check: <strong>refused</strong>" in page
+    assert (
+        "<li>mismatch: quorum: cosigned by 0 of the 3 members admitted to run 1 (none); "
+        "the quorum is 2 (a majority)</li>"
+    ) in page
+    assert "<li>not checked: log origin: not checked: needs consortium.json</li>" in page
