@@ -248,17 +248,19 @@ def round_receipts(
         its receipt then carries that entry, the round's valuation entry and
         their inclusion proofs too.
 
-    Each receipt also carries the participant's privacy charge for the round
-    (the last one recorded under ``head``), if any, with its inclusion proof:
-    the node checks its own entries against what it sent (:mod:`client.own_entries`).
+    Each receipt also carries the participant's privacy charge for the round,
+    with its inclusion proof, when exactly one is recorded under ``head`` (a
+    round retried after a crash may hold the charge of an update never
+    receipted beside the one of the update recorded: then none), so the node
+    checks its own entries against what it sent (:mod:`client.own_entries`).
     """
     size = head.tree_size
     contributions = contributions or {}
     recorded = session.get_one(Round, round_id)
     charges: dict[str, int] = {
         name: seq
-        for name, seq in session.execute(
-            select(Participant.name, func.max(Charge.entry_seq))
+        for name, seq, count in session.execute(
+            select(Participant.name, func.max(Charge.entry_seq), func.count(Charge.id))
             .join(Charge, Charge.participant_id == Participant.id)
             .where(
                 Charge.run_id == recorded.run_id,
@@ -267,7 +269,7 @@ def round_receipts(
             )
             .group_by(Participant.name)
         )
-        if seq is not None
+        if seq is not None and count == 1
     }
     valuations: dict[int, int] = {
         value_seq: valuation_seq

@@ -70,10 +70,12 @@ def record_round_3(
     num_examples: int = 10,
     charge: PrivacyCharge = CHARGE,
     values: RoundValues | None = None,
+    retried: PrivacyCharge | None = None,
 ) -> dict[str, Receipt]:
     """The operator records round 3 as it likes (uni-a's facts as given), signs, builds receipts.
 
     Each node has sealed and sent its honest update (10 examples, ``CHARGE``).
+    ``retried``: uni-a's charge for an earlier attempt at the round (reported owed).
     """
     envelopes = {name: sealed_update(name, 3) for name in NAMES}
     for name, envelope in envelopes.items():
@@ -86,6 +88,8 @@ def record_round_3(
             charges=[ChargeFact(n, charge if n == "uni-a" else CHARGE) for n in NAMES],
             exclusions=[],
         )
+        if retried is not None:
+            record_privacy(s, 1, 3, charges=[ChargeFact("uni-a", retried)], exclusions=[])
         row = record_round(
             s,
             1,
@@ -212,6 +216,16 @@ def test_a_round_valued_without_this_node_leaves_it_no_value_to_check(world: Wor
     receipts = record_round_3(world, values=values)
     assert receipts["uni-a"].value_seq is None  # no value for uni-a: nothing to check
     world.books["uni-a"].keep(receipts["uni-a"], OPERATOR.public_key(), "uni-a")
+
+
+def test_a_round_charged_twice_carries_no_charge_to_check(world: World) -> None:
+    """A round retried after a crash: the charge of the attempt never receipted is
+    recorded too (owed), so which charge is the update's is not the receipt's to guess."""
+    retried = dataclasses.replace(CHARGE, epsilon=2.0, history_sha256="0" * 64)
+    receipts = record_round_3(world, retried=retried)
+    assert receipts["uni-a"].charge_seq is None and receipts["co-c"].charge_seq is not None
+    for name in NAMES:
+        world.books[name].keep(receipts[name], OPERATOR.public_key(), name)
 
 
 def test_receipts_and_sent_records_without_the_new_fields_are_still_kept(world: World) -> None:
