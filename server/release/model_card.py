@@ -168,8 +168,10 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"(key `{signed['key_id'][:16]}…`) signs the tree of the first {signed['tree_size']} "
         f"entries, root `{signed['root']}`; `model-card.json` carries the entry, the "
         f"signature and an RFC 6962 inclusion proof of {len(proof['inclusion_proof'])} hashes. "
-        "This release is itself a ledger entry naming the SHA-256 of `model-card.json`; "
-        "`fedcommons audit verify` checks the whole ledger.",
+        "This release is itself a ledger entry naming the SHA-256 of `model-card.json`, "
+        f"which also proves each of the {len(card['rounds'])} rounds listed above; "
+        "`fedcommons audit card` checks the card against the consortium and its ledger, "
+        "`fedcommons audit verify` the whole ledger.",
         "",
     ]
     if signed.get("checkpoint"):
