@@ -24,23 +24,22 @@ from sqlalchemy.orm import Session
 from audit.card_proof import CardProof, Check
 from common.keys import KeyFileError, decode_ed25519_public
 from common.note import COSIGNATURE_TYPE, NoteError, verifier_key, verify_cosignature
+from ledger.facts import admitted_keys
 from ledger.provenance import ProvenanceError, contributors, obligations_doc
 from ledger.schema import LedgerTreeHead, Participant, Release, Run
 
 __all__ = ["ledger_checks", "run_members"]
 
 
-def run_members(session: Session, run: Run) -> dict[str, str]:
-    """Each member admitted to ``run`` (by the time it started): its admitted key, base64."""
-    members = {}
-    for p in session.scalars(select(Participant).where(Participant.admitted_at.is_not(None))):
-        admitted = p.admitted_at
-        if admitted is None or p.public_key is None:
-            continue
-        if run.started_at is not None and _naive(admitted) > _naive(run.started_at):
-            continue  # admitted after the run started: not one of its members
-        members[p.name] = p.public_key
-    return members
+def run_members(session: Session, run: Run) -> list[str]:
+    """The members admitted to ``run``: participants admitted by the time it started."""
+    keys = admitted_keys(session)
+    return sorted(
+        p.name
+        for p in session.scalars(select(Participant).where(Participant.admitted_at.is_not(None)))
+        if p.name in keys
+        and (run.started_at is None or _naive(p.admitted_at) <= _naive(run.started_at))
+    )
 
 
 def _naive(when: Any) -> Any:
@@ -54,13 +53,10 @@ def ledger_checks(
     run = session.get(Run, card["run"]["id"]) if isinstance(card["run"].get("id"), int) else None
     if run is None:
         why = f"the ledger records no run {card['run'].get('id')!r}: nobody trained this model"
-        return [
-            _checkpoint(session, proof),
-            *(Check(name, False, why) for name in ("witnesses", "quorum", "release")),
-            *(Check(name, False, why) for name in ("contributors", "obligations", "privacy")),
-        ]
+        names = ("witnesses", "quorum", "release", "contributors", "obligations", "privacy")
+        return [_checkpoint(session, proof), *(Check(name, False, why) for name in names)]
     members = run_members(session, run)
-    witnesses, cosigners = _witnesses(proof, members, run.id)
+    witnesses, cosigners = _witnesses(proof, admitted_keys(session), members)
     return [
         _checkpoint(session, proof),
         witnesses,
@@ -86,30 +82,36 @@ def _checkpoint(session: Session, proof: CardProof) -> Check:
     return Check("checkpoint", True, f"the ledger's head of size {head.tree_size}")
 
 
-def _witnesses(proof: CardProof, members: dict[str, str], run_id: int) -> tuple[Check, list[str]]:
-    """Each cosignature checked with its witness's admitted key; the names that verified."""
+def _witnesses(
+    proof: CardProof, keys: dict[str, str], members: list[str]
+) -> tuple[Check, list[str]]:
+    """Each cosignature checked with its witness's admitted key; the run's members that verified.
+
+    A participant admitted after the run started may cosign (its line must
+    verify) but does not count towards the run's quorum.
+    """
     problems, cosigners = [], []
     text = proof.head.body().decode("utf-8")
     for name, stated in sorted(proof.witness_keys.items()):
-        admitted = members.get(name)
+        admitted = keys.get(name)
         if admitted is not None and _vkey(name, admitted) != stated:
             problems.append(
                 f"the card states a witness key for {name} that is not the key the consortium "
                 "admitted it with"
             )
     for line in proof.head.witnesses():
-        if line.name not in members:
-            problems.append(f"{line.name} cosigned, but is not a member admitted to run {run_id}")
+        if line.name not in keys:
+            problems.append(f"{line.name} cosigned, but the consortium admitted no {line.name}")
             continue
         try:
-            verify_cosignature(text, line, decode_ed25519_public(members[line.name]))
+            verify_cosignature(text, line, decode_ed25519_public(keys[line.name]))
         except (NoteError, KeyFileError) as err:
             problems.append(
                 f"{line.name}'s cosignature does not verify on this checkpoint with its "
                 f"admitted key ({err}): forged, or replayed from another checkpoint"
             )
             continue
-        if line.name not in cosigners:
+        if line.name in members and line.name not in cosigners:
             cosigners.append(line.name)
     if problems:
         return Check("witnesses", False, "; ".join(problems)), cosigners
@@ -124,7 +126,7 @@ def _vkey(name: str, public: str) -> str | None:
         return None
 
 
-def _quorum(cosigners: list[str], members: dict[str, str], run_id: int) -> Check:
+def _quorum(cosigners: list[str], members: list[str], run_id: int) -> Check:
     quorum = len(members) // 2 + 1
     detail = (
         f"cosigned by {len(cosigners)} of the {len(members)} members admitted to run {run_id} "

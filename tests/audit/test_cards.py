@@ -27,7 +27,7 @@ from common.canonical import canonical_json
 from common.consortium import Consortium, default_log_origin
 from common.keys import encode_public
 from common.licences import SPDX
-from common.note import signature_lines
+from common.note import COSIGNATURE_TYPE, cosign, signature_lines, verifier_key
 from fedcommons.cli import app
 from ledger import Ledger
 from ledger.cosignatures import record_cosignatures
@@ -333,3 +333,19 @@ def test_audit_verify_releases_checks_every_card(released: Released, tmp_path: P
     assert "MISMATCH privacy: " in result.output
     shutil.rmtree(folder / "edited")
     assert runner.invoke(app, args).exit_code == 0
+
+
+def test_a_cosignature_by_someone_never_admitted_is_refused(released: Released) -> None:
+    card = released.card
+    signed = card["ledger"]["tree_head"]
+    text, _ = signature_lines(signed["checkpoint"])
+    stranger = Ed25519PrivateKey.generate()
+    signed["checkpoint"] += cosign(text, "university-z", stranger, 1).line()
+    signed["witnesses"]["university-z"] = verifier_key(
+        "university-z", stranger.public_key(), COSIGNATURE_TYPE
+    )
+    verdict = released.check(card)
+    assert _mismatch(verdict, "witnesses") == (
+        "university-z cosigned, but the consortium admitted no university-z"
+    )
+    assert verdict.check("quorum").held is True  # the members' own cosignatures still count
