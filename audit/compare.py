@@ -54,7 +54,8 @@ def compare_folders(
 ) -> None:
     """Compare what the operator signed for each node: name any equivocation.
 
-    Reads every receipt, refused receipt and logged checkpoint in each folder.
+    Reads every receipt, refused receipt and logged checkpoint in each folder, and
+    lists each update a node sent without holding a receipt for it.
     Exit 0 when everything the operator signed is one ledger; exit 3, with both
     signed notes and their cosigners, when it signed two checkpoints of one size
     with different roots, or receipts placing different entries at one position.
@@ -77,6 +78,7 @@ def _doc(result: Comparison) -> dict[str, object]:
         "folders": result.folders,
         "checkpoints": result.heads,
         "unsigned": result.unsigned,
+        "unreceipted": result.unreceipted,
         "equivocations": [e.to_dict() for e in result.equivocations],
     }
 
@@ -85,6 +87,8 @@ def _print(result: Comparison) -> None:
     """Plain lines, never wrapped: a signed note is only evidence verbatim."""
     for line in result.unsigned:
         typer.echo(f"not signed by the operator (no evidence either way): {line}")
+    for line in result.unreceipted:
+        typer.echo(f"sent without a receipt: {line}")
     if not result.equivocations:
         typer.echo(
             f"consistent: {result.heads} operator-signed checkpoints in "

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.errors import UserError
 from common.receipts import Receipt, ReceiptError, TreeHead, TreeHeadError
+from common.sent import unreceipted
 from common.witness import Cosigned
 
 __all__ = [
@@ -258,6 +259,9 @@ class Comparison:
     unsigned: list[str] = field(default_factory=list)
     """Heads that do not verify with the operator's key: no evidence against it."""
     equivocations: list[Equivocation] = field(default_factory=list)
+    unreceipted: list[str] = field(default_factory=list)
+    """Per folder, each update the node sent and holds no receipt for (withheld, or
+    refused): not equivocation, but what the node should ask the operator about."""
 
 
 def compare(
@@ -276,6 +280,9 @@ def compare(
     reported: set[int] = set()
     for folder in folders:
         seen, receipts = signed_heads(folder)
+        result.unreceipted += [
+            f"{folder}: {item.describe()}" for item in unreceipted(_receipt_folder(folder))
+        ]
         for item in seen:
             try:
                 item.head.verify(operator, origin)

@@ -115,6 +115,8 @@ def test_a_refused_receipt_read_back_is_one_side_of_the_pair(
     assert code == EXIT_EQUIVOCATION, out
     assert f"checkpoints of size {size} with different roots" in out
     assert "(refused)" in out
+    (unreceipted,) = [line for line in out.splitlines() if line.startswith("sent without")]
+    assert str(uni_a) in unreceipted and "run 7 round 2" in unreceipted and "fork" in unreceipted
     # audit verify reads the same folder: the refusal is not taken for a receipt
     key = encode_public(OPERATOR.public_key())
     url = str(one.ledger.engine.url)
