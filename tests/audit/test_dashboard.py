@@ -409,6 +409,9 @@ def test_stored_markup_runs_no_script_in_a_real_browser(tmp_path: Path) -> None:
         for name in (SCRIPT, IMAGE, ATTRIBUTE, EXCLUDED):
             expect(page.locator("#participants")).to_contain_text(name)
         expect(page.locator("#datasets")).to_contain_text(LICENCE.id)
+        page.goto(base + "/runs/1")  # the release's card check, names from the ledger escaped
+        expect(page.locator("#card-verdict-1")).to_contain_text("Card check: refused")
+        expect(page.locator("#card-verdict-1")).to_contain_text("mismatch: quorum: cosigned by 0")
         browser.close()
 
 
