@@ -19,7 +19,14 @@ import typer
 from rich.text import Text
 from sqlalchemy.orm import Session
 
-from audit.cards import EXIT_INCOMPLETE, EXIT_MISMATCH, CardError, CardVerdict, check_card
+from audit.cards import (
+    EXIT_INCOMPLETE,
+    EXIT_MISMATCH,
+    CardError,
+    CardVerdict,
+    Check,
+    check_card,
+)
 from common.consortium import Consortium
 from common.output import OutputFormat, literal_console
 from ledger import Ledger
@@ -75,7 +82,15 @@ def check_releases(folder: Path, consortium: Consortium, session: Session) -> li
     cards = sorted(folder.rglob(CARD_FILE))
     if not cards:
         raise CardError(f"no {CARD_FILE} under {folder}")
-    return [check_card_file(path, consortium, session) for path in cards]
+    return [_checked_or_refused(path, consortium, session) for path in cards]
+
+
+def _checked_or_refused(path: Path, consortium: Consortium, session: Session) -> CheckedCard:
+    """One card of a folder: a card that cannot be read is refused, the others still checked."""
+    try:
+        return check_card_file(path, consortium, session)
+    except CardError as err:
+        return CheckedCard(path, CardVerdict((Check("card", False, str(err)),)))
 
 
 def print_verdict(checked: CheckedCard) -> None:

@@ -88,13 +88,18 @@ def check_card(
         The card is not a card: its proof cannot even be read.
     """
     proof = read_proof(card)
-    checks = [_signature(proof.head, operator), _origin(proof.head, origin)]
-    checks += [_final_round(card, proof), _rounds_proven(card, proof)]
-    if session is None:
-        checks += [Check(name, None, NEEDS_LEDGER) for name in LEDGER_CHECKS]
-    else:
-        digest = card_sha256 or _sha256(canonical_json(card))
-        checks += ledger_checks(session, card, proof, digest)
+    try:
+        checks = [_signature(proof.head, operator), _origin(proof.head, origin)]
+        checks += [_final_round(card, proof), _rounds_proven(card, proof)]
+        if session is None:
+            checks += [Check(name, None, NEEDS_LEDGER) for name in LEDGER_CHECKS]
+        else:
+            digest = card_sha256 or _sha256(canonical_json(card))
+            checks += ledger_checks(session, card, proof, digest)
+    except CardError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a field of the wrong shape
+        raise CardError(f"the model card is malformed: {err!r}") from None
     return CardVerdict(tuple(checks))
 
 

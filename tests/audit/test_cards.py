@@ -331,7 +331,20 @@ def test_audit_verify_releases_checks_every_card(released: Released, tmp_path: P
     assert f"REFUSED {folder / 'edited' / 'model-card.json'}" in result.output
     assert f"VERIFIED {folder / 'honest' / 'model-card.json'}" in result.output
     assert "MISMATCH privacy: " in result.output
+    (folder / "broken").mkdir()
+    (folder / "broken" / "model-card.json").write_text('{"run": 1, "ledger": {}}')
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"REFUSED {folder / 'broken' / 'model-card.json'}" in result.output
+    assert "  MISMATCH card: the model card's ledger proof is malformed: KeyError(" in result.output
+    assert f"VERIFIED {folder / 'honest' / 'model-card.json'}" in result.output  # still checked
+    (folder / "broken" / "model-card.json").write_text(json.dumps({**card, "rounds": 3}))
+    shown = runner.invoke(app, ["audit", "card", str(folder / "broken"), "--operator-key",
+                                str(released.consortium)])  # fmt: skip
+    assert shown.exit_code == 1
+    assert "the model card is malformed: TypeError(" in shown.output
     shutil.rmtree(folder / "edited")
+    shutil.rmtree(folder / "broken")
     assert runner.invoke(app, args).exit_code == 0
 
 
