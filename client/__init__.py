@@ -5,7 +5,8 @@ them (:mod:`client.task`: training with DP), the node config they run under
 (:mod:`client.node_config`; a virtual SuperNode's comes from the simulation's
 roster, :mod:`client.simulation`), sealing updates (:mod:`client.sealing`),
 enrolment (:mod:`client.enrolment`), the privacy accountant
-(:mod:`client.accountant`), the receipt book (:mod:`client.receipts`), the
+(:mod:`client.accountant`), the receipt book (:mod:`client.receipts`) and its check of the
+node's own entries (:mod:`client.own_entries`), the
 charges nobody has receipted yet (:mod:`client.owed`), the frozen-encoder
 cache (:mod:`client.encoder_cache`), starting the SuperNode
 (:mod:`client.supernode`) with its warm ClientApp runner (:mod:`client.warm`)
@@ -20,6 +21,7 @@ __all__ = [
     "enrolment",
     "node_config",
     "owed",
+    "own_entries",
     "receipts",
     "sealing",
     "simulation",
