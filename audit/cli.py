@@ -13,9 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from audit.card_cli import card, print_verdict, verify_releases
-from audit.compare import compare_folders
+from audit.compare import compare_folders, operator_and_origin
 from common.consortium import Consortium
-from common.keys import decode_ed25519_public
 from common.output import OutputFormat, literal_console
 from common.receipts import read_receipts
 from ledger import Ledger, contributions_report
@@ -130,10 +129,7 @@ def verify(
 
 
 def _operator_key(value: str) -> Ed25519PublicKey:
-    path = Path(value)
-    if path.suffix == ".json" or path.is_file():
-        return Consortium.load(path).operator_key
-    return decode_ed25519_public(value, "--operator-key")
+    return operator_and_origin(value)[0]
 
 
 @app.command("show")
