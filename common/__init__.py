@@ -2,8 +2,8 @@
 
 Policy, protocol keys and message parsing, the sealed-update envelope,
 canonical JSON, Merkle proofs and receipts, the checkpoints a node keeps as
-evidence, signed notes, signed tree heads
-and cosignatures, keys, licences, the consortium file and enrolment
+evidence, signed notes, signed tree heads and cosignatures, a run's members
+and witness quorum, keys, licences, the consortium file and enrolment
 requests, models and data readers, the base class of user errors, command
 output, and the processes a federation starts. Nothing here imports
 ``client``, ``server``, ``ledger``, ``audit`` or the CLI.
@@ -33,6 +33,7 @@ __all__ = [
     "policy",
     "processes",
     "protocol",
+    "quorum",
     "receipts",
     "sent",
     "shapley",

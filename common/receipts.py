@@ -25,8 +25,9 @@ are ``fedcommons-receipt/v3`` (v2 could not carry a checkpoint; v1 named the
 head ``checkpoint``); v1 and v2 are still read. A receipt may also carry, each
 with its inclusion proof under the same head, the participant's contribution
 value, its privacy charge and the round's valuation, so that the participant
-checks its own entries (:mod:`client.own_entries`); receipts without them
-stay valid.
+checks its own entries (:mod:`client.own_entries`), and the run's members
+entry, whose keys count the cosignatures that establish the head
+(:mod:`client.quorum`); receipts without them stay valid.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from common.canonical import canonical_json
 from common.errors import UserError
 from common.merkle import ProofError, leaf_hash, verify_consistency, verify_inclusion
+from common.quorum import QuorumError, RunMembers
 from common.tree_head import TREE_HEAD_FORMAT, TreeHead, TreeHeadError, is_hex_digest
 
 __all__ = [
@@ -111,6 +113,9 @@ class Receipt:
     valuation_seq, valuation_payload, valuation_inclusion : optional
         The round's valuation entry (``valuations``: players, coalition
         utilities), from which the participant recomputes its value.
+    members_seq, members_payload, members_inclusion : optional
+        The run's ``run-members`` entry (:mod:`common.quorum`): the members
+        whose cosignatures establish the head, with their admitted keys.
     """
 
     participant: str
@@ -132,6 +137,9 @@ class Receipt:
     valuation_seq: int | None = None
     valuation_payload: str | None = None
     valuation_inclusion: list[str] | None = None
+    members_seq: int | None = None
+    members_payload: str | None = None
+    members_inclusion: list[str] | None = None
 
     @property
     def file_name(self) -> str:
@@ -190,6 +198,17 @@ class Receipt:
             )
         return row
 
+    def members(self) -> RunMembers | None:
+        """The run's members and quorum rule (its ``run-members`` entry), if carried."""
+        if self.members_payload is None:
+            return None
+        try:
+            return RunMembers.from_payload(
+                self.members_payload, f"receipt for round {self.round}: entry {self.members_seq}"
+            )
+        except QuorumError as err:
+            raise ReceiptError(str(err)) from None
+
     def verify(self, operator: Ed25519PublicKey, origin: str | None = None) -> None:
         """Check the signature, the inclusion proof and (if given) the consistency proof.
 
@@ -221,6 +240,7 @@ class Receipt:
             ("value", self.value_seq, self.value_payload, self.value_inclusion),
             ("charge", self.charge_seq, self.charge_payload, self.charge_inclusion),
             ("valuation", self.valuation_seq, self.valuation_payload, self.valuation_inclusion),
+            ("members", self.members_seq, self.members_payload, self.members_inclusion),
         ):
             if seq is None and payload is None:
                 continue
@@ -230,6 +250,7 @@ class Receipt:
         self.contribution()  # each entry carried: this participant's, of this round
         self.charge()
         self.valuation()
+        self.members()
         if self.previous_size is None:
             return
         if self.previous_root is None or self.consistency is None:
@@ -318,6 +339,9 @@ class Receipt:
             "valuation_seq": (int, type(None)),
             "valuation_payload": (str, type(None)),
             "valuation_inclusion": (list, type(None)),
+            "members_seq": (int, type(None)),
+            "members_payload": (str, type(None)),
+            "members_inclusion": (list, type(None)),
         }
         for name, kinds in fields.items():
             value = doc.get(name)
@@ -330,7 +354,7 @@ class Receipt:
         _hashes(doc["inclusion"], f"{source}'s inclusion proof")
         if doc["consistency"] is not None:
             _hashes(doc["consistency"], f"{source}'s consistency proof")
-        for what in ("value", "charge", "valuation"):
+        for what in ("value", "charge", "valuation", "members"):
             if doc.get(f"{what}_inclusion") is not None:
                 _hashes(doc[f"{what}_inclusion"], f"{source}'s {what} inclusion proof")
             seq = doc.get(f"{what}_seq")

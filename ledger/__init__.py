@@ -4,7 +4,8 @@ The package's front door re-exports what the operator's code records and
 reads; the modules say more: :mod:`~ledger.store` (opening and
 migrating), :mod:`~ledger.facts` (recording), :mod:`~ledger.report`
 (reading), :mod:`~ledger.entries` (the hash-chained entries),
-:mod:`~ledger.tree_heads` (signed tree heads and receipts) and
+:mod:`~ledger.tree_heads` (signed tree heads and receipts), :mod:`~ledger.members`
+(each run's members and witness quorum) and
 :mod:`~ledger.verify` (recomputing everything from the raw rows).
 """
 
@@ -49,6 +50,7 @@ __all__ = [
     "enrol_participant",
     "entries",
     "finish_run",
+    "members",
     "normalise_url",
     "provenance",
     "record_defences",

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ledger.entries import record_row
+from ledger.members import record_run_members
 from ledger.schema import FlowerRun, Run, utcnow
 from ledger.store import LedgerError
 
@@ -45,8 +46,14 @@ def start_run(
     planned_rounds: int,
     flower_run_id: int | None,
     base_model_sha256: str | None = None,
+    quorum: str | int = "majority",
 ) -> Run:
-    """Open a run; ``flower_run_id`` links it to Flower's own run record."""
+    """Open a run; ``flower_run_id`` links it to Flower's own run record.
+
+    Also appends the run's ``run-members`` entry (:mod:`ledger.members`): the
+    members admitted now and the witness ``quorum`` rule, refused with a
+    :class:`LedgerError` if they cannot meet it.
+    """
     run = Run(
         policy_sha256=policy_sha256,
         policy_toml=policy_toml,
@@ -58,6 +65,7 @@ def start_run(
         flower_run_id=None if flower_run_id is None else str(flower_run_id),
     )
     record_row(session, run, "run")
+    record_run_members(session, run.id, quorum)
     return run
 
 

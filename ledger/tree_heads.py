@@ -22,6 +22,7 @@ from common.consortium import default_log_origin
 from common.merkle_log import MerkleLog
 from common.note import NoteError, check_key_name
 from common.receipts import TREE_HEAD_FORMAT, Receipt, TreeHead, TreeHeadError
+from ledger.members import members_entry
 from ledger.schema import (
     ChainTip,
     Charge,
@@ -248,8 +249,10 @@ def round_receipts(
         its receipt then carries that entry, the round's valuation entry and
         their inclusion proofs too.
 
-    Each receipt also carries the participant's privacy charge for the round,
-    with its inclusion proof, when exactly one is recorded under ``head`` (a
+    Each receipt carries the run's ``run-members`` entry (:mod:`ledger.members`)
+    with its inclusion proof: the members whose cosignatures establish ``head``
+    (:mod:`client.quorum`). Each receipt also carries the participant's privacy
+    charge for the round, with its inclusion proof, when exactly one is recorded under ``head`` (a
     round retried after a crash may hold the charge of an update never
     receipted beside the one of the update recorded: then none), so the node
     checks its own entries against what it sent (:mod:`client.own_entries`).
@@ -280,6 +283,7 @@ def round_receipts(
         )
         if value_seq is not None and valuation_seq is not None
     }
+    members = members_entry(session, recorded.run_id)
     wanted = [*contributions.values(), *charges.values(), *valuations.values()]
     payloads: dict[int, str] = {
         seq: payload
@@ -328,6 +332,19 @@ def round_receipts(
                 **proven("value", value_seq, name),
                 **proven("charge", charges.get(name), name),
                 **proven("valuation", valuations.get(value_seq) if value_seq else None, name),
+                **_members_proof(members, tree, size),
             )
         )
     return receipts
+
+
+def _members_proof(members: tuple[int, str] | None, tree: LedgerTree, size: int) -> dict[str, Any]:
+    """The run's members entry and its inclusion proof under the head, as receipt fields."""
+    if members is None or members[0] >= size:
+        return {}
+    seq, payload = members
+    return {
+        "members_seq": seq,
+        "members_payload": payload,
+        "members_inclusion": tree.inclusion(seq, size),
+    }

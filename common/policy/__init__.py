@@ -1,7 +1,8 @@
 """The federation policy: one TOML file, parsed once into frozen dataclasses.
 
 A policy file has one table per section (``[federation]``, ``[model]``,
-``[training]``, ``[privacy]``, ``[data]``, ``[valuation]``) with kebab-case keys. The same
+``[training]``, ``[privacy]``, ``[data]``, ``[valuation]``,
+``[witness]``) with kebab-case keys. The same
 values travel to Flower as a flat run config (``"training.batch-size" = 32``),
 and :meth:`Policy.from_run_config` turns that back into the same dataclasses,
 so the ServerApp and the ClientApp validate exactly what the operator wrote.
@@ -38,6 +39,7 @@ from common.policy.sections import (
 )
 from common.policy.spec import PolicyError, Scalar, Section
 from common.policy.valuation import VALUATION_METHODS, VALUATION_UTILITIES, ValuationConfig
+from common.policy.witness import QUORUM_WORDS, WitnessConfig
 
 __all__ = [
     "ACCOUNTANTS",
@@ -47,6 +49,7 @@ __all__ = [
     "GRAD_SAMPLE_MODES",
     "LR_SCHEDULES",
     "MODELS",
+    "QUORUM_WORDS",
     "VALUATION_METHODS",
     "VALUATION_UTILITIES",
     "DataConfig",
@@ -58,6 +61,7 @@ __all__ = [
     "Scalar",
     "TrainingConfig",
     "ValuationConfig",
+    "WitnessConfig",
 ]
 
 _SECTIONS: dict[str, type[Section]] = {
@@ -69,6 +73,7 @@ _SECTIONS: dict[str, type[Section]] = {
         PrivacyConfig,
         DataConfig,
         ValuationConfig,
+        WitnessConfig,
     )
 }
 
@@ -92,6 +97,7 @@ class Policy:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     valuation: ValuationConfig = field(default_factory=ValuationConfig)
+    witness: WitnessConfig = field(default_factory=WitnessConfig)
 
     def __post_init__(self) -> None:
         text = self.model.name == "bert"

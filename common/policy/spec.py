@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from common.errors import UserError
 
 __all__ = [
+    "INT_OR_WORD",
     "NUMBER_OR_WORD",
     "PolicyError",
     "Scalar",
@@ -40,10 +41,15 @@ def spec(
 
 def _coerce(key: str, value: Any, kind: Any, allowed: str) -> Scalar:
     """Check ``value``'s TOML type against ``kind`` (ints are accepted as floats)."""
+    named = kind
     if kind == NUMBER_OR_WORD:  # a number, or one of a few words the check allows
         if isinstance(value, str):
             return value
         kind = float
+    if kind == INT_OR_WORD:  # a whole number, or one of a few words the check allows
+        if isinstance(value, str):
+            return value
+        kind = int
     ok = (
         (kind is bool and isinstance(value, bool))
         or (kind is int and isinstance(value, int) and not isinstance(value, bool))
@@ -52,7 +58,7 @@ def _coerce(key: str, value: Any, kind: Any, allowed: str) -> Scalar:
     )
     if not ok:
         raise PolicyError(
-            f"policy key '{key}' must be {_KIND_NAMES[kind]} ({allowed}), "
+            f"policy key '{key}' must be {_KIND_NAMES[named]} ({allowed}), "
             f"got {value!r} ({type(value).__name__})"
         )
     return float(value) if kind is float else value
@@ -61,8 +67,12 @@ def _coerce(key: str, value: Any, kind: Any, allowed: str) -> Scalar:
 NUMBER_OR_WORD = (float, str)
 """A field ``kind`` for a value that is a number or a word (``update-norm-bound``)."""
 
+INT_OR_WORD = (int, str)
+"""A field ``kind`` for a value that is a whole number or a word (``witness.quorum``)."""
+
 _KIND_NAMES: dict[Any, str] = {
     NUMBER_OR_WORD: "a number or a word",
+    INT_OR_WORD: "a whole number or a word",
     bool: "true or false",
     int: "an integer",
     float: "a number",

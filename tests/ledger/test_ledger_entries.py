@@ -135,6 +135,7 @@ def test_every_fact_is_an_entry_and_the_ledger_verifies(ledger: Ledger) -> None:
         "participant",
         "participant",  # uni-a again, with its key
         "run",
+        "run-members",  # the members admitted when it started: uni-a
         "privacy-charge",
         "exclusion",
         "round",
@@ -155,11 +156,11 @@ def test_every_fact_is_an_entry_and_the_ledger_verifies(ledger: Ledger) -> None:
 def test_the_database_refuses_updates_and_deletes(ledger: Ledger) -> None:
     for statement in (
         "UPDATE ledger_entries SET kind = 'x' WHERE seq = 1",
-        "DELETE FROM ledger_entries WHERE seq = 8",
+        "DELETE FROM ledger_entries WHERE seq = 9",
     ):
         with pytest.raises(DatabaseError, match="append-only"), ledger.engine.begin() as c:
             c.execute(text(statement))
-    assert verify_ledger(ledger).entries == 9
+    assert verify_ledger(ledger).entries == 10
 
 
 def test_one_changed_payload_byte_is_named(ledger: Ledger) -> None:
@@ -200,14 +201,14 @@ def test_a_deleted_middle_entry_is_named(ledger: Ledger) -> None:
 
 
 def test_a_deleted_tail_is_caught_by_the_head_or_the_rows(ledger: Ledger) -> None:
-    _tamper(ledger, "DELETE FROM ledger_entries WHERE seq = 8")
-    assert "the chain tip says 9 entries, the table holds 8" in str(_caught(ledger))
+    _tamper(ledger, "DELETE FROM ledger_entries WHERE seq = 9")
+    assert "the chain tip says 10 entries, the table holds 9" in str(_caught(ledger))
     # the head rewritten too: the finished run now names a missing entry
     with ledger.engine.connect() as c:
-        chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 7")).scalar()
-    _tamper(ledger, f"UPDATE ledger_head SET size = 8, chain_hash = '{chain}'")
+        chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 8")).scalar()
+    _tamper(ledger, f"UPDATE ledger_head SET size = 9, chain_hash = '{chain}'")
     err = _caught(ledger)
-    assert err.seq == 8 and "runs row 1 names a missing entry" in str(err)
+    assert err.seq == 9 and "runs row 1 names a missing entry" in str(err)
 
 
 def test_two_swapped_entries_are_named(ledger: Ledger) -> None:
@@ -272,14 +273,14 @@ def test_audit_verify_command(ledger: Ledger, url: str) -> None:
     key = ["--operator-key", encode_public(operator.public_key())]
     result = runner.invoke(app, ["audit", "verify", "--ledger", url, *key])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("intact: 9 entries, 7 fact rows match their entries")
+    assert result.output.startswith("intact: 10 entries, 7 fact rows match their entries")
     assert "1 signed tree heads (operator signatures verified)" in result.output
     # without the key it says "intact" only if told to skip the signatures, and then not
     refused = runner.invoke(app, ["audit", "verify", "--ledger", url])
     assert refused.exit_code == 2 and "--skip-signatures" in refused.output
     skipped = runner.invoke(app, ["audit", "verify", "--ledger", url, "--skip-signatures"])
     assert skipped.exit_code == 0, skipped.output
-    assert skipped.output.startswith("consistent, signatures NOT checked: 9 entries")
+    assert skipped.output.startswith("consistent, signatures NOT checked: 10 entries")
     assert "intact" not in skipped.output
     doc = json.loads(
         runner.invoke(
@@ -300,7 +301,7 @@ def test_signed_checkpoints_catch_a_deleted_tail_and_rewritten_history(ledger: L
     with ledger.session() as s:
         enrol_participant(s, "late-lab", "industry")  # entry 9
         checkpoint = sign_tree_head(s, operator, note="after round 1")
-    assert (checkpoint.tree_size, checkpoint.note) == (10, "after round 1")
+    assert (checkpoint.tree_size, checkpoint.note) == (11, "after round 1")
     checkpoint.verify(operator.public_key())
     report = verify_ledger(ledger, operator.public_key())
     assert (report.tree_heads, report.signatures_checked) == (1, True)
@@ -328,22 +329,22 @@ def test_signed_checkpoints_catch_a_deleted_tail_and_rewritten_history(ledger: L
     statements.append(f"UPDATE ledger_head SET chain_hash = '{previous}'")
     _tamper(ledger, *statements)
     err = _caught(ledger)
-    assert "no longer have the root the tree head" in str(err) and err.seq == 9
+    assert "no longer have the root the tree head" in str(err) and err.seq == 10
 
 
 def test_a_tail_deleted_below_a_checkpoint_is_caught(ledger: Ledger) -> None:
     with ledger.session() as s:
-        enrol_participant(s, "late-lab", "industry")  # entry 9, participants row 3
+        enrol_participant(s, "late-lab", "industry")  # entry 10, participants row 3
         sign_tree_head(s, Ed25519PrivateKey.generate(), note="n")
     with ledger.engine.connect() as c:
-        chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 8")).scalar()
+        chain = c.execute(text("SELECT chain_hash FROM ledger_entries WHERE seq = 9")).scalar()
     _tamper(
         ledger,
-        "DELETE FROM ledger_entries WHERE seq = 9",
+        "DELETE FROM ledger_entries WHERE seq = 10",
         "DELETE FROM participants WHERE name = 'late-lab'",
-        f"UPDATE ledger_head SET size = 9, chain_hash = '{chain}'",
+        f"UPDATE ledger_head SET size = 10, chain_hash = '{chain}'",
     )
-    assert "covers 10 entries, but only 9 remain" in str(_caught(ledger))
+    assert "covers 11 entries, but only 10 remain" in str(_caught(ledger))
 
 
 def _forge_checkpoint(ledger: Ledger, operator: Ed25519PrivateKey) -> None:

@@ -16,11 +16,13 @@ from flwr.serverapp.strategy import FedAvg, FedAvgM
 from client.receipts import ReceiptBook
 from common.arrays import Arrays, arrays_sha256, arrays_to_bytes, record_of
 from common.envelope import Envelope, UpdateHeader, envelope_record, seal
+from common.keys import encode_public
 from common.licences import Licence
 from common.policy import PrivacyConfig
 from common.protocol import ENVELOPE, RECEIPTS, ExclusionCode, PrivacyCharge, Refusal
 from common.receipts import Receipt
 from ledger import Ledger, enrol_participant, start_run
+from ledger.entries import record_row
 from server.app.strategy import (
     ClaimCheck,
     ConsortiumStrategy,
@@ -191,10 +193,17 @@ def ledger_with_run(
 
 
 def run_in(ledger: Ledger, names: tuple[str, ...], flower_run_id: int = 9) -> int:
-    """Enrol ``names`` (academia) in ``ledger`` and start a one-round run; its id."""
+    """Enrol ``names`` (academia) in ``ledger`` and start a one-round run; its id.
+
+    Each named in :data:`SIGNERS` is admitted with its key first, so the run's
+    members entry names it (a node refuses receipts of a run that does not).
+    """
     with ledger.session() as s:
         for name in names:
-            enrol_participant(s, name, "academia")
+            participant = enrol_participant(s, name, "academia")
+            if name in SIGNERS:
+                participant.public_key = encode_public(SIGNERS[name].public_key())
+                record_row(s, participant, "participant")
         run_id = start_run(
             s,
             policy_sha256="0" * 64,
