@@ -6,7 +6,8 @@ them (:mod:`client.task`: training with DP), the node config they run under
 roster, :mod:`client.simulation`), sealing updates (:mod:`client.sealing`),
 enrolment (:mod:`client.enrolment`), the privacy accountant
 (:mod:`client.accountant`), the receipt book (:mod:`client.receipts`) and its check of the
-node's own entries (:mod:`client.own_entries`), the
+node's own entries (:mod:`client.own_entries`), the witness quorum that
+establishes what it keeps (:mod:`client.quorum`, :mod:`client.witnessing`), the
 charges nobody has receipted yet (:mod:`client.owed`), the frozen-encoder
 cache (:mod:`client.encoder_cache`), starting the SuperNode
 (:mod:`client.supernode`) with its warm ClientApp runner (:mod:`client.warm`)
@@ -22,10 +23,12 @@ __all__ = [
     "node_config",
     "owed",
     "own_entries",
+    "quorum",
     "receipts",
     "sealing",
     "simulation",
     "supernode",
     "task",
     "warm",
+    "witnessing",
 ]

@@ -20,12 +20,14 @@ from client.accountant import (
     list_histories,
 )
 from client.enrolment import ParticipantState, enrol
+from client.quorum import established_size, pending, pinned_members
+from client.receipts import ReceiptBook
 from client.supernode import ISOLATIONS, node_settings
 from client.supernode import start as start_supernode
 from common.epsilon import format_epsilon
 from common.errors import UserError
 from common.images import ImageData
-from common.keys import PASSPHRASE_ENV, passphrase_for_new_keys
+from common.keys import PASSPHRASE_ENV, decode_ed25519_public, key_id, passphrase_for_new_keys
 from common.local_data import load_local_data
 from common.output import OutputFormat, literal_console, printer
 from common.policy import Policy
@@ -147,6 +149,8 @@ def check(
     Exits 1 if there is any: the last round of a run still under way is owed
     its receipt with the closing message; any other was withheld or never
     recorded by the operator, or its receipt refused (see receipts/refused/).
+    Also lists the receipts still waiting for the members' witness quorum
+    (pending), and the members' keys this node pinned, to compare with theirs.
     """
     receipts = state / "receipts"
     if not ((receipts / SENT_FOLDER).is_dir() or ParticipantState(state).node_settings.is_file()):
@@ -155,16 +159,38 @@ def check(
             "'fedcommons client enroll' writes nor a receipts/sent/ folder"
         )
     sent, missing = read_sent(receipts), unreceipted(receipts)
+    waiting = pending(ReceiptBook(receipts).receipts(), receipts)
+    members = pinned_members(receipts)
     if output_format is OutputFormat.json:
         rows = [{**asdict(m.sent), "refused": list(m.refused)} for m in missing]
-        typer.echo(json.dumps({"state_dir": str(state), "sent": len(sent), "unreceipted": rows}))
+        doc = {
+            "state_dir": str(state),
+            "sent": len(sent),
+            "unreceipted": rows,
+            "established_size": established_size(receipts),
+            "pending": [{"run_id": r.run_id, "round": r.round} for r in waiting],
+            "members": {name: key_id_of(key) for name, key in members.items()},
+        }
+        typer.echo(json.dumps(doc))
     else:
         say = printer(literal_console())
         say(f"{len(sent)} updates sent, {len(sent) - len(missing)} with a receipt kept")
         for m in missing:
             say(f"no receipt: {m.describe()}")
+        for r in waiting:
+            say(
+                f"pending: run {r.run_id} round {r.round}, its checkpoint of size "
+                f"{r.tree_head.tree_size} not yet cosigned by the run's witness quorum"
+            )
+        for name, key in sorted(members.items()):
+            say(f"member {name}: signing key {key_id_of(key)}")
     if missing:
         raise typer.Exit(1)
+
+
+def key_id_of(key: str) -> str:
+    """The id of a base64 signing key (SHA-256 of its raw bytes), as the ledger names it."""
+    return key_id(decode_ed25519_public(key))
 
 
 def _warn_of_others(state: Path, own: str | None, histories: list[AccountantHistory]) -> None:

@@ -13,9 +13,11 @@ from client.accountant import BudgetExhausted
 from client.enrolment import ParticipantState
 from client.node_config import node_config_of
 from client.owed import acknowledged_of, forget, owed, owed_record
+from client.quorum import established_size
 from client.receipts import accept_receipts, receipt_book, record_sent
 from client.sealing import seal_update
 from client.task import ClientSetup, evaluate_global, train_round
+from client.witnessing import take_witnesses
 from common.arrays import arrays_of, arrays_sha256
 from common.envelope import envelope_record
 from common.protocol import (
@@ -23,11 +25,13 @@ from common.protocol import (
     CHARGES_RECORDED,
     CONFIG,
     ENVELOPE,
+    ESTABLISHED_SIZE,
     META,
     METRICS,
     NUM_EXAMPLES,
     OWED_CHARGES,
     RECEIPTS,
+    RECEIPTS_PENDING,
     RECEIPTS_STORED,
     SEAL_SECONDS,
     TRAIN_LOSS,
@@ -39,7 +43,7 @@ from common.protocol import (
     TrainConfig,
 )
 from common.receipts import ReceiptError
-from common.witness import COSIGNATURES, cosignature_record
+from common.witness import COSIGNATURES, WITNESSES, cosignature_record
 
 __all__ = ["app"]
 
@@ -66,6 +70,12 @@ def train(message: Message, context: Context) -> Message:
         # reply cosigns the head this node now holds.
         accepted = accept_receipts(
             setup.identity(), setup.institution, message.content.config_records.get(RECEIPTS)
+        )
+        take_witnesses(
+            setup.identity(),
+            setup.institution,
+            message.content.config_records.get(WITNESSES),
+            str(context.run_id),
         )
         book = receipt_book(setup.identity()).folder
         forget(book, acknowledged_of(message.content.config_records.get(CHARGES_RECORDED)))
@@ -118,21 +128,40 @@ def train(message: Message, context: Context) -> Message:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Verify and store the receipts the server sends after the last round."""
-    receipts = message.content.config_records.get(RECEIPTS)
-    recorded = message.content.config_records.get(CHARGES_RECORDED)
+    """Take what the server sends after the last round: its receipts, then the quorum.
+
+    The first query carries the last round's receipts (the reply cosigns their
+    checkpoint); the run's final query carries the members' cosignatures on it.
+    A receipt of the run still without its quorum then is refused (``no-quorum``):
+    the reply is an error naming it.
+    """
+    records = message.content.config_records
+    receipts, recorded = records.get(RECEIPTS), records.get(CHARGES_RECORDED)
+    witnesses = records.get(WITNESSES)
     try:
         node = NodeConfig.from_mapping(node_config_of(context))
-        if (receipts is None and recorded is None) or node.state_dir is None:
-            raise ValueError("a query without receipts, or a node config without state-dir")
+        if (receipts is None and recorded is None and witnesses is None) or node.state_dir is None:
+            raise ValueError(
+                "a query without receipts or witnesses, or a node config without state-dir"
+            )
         state = ParticipantState(node.state_dir)
         accepted = accept_receipts(state, node.institution, receipts)
         forget(receipt_book(state).folder, acknowledged_of(recorded))
+        witnessing = take_witnesses(state, node.institution, witnesses, str(context.run_id))
+        if witnessing.refused:
+            raise ReceiptError("; ".join(witnessing.refused))
     except ReceiptError as err:
         return _refuse(message, ExclusionCode.RECEIPT_REJECTED, context, err)
     except ValueError as err:
         return _refuse(message, ExclusionCode.BAD_INPUT, context, err)
-    content = RecordDict({METRICS: MetricRecord({RECEIPTS_STORED: len(accepted.stored)})})
+    metrics = MetricRecord(
+        {
+            RECEIPTS_STORED: len(accepted.stored),
+            RECEIPTS_PENDING: len(witnessing.pending),
+            ESTABLISHED_SIZE: established_size(receipt_book(state).folder),
+        }
+    )
+    content = RecordDict({METRICS: metrics})
     if accepted.cosignatures:
         content[COSIGNATURES] = cosignature_record(accepted.cosignatures)
     return Message(content, reply_to=message)

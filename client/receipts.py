@@ -10,7 +10,9 @@ once it holds any head, a **mandatory** consistency proof from the last
 has seen. Only then is the receipt stored, in ``STATE/receipts/``, and the
 node cosigns its checkpoint (C2SP ``cosignature/v1``, with its own key): the
 server keeps that cosignature as the node's witness that the log is
-append-only (:mod:`ledger.cosignatures`).
+append-only (:mod:`ledger.cosignatures`). A kept receipt is still *pending*
+until the run's members vouch for its checkpoint (:mod:`client.quorum`,
+:mod:`client.witnessing`).
 
 A receipt that fails is refused (code 409; the node does not train in that
 round and cosigns nothing) and recorded in ``STATE/receipts/refused/``: a
@@ -33,17 +35,25 @@ from flwr.app import ConfigRecord
 from client.enrolment import ParticipantState
 from client.owed import keep_sealed
 from client.own_entries import Misstated, check_own_entries
+from client.quorum import member_problem
 from common.atomic import write_atomic
 from common.consortium import Consortium, EnrolmentError
 from common.envelope import Envelope
 from common.evidence import record_checkpoints
-from common.keys import passphrase_from_env
+from common.keys import encode_public, passphrase_from_env
 from common.note import cosign
 from common.receipts import ForkError, Receipt, ReceiptError, TreeHead
 from common.sent import SentUpdate
 from common.witness import Cosigned
 
-__all__ = ["Accepted", "Kept", "ReceiptBook", "accept_receipts", "receipt_book", "record_sent"]
+__all__ = [
+    "Accepted",
+    "Kept",
+    "ReceiptBook",
+    "accept_receipts",
+    "receipt_book",
+    "record_sent",
+]
 
 
 @dataclass(frozen=True)
@@ -126,11 +136,15 @@ class ReceiptBook:
         operator: Ed25519PublicKey,
         participant: str,
         origin: str | None = None,
+        own_key: str | None = None,
     ) -> Kept:
         """:meth:`accept`, returning the stored file and the head as it was checked and kept.
 
         A receipt delivered again is not checked again: the head kept is the
-        stored copy's, whatever text the repeated delivery carries.
+        stored copy's, whatever text the repeated delivery carries. The run's
+        members entry, if carried, must list this node (with ``own_key``, its
+        signing key in base64, when given) and keep every member's pinned key
+        (:func:`client.quorum.member_problem`).
         """
         if receipt.participant != participant:
             raise ReceiptError(f"a receipt for {receipt.participant!r} was sent to {participant!r}")
@@ -161,6 +175,9 @@ class ReceiptBook:
         self._check_sent(receipt, latest)
         if latest is not None:
             self._check_extends(receipt, latest)
+        problem = member_problem(receipt, participant, own_key, self.folder)
+        if problem is not None:
+            self._refuse(receipt, latest, problem.partition(":")[0], problem)
         write_atomic(path, receipt.to_json())
         if latest is None or receipt.tree_head.tree_size > latest.tree_size:
             self._latest = receipt.tree_head
@@ -242,6 +259,18 @@ class ReceiptBook:
 
         ``detail``: what a ``misstated`` refusal found (entry, field, both values).
         """
+        self._record_refusal(receipt, latest, kind, reason, detail)
+        raise (ForkError if kind == "fork" else ReceiptError)(reason)
+
+    def _record_refusal(
+        self,
+        receipt: Receipt,
+        latest: TreeHead | None,
+        kind: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write the refusal record of ``receipt`` to ``refused/``; return its path."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         record = {
             "kind": kind,
@@ -252,11 +281,21 @@ class ReceiptBook:
         }
         if detail is not None:
             record["misstated"] = detail
-        write_atomic(
+        return write_atomic(
             self.folder / "refused" / f"{stamp}-{receipt.file_name}",
             json.dumps(record, sort_keys=True, indent=2) + "\n",
         )
-        raise (ForkError if kind == "fork" else ReceiptError)(reason)
+
+    def withdraw(self, receipt: Receipt, kind: str, reason: str) -> Path:
+        """Refuse a receipt kept earlier: its record moves to ``refused/`` with ``reason``.
+
+        The head this node holds falls back to the largest of the receipts left.
+        """
+        held = self.latest_head()
+        path = self._record_refusal(receipt, held, kind, reason)
+        (self.folder / receipt.file_name).unlink(missing_ok=True)
+        self._latest_read = False
+        return path
 
     def refusals(self) -> list[dict[str, Any]]:
         """The refusals recorded so far, oldest first."""
@@ -312,6 +351,7 @@ def accept_receipts(
         raise ReceiptError("the server's receipts record holds no list of JSON receipts")
     book = receipt_book(state)
     stored, heads = [], []
+    signer = None
     if texts:
         try:
             consortium = Consortium.load(state.consortium)
@@ -319,9 +359,13 @@ def accept_receipts(
             raise ReceiptError(
                 f"cannot check receipts without the pinned operator key: {err}"
             ) from err
+        signer = state.load_signing_key(passphrase_from_env())
+        own_key = encode_public(signer.public_key())
         for i, text in enumerate(texts):
             receipt = Receipt.from_json(str(text), f"receipt {i + 1} from the server")
-            kept = book.keep(receipt, consortium.operator_key, institution, consortium.origin)
+            kept = book.keep(
+                receipt, consortium.operator_key, institution, consortium.origin, own_key
+            )
             stored.append(kept.path)
             heads.append(kept.head)
     latest = book.latest_head()
@@ -329,7 +373,7 @@ def accept_receipts(
         heads.append(latest)
     if not any(h.checkpoint is not None for h in heads):
         return Accepted(stored, [])
-    signer = state.load_signing_key(passphrase_from_env())
+    signer = signer or state.load_signing_key(passphrase_from_env())
     cosigned = cosign_heads(heads, institution, signer)
     checkpoints = [head for head in heads if head.checkpoint is not None]
     shown = heads[: len(stored)]  # the latest held was shown before: logged then

@@ -41,7 +41,9 @@ __all__ = [
     "Equivocation",
     "EvidenceError",
     "Seen",
+    "append_json_lines",
     "compare",
+    "read_json_lines",
     "record_checkpoints",
     "signed_heads",
 ]
@@ -65,9 +67,9 @@ def record_checkpoints(
     what is already there is never rewritten, so the log only grows.
     """
     path = receipts / EVIDENCE_FILE
-    held = {_key(doc) for doc in _read_log(path)} if path.exists() else set()
+    held = {_key(doc) for doc in read_json_lines(path)}
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    lines = []
+    lines: list[dict[str, Any]] = []
     items: list[tuple[str, TreeHead, str | None]] = [("shown", head, None) for head in shown]
     items += [("cosigned", head, c.line) for head, c in cosigned]
     for kind, head, line in items:
@@ -76,14 +78,20 @@ def record_checkpoints(
         doc = {"kind": kind, "at": at, "tree_head": asdict(head), "cosignature": line}
         if _key(doc) not in held:
             held.add(_key(doc))
-            lines.append(json.dumps(doc, sort_keys=True) + "\n")
-    if lines:
-        receipts.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as log:
-            log.write("".join(lines))
-            log.flush()
-            os.fsync(log.fileno())
+            lines.append(doc)
+    append_json_lines(path, lines)
     return len(lines)
+
+
+def append_json_lines(path: Path, docs: list[dict[str, Any]]) -> None:
+    """Append one JSON object per line to ``path``, flushed to disk; nothing is rewritten."""
+    if not docs:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as log:
+        log.write("".join(json.dumps(doc, sort_keys=True) + "\n" for doc in docs))
+        log.flush()
+        os.fsync(log.fileno())
 
 
 def _key(doc: dict[str, Any]) -> tuple[Any, ...]:
@@ -91,7 +99,16 @@ def _key(doc: dict[str, Any]) -> tuple[Any, ...]:
     return (doc.get("kind"), head.get("checkpoint"), doc.get("cosignature"))
 
 
-def _read_log(path: Path) -> list[dict[str, Any]]:
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of an append-only log, one per line (none if it does not exist).
+
+    Raises
+    ------
+    EvidenceError
+        The file cannot be read, or a line is not a JSON object (the log was edited).
+    """
+    if not path.exists():
+        return []
     docs = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -166,7 +183,7 @@ def signed_heads(folder: Path) -> tuple[list[Seen], list[tuple[str, Receipt]]]:
             seen.append(Seen(held, f"{path} (the head held then)", _names(held)))
     log = root / EVIDENCE_FILE
     if log.exists():
-        for number, doc in enumerate(_read_log(log), 1):
+        for number, doc in enumerate(read_json_lines(log), 1):
             head = _read_head(doc.get("tree_head"), f"{log}, line {number}")
             names = _names(head)
             lines: tuple[str, ...] = ()

@@ -34,11 +34,13 @@ __all__ = [
     "CHARGES_RECORDED",
     "CONFIG",
     "ENVELOPE",
+    "ESTABLISHED_SIZE",
     "META",
     "METRICS",
     "NUM_EXAMPLES",
     "OWED_CHARGES",
     "RECEIPTS",
+    "RECEIPTS_PENDING",
     "RECEIPTS_STORED",
     "SEAL_SECONDS",
     "SERVER_ROUND",
@@ -99,6 +101,10 @@ TRAIN_LOSS = "train-loss"
 TRAIN_SECONDS = "train-seconds"
 SEAL_SECONDS = "seal-seconds"
 RECEIPTS_STORED = "receipts-stored"
+RECEIPTS_PENDING = "receipts-pending"
+"""Receipts the node keeps whose checkpoint has not reached its witness quorum yet."""
+ESTABLISHED_SIZE = "established-size"
+"""The size of the largest checkpoint the node saw established by its quorum (0: none)."""
 
 
 class ExclusionCode(IntEnum):

@@ -5,6 +5,11 @@ round's receipts) holds a ``ConfigRecord`` under :data:`COSIGNATURES` with
 three lists of equal length: the cosigned checkpoints' tree sizes, their hex
 roots, and the ``cosignature/v1`` lines (:func:`common.note.cosign`). The
 server checks each line itself; this module only carries them.
+
+The other way, a message to a node may hold a ``ConfigRecord`` under
+:data:`WITNESSES`: every member's cosignature the server kept on the
+checkpoint that node last cosigned, so the node counts them against its
+quorum (:mod:`client.quorum`); the node checks each line itself.
 """
 
 from __future__ import annotations
@@ -16,7 +21,17 @@ from flwr.app import ConfigRecord
 
 from common.tree_head import is_hex_digest
 
-__all__ = ["COSIGNATURES", "MAX_COSIGNATURES", "Cosigned", "cosignature_record", "cosignatures_of"]
+__all__ = [
+    "COSIGNATURES",
+    "MAX_COSIGNATURES",
+    "WITNESSES",
+    "Cosigned",
+    "Witnessed",
+    "cosignature_record",
+    "cosignatures_of",
+    "witnessed_of",
+    "witnessed_record",
+]
 
 COSIGNATURES = "fedcommons.cosignatures"
 """``ConfigRecord`` of the checkpoints a node cosigned (its reply's)."""
@@ -64,3 +79,52 @@ def cosignatures_of(record: ConfigRecord) -> list[Cosigned]:
             raise ValueError(f"cosigned root {root[:70]!r} is not a hex SHA-256 digest")
         found.append(Cosigned(size, root, line))
     return found
+
+
+WITNESSES = "fedcommons.witnesses"
+"""``ConfigRecord`` of the members' cosignatures on one checkpoint (the server's message)."""
+
+
+@dataclass(frozen=True)
+class Witnessed:
+    """What the server tells a node: the cosignature lines kept on one checkpoint.
+
+    ``final``: the run's last message to the node; a receipt still without
+    its quorum after it never reaches one (``no-quorum``).
+    """
+
+    tree_size: int
+    root: str
+    lines: tuple[str, ...]
+    final: bool = False
+
+
+def witnessed_record(witnessed: Witnessed) -> ConfigRecord:
+    """The record a message carries the cosignatures of a checkpoint in."""
+    return ConfigRecord(
+        {
+            "tree_size": witnessed.tree_size,
+            "root": witnessed.root,
+            "lines": list(witnessed.lines),
+            "final": witnessed.final,
+        }
+    )
+
+
+def witnessed_of(record: ConfigRecord) -> Witnessed:
+    """The cosignatures a message's record carries; ``ValueError`` says what is malformed.
+
+    A tree size of 0 (with an empty root) carries no checkpoint, only ``final``.
+    """
+    size, root, lines, final = (record.get(k) for k in ("tree_size", "root", "lines", "final"))
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**63:
+        raise ValueError(f"witnessed tree size {size!r} is not a 64-bit integer")
+    if not isinstance(final, bool) or not isinstance(lines, list) or not isinstance(root, str):
+        raise ValueError("a witnesses record needs tree_size, root, lines and final")
+    if size and not is_hex_digest(root):
+        raise ValueError(f"witnessed root {root[:70]!r} is not a hex SHA-256 digest")
+    if len(lines) > MAX_COSIGNATURES or not all(
+        isinstance(line, str) and len(line) <= 1024 for line in lines
+    ):
+        raise ValueError(f"at most {MAX_COSIGNATURES} cosignature lines of at most 1 KiB each")
+    return Witnessed(size, root, tuple(str(line) for line in lines), final)

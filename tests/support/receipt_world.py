@@ -30,16 +30,21 @@ from ledger.tree_heads import LedgerTree, round_receipts, sign_tree_head
 H = "a" * 64  # the model, policy and base digests
 CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 NAMES = ("uni-a", "co-c")
+THREE = ("uni-a", "uni-b", "co-c")
+"""Three members: a fork shown to two of them, or one, is out-voted or out-votes."""
 OPERATOR = Ed25519PrivateKey.generate()
 AGGREGATOR = X25519PrivateKey.generate()
-SIGNERS = {name: Ed25519PrivateKey.generate() for name in NAMES}
+SIGNERS = {name: Ed25519PrivateKey.generate() for name in (*THREE, "op-member")}
+"""Each member's signing key; ``op-member`` is a member key the operator itself holds."""
 CHARGE = PrivacyCharge(True, 2.5, 1e-5, 1.1, 0.0625, 32, "rdp", 1.0, "d" * 64, "e" * 64)
 
 
-def sealed_update(name: str, server_round: int, salt: bytes = b"") -> Envelope:
+def sealed_update(
+    name: str, server_round: int, salt: bytes = b"", flower_run_id: str = "7"
+) -> Envelope:
     """``name``'s sealed update for ``server_round``; ``salt`` changes its bytes."""
     header = UpdateHeader(
-        run_id="7",
+        run_id=flower_run_id,
         round=server_round,
         participant=name,
         model_sha256=H,
@@ -79,13 +84,18 @@ class World:
     books: dict[str, ReceiptBook]
     tree: LedgerTree
     heads: dict[str, TreeHead]
+    names: tuple[str, ...] = NAMES
+    run_id: int = 1
+    flower_run_id: str = "7"
 
 
 def record_world_round(world: World, number: int, loss: float = 0.7) -> None:
     """Record round ``number``, sign a checkpoint and keep its receipts and sent updates."""
-    envelopes = {name: sealed_update(name, number) for name in NAMES}
+    envelopes = {
+        name: sealed_update(name, number, flower_run_id=world.flower_run_id) for name in world.names
+    }
     with world.ledger.session() as s:
-        run_id = 1
+        run_id = world.run_id
         row = record_round(
             s,
             run_id,
@@ -104,7 +114,7 @@ def record_world_round(world: World, number: int, loss: float = 0.7) -> None:
             checkpoint,
             round_id=row.id,
             server_round=number,
-            flower_run_id="7",
+            flower_run_id=world.flower_run_id,
             previous=world.heads,
         )
     for receipt in receipts:
@@ -115,15 +125,21 @@ def record_world_round(world: World, number: int, loss: float = 0.7) -> None:
         world.books[name].record_sent(envelope)
 
 
-def make_world(url: str, folder: Path, loss: float = 0.7) -> World:
-    """A ledger at ``url`` with both nodes enrolled and rounds 1 and 2 recorded."""
+def make_world(
+    url: str,
+    folder: Path,
+    loss: float = 0.7,
+    names: tuple[str, ...] = NAMES,
+    quorum: str | int = "majority",
+) -> World:
+    """A ledger at ``url`` with ``names``' nodes admitted and rounds 1 and 2 recorded."""
     ledger = Ledger(url)
     with ledger.session() as s:
-        for name in NAMES:
+        for name in names:
             participant = enrol_participant(s, name, "academia")
             participant.public_key = encode_public(SIGNERS[name].public_key())  # as admitted
             record_row(s, participant, "participant")
-        start_run(
+        run = start_run(
             s,
             policy_sha256=H,
             policy_toml="[federation]\n",
@@ -132,9 +148,18 @@ def make_world(url: str, folder: Path, loss: float = 0.7) -> World:
             initial_model_sha256=H,
             planned_rounds=2,
             flower_run_id=7,
+            quorum=quorum,
         )
+        run_id = run.id
     world = World(
-        ledger, {}, {}, {n: ReceiptBook(folder / n / "receipts") for n in NAMES}, LedgerTree(), {}
+        ledger,
+        {},
+        {},
+        {n: ReceiptBook(folder / n / "receipts") for n in names},
+        LedgerTree(),
+        {},
+        names,
+        run_id,
     )
     record_world_round(world, 1, loss)
     record_world_round(world, 2, loss)
@@ -145,13 +170,13 @@ def accept_all(world: World) -> list[tuple[str, Receipt]]:
     """Each node accepts its receipts, in order; returns the (path, receipt) pairs kept."""
     for (name, _), receipt in sorted(world.receipts.items()):
         world.books[name].accept(receipt, OPERATOR.public_key(), name)
-    return [(str(p), r) for name in NAMES for p, r in read_receipts(world.books[name].folder)]
+    return [(str(p), r) for name in world.names for p, r in read_receipts(world.books[name].folder)]
 
 
 def cosign_all(world: World, now: int = 1_700_000_000) -> dict[str, list[str]]:
     """Each node cosigns the heads it holds and the ledger records them; returns refusals."""
     refused = {}
-    for name in NAMES:
+    for name in world.names:
         heads = [r.tree_head for r in world.books[name].receipts()]
         cosigned = cosign_heads(heads, name, SIGNERS[name], now=now)
         with world.ledger.session() as s:
