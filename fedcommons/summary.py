@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from client.quorum import established_size, pending
+from client.receipts import ReceiptBook
 from common.arrays import arrays_to_bytes
 from common.epsilon import epsilon_for_json
 from common.keys import load_ed25519_key, passphrase_from_env
@@ -21,6 +23,7 @@ from common.model import build_model, full_arrays, get_arrays
 from common.policy import Policy
 from common.receipts import read_receipts
 from fedcommons.demo_setup import DemoConsortium, collect_receipts
+from fedcommons.local_federation import NodeSpec
 from ledger import Ledger, contributions_report
 from ledger.runs import flower_runs
 from ledger.schema import Round, RoundUpdate
@@ -30,6 +33,20 @@ from server.operator.follow import RunOutcome
 from server.release.release import release_model
 
 __all__ = ["summarise"]
+
+
+def _quorum_seen(nodes: list[NodeSpec]) -> dict[str, dict[str, int]]:
+    """Per node, what its own folder says of the witness quorum (:mod:`client.quorum`)."""
+    seen = {}
+    for node in nodes:
+        if node.state_dir is not None:
+            book = ReceiptBook(node.state_dir / "receipts")
+            seen[node.institution] = {
+                "established_size": established_size(book.folder),
+                "pending": len(pending(book.receipts(), book.folder)),
+                "refused": len(book.refusals()),
+            }
+    return seen
 
 
 def summarise(
@@ -134,6 +151,9 @@ def summarise(
         # the participants' cosignatures on the signed heads (C2SP checkpoints)
         "cosignatures": verified.cosignatures,
         "witnesses": {str(size): names for size, names in verified.witnesses},
+        # each node's own view: the largest checkpoint it saw its run's members
+        # establish (their witness quorum) and the receipts still waiting for one
+        "quorum": _quorum_seen(demo.nodes),
         # Every update's sealing (client) plus opening (server), summed as if
         # nothing ran in parallel, over the rounds' wall time: an upper bound.
         "crypto_seconds": float(crypto_seconds or 0.0),

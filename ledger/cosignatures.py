@@ -37,6 +37,7 @@ from ledger.tree_heads import tree_head_from_row
 
 __all__ = [
     "FUTURE_SLACK",
+    "cosigned_by",
     "cosigned_note",
     "latest_cosigned",
     "participant_key",
@@ -179,3 +180,24 @@ def witness_keys(session: Session, row: LedgerTreeHead) -> dict[str, str]:
         if found is not None:
             keys[name] = verifier_key(name, found[1], COSIGNATURE_TYPE)
     return keys
+
+
+def cosigned_by(session: Session, witness: str) -> tuple[TreeHead, list[str]] | None:
+    """The largest checkpoint ``witness`` cosigned, and every line kept on it, in order.
+
+    What the server sends that witness's node, so it counts its quorum
+    (:mod:`client.quorum`).
+    """
+    row = session.scalar(
+        select(LedgerTreeHead)
+        .join(Cosignature, Cosignature.tree_head_id == LedgerTreeHead.id)
+        .where(Cosignature.witness == witness)
+        .order_by(LedgerTreeHead.tree_size.desc(), LedgerTreeHead.id)
+        .limit(1)
+    )
+    if row is None:
+        return None
+    lines = session.scalars(
+        select(Cosignature.line).where(Cosignature.tree_head_id == row.id).order_by(Cosignature.id)
+    )
+    return tree_head_from_row(row), list(lines)

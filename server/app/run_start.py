@@ -140,6 +140,7 @@ def open_run(
                 base_model_sha256=base_sha256,
                 planned_rounds=policy.federation.rounds,
                 flower_run_id=flower_run_id,
+                quorum=policy.witness.quorum,
             ).id
             point = ResumePoint(run_id, 0, None, {}, arrays_sha256(initial))
     return OpenedRun(

@@ -188,15 +188,21 @@ def main(grid: Grid, context: Context) -> None:
                 evaluate_fn=strategy.finish_round,
             )
             weights = arrays_of(result.arrays)
-        # The last round's receipts: the only ones no train message carried.
-        delivering = time.monotonic()
-        delivered = strategy.deliver_receipts(polling, federation.round_timeout)
-        if delivered:
-            log.info(
-                "last round's receipts (%.1f s): %s",
-                time.monotonic() - delivering,
-                ", ".join(f"{k} {v}" for k, v in sorted(delivered.items())),
-            )
+        # The last round's receipts: the only ones no train message carried; then
+        # the members' cosignatures on the last checkpoint: each node counts its quorum.
+        for what, deliver in (
+            ("last round's receipts", strategy.deliver_receipts),
+            ("witness quorum", strategy.deliver_quorum),
+        ):
+            started = time.monotonic()
+            outcome = deliver(polling, federation.round_timeout)
+            if outcome:
+                log.info(
+                    "%s (%.1f s): %s",
+                    what,
+                    time.monotonic() - started,
+                    "; ".join(f"{k} {v}" for k, v in sorted(outcome.items())),
+                )
         test_loss, test_accuracy = score(test, weights)
         status = "finished"
         log.info("test accuracy %.4f, loss %.4f", test_accuracy, test_loss)

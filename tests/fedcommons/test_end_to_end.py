@@ -222,6 +222,13 @@ def test_the_release_and_every_receipt_verify(demo: DemoRun) -> None:
     assert "6 participant cosignatures verified" in audit.output
     witnesses = summary["witnesses"]
     assert [sorted(names) for names in witnesses.values()] == [INSTITUTIONS, INSTITUTIONS, []]
+    # each node saw its run's members (a majority at least) cosign both rounds'
+    # checkpoints: round 1's with round 2's train message, round 2's with the
+    # run's final query; nothing is left pending or refused
+    round_2 = int(list(witnesses)[1])
+    assert summary["quorum"] == {
+        name: {"established_size": round_2, "pending": 0, "refused": 0} for name in INSTITUTIONS
+    }
     for size, names in witnesses.items():
         said = f"cosigned by {', '.join(names)}" if names else "no cosignatures"
         assert f"tree head of size {size}: {said}" in audit.output

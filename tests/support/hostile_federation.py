@@ -32,7 +32,7 @@ from common.policy import Policy
 from common.protocol import ENVELOPE, METRICS, TRAIN_LOSS, TRAIN_SECONDS, TrainConfig
 from common.receipts import Receipt
 from common.training import evaluate
-from common.witness import Cosigned
+from common.witness import Cosigned, Witnessed
 from fedcommons.demo_setup import prepare_data
 from ledger import ChargeFact, DefenceFact, ExclusionFact
 from ledger.shapley import RoundValues
@@ -120,6 +120,9 @@ class Tally:
 
     def record_cosignatures(self, institution: str, cosigned: list[Cosigned]) -> list[str]:
         return []
+
+    def witnesses(self, institution: str, final: bool = False) -> Witnessed | None:
+        return None
 
 
 class HostileFederation:

@@ -114,6 +114,8 @@ class ConsortiumStrategy(Strategy):
         self.min_nodes = min_nodes
         self.recorder: RoundRecorder = recorder if recorder is not None else NullRecorder()
         self.outbox = outbox if outbox is not None else ReceiptOutbox()
+        if self.outbox.witnesses is None:
+            self.outbox.witnesses = self.recorder.witnesses
         self._started = time.monotonic()
         self._model_before = ""
         self._round = RoundIntake()
@@ -366,6 +368,10 @@ class ConsortiumStrategy(Strategy):
         return self.outbox.deliver_remaining(
             grid, self.intake.nodes, timeout, on_reply=self.take_cosignatures
         )
+
+    def deliver_quorum(self, grid: Grid, timeout: float | None) -> dict[str, str]:
+        """The run's final query per node: the cosignatures on the last checkpoint it holds."""
+        return self.outbox.deliver_quorum(grid, self.intake.nodes, timeout)
 
     def take_cosignatures(self, institution: str | None, reply: Message) -> None:
         """Keep the cosignatures a node's reply carries (a bad one is logged, not kept)."""

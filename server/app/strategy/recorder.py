@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from common.arrays import Arrays
 from common.receipts import Receipt, TreeHead
-from common.witness import Cosigned
+from common.witness import Cosigned, Witnessed
 from ledger import (
     ChargeFact,
     DefenceFact,
@@ -38,7 +38,7 @@ from ledger import (
     record_round,
 )
 from ledger.contributions import record_valuation
-from ledger.cosignatures import latest_cosigned, record_cosignatures
+from ledger.cosignatures import cosigned_by, latest_cosigned, record_cosignatures
 from ledger.runs import flower_runs, ledger_run_of
 from ledger.schema import LedgerTreeHead, Participant, Round, RoundUpdate
 from ledger.shapley import RoundValues
@@ -105,6 +105,9 @@ class RoundRecorder(Protocol):
     def record_owed(self, owed: list[OwedCharge]) -> None:
         """Charges members signed for rounds the ledger may lack (each recorded once)."""
 
+    def witnesses(self, institution: str, final: bool = False) -> Witnessed | None:
+        """Every member's cosignature kept on the checkpoint ``institution`` last cosigned."""
+
 
 class NullRecorder:
     """Keeps nothing and owes no receipts."""
@@ -130,6 +133,9 @@ class NullRecorder:
         return []
 
     def record_owed(self, owed: list[OwedCharge]) -> None:
+        return None
+
+    def witnesses(self, institution: str, final: bool = False) -> Witnessed | None:
         return None
 
 
@@ -243,6 +249,16 @@ class LedgerRecorder:
         if largest is not None:
             self._heads[institution] = largest
         return refused
+
+    def witnesses(self, institution: str, final: bool = False) -> Witnessed | None:
+        """The lines on the head ``institution`` holds, for its node to count (its quorum)."""
+        found = self._write(
+            lambda session: cosigned_by(session, institution), "reading cosignatures"
+        )
+        if found is None:
+            return Witnessed(0, "", (), final) if final else None
+        head, lines = found
+        return Witnessed(head.tree_size, head.root, tuple(lines), final)
 
     def keep_replies(self, server_round: int, replies: Mapping[str, KeptReply]) -> None:
         if self.snapshot_dir is not None and replies:
