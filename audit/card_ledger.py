@@ -9,9 +9,13 @@ licences the ledger records and ε from the recorded privacy charges
 checks that those rows are the ledger's entries; ``audit verify --releases``
 runs both.
 
-The quorum is a majority of the members admitted to the run: the
-participants admitted by the time the run started, as the ledger records
-them (a number the operator cannot shrink by leaving members out of rounds).
+The quorum is the one the run's ``run-members`` entry states (the policy's
+``[witness] quorum``, never below a majority) of the members that entry names:
+the participants admitted by the time the run started, with their admitted
+keys (a number the operator cannot shrink by leaving members out of rounds).
+An entry that names other members or keys than the admissions the ledger
+records fails the quorum check. Runs recorded before that entry existed
+count a majority of the participants admitted by the run's start.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from sqlalchemy.orm import Session
 from audit.card_proof import CardProof, Check
 from common.keys import KeyFileError, decode_ed25519_public
 from common.note import COSIGNATURE_TYPE, NoteError, verifier_key, verify_cosignature
+from common.quorum import majority
 from ledger.facts import admitted_keys
+from ledger.members import run_members as recorded_members
 from ledger.provenance import ProvenanceError, contributors, obligations_doc
 from ledger.schema import LedgerTreeHead, Participant, Release, Run
 
@@ -55,12 +61,23 @@ def ledger_checks(
         why = f"the ledger records no run {card['run'].get('id')!r}: nobody trained this model"
         names = ("witnesses", "quorum", "release", "contributors", "obligations", "privacy")
         return [_checkpoint(session, proof), *(Check(name, False, why) for name in names)]
+    keys = admitted_keys(session)
     members = run_members(session, run)
-    witnesses, cosigners = _witnesses(proof, admitted_keys(session), members)
+    entry = recorded_members(session, run.id)
+    required, mismatch = majority(len(members)), ""
+    if entry is not None:
+        required = entry.required
+        named = {n: k for n, k in keys.items() if n in members}
+        if entry.members != named:
+            mismatch = (
+                f"; the run's members entry names {', '.join(sorted(entry.members))} (or their "
+                f"keys) where the ledger admitted {', '.join(members) or 'nobody'} by its start"
+            )
+    witnesses, cosigners = _witnesses(proof, keys, members)
     return [
         _checkpoint(session, proof),
         witnesses,
-        _quorum(cosigners, members, run.id),
+        _quorum(cosigners, members, run.id, required, mismatch),
         _release(session, card, proof, card_sha256, run),
         *_provenance(session, card, run),
     ]
@@ -126,13 +143,15 @@ def _vkey(name: str, public: str) -> str | None:
         return None
 
 
-def _quorum(cosigners: list[str], members: list[str], run_id: int) -> Check:
-    quorum = len(members) // 2 + 1
+def _quorum(
+    cosigners: list[str], members: list[str], run_id: int, required: int, mismatch: str
+) -> Check:
+    rule = "a majority" if required == majority(len(members)) else "the policy's"
     detail = (
         f"cosigned by {len(cosigners)} of the {len(members)} members admitted to run {run_id} "
-        f"({', '.join(cosigners) or 'none'}); the quorum is {quorum} (a majority)"
+        f"({', '.join(cosigners) or 'none'}); the quorum is {required} ({rule}){mismatch}"
     )
-    return Check("quorum", len(cosigners) >= quorum, detail)
+    return Check("quorum", len(cosigners) >= required and not mismatch, detail)
 
 
 def _release(

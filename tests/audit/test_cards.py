@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from audit.cards import CardVerdict, check_card
@@ -362,3 +362,53 @@ def test_a_cosignature_by_someone_never_admitted_is_refused(released: Released) 
         "university-z cosigned, but the consortium admitted no university-z"
     )
     assert verdict.check("quorum").held is True  # the members' own cosignatures still count
+
+
+def _released_run(
+    tmp_path: Path, *, quorum: str | int = "majority", hide: str | None = None
+) -> CardVerdict:
+    """Admit three members, run 2 rounds under ``quorum``, cosign by two, release, check.
+
+    ``hide``: the operator starts the run with that member's key hidden, so the
+    run's members entry leaves it out, and restores the key right after."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    operator = Ed25519PrivateKey.generate()
+    federation = _federation(ledger, operator, tmp_path)
+    signers = {name: Ed25519PrivateKey.generate() for name in INSTITUTIONS}
+    for name in INSTITUTIONS:
+        federation.keys[name] = encode_public(signers[name].public_key())
+        federation.admit(name, LICENCES[name])
+    update = "UPDATE participants SET public_key = {} WHERE name = '{}'"
+    if hide is not None:
+        with ledger.engine.begin() as c:
+            c.execute(text(update.format("NULL", hide)))
+    run_id = federation.run([n for n in INSTITUTIONS if n != hide], rounds=2, quorum=quorum)
+    if hide is not None:
+        with ledger.engine.begin() as c:
+            c.execute(text(update.format(f"'{federation.keys[hide]}'", hide)))
+    _cosign(federation, {n: signers[n] for n in INSTITUTIONS[:2]})
+    federation.release(run_id, tmp_path / "release")
+    card = json.loads((tmp_path / "release" / "model-card.json").read_bytes())
+    origin = default_log_origin(operator.public_key())
+    with ledger.session() as s:
+        verdict = check_card(card, operator=operator.public_key(), origin=origin, session=s)
+    ledger.close()
+    return verdict
+
+
+def test_the_policys_quorum_is_the_cards_quorum(tmp_path: Path) -> None:
+    """A run whose policy asks all three members: two cosigners no longer suffice."""
+    assert _mismatch(_released_run(tmp_path, quorum=3), "quorum") == (
+        "cosigned by 2 of the 3 members admitted to run 1 (university-a, university-b); "
+        "the quorum is 3 (the policy's)"
+    )
+
+
+def test_a_members_entry_that_leaves_out_an_admitted_member_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The run's members entry names two members (a quorum of 2 out of 2); the ledger
+    admitted three by the run's start."""
+    detail = _mismatch(_released_run(tmp_path, hide="company-c"), "quorum")
+    assert "the run's members entry names university-a, university-b" in detail
+    assert "where the ledger admitted company-c, university-a, university-b" in detail

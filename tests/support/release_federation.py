@@ -114,10 +114,11 @@ class Federation:
         sign: bool = True,
         trained_on: dict[str, str] | None = None,
         worth: dict[str, int] | None = None,
+        quorum: str | int = "majority",
     ) -> int:
         """A run in which ``contributors`` train every round and ``excluded`` never do."""
         trained_on = trained_on or {}
-        policy = Policy()
+        policy = Policy().with_overrides({"witness.quorum": quorum})
         with self.ledger.session() as s:
             run_id = start_run(
                 s,
@@ -129,6 +130,7 @@ class Federation:
                 base_model_sha256="e" * 64,
                 planned_rounds=rounds,
                 flower_run_id=4242,
+                quorum=policy.witness.quorum,
             ).id
         for number in range(1, rounds + 1):
             charges = [
