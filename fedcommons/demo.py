@@ -56,6 +56,7 @@ def run_demo(
     isolation: str = "warm",
     encoder_cache: bool = True,
     startup_timeout: float = STARTUP_TIMEOUT,
+    keep_log: bool = False,
 ) -> dict[str, Any]:
     """Run the whole demo and return (and write) ``summary.json``.
 
@@ -72,6 +73,8 @@ def run_demo(
     unfinished run with its own policy (``policy`` is not used) from its last
     recorded round, and the summary covers the whole run. ``startup_timeout``
     is the most seconds each Flower process may take to start listening.
+    ``keep_log`` keeps the ServerApp's log in ``logs/run-N.log`` also when the
+    run finishes (one ``flwr log`` call; ``bench/quorum.py`` reads it).
 
     Raises
     ------
@@ -115,6 +118,8 @@ def run_demo(
                 interrupted="interrupted (Ctrl-C or SIGTERM)",
                 status_interval=status_interval,
             )
+            if keep_log:
+                federation.keep_run_log(flower_run_id)
         summary = summarise(
             demo,
             policy,
