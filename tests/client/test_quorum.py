@@ -24,6 +24,7 @@ from client.enrolment import ParticipantState
 from client.quorum import ESTABLISHED_FILE, established, pinned_members
 from client.receipts import Accepted, accept_receipts, receipt_book
 from client.witnessing import Witnessing, take_witnesses
+from common.evidence import EXIT_EQUIVOCATION
 from common.keys import encode_public, key_id
 from common.note import cosign
 from common.quorum import QuorumError, RunMembers, majority, required_quorum
@@ -373,3 +374,26 @@ def test_client_check_lists_pending_receipts_no_quorum_refusals_and_pinned_keys(
     result = runner.invoke(app, ["client", "check", "--state", str(tmp_path / "two" / "co-c")])
     assert result.exit_code == 1
     assert "run 7 round 2: its receipt was refused (no-quorum)" in result.output
+
+
+def test_audit_compare_reads_the_no_quorum_refusals_and_the_established_notes(
+    forks: tuple[World, World], tmp_path: Path
+) -> None:
+    """The evidence travels: the minority's refused receipts and the majority's cosigned
+    notes name the equivocation together."""
+    one, two = forks
+    _run(one, tmp_path / "one", ("uni-a", "uni-b"))
+    _run(two, tmp_path / "two", ("co-c",))
+    _counts(one, tmp_path / "one", "uni-a", final=True)
+    _counts(two, tmp_path / "two", "co-c", final=True)
+    uni_a, co_c = tmp_path / "one" / "uni-a", tmp_path / "two" / "co-c"
+    consortium = str(uni_a / "consortium.json")
+    result = runner.invoke(
+        app, ["audit", "compare", str(uni_a), str(co_c), "--operator-key", consortium]
+    )
+    assert result.exit_code == EXIT_EQUIVOCATION, result.output
+    assert "(refused)" in result.output  # co-c's no-quorum receipts, read back
+    assert "cosigned by uni-a, uni-b:" in result.output  # the note that established fork one
+    unreceipted = [line for line in result.output.splitlines() if "sent without" in line]
+    assert len(unreceipted) == 2, result.output  # co-c's rounds 1 and 2
+    assert all(str(co_c) in line and "no-quorum" in line for line in unreceipted)
