@@ -159,7 +159,7 @@ def check(
             "'fedcommons client enroll' writes nor a receipts/sent/ folder"
         )
     sent, missing = read_sent(receipts), unreceipted(receipts)
-    waiting = pending(ReceiptBook(receipts).receipts(), receipts)
+    waiting = pending(ReceiptBook(receipts).receipts(), established_size(receipts))
     members = pinned_members(receipts)
     if output_format is OutputFormat.json:
         rows = [{**asdict(m.sent), "refused": list(m.refused)} for m in missing]

@@ -13,7 +13,6 @@ from client.accountant import BudgetExhausted
 from client.enrolment import ParticipantState
 from client.node_config import node_config_of
 from client.owed import acknowledged_of, forget, owed, owed_record
-from client.quorum import established_size
 from client.receipts import accept_receipts, receipt_book, record_sent
 from client.sealing import seal_update
 from client.task import ClientSetup, evaluate_global, train_round
@@ -71,12 +70,9 @@ def train(message: Message, context: Context) -> Message:
         accepted = accept_receipts(
             setup.identity(), setup.institution, message.content.config_records.get(RECEIPTS)
         )
-        take_witnesses(
-            setup.identity(),
-            setup.institution,
-            message.content.config_records.get(WITNESSES),
-            str(context.run_id),
-        )
+        witnesses = message.content.config_records.get(WITNESSES)
+        if witnesses is not None:
+            take_witnesses(setup.identity(), setup.institution, witnesses, str(context.run_id))
         book = receipt_book(setup.identity()).folder
         forget(book, acknowledged_of(message.content.config_records.get(CHARGES_RECORDED)))
         global_weights = arrays_of(message.content.array_records[ARRAYS])
@@ -158,7 +154,7 @@ def query(message: Message, context: Context) -> Message:
         {
             RECEIPTS_STORED: len(accepted.stored),
             RECEIPTS_PENDING: len(witnessing.pending),
-            ESTABLISHED_SIZE: established_size(receipt_book(state).folder),
+            ESTABLISHED_SIZE: witnessing.established_size,
         }
     )
     content = RecordDict({METRICS: metrics})

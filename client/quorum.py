@@ -203,18 +203,17 @@ def established_size(folder: Path) -> int:
     return max((e.tree_size for e in established(folder)), default=0)
 
 
-def establish(folder: Path, quorum: Quorum) -> Established | None:
-    """Log ``quorum``'s checkpoint as established, unless a larger one already is."""
-    if not quorum.reached or quorum.head.tree_size <= established_size(folder):
+def establish(folder: Path, quorum: Quorum, size: int) -> Established | None:
+    """Log ``quorum``'s checkpoint as established, unless one of ``size`` or larger already is."""
+    if not quorum.reached or quorum.head.tree_size <= size:
         return None
     record = quorum.record()
     append_json_lines(folder / ESTABLISHED_FILE, [asdict(record)])
     return record
 
 
-def pending(receipts: Iterable[Receipt], folder: Path) -> list[Receipt]:
-    """The receipts whose checkpoint is not established yet."""
-    size = established_size(folder)
+def pending(receipts: Iterable[Receipt], size: int) -> list[Receipt]:
+    """The receipts whose checkpoint is larger than ``size``, the largest established."""
     return [r for r in receipts if r.tree_head.tree_size > size]
 
 

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord
 
 from client.enrolment import ParticipantState
-from client.quorum import Established, Quorum, cosigned_head, count, establish, pending
+from client.quorum import (
+    Established,
+    Quorum,
+    cosigned_head,
+    count,
+    establish,
+    established_size,
+    pending,
+)
 from client.receipts import receipt_book
 from common.evidence import record_checkpoints
 from common.receipts import Receipt, ReceiptError
@@ -41,6 +49,8 @@ class Witnessing:
     established: Established | None
     pending: list[Receipt]
     refused: list[str]
+    established_size: int
+    """The largest checkpoint this node holds established, after this message (0: none)."""
 
 
 def take_witnesses(
@@ -54,7 +64,9 @@ def take_witnesses(
     A checkpoint with its quorum is established (:mod:`client.quorum`), with
     every receipt under it or an earlier one. At the run's ``final`` message,
     each receipt of Flower run ``flower_run_id`` still pending is refused
-    (``no-quorum``) and moved to ``refused/``.
+    (``no-quorum``) and moved to ``refused/``. With ``flower_run_id``, only that
+    run's receipts are read (``pending`` lists those): every message runs
+    this, and a node's folder keeps every run's receipts.
 
     Raises
     ------
@@ -62,32 +74,33 @@ def take_witnesses(
         ``record`` is malformed.
     """
     book = receipt_book(state)
+    size = established_size(book.folder)
+    mine = book.receipts(flower_run_id)
     if record is None:
-        return Witnessing(None, None, pending(book.receipts(), book.folder), [])
+        return Witnessing(None, None, pending(mine, size), [], size)
     try:
         witnessed = witnessed_of(record)
     except ValueError as err:
         raise ReceiptError(f"the server's witnesses record is malformed: {err}") from None
     quorum = made = None
-    held = [
-        r
-        for r in book.receipts()
-        if (r.tree_head.tree_size, r.tree_head.root) == (witnessed.tree_size, witnessed.root)
-    ]
+    key = (witnessed.tree_size, witnessed.root)
+    held = [r for r in mine if (r.tree_head.tree_size, r.tree_head.root) == key]
+    if not held and flower_run_id is not None and witnessed.tree_size > size:
+        # the head it last cosigned came with an earlier Flower run (a resumed run)
+        held = [r for r in book.receipts() if (r.tree_head.tree_size, r.tree_head.root) == key]
     members = held[-1].members() if held else None
     if held and members is not None and held[-1].tree_head.checkpoint is not None:
         quorum = count(held[-1].tree_head, members, institution, witnessed.lines)
         for why in quorum.ignored:
             log.warning("a cosignature the server sent does not count: %s", why)
-        made = establish(book.folder, quorum)
+        made = establish(book.folder, quorum, size)
         if made is not None:
+            size = made.tree_size
             record_checkpoints(book.folder, [cosigned_head(held[-1].tree_head, quorum)], [])
-    waiting = pending(book.receipts(), book.folder)
+    waiting = pending(mine, size)
     refused = []
     if witnessed.final:
         for receipt in waiting:
-            if flower_run_id is not None and receipt.run_id != flower_run_id:
-                continue
             reason = (
                 f"no-quorum: the receipt for run {receipt.run_id} round {receipt.round} is under "
                 f"a checkpoint of size {receipt.tree_head.tree_size} that the run's members "
@@ -98,5 +111,5 @@ def take_witnesses(
             )  # fmt: skip
             book.withdraw(receipt, "no-quorum", reason)
             refused.append(reason)
-        waiting = pending(book.receipts(), book.folder)
-    return Witnessing(quorum, made, waiting, refused)
+        waiting = []
+    return Witnessing(quorum, made, waiting, refused, size)

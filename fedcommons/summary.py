@@ -43,7 +43,7 @@ def _quorum_seen(nodes: list[NodeSpec]) -> dict[str, dict[str, int]]:
             book = ReceiptBook(node.state_dir / "receipts")
             seen[node.institution] = {
                 "established_size": established_size(book.folder),
-                "pending": len(pending(book.receipts(), book.folder)),
+                "pending": len(pending(book.receipts(), established_size(book.folder))),
                 "refused": len(book.refusals()),
             }
     return seen
