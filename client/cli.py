@@ -144,13 +144,16 @@ def check(
     state: StateOption,
     output_format: FormatOption = OutputFormat.text,
 ) -> None:
-    """Updates this node sent that it holds no receipt for (withheld, unrecorded or refused).
+    """Updates this node sent without a receipt it can rely on, and the members' keys it pinned.
 
-    Exits 1 if there is any: the last round of a run still under way is owed
-    its receipt with the closing message; any other was withheld or never
-    recorded by the operator, or its receipt refused (see receipts/refused/).
-    Also lists the receipts still waiting for the members' witness quorum
-    (pending), and the members' keys this node pinned, to compare with theirs.
+    Lists each update it holds no receipt for (withheld, unrecorded or
+    refused, see receipts/refused/) and each receipt still pending: kept, but
+    its checkpoint not yet cosigned by the run's witness quorum. Exits 1 if
+    there is any. While a run is under way its last rounds are normally owed
+    (the receipt, then the quorum come with the next messages); after the run
+    ended, a pending receipt means the operator never brought the quorum, as
+    good as a ``no-quorum`` refusal. The pinned keys' ids are for members to
+    compare with each other's.
     """
     receipts = state / "receipts"
     if not ((receipts / SENT_FOLDER).is_dir() or ParticipantState(state).node_settings.is_file()):
@@ -184,7 +187,7 @@ def check(
             )
         for name, key in sorted(members.items()):
             say(f"member {name}: signing key {key_id_of(key)}")
-    if missing:
+    if missing or waiting:
         raise typer.Exit(1)
 
 

@@ -362,10 +362,14 @@ def test_client_check_lists_pending_receipts_no_quorum_refusals_and_pinned_keys(
     _run(two, tmp_path / "two", ("co-c",))
     uni_a = tmp_path / "one" / "uni-a"
     result = runner.invoke(app, ["client", "check", "--state", str(uni_a)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the operator withholds the quorum
+    assert "2 updates sent, 2 with a receipt kept" in result.output
     assert "pending: run 7 round 1, its checkpoint of size" in result.output
     assert f"member uni-b: signing key {key_id(SIGNERS['uni-b'].public_key())}" in result.output
     _counts(one, tmp_path / "one", "uni-a", final=True)
+    result = runner.invoke(app, ["client", "check", "--state", str(uni_a)])
+    assert result.exit_code == 0, result.output
+    assert "pending" not in result.output
     result = runner.invoke(app, ["client", "check", "--state", str(uni_a), "--format", "json"])
     doc = json.loads(result.output)
     assert doc["pending"] == [] and doc["established_size"] > 0
