@@ -8,11 +8,13 @@ their updates valued on the operator's real validation split.
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -189,12 +191,21 @@ def test_a_participant_returning_the_starting_model_is_worth_about_nothing(
 
 
 def test_gtg_agrees_with_exact_shapley_on_eight_institutions() -> None:
-    """Real rounds of eight institutions: GTG's values correlate >= 0.98 with exact ones."""
+    """Real rounds of eight institutions: GTG's values correlate >= 0.98 with exact ones.
+
+    GTG samples permutations, so the correlation is a draw, and the game was
+    one too: Flower samples the nodes in a random order and the institutions
+    draw their DP noise, one after another, from torch's generator, so the
+    updates differed run to run and one CI run drew 0.9785. Both generators
+    are seeded before each round: the check is of one fixed game and GTG's seeded sampling on it.
+    """
     policy = Policy().with_overrides({"federation.rounds": 2})
     institutions = [(f"inst{i}", "academia") for i in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
         federation = HostileFederation(policy, Path(tmp), institutions)
         for server_round in (1, 2):
+            random.seed(server_round)  # Flower's node sampling: the order they train in
+            torch.manual_seed(server_round)  # the DP noise each draws in turn
             federation.round(server_round)
             game = _utility(federation, federation.strategy.round_updates())
             exact = exact_values(8, game)
