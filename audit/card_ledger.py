@@ -12,7 +12,9 @@ runs both.
 The quorum is the one the run's ``run-members`` entry states (the policy's
 ``[witness] quorum``, never below a majority) of the members that entry names:
 the participants admitted by the time the run started, with their admitted
-keys (a number the operator cannot shrink by leaving members out of rounds).
+keys (a number the operator cannot shrink by leaving members out of rounds),
+less those suspended when it started (each suspension is an entry before
+the run's).
 An entry that names other members or keys than the admissions the ledger
 records fails the quorum check. Runs recorded before that entry existed
 count a majority of the participants admitted by the run's start.
@@ -30,20 +32,26 @@ from common.keys import KeyFileError, decode_ed25519_public
 from common.note import COSIGNATURE_TYPE, NoteError, verifier_key, verify_cosignature
 from common.quorum import majority
 from ledger.facts import admitted_keys
+from ledger.members import members_entry
 from ledger.members import run_members as recorded_members
 from ledger.provenance import ProvenanceError, contributors, obligations_doc
 from ledger.schema import LedgerTreeHead, Participant, Release, Run
+from ledger.suspensions import in_force
 
 __all__ = ["ledger_checks", "run_members"]
 
 
 def run_members(session: Session, run: Run) -> list[str]:
-    """The members admitted to ``run``: participants admitted by the time it started."""
+    """The members admitted to ``run``: participants admitted by the time it started, less
+    those suspended then (as the ledger stood before the run's ``run-members`` entry)."""
     keys = admitted_keys(session)
+    started = members_entry(session, run.id)
+    suspended = in_force(session, started[0]) if started is not None else {}
     return sorted(
         p.name
         for p in session.scalars(select(Participant).where(Participant.admitted_at.is_not(None)))
         if p.name in keys
+        and p.name not in suspended
         and (run.started_at is None or _naive(p.admitted_at) <= _naive(run.started_at))
     )
 

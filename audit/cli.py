@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -137,7 +137,7 @@ def show(
     ledger_url: Annotated[str, typer.Option("--ledger", help="SQLAlchemy URL of the ledger.")],
     output_format: FormatOption = OutputFormat.text,
 ) -> None:
-    """Participants, runs and rounds recorded in the ledger."""
+    """Participants (and who is suspended), runs and rounds recorded in the ledger."""
     ledger = Ledger(ledger_url, migrate=False)
     try:
         with ledger.session() as session:
@@ -149,11 +149,20 @@ def show(
         return
     console = literal_console()
     people = Table(title="Participants")
-    for column in ("name", "kind", "enrolled"):
+    for column in ("name", "kind", "enrolled", "status"):
         people.add_column(column)
     for p in report["participants"]:
-        people.add_row(p["name"], p["kind"], p["enrolled_at"])
+        people.add_row(p["name"], p["kind"], p["enrolled_at"], _standing(p))
     console.print(people)
+    if report["suspensions"]:
+        decisions = Table(title="Suspensions and reinstatements (each applies to later runs)")
+        for column in ("institution", "action", "at", "entry", "reason"):
+            decisions.add_column(column)
+        for d in report["suspensions"]:
+            decisions.add_row(
+                d["institution"], d["action"], d["at"], str(d["entry_seq"]), d["reason"]
+            )
+        console.print(decisions)
     privacy = Table(title="Privacy spent (cumulative ε per institution and dataset)")
     for column in ("institution", "dataset", "ε", "δ", "accountant", "rounds charged"):
         privacy.add_column(column)
@@ -207,6 +216,12 @@ def show(
                 f"{release['card_sha256'][:16]}…) to {release['out']}",
                 highlight=False,
             )
+
+
+def _standing(participant: dict[str, Any]) -> str:
+    if participant["suspended"]:
+        return "suspended"
+    return "admitted" if participant["admitted_at"] else "enrolled"
 
 
 def _pct(value: float | None) -> str:

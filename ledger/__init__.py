@@ -5,7 +5,8 @@ reads; the modules say more: :mod:`~ledger.store` (opening and
 migrating), :mod:`~ledger.facts` (recording), :mod:`~ledger.report`
 (reading), :mod:`~ledger.entries` (the hash-chained entries),
 :mod:`~ledger.tree_heads` (signed tree heads and receipts), :mod:`~ledger.members`
-(each run's members and witness quorum) and
+(each run's members and witness quorum), :mod:`~ledger.suspensions` (members
+kept out of later runs) and
 :mod:`~ledger.verify` (recomputing everything from the raw rows).
 """
 
@@ -62,6 +63,7 @@ __all__ = [
     "report",
     "shapley",
     "start_run",
+    "suspensions",
     "tokens",
     "tree_heads",
     "verify",

@@ -21,6 +21,7 @@ from ledger.schema import (
     RoundUpdate,
     Run,
 )
+from ledger.suspensions import in_force, suspension_history
 
 __all__ = ["exclusion_doc", "ledger_report", "privacy_spent"]
 
@@ -117,6 +118,7 @@ def ledger_report(
         return query.where(column == run_id) if run_id is not None else query
 
     participants = session.scalars(select(Participant).order_by(Participant.id)).all()
+    suspended = in_force(session)
     # Each row's participant (and each run's rounds and updates) loaded with it,
     # in a few queries, rather than one attribute load per row.
     runs = session.scalars(
@@ -159,6 +161,7 @@ def ledger_report(
         releases.setdefault(release.run_id, []).append(release)
     return {
         "privacy": privacy_spent(session) if run_id is None else [],
+        "suspensions": suspension_history(session),
         "participants": [
             {
                 "name": p.name,
@@ -168,6 +171,7 @@ def ledger_report(
                 "signing_key_id": p.signing_key_id,
                 "public_key": p.public_key,
                 "supernode_public_key": p.supernode_public_key,
+                "suspended": p.name in suspended,
                 "datasets": [
                     {
                         "sha256": d.sha256,

@@ -40,6 +40,7 @@ __all__ = [
     "Round",
     "RoundUpdate",
     "Run",
+    "Suspension",
     "Valuation",
 ]
 
@@ -361,6 +362,25 @@ class Exclusion(Base):
     recorded_at: Mapped[Timestamp]
 
     participant: Mapped[Participant | None] = relationship()
+
+
+class Suspension(Base):
+    """An operator's decision on a member (ledger v13): ``suspended`` or ``reinstated``, and why.
+
+    A member whose latest row says ``suspended`` is left out of every run
+    started after it (:mod:`ledger.suspensions`); a run under way keeps its members.
+    """
+
+    __tablename__ = "suspensions"
+
+    id: Mapped[IntPk]
+    entry_seq: Mapped[EntrySeq]
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[Timestamp]
+
+    participant: Mapped[Participant] = relationship()
 
 
 class Release(Base):

@@ -85,7 +85,8 @@ class LedgerView:
                 "key_id": head.key_id, "signature": head.signature}  # fmt: skip
 
     def overview(self, session: Session) -> dict[str, Any]:
-        participants = ledger_report(session, run_id=0)["participants"]  # no run: cheap
+        report = ledger_report(session, run_id=0)  # no run: cheap
+        participants = report["participants"]
         kinds: dict[str, int] = {}
         for p in participants:
             kinds[p["kind"]] = kinds.get(p["kind"], 0) + 1
@@ -97,9 +98,11 @@ class LedgerView:
                     "enrolled_at": p["enrolled_at"],
                     "admitted_at": p["admitted_at"],
                     "signing_key_id": p["signing_key_id"],
+                    "suspended": p["suspended"],
                 }
                 for p in participants
             ],
+            "suspensions": report["suspensions"],
             "kinds": kinds,
             "datasets": [
                 {

@@ -29,6 +29,7 @@ from ledger.schema import (
     Round,
     RoundUpdate,
     Run,
+    Suspension,
     Valuation,
 )
 from ledger.verify.entries import STREAM, Entries
@@ -49,6 +50,7 @@ FACT_TABLES: tuple[type[Base], ...] = (
     Defence,
     Valuation,
     Contribution,
+    Suspension,
 )
 
 Row = tuple[Any, int | None, bytes | None]

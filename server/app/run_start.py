@@ -5,12 +5,17 @@ its last recorded round's snapshot must be the model the ledger holds);
 otherwise a new run is started. Either way the ServerApp also learns what it
 needs from the ledger: the admitted participants' keys, their licences, and
 every update ciphertext already accepted (the gate's replay memory).
+
+A member suspended when the run started (:mod:`ledger.suspensions`) is not
+among its participants: the gate refuses its updates and the run's
+``run-members`` entry leaves it out. A suspension recorded after the run
+started does not change it, also when it is resumed.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,8 +32,10 @@ from ledger import (
     admitted_records,
     start_run,
 )
+from ledger.members import members_entry
 from ledger.runs import flower_runs, take_over_resume
-from ledger.schema import RoundUpdate
+from ledger.schema import RoundUpdate, Suspension
+from ledger.suspensions import in_force
 from server.app.resume import ResumeError, ResumePoint, resume_point
 from server.app.snapshots import KeptReply, SnapshotError, kept_replies
 from server.deploy import DeployConfig
@@ -46,6 +53,7 @@ class OpenedRun:
     point: ResumePoint
     """Where training goes on from (round 0 and the initial model for a new run)."""
     participants: dict[str, Ed25519PublicKey]
+    """The run's participants: admitted, and not suspended when the run started."""
     licences: dict[tuple[str, str], Licence]
     records: dict[tuple[str, str], int]
     """Each admitted dataset's record count: no update may claim more examples."""
@@ -53,6 +61,11 @@ class OpenedRun:
     """Ciphertext hashes of every update the ledger holds."""
     recovery: Recovery | None = None
     """The round a crashed run left unrecorded, to finish from the replies it kept."""
+    admitted: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    """Every admitted participant's key, the suspended included: what a member spent
+    in an earlier run and reports as owed is its spend all the same."""
+    left_out: dict[str, str] = field(default_factory=dict)
+    """The suspended members this run leaves out, and why (institution: reason)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ def open_run(
         or the initial model differs); it stays ``resuming``.
     """
     with ledger.session() as session:
-        participants = {
+        admitted = {
             name: decode_ed25519_public(key, f"{name}'s signing key in the ledger")
             for name, key in admitted_keys(session).items()
         }
@@ -116,6 +129,8 @@ def open_run(
         recovery = None
         run = take_over_resume(session, policy.sha256(), flower_run_id, recovers)
         if run is not None:
+            started = members_entry(session, run.id)  # who was suspended then, not now
+            left_out = in_force(session, started[0]) if started is not None else {}
             point = resume_point(run, deploy.snapshot_dir)
             replies = kept.get(point.rounds_done + 1)
             if replies:
@@ -130,6 +145,7 @@ def open_run(
                 )
             run_id = run.id
         else:
+            left_out = in_force(session)  # start_run leaves them out of its members too
             run_id = start_run(
                 session,
                 policy_sha256=policy.sha256(),
@@ -143,12 +159,30 @@ def open_run(
                 quorum=policy.witness.quorum,
             ).id
             point = ResumePoint(run_id, 0, None, {}, arrays_sha256(initial))
+        _log_left_out(run_id, left_out)
+        reasons = {name: row.reason for name, row in left_out.items()}
     return OpenedRun(
         run_id=run_id,
         point=point,
-        participants=participants,
+        participants={n: k for n, k in admitted.items() if n not in left_out},
         licences=licences,
         records=records,
         accepted_before=accepted,
         recovery=recovery,
+        admitted=admitted,
+        left_out=reasons,
     )
+
+
+def _log_left_out(run_id: int, left_out: dict[str, Suspension]) -> None:
+    """One line per suspended member the run leaves out: who, since when, and why."""
+    for name, row in left_out.items():
+        log.warning(
+            "run %d: %s is left out (not a participant, not a witness): suspended at %s "
+            "(ledger entry %s): %s",
+            run_id,
+            name,
+            row.recorded_at.isoformat(timespec="seconds"),
+            row.entry_seq,
+            row.reason,
+        )

@@ -139,7 +139,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder=recorder,
         rounds_done=point.rounds_done,
         defences=Defences.of(federation),
-        owed=OwedCharges(opened.participants),
+        owed=OwedCharges(opened.admitted),  # a suspended member's past spend too
         valuer=Valuer(
             policy.valuation,
             federation.seed,

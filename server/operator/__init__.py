@@ -1,8 +1,8 @@
 """What the operator's commands run: ``fedcommons operator ...`` (:mod:`.cli`), the
 consortium folder (:mod:`.consortium`), the SuperLink (:mod:`.superlink`), the flwr
 CLI and the app bundle (:mod:`.flower`), submitting and following runs
-(:mod:`.follow`, :mod:`.operate`, :mod:`.progress`), status (:mod:`.status`) and API
-tokens (:mod:`.tokens_cli`)."""
+(:mod:`.follow`, :mod:`.operate`, :mod:`.progress`), status (:mod:`.status`), members
+suspended and reinstated (:mod:`.suspend_cli`) and API tokens (:mod:`.tokens_cli`)."""
 
 __all__ = [
     "cli",
@@ -13,5 +13,6 @@ __all__ = [
     "progress",
     "status",
     "superlink",
+    "suspend_cli",
     "tokens_cli",
 ]

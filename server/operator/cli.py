@@ -29,6 +29,7 @@ from server.operator.operate import resume_run, run_policy, summary_of
 from server.operator.progress import rounds_table
 from server.operator.status import consortium_status, registrar, status_tables
 from server.operator.superlink import serve
+from server.operator.suspend_cli import reinstate_member, suspend_member
 from server.operator.tokens_cli import app as token_app
 from server.release.release import release_model
 
@@ -409,4 +410,6 @@ def _release_settings(
     )
 
 
+app.command("suspend")(suspend_member)
+app.command("reinstate")(reinstate_member)
 app.add_typer(token_app, name="token")

@@ -288,7 +288,7 @@ def test_a_v1_ledger_migrates_forward_without_losing_rows(url: str) -> None:
             )
         }  # fmt: skip
         head = s.execute(text("SELECT id, size, chain_hash FROM ledger_head")).all()
-    assert version == "0012"
+    assert version == "0013"
     assert counts == dict.fromkeys(counts, 0)
     assert [tuple(row) for row in head] == [(1, 0, "0" * 64)]
     assert [(p["name"], p["kind"], p["public_key"]) for p in report["participants"]] == [
