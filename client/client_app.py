@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -15,9 +15,9 @@ from client.node_config import node_config_of
 from client.owed import acknowledged_of, forget, owed, owed_record
 from client.receipts import accept_receipts, receipt_book, record_sent
 from client.sealing import seal_update
-from client.task import ClientSetup, evaluate_global, train_round
+from client.task import ClientSetup, RoundOutcome, evaluate_global, train_round
 from client.witnessing import take_witnesses
-from common.arrays import arrays_of, arrays_sha256
+from common.arrays import Arrays, arrays_of, arrays_sha256
 from common.envelope import envelope_record
 from common.protocol import (
     ARRAYS,
@@ -44,9 +44,22 @@ from common.protocol import (
 from common.receipts import ReceiptError
 from common.witness import COSIGNATURES, WITNESSES, cosignature_record
 
-__all__ = ["app"]
+__all__ = ["Outgoing", "app", "honest_update", "train_sending"]
 
 app = ClientApp()
+
+Outgoing = Callable[[ClientSetup, Arrays, RoundOutcome], tuple[Arrays, int]]
+"""What a node sends of its trained round: ``(setup, global weights, outcome) -> (weights,
+examples claimed)``, sealed and signed with its own key. The product sends
+:func:`honest_update`; only tests send anything else (``tests/support/hostile_client_app.py``,
+an authentic member that attacks, to try the server's defences on real Flower processes)."""
+
+
+def honest_update(
+    setup: ClientSetup, global_weights: Arrays, outcome: RoundOutcome
+) -> tuple[Arrays, int]:
+    """The weights this node trained and the number of records it holds."""
+    return outcome.weights, len(setup.data)
 
 
 def _refuse(message: Message, code: ExclusionCode, context: Context, err: Exception) -> Message:
@@ -62,6 +75,20 @@ def _refuse(message: Message, code: ExclusionCode, context: Context, err: Except
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Train the received global model on this institution's data, within its budget."""
+    return train_sending(message, context, honest_update)
+
+
+def train_sending(message: Message, context: Context, outgoing: Outgoing) -> Message:
+    """The train handler, sealing what ``outgoing`` makes of the trained round.
+
+    Parameters
+    ----------
+    message, context : Message, Context
+        The server's train message and this ClientApp's context, as Flower passes them.
+    outgoing : Outgoing
+        Turns the trained round into the weights and example count sealed
+        (:func:`honest_update` in the shipped ClientApp).
+    """
     started = time.perf_counter()
     try:
         setup = ClientSetup.from_context(context)
@@ -78,13 +105,14 @@ def train(message: Message, context: Context) -> Message:
         global_weights = arrays_of(message.content.array_records[ARRAYS])
         config = TrainConfig.from_record(message.content.config_records[CONFIG])
         outcome = train_round(setup, global_weights, config, flower_run_id=context.run_id)
+        weights, num_examples = outgoing(setup, global_weights, outcome)
         sealing = time.perf_counter()
         envelope = seal_update(
             setup.identity(),
             institution=setup.institution,
-            weights=outcome.weights,
+            weights=weights,
             charge=outcome.charge,
-            num_examples=len(setup.data),
+            num_examples=num_examples,
             flower_run_id=context.run_id,
             model_sha256=arrays_sha256(global_weights),
             config=config,
