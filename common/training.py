@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from torch import nn
@@ -230,3 +231,20 @@ def local_sgd(model: nn.Module, learning_rate: float, momentum: float) -> torch.
     """The optimizer every client uses (kept in one place), over the trainable parameters."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(trainable, lr=learning_rate, momentum=momentum)
+
+
+@torch.no_grad()
+def class_accuracy(
+    model: nn.Module, data: Examples, num_classes: int, batch_size: int = 256
+) -> np.ndarray:
+    """Accuracy of ``model`` on each class of ``data`` (NaN for a class ``data`` lacks)."""
+    model.eval()
+    device = _device_of(model)
+    hits, counts = np.zeros(num_classes), np.zeros(num_classes)
+    for *batch, labels_here in make_loader(data, batch_size, shuffle=False):
+        labels = labels_here.to(device)
+        right = model(*(x.to(device) for x in batch)).argmax(dim=1) == labels
+        np.add.at(counts, labels.cpu().numpy(), 1)
+        np.add.at(hits, labels.cpu().numpy(), right.cpu().numpy())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hits / counts

@@ -13,10 +13,11 @@ from typing import ClassVar
 from common.licences import PURPOSES
 from common.policy.spec import NUMBER_OR_WORD, PolicyError, Section, fraction, positive, spec
 
-__all__ = ["AGGREGATORS", "NORM_BOUND_WORDS", "FederationConfig"]
+__all__ = ["AGGREGATORS", "NORM_BOUND_WORDS", "TRUST_MODES", "FederationConfig"]
 
 AGGREGATORS = ("fedavg", "trimmed-mean", "median", "krum", "multi-krum", "bulyan")
-NORM_BOUND_WORDS = ("adaptive", "off")
+NORM_BOUND_WORDS = ("adaptive", "reference", "off")
+TRUST_MODES = ("reference", "off")
 
 
 def _norm_bound(v: float | str) -> bool:
@@ -69,9 +70,22 @@ class FederationConfig(Section):
         Each update's L2 norm (as a difference from the round's global model)
         is clipped to this bound before aggregation: a number, ``"adaptive"``
         (the ``update-norm-quantile`` of the round's norms, as Flower's
-        adaptive clipping targets a quantile) or ``"off"``.
+        adaptive clipping targets a quantile), ``"reference"`` (the norm of
+        the round's reference update, which no member can move) or ``"off"``.
     update_norm_quantile : float (default: 0.5)
         The quantile of the round's update norms an adaptive bound is set to.
+    trust : str (default: "reference")
+        ``"reference"``: trust bootstrapping (FLTrust): each round the server
+        trains the global model on its validation split, and each update is
+        rescaled to that reference update's norm and weighted by the positive
+        part of its cosine similarity to it, over whichever ``aggregator``;
+        ``"off"``: updates are weighted by their example counts.
+    evidence_cosine : float (default: 0.99)
+        Two members' updates more similar than this (cosine) are recorded as
+        near-identical: evidence of collusion.
+    evidence_class_drop : float (default: 0.25)
+        A round that loses this much of one class's validation accuracy while
+        the others hold is recorded, with the members whose update alone does it.
     """
 
     SECTION: ClassVar[str] = "federation"
@@ -135,7 +149,7 @@ class FederationConfig(Section):
             "update-norm-bound",
             NUMBER_OR_WORD,
             _norm_bound,
-            'a number > 0, "adaptive" or "off"',
+            'a number > 0, "adaptive", "reference" or "off"',
         ),
     )
     update_norm_quantile: float = field(
@@ -143,6 +157,21 @@ class FederationConfig(Section):
         metadata=spec(
             "update-norm-quantile", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"
         ),
+    )
+
+    trust: str = field(
+        default="reference",
+        metadata=spec(
+            "trust", str, lambda v: v in TRUST_MODES, f"one of: {', '.join(TRUST_MODES)}"
+        ),
+    )
+    evidence_cosine: float = field(
+        default=0.99,
+        metadata=spec("evidence-cosine", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    )
+    evidence_class_drop: float = field(
+        default=0.25,
+        metadata=spec("evidence-class-drop", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     )
 
     def __post_init__(self) -> None:

@@ -29,6 +29,7 @@ from common.protocol import TrainConfig
 from common.training import Examples, evaluate
 from ledger import Ledger, finish_run
 from server.app.grid import PollingGrid, QuorumLost
+from server.app.reference import class_scorer, reference_trainer
 from server.app.run_start import open_run
 from server.app.strategy import (
     ClaimCheck,
@@ -138,7 +139,12 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=federation.min_nodes,
         recorder=recorder,
         rounds_done=point.rounds_done,
-        defences=Defences.of(federation),
+        defences=Defences.of(
+            federation,
+            # the trusted set: the operator's validation split, which no member sees or sends
+            reference_trainer(policy, model, validation),
+            class_scorer(model, validation, policy.model.num_classes),
+        ),
         owed=OwedCharges(opened.admitted),  # a suspended member's past spend too
         valuer=Valuer(
             policy.valuation,

@@ -43,7 +43,10 @@ HONEST = [np.array(v, np.float32) for v in ([1, 2, 3, 4], [2, 2, 2, 2], [1, 1, 3
 
 
 def _federation(**values: object) -> FederationConfig:
-    return Policy.from_sections({"federation": {"min-nodes": 5, **values}}).federation
+    """A [federation] section without trust weighting or evidence (see test_trust.py)."""
+    return Policy.from_sections(
+        {"federation": {"min-nodes": 5, "trust": "off", "evidence-cosine": 1.0, **values}}
+    ).federation
 
 
 def _run(
@@ -242,8 +245,8 @@ def test_rule_effects_of_fedavg_are_none() -> None:
             {"aggregator": "median", "server-momentum": 0.9},
             "apply to fedavg only, not to 'median'",
         ),
-        ({"update-norm-bound": "huge"}, 'must be a number > 0, "adaptive" or "off"'),
-        ({"update-norm-bound": -1.0}, 'must be a number > 0, "adaptive" or "off"'),
+        ({"update-norm-bound": "huge"}, 'must be a number > 0, "adaptive", "reference" or "off"'),
+        ({"update-norm-bound": -1.0}, 'must be a number > 0, "adaptive", "reference" or "off"'),
         ({"update-norm-quantile": 0.0}, "must be a number in (0, 1]"),
         ({"aggregator": "mean"}, "must be one of: fedavg, trimmed-mean, median"),
     ],
@@ -323,7 +326,8 @@ def test_a_label_flipping_participant_is_accepted_as_authentic_and_bounded_by_de
     """i1 trains with DP on mirrored labels: a real, sealed update the gate cannot refuse.
 
     The default defences bound it like every update: each norm above the
-    round's median is clipped to it, with both norms in the ledger.
+    round's median is clipped to it, with both norms in the ledger, and then
+    rescaled to the reference update's norm by the trust weighting.
     """
     policy = Policy().with_overrides({"federation.rounds": 1, "training.local-epochs": 1})
     institutions = [(name, "academia") for name in NAMES]
@@ -354,4 +358,6 @@ def test_a_label_flipping_participant_is_accepted_as_authentic_and_bounded_by_de
     moved = np.linalg.norm(
         np.concatenate([(federation.weights[k] - before[k]).ravel() for k in before])
     )
-    assert 0 < moved <= bound * (1 + 1e-5)  # a mean of updates each at most the bound
+    # then trust rescales each to the reference's norm: the mean moves at most that far
+    (reference,) = {d["norm_after"] for d in run["defences"] if d["rule"] == "trust"}
+    assert 0 < moved <= reference * (1 + 1e-5)

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from client.task import ClientSetup, train_round
+from client.task import ClientSetup, RoundOutcome, train_round
 from common.arrays import Arrays, arrays_of, arrays_sha256, arrays_to_bytes, record_of
 from common.envelope import UpdateHeader, envelope_record, seal
 from common.images import ImageData, write_npz
@@ -36,6 +37,7 @@ from common.witness import Cosigned, Witnessed
 from fedcommons.demo_setup import prepare_data
 from ledger import ChargeFact, DefenceFact, ExclusionFact
 from ledger.shapley import RoundValues
+from server.app.reference import class_scorer, reference_trainer
 from server.app.snapshots import KeptReply
 from server.app.strategy import (
     ClaimCheck,
@@ -51,7 +53,7 @@ from server.app.strategy.owed import OwedCharge
 from server.app.strategy.recorder import FinishedRound, RoundRecorder
 from server.app.valuation import Valuer
 from server.app.valuation.batched import batch_evaluator
-from tests.support.attacks import ATTACKS, flip_labels
+from tests.support.attacks import ATTACKS, COLLUSIONS, TARGETED, flip_labels, relabel
 
 __all__ = ["ABSENT", "LABEL_FLIP", "HostileFederation", "StaticGrid", "Tally", "task_identity"]
 
@@ -136,9 +138,14 @@ class HostileFederation:
         Where each institution's data and state folder go.
     institutions : sequence of (name, kind)
         The consortium; the policy's partition splits the data among them.
-    attacker, attack : str, optional
-        Who attacks, and how: a key of :data:`~tests.support.attacks.ATTACKS` or
-        :data:`LABEL_FLIP`. ``None``: everyone is honest.
+    attacker : str or sequence of str, optional
+        Who attacks (one institution, or the colluders). ``None``: everyone is honest.
+    attack : str, optional
+        How: a key of :data:`~tests.support.attacks.ATTACKS` (each attacker
+        alone), of :data:`~tests.support.attacks.COLLUSIONS` (every attacker
+        sends what the colluders computed from the honest updates of the
+        round), :data:`LABEL_FLIP` or :data:`~tests.support.attacks.TARGETED`
+        (data attacks: each attacker trains on its altered data).
     check_claims : bool (default: True)
         Whether example counts are checked against the admitted datasets
         (the product always checks; ``False`` shows the damage without it).
@@ -154,24 +161,29 @@ class HostileFederation:
         workdir: Path,
         institutions: Sequence[tuple[str, str]],
         *,
-        attacker: str | None = None,
+        attacker: str | Sequence[str] | None = None,
         attack: str | None = None,
         check_claims: bool = True,
         recorder: RoundRecorder | None = None,
         valued: bool = False,
     ) -> None:
-        if attack is not None and attack not in (LABEL_FLIP, ABSENT) and attack not in ATTACKS:
+        known = (LABEL_FLIP, ABSENT, TARGETED, *ATTACKS, *COLLUSIONS)
+        if attack is not None and attack not in known:
             raise ValueError(f"unknown attack {attack!r}")
         if (attack is None) != (attacker is None):
             raise ValueError("name both the attacker and its attack, or neither")
-        self.policy, self.attacker, self.attack = policy, attacker, attack
+        self.policy, self.attack = policy, attack
+        self.attackers = (attacker,) if isinstance(attacker, str) else tuple(attacker or ())
+        self.attacker = self.attackers[0] if self.attackers else None
         layout = prepare_data(workdir, policy, institutions)
-        if attack == LABEL_FLIP:
-            (node,) = [n for n in layout.nodes if n.institution == attacker]
+        for node in layout.nodes:
+            if node.institution not in self.attackers or attack not in (LABEL_FLIP, TARGETED):
+                continue
             data = load_local_data(policy, node.data_dir)
-            assert isinstance(data, ImageData), "label flipping is written for image data"
+            assert isinstance(data, ImageData), "the data attacks are written for image data"
             (path,) = sorted(node.data_dir.iterdir())
-            write_npz(path, flip_labels(data, policy.model.num_classes))
+            classes = policy.model.num_classes
+            write_npz(path, flip_labels(data, classes) if attack == LABEL_FLIP else relabel(data))
         run_config = policy.to_run_config()
         self.setups = [
             ClientSetup.from_configs(
@@ -217,7 +229,11 @@ class HostileFederation:
             evaluator=lambda weights: self.score(weights, self.validation),
             min_nodes=federation.min_nodes,
             recorder=recorder if recorder is not None else self.tally,
-            defences=Defences.of(federation),
+            defences=Defences.of(
+                federation,
+                reference_trainer(policy, self.model, self.validation),
+                class_scorer(self.model, self.validation, policy.model.num_classes),
+            ),
             valuer=Valuer(
                 policy.valuation, federation.seed, batch_evaluator(self.model, self.validation)
             )
@@ -231,8 +247,8 @@ class HostileFederation:
         result = evaluate(self.model, data)  # type: ignore[arg-type]
         return result.loss, result.accuracy
 
-    def _reply(self, request: Message, setup: ClientSetup, server_round: int) -> Message:
-        """Train as the ClientApp does, attack if hostile, seal with the institution's key."""
+    def _train(self, setup: ClientSetup, server_round: int) -> tuple[Arrays, int, RoundOutcome]:
+        """Train as the ClientApp does; attack alone if hostile. (weights, claimed, outcome)."""
         outcome = train_round(
             setup,
             self.weights,
@@ -240,8 +256,19 @@ class HostileFederation:
             flower_run_id=FLOWER_RUN,
         )
         sent, claimed = outcome.weights, len(setup.data)
-        if setup.institution == self.attacker and self.attack in ATTACKS:
+        if setup.institution in self.attackers and self.attack in ATTACKS:
             sent, claimed = ATTACKS[self.attack](self.weights, sent, claimed, self.rng)
+        return sent, claimed, outcome
+
+    def _reply(
+        self,
+        request: Message,
+        setup: ClientSetup,
+        server_round: int,
+        trained: tuple[Arrays, int, RoundOutcome],
+    ) -> Message:
+        """Seal what the institution sends with its key, as the ClientApp does."""
+        sent, claimed, outcome = trained
         header = UpdateHeader(
             run_id=str(FLOWER_RUN),
             round=server_round,
@@ -262,7 +289,11 @@ class HostileFederation:
         return Message(content, reply_to=request)
 
     def round(self, server_round: int) -> float:
-        """One round, as Flower's ``start`` drives the strategy; the validation accuracy."""
+        """One round, as Flower's ``start`` drives the strategy; the validation accuracy.
+
+        Every institution trains first; colluders then send what their attack
+        computes from the round's honest updates.
+        """
         with task_identity():
             requests = list(
                 self.strategy.configure_train(
@@ -273,14 +304,23 @@ class HostileFederation:
                 )
             )
             by_node = {self.nodes[s.institution]: s for s in self.setups}
-            replies = [
-                self._reply(r, by_node[r.metadata.dst_node_id], server_round)
+            asked = [
+                (r, by_node[r.metadata.dst_node_id])
                 for r in requests
                 if not (
                     self.attack == ABSENT
-                    and by_node[r.metadata.dst_node_id].institution == self.attacker
+                    and by_node[r.metadata.dst_node_id].institution in self.attackers
                 )
             ]
+            trained = {s.institution: self._train(s, server_round) for _, s in asked}
+            if self.attack in COLLUSIONS:
+                honest = [t[0] for name, t in trained.items() if name not in self.attackers]
+                colluding = [name for name in trained if name in self.attackers]
+                sent = COLLUSIONS[self.attack](self.weights, honest, len(colluding), self.rng)
+                for name in colluding:
+                    _, claimed, outcome = trained[name]
+                    trained[name] = ({k: v.copy() for k, v in sent.items()}, claimed, outcome)
+            replies = [self._reply(r, s, server_round, trained[s.institution]) for r, s in asked]
             arrays, _ = self.strategy.aggregate_train(server_round, replies)
             assert arrays is not None
             metrics = self.strategy.finish_round(server_round, arrays)
@@ -290,3 +330,18 @@ class HostileFederation:
     def test_accuracy(self) -> float:
         """The global model's accuracy on the operator's held-out test split."""
         return self.score(self.weights, self.test)[1]
+
+    def test_class_accuracy(self) -> list[float]:
+        """The global model's accuracy on each class of the test split."""
+        score = class_scorer(self.model, self.test, self.policy.model.num_classes)
+        return [float(a) for a in score(self.weights)]
+
+    def test_confusion(self, source: int = 0, target: int = 8) -> float:
+        """The share of the test split's ``source`` examples the global model calls ``target``."""
+        set_arrays(self.model, self.weights)
+        self.model.eval()
+        images, labels = self.test.tensors()
+        with torch.no_grad():
+            predicted = self.model(images).argmax(dim=1)
+        mask = labels == source
+        return float((predicted[mask] == target).float().mean()) if bool(mask.any()) else 0.0

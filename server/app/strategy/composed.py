@@ -28,13 +28,13 @@ from common.witness import COSIGNATURES, cosignatures_of
 from ledger import ExclusionFact
 from ledger.shapley import RoundValues
 from server.app.snapshots import KeptReply
+from server.app.strategy.defences import Defences
 from server.app.strategy.intake import RoundIntake, UpdateIntake, sender
 from server.app.strategy.kept import kept_reply, reply_of
 from server.app.strategy.licence_check import LicenceCheck
 from server.app.strategy.outbox import ReceiptOutbox
 from server.app.strategy.owed import OwedCharges
 from server.app.strategy.recorder import FinishedRound, NullRecorder, RoundRecorder
-from server.app.strategy.robust import Defences
 from server.app.valuation import Valuer
 
 __all__ = ["ConsortiumStrategy", "Evaluator", "RoundFailed"]
@@ -119,7 +119,7 @@ class ConsortiumStrategy(Strategy):
         self._started = time.monotonic()
         self._model_before = ""
         self._round = RoundIntake()
-        self._bounded: list[tuple[str, Arrays, int]] = []
+        self._bounded: list[tuple[str, Arrays, float]] = []
         """The round's accepted updates as the rule received them (Flower's rules may pop them)."""
         self._sent: list[Message] = []
         self._phases: dict[str, float] = {}
@@ -239,16 +239,31 @@ class ConsortiumStrategy(Strategy):
                 "nodes returned an update" + (f" ({reasons})" if reasons else "")
             )
         bounded = [a.arrays for a in intake.accepted]
+        weights = [float(a.update.num_examples) for a in intake.accepted]
+        kept = [True] * len(bounded)
         if self.defences is not None:
-            key = self.intake.arrayrecord_key
-            bounded, effects = self.defences.apply(self._global, intake.accepted, key)
-            self.recorder.record_defences(server_round, effects)
+            defended = self.defences.apply(
+                self._global,
+                intake.accepted,
+                self.intake.arrayrecord_key,
+                server_round,
+                self.intake.weighted_by_key,
+            )
+            bounded, weights, kept = defended.arrays, defended.weights, defended.kept
+            self.recorder.record_defences(server_round, defended.facts)
         # Kept apart from the replies: FedMedian and FedTrimmedAvg pop the arrays out of them.
         self._bounded = [
-            (a.update.institution, arrays, a.update.num_examples)
-            for a, arrays in zip(intake.accepted, bounded, strict=True)
+            (a.update.institution, arrays, weight)
+            for a, arrays, weight in zip(intake.accepted, bounded, weights, strict=True)
         ]
-        return self.aggregator.aggregate_train(server_round, [a.message for a in intake.accepted])
+        chosen = [a.message for a, k in zip(intake.accepted, kept, strict=True) if k]
+        if not chosen:  # every update pointed away from the trusted data: the model stays
+            log.warning(
+                "round %d: every update was weighted zero by the reference; the model is kept",
+                server_round,
+            )
+            return record_of(self._global), MetricRecord()
+        return self.aggregator.aggregate_train(server_round, chosen)
 
     def _settle_owed(self, server_round: int, reported: list[ConfigRecord | None]) -> None:
         """Record the charges members report they paid and the ledger may lack; tell them."""
@@ -285,6 +300,10 @@ class ConsortiumStrategy(Strategy):
         loss, accuracy = self.evaluator(weights)
         if server_round > 0:
             server_round += self.rounds_done
+            if self.defences is not None:
+                kept = [(name, arrays) for name, arrays, weight in self._bounded if weight > 0]
+                drops = self.defences.class_drops(self._global, weights, kept)
+                self.recorder.record_defences(server_round, drops)
             valuing = time.monotonic()
             valuation = self._value(server_round)
             recording = time.monotonic()
@@ -337,8 +356,9 @@ class ConsortiumStrategy(Strategy):
             )
         return valuation
 
-    def round_updates(self) -> list[tuple[str, Arrays, int]]:
-        """The last round's accepted updates as aggregated (bounded), with their example counts."""
+    def round_updates(self) -> list[tuple[str, Arrays, float]]:
+        """The last round's accepted updates as aggregated (bounded, rescaled), with the weight
+        each had in the aggregate: its example count, or its trust weight."""
         return list(self._bounded)
 
     @property

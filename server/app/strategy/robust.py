@@ -32,12 +32,11 @@ from flwr.serverapp.strategy import (
 )
 from flwr.serverapp.strategy.multikrum import select_multikrum
 
-from common.arrays import Arrays, record_of
+from common.arrays import Arrays
 from common.policy import FederationConfig
 from ledger import DefenceFact
-from server.app.strategy.intake import Accepted
 
-__all__ = ["Defences", "NormBound", "build_aggregator", "rule_effects"]
+__all__ = ["NormBound", "build_aggregator", "flat", "rule_effects"]
 
 
 def build_aggregator(federation: FederationConfig) -> FedAvg:
@@ -74,7 +73,7 @@ def build_aggregator(federation: FederationConfig) -> FedAvg:
     raise ValueError(f"unknown aggregator {rule!r}")  # the policy allows none other
 
 
-def _flat(arrays: Arrays) -> np.ndarray:
+def flat(arrays: Arrays) -> np.ndarray:
     return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays.values()])
 
 
@@ -86,7 +85,8 @@ class NormBound:
     ----------
     bound : float or str
         A fixed bound (> 0), ``"adaptive"`` (the ``quantile`` of the round's
-        norms) or ``"off"``.
+        norms), ``"reference"`` (the norm of the round's reference update, see
+        :mod:`.trust`) or ``"off"``.
     quantile : float (default: 0.5)
         Which quantile of the round's norms an adaptive bound is.
     """
@@ -95,14 +95,25 @@ class NormBound:
     quantile: float = 0.5
 
     def apply(
-        self, global_weights: Arrays, updates: Sequence[tuple[str, Arrays]]
+        self,
+        global_weights: Arrays,
+        updates: Sequence[tuple[str, Arrays]],
+        reference_norm: float | None = None,
     ) -> tuple[list[Arrays], list[DefenceFact]]:
-        """The updates, each clipped to the bound, and a fact for every one that was."""
+        """The updates, each clipped to the bound, and a fact for every one that was.
+
+        ``reference_norm`` is the round's reference update's norm, which a
+        ``"reference"`` bound needs.
+        """
         if self.bound == "off" or not updates:
             return [arrays for _, arrays in updates], []
         deltas = [{k: a[k].astype(np.float64) - global_weights[k] for k in a} for _, a in updates]
-        norms = [float(np.linalg.norm(_flat(d))) for d in deltas]
-        if isinstance(self.bound, str):
+        norms = [float(np.linalg.norm(flat(d))) for d in deltas]
+        if self.bound == "reference":
+            if reference_norm is None:
+                raise ValueError("a reference norm bound needs the round's reference update")
+            limit, how = reference_norm, "the norm of the reference update on the trusted set"
+        elif isinstance(self.bound, str):
             limit, how = (
                 float(np.quantile(norms, self.quantile)),
                 (f"adaptive: the {self.quantile:g} quantile of this round's {len(norms)} norms"),
@@ -170,7 +181,7 @@ def rule_effects(
         ]
         if rule != "bulyan":
             return facts
-    stack = np.stack([_flat(arrays[i]) for i in chosen])
+    stack = np.stack([flat(arrays[i]) for i in chosen])
     m = len(chosen)
     if rule == "trimmed-mean":
         cut = int(federation.trim_fraction * m)
@@ -200,40 +211,3 @@ def rule_effects(
                 )
             )
     return facts
-
-
-@dataclass(frozen=True)
-class Defences:
-    """The norm bound, then a record of what the aggregation rule will leave out.
-
-    Parameters
-    ----------
-    norm_bound : NormBound
-        Clips the accepted updates before the rule sees them.
-    federation : FederationConfig
-        Names the rule (and its settings) whose effects are recorded.
-    """
-
-    norm_bound: NormBound
-    federation: FederationConfig
-
-    @classmethod
-    def of(cls, federation: FederationConfig) -> Defences:
-        """The defences the policy asks for."""
-        bound = NormBound(federation.update_norm_bound, federation.update_norm_quantile)
-        return cls(bound, federation)
-
-    def apply(
-        self, global_weights: Arrays, accepted: Sequence[Accepted], arrays_key: str
-    ) -> tuple[list[Arrays], list[DefenceFact]]:
-        """Clip the accepted updates in place (their messages); return each update as the
-        rule will receive it, and what was done."""
-        names = [a.update.institution for a in accepted]
-        opened = [a.arrays for a in accepted]
-        pairs = list(zip(names, opened, strict=True))
-        bounded, facts = self.norm_bound.apply(global_weights, pairs)
-        for item, before, after in zip(accepted, opened, bounded, strict=True):
-            if after is not before:
-                item.message.content.array_records[arrays_key] = record_of(after)
-        contents = [a.message.content for a in accepted]
-        return bounded, facts + rule_effects(self.federation, names, contents, bounded)

@@ -48,9 +48,10 @@ class CoalitionUtility:
     ----------
     start : Arrays
         The round's starting (global) model: the empty coalition.
-    updates : sequence of (institution, arrays, examples)
-        The round's accepted updates, as aggregated, with the example count
-        each signed.
+    updates : sequence of (institution, arrays, weight)
+        The round's accepted updates, as aggregated, with the weight each
+        had in the aggregate (the example count it signed, or its trust
+        weight: a coalition is valued on the aggregate the round used).
     evaluator : callable
         ``(loss, accuracy)`` of weights on the server's validation split.
     utility : str
@@ -63,7 +64,7 @@ class CoalitionUtility:
     def __init__(
         self,
         start: Arrays,
-        updates: Sequence[tuple[str, Arrays, int]],
+        updates: Sequence[tuple[str, Arrays, float]],
         evaluator: Callable[[Arrays], tuple[float, float]],
         utility: str = "accuracy",
         batch: BatchEvaluator | None = None,
@@ -83,10 +84,11 @@ class CoalitionUtility:
         self._known: dict[int, int] = {}
 
     def model(self, mask: int) -> Arrays:
-        """The coalition's model: its members' example-weighted mean (the start if empty)."""
-        if mask == 0:
-            return self.start
+        """The coalition's model: its members' weighted mean (the start if empty, or if all
+        its members weigh nothing)."""
         members = np.array([bool(mask >> i & 1) for i in range(len(self.players))])
+        if mask == 0 or self.examples[members].sum() <= 0:
+            return self.start
         weights = self.examples[members] / self.examples[members].sum()
         return {
             k: np.tensordot(weights, stack[members], axes=1).astype(self.start[k].dtype)
@@ -141,7 +143,7 @@ class Valuer:
         self,
         server_round: int,
         start: Arrays,
-        updates: Sequence[tuple[str, Arrays, int]],
+        updates: Sequence[tuple[str, Arrays, float]],
         evaluator: Callable[[Arrays], tuple[float, float]],
     ) -> RoundValues | None:
         """The round's values, or ``None`` when valuation is off or nothing was accepted."""
