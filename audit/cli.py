@@ -17,7 +17,7 @@ from audit.compare import compare_folders, operator_and_origin
 from common.consortium import Consortium
 from common.output import OutputFormat, literal_console
 from common.receipts import read_receipts
-from ledger import Ledger, contributions_report
+from ledger import SUSPECTED, Ledger, contributions_report
 from ledger.report import ledger_report
 from ledger.schema import Run
 from ledger.verify import LedgerTampered, verify_ledger
@@ -210,6 +210,13 @@ def show(
                 f"(code {e['code']}): {e['reason']}",
                 highlight=False,
             )
+        for d in run["defences"]:
+            if d["action"] == SUSPECTED:
+                console.print(
+                    f"  collusion evidence, round {d['round']}: {d['institution']} "
+                    f"({d['rule']}): {d['detail']}",
+                    highlight=False,
+                )
         for release in run["releases"]:
             console.print(
                 f"  released model {release['model_sha256'][:16]}… (card "
@@ -222,6 +229,16 @@ def _standing(participant: dict[str, Any]) -> str:
     if participant["suspended"]:
         return "suspended"
     return "admitted" if participant["admitted_at"] else "enrolled"
+
+
+def _evidence_text(evidence: dict[str, list[int]]) -> str:
+    """``near-identical (1, 2); zero-weight (2)``, or ``-`` for none."""
+    return (
+        "; ".join(
+            f"{kind} ({', '.join(str(r) for r in rounds)})" for kind, rounds in evidence.items()
+        )
+        or "-"
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -267,13 +284,16 @@ def contributions(
                 *(str(r["values_ppm"].get(n, "-")) for n in names),
             )  # fmt: skip
         console.print(table)
-        shares = Table(title=f"Run {entry['run']}: cumulative shares")
-        for column in ("institution", "kind", "value (ppm)", "share"):
+        shares = Table(title=f"Run {entry['run']}: cumulative shares, with collusion evidence")
+        for column in ("institution", "kind", "value (ppm)", "share", "evidence (rounds)"):
             shares.add_column(column)
         for i in entry["institutions"]:
-            shares.add_row(i["name"], i["kind"], str(i["value_ppm"]), _pct(i["share"]))
+            shares.add_row(
+                i["name"], i["kind"], str(i["value_ppm"]), _pct(i["share"]),
+                _evidence_text(i["evidence"]),
+            )  # fmt: skip
         for k in entry["kinds"]:
-            shares.add_row(f"all {k['name']}", k["name"], str(k["value_ppm"]), _pct(k["share"]))
+            shares.add_row(f"all {k['name']}", k["name"], str(k["value_ppm"]), _pct(k["share"]), "")
         console.print(shares)
 
 

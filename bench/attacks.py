@@ -23,7 +23,8 @@ colluder sends the same update, against the honest mean with norm 0.99 x
 the honest median), ``alie`` (A Little Is Enough: the honest mean minus one
 standard deviation) and ``relabel-0-to-8`` (each attacker trains honestly on
 its zeros relabelled as eights; the cell reports the share of test zeros
-called eight).
+called eight). The relabel is run by ``university-b`` (and ``university-d``),
+who hold the most zeros: the companies hold almost none.
 
 Every cell records to a real SQLite ledger (a run with the five enrolled)
 through the ServerApp's ``LedgerRecorder``, with every round valued, and
@@ -100,6 +101,8 @@ INSTITUTIONS = (
 )
 ATTACKERS = ("company-e", "company-c")
 """The first ``--colluders`` of these attack (company-e alone, or both companies)."""
+TARGETERS = ("university-b", "university-d")
+"""Who runs the targeted relabel: the two holding the most zeros (57 and 37; company-e has 2)."""
 ATTACK_NAMES = ["clean", ABSENT, *sorted(ATTACKS), LABEL_FLIP, *sorted(COLLUSIONS), TARGETED]
 
 NO_TRUST: dict[str, Scalar] = {"federation.trust": "off"}
@@ -180,7 +183,7 @@ def run_cell(
     base: Policy, attack: str, defence: str, workdir: Path, colluders: int = 1
 ) -> dict[str, Any]:
     """One federation from scratch, recorded in a real ledger: its accuracy and what it holds."""
-    attackers = ATTACKERS[:colluders]
+    attackers = (TARGETERS if attack == TARGETED else ATTACKERS)[:colluders]
     cell: dict[str, Any] = {"attack": attack, "defence": defence, "attackers": list(attackers)}
     try:
         policy = base.with_overrides(DEFENCES[defence], source=f"defence {defence}")
@@ -286,6 +289,7 @@ def main() -> None:
         policy=base.to_sections(),
         institutions=[name for name, _ in INSTITUTIONS],
         attackers=list(ATTACKERS),
+        targeters=list(TARGETERS),
         cells=cells,
     )
 

@@ -12,6 +12,7 @@ kept out of later runs) and
 
 from ledger.contributions import contributions_report, record_valuation
 from ledger.facts import (
+    SUSPECTED,
     ChargeFact,
     DefenceFact,
     ExclusionFact,
@@ -32,6 +33,7 @@ from ledger.schema import ApiToken, Contribution, Valuation
 from ledger.store import Ledger, LedgerError, LedgerUnreachable, normalise_url
 
 __all__ = [
+    "SUSPECTED",
     "ApiToken",
     "ChargeFact",
     "Contribution",

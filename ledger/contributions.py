@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from common.canonical import canonical_json
 from ledger.entries import record_row
-from ledger.schema import Contribution, Participant, Run, Valuation
+from ledger.facts import SUSPECTED
+from ledger.schema import Contribution, Defence, Participant, Run, Valuation
 from ledger.shapley import RoundValues
 from ledger.store import LedgerError
 
@@ -76,6 +77,8 @@ def contributions_report(
 
     A share is an institution's positive cumulative value over the sum of all
     positive ones (a harmful participant, with a negative value, has share 0).
+    Beside each institution's value is the collusion evidence recorded against
+    it in the run (``evidence``: kind -> rounds), so no value is read without it.
     """
     if kinds is None:
         kinds = {p.name: p.kind for p in session.scalars(select(Participant))}
@@ -96,6 +99,7 @@ def contributions_report(
         total: dict[str, int] = {}
         for c in values:
             total[c.participant.name] = total.get(c.participant.name, 0) + c.value
+        evidence = _evidence(session, run.id)
         runs.append(
             {
                 "run": run.id,
@@ -111,11 +115,29 @@ def contributions_report(
                     }
                     for v in rows
                 ],
-                "institutions": _shares(total, kinds),
+                "institutions": [
+                    {**share, "evidence": evidence.get(share["name"], {})}
+                    for share in _shares(total, kinds)
+                ],
                 "kinds": _shares(_by_kind(total, kinds), None),
             }
         )
     return runs
+
+
+def _evidence(session: Session, run_id: int) -> dict[str, dict[str, list[int]]]:
+    """The run's collusion evidence by institution: each kind, and the rounds it was seen in."""
+    rows = session.scalars(
+        select(Defence)
+        .where(Defence.run_id == run_id, Defence.action == SUSPECTED)
+        .order_by(Defence.id)
+    )
+    out: dict[str, dict[str, list[int]]] = {}
+    for row in rows:
+        rounds = out.setdefault(row.participant.name, {}).setdefault(row.rule, [])
+        if row.round_number not in rounds:
+            rounds.append(row.round_number)
+    return out
 
 
 def _by_kind(total: Mapping[str, int], kinds: Mapping[str, str]) -> dict[str, int]:

@@ -31,6 +31,7 @@ from ledger.schema import (
 from ledger.store import LedgerError
 
 __all__ = [
+    "SUSPECTED",
     "ChargeFact",
     "DefenceFact",
     "ExclusionFact",
@@ -231,6 +232,10 @@ class ExclusionFact:
     node_id: int
     code: int
     reason: str
+
+
+SUSPECTED = "suspected"
+"""A defence entry's action when it records collusion evidence, not something done."""
 
 
 @dataclass(frozen=True)

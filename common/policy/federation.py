@@ -83,7 +83,7 @@ class FederationConfig(Section):
     evidence_cosine : float (default: 0.99)
         Two members' updates more similar than this (cosine) are recorded as
         near-identical: evidence of collusion.
-    evidence_class_drop : float (default: 0.25)
+    evidence_class_drop : float (default: 0.4)
         A round that loses this much of one class's validation accuracy while
         the others hold is recorded, with the members whose update alone does it.
     """
@@ -170,7 +170,7 @@ class FederationConfig(Section):
         metadata=spec("evidence-cosine", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     )
     evidence_class_drop: float = field(
-        default=0.25,
+        default=0.4,
         metadata=spec("evidence-class-drop", float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
     )
 

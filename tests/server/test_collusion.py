@@ -10,14 +10,21 @@ ledger (SQLite file and PostgreSQL), which is read back and verified.
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from audit.web import create_app
 from common.policy import Policy
+from fedcommons.cli import app
 from ledger import Ledger
 from ledger.contributions import contributions_report
 from ledger.report import ledger_report
+from ledger.tokens import issue_token
 from ledger.verify import verify_ledger
 from server.app.strategy import LedgerRecorder
 from tests.support.hostile_federation import FLOWER_RUN, HostileFederation
@@ -52,7 +59,7 @@ def _collude(
 
 
 def test_colluders_under_the_norm_bound_weigh_zero_earn_nothing_and_are_named(
-    ledger: Ledger, tmp_path: Path
+    ledger: Ledger, url: str, tmp_path: Path
 ) -> None:
     run, values = _collude(ledger, tmp_path, "under-bound", rounds=2)
     defences = run["defences"]
@@ -68,7 +75,39 @@ def test_colluders_under_the_norm_bound_weigh_zero_earn_nothing_and_are_named(
     for valued in values["rounds"]:  # type: ignore[attr-defined]
         for colluder in COLLUDERS:
             assert valued["values_ppm"][colluder] == 0  # weight zero: a null player
+    beside = {i["name"]: i["evidence"] for i in values["institutions"]}  # type: ignore[attr-defined]
+    for colluder in COLLUDERS:
+        assert beside[colluder]["near-identical"] == [1, 2]
+        assert beside[colluder]["zero-weight"] == [2]
+    _shown_to_auditors(url, COLLUDERS)
     ledger.close()
+
+
+def _shown_to_auditors(url: str, colluders: tuple[str, ...]) -> None:
+    """``audit show``, ``audit contributions`` and the dashboard's run page show the evidence."""
+    runner = CliRunner()
+    shown = runner.invoke(app, ["audit", "show", "--ledger", url])
+    assert shown.exit_code == 0, shown.output
+    for colluder in colluders:
+        assert f"collusion evidence, round 2: {colluder} (zero-weight)" in shown.output
+    valued = runner.invoke(app, ["audit", "contributions", "--ledger", url])
+    assert valued.exit_code == 0, valued.output
+    assert "evidence (rounds)" in valued.output and "near-identical" in valued.output
+    as_json = runner.invoke(app, ["audit", "contributions", "--ledger", url, "--format", "json"])
+    (run,) = json.loads(as_json.output)["runs"]
+    beside = {i["name"]: i["evidence"] for i in run["institutions"]}
+    assert all(beside[c]["near-identical"] == [1, 2] for c in colluders)
+    with Ledger(url).session() as s:
+        token = issue_token(s, "auditor", timedelta(days=1))
+    dashboard = create_app(url)
+    with TestClient(dashboard) as client:
+        page = client.get("/runs/1", headers={"Authorization": f"Bearer {token}"}).text
+    dashboard.state.ledger.close()
+    evidence = page[page.index('id="evidence"') : page.index('id="contributions"')]
+    for colluder in colluders:
+        assert f"<td>{colluder}</td><td>near-identical</td>" in evidence
+    contributions = page[page.index('id="contributions"') :]
+    assert "near-identical (1, 2); zero-weight (2)" in contributions
 
 
 def test_a_little_is_enough_counts_once_and_is_named(ledger: Ledger, tmp_path: Path) -> None:

@@ -32,13 +32,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from common.arrays import Arrays
-from ledger import DefenceFact
+from ledger import SUSPECTED, DefenceFact
 from server.app.strategy.trust import flat_delta
 
 __all__ = ["SUSPECTED", "ClassScorer", "Evidence"]
-
-SUSPECTED = "suspected"
-"""The action of every evidence entry."""
 
 ClassScorer = Callable[[Arrays], np.ndarray]
 """``weights -> accuracy per class`` on the server's validation split."""
