@@ -323,9 +323,11 @@ class Defence(Base):
     """What a robustness defence did to one accepted update in one round (ledger v9).
 
     ``rule`` is ``norm-bound`` (the update was clipped: ``norm_before`` and
-    ``norm_after`` say how much) or the aggregation rule that left the update
+    ``norm_after`` say how much), the aggregation rule that left the update
     out (``action`` ``discarded``) or used only part of it (``trimmed``:
-    ``share`` of its coordinates were not used).
+    ``share`` of its coordinates were not used), ``trust`` (its weight against
+    the reference update), or collusion evidence (``action`` ``suspected``;
+    see docs/ledger.md).
     """
 
     __tablename__ = "defences"
