@@ -167,7 +167,7 @@ def _read_back(ledger: Ledger, attackers: tuple[str, ...]) -> dict[str, Any]:
     return {
         "attacker_defence_rounds": len({r for r, n, _, a in facts if n in attackers}),
         "attacker_zero_weight_rounds": sum(
-            1 for _, n, rule, a in facts if n in attackers and rule == "trust" and a == "weighted zero"
+            1 for _, n, _, a in facts if n in attackers and a == "weighted zero"
         ),
         "honest_defence_facts": sum(
             1 for _, n, _, a in facts if n not in attackers and a != SUSPECTED
