@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,11 +28,11 @@ from sqlalchemy import text
 
 from audit.web import COOKIE, create_app
 from common.licences import SPDX, Licence
-from fedcommons.startup import free_port
 from ledger import Ledger
 from ledger.schema import ApiToken
 from ledger.tokens import issue_token, revoke_token
 from tests.support.release_federation import COMPANY, Federation
+from tests.support.serving import serving
 from tests.support.tools import CHROMIUM, needs_chromium
 
 PAGES = ["/", "/runs", "/runs/1", "/entries/0"]
@@ -363,34 +362,13 @@ def test_markup_in_ledger_entries_is_shown_as_text(hostile: Dashboard) -> None:
     assert shown == set(MARKUP)
 
 
-@contextmanager
-def _serving(app: FastAPI) -> Iterator[str]:
-    """``app`` on a free loopback port (uvicorn in a thread): its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @needs_chromium
 def test_stored_markup_runs_no_script_in_a_real_browser(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with (
         _hostile(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path) as dashboard,
-        _serving(dashboard.app) as base,
+        serving(dashboard.app) as base,
         sync_playwright() as playwright,
     ):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])

@@ -29,6 +29,8 @@ from ledger.verify import verify_ledger
 from server.app.strategy import LedgerRecorder
 from tests.support.hostile_federation import FLOWER_RUN, HostileFederation
 from tests.support.sealed_updates import run_in
+from tests.support.serving import serving
+from tests.support.tools import CHROMIUM, needs_chromium
 
 NAMES = ("university-a", "university-b", "company-c", "university-d", "company-e")
 COLLUDERS = ("company-c", "company-e")
@@ -130,3 +132,37 @@ def test_the_harness_refuses_an_unknown_collusion(tmp_path: Path, attack: str) -
         )  # fmt: skip
     with pytest.raises(ValueError, match="name both the attacker and its attack"):
         HostileFederation(Policy(), tmp_path, [(n, "academia") for n in NAMES], attack=attack)
+
+
+@needs_chromium
+def test_a_real_browser_shows_the_evidence_beside_the_values(tmp_path: Path) -> None:
+    """The dashboard's run page, in Chromium: the evidence table names both colluders and
+    the contributions table carries each one's evidence beside its value."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    _collude(ledger, tmp_path, "under-bound", rounds=1)
+    with ledger.session() as s:
+        token = issue_token(s, "auditor", timedelta(days=1))
+    ledger.close()
+    dashboard = create_app(url)
+    with serving(dashboard) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_context(
+            extra_http_headers={"Authorization": f"Bearer {token}"}
+        ).new_page()
+        page.goto(base + "/runs/1")
+        expect(page.locator("#evidence")).to_be_visible()
+        rows = [r.split("\t") for r in page.locator("#evidence tr").all_inner_texts()[1:]]
+        assert sorted((r[1], r[2]) for r in rows) == [(c, "near-identical") for c in COLLUDERS]
+        values = {
+            r.split("\t")[0]: r.split("\t")[-1]
+            for r in page.locator("#contributions tr").all_inner_texts()[1:]
+        }
+        assert {name: values[name] for name in COLLUDERS} == {
+            c: "near-identical (1)" for c in COLLUDERS
+        }
+        assert values["university-a"] == "-"
+        browser.close()
+    dashboard.state.ledger.close()
