@@ -118,6 +118,8 @@ class ExclusionCode(IntEnum):
     """A receipt from the server did not verify, so this node stops contributing."""
     REJECTED = 422
     """The server rejected the reply (malformed, or outside the policy)."""
+    SUSPENDED = 423
+    """The member is suspended (``operator suspend``): its node is not asked to train."""
     LICENCE = 451
     """The node's data licence does not allow the run's purpose (any more)."""
     UNAVAILABLE = 503
@@ -146,6 +148,7 @@ _LABELS = {
     ExclusionCode.BUDGET_EXHAUSTED: "privacy budget",
     ExclusionCode.RECEIPT_REJECTED: "receipt rejected",
     ExclusionCode.REJECTED: "update rejected",
+    ExclusionCode.SUSPENDED: "suspended",
     ExclusionCode.LICENCE: "licence",
     ExclusionCode.UNAVAILABLE: "unavailable",
     ExclusionCode.NO_REPLY: "no reply",

@@ -118,6 +118,11 @@ def main(grid: Grid, context: Context) -> None:
         expected=expected_tensors(initial),
         base_model_sha256=base_sha256,
         accepted_before=opened.accepted_before,
+        left_out={
+            name: (opened.admitted[name], reason)
+            for name, reason in opened.left_out.items()
+            if name in opened.admitted
+        },
     )
     recorder = LedgerRecorder(
         ledger,

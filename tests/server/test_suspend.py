@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from common.arrays import Arrays
 from common.envelope import EnvelopeError
 from common.keys import encode_public
 from common.policy import Policy
+from common.protocol import ExclusionCode
 from fedcommons.cli import app
 from ledger import Ledger, enrol_participant
 from ledger.entries import record_row
@@ -31,9 +33,22 @@ from server.app.run_start import OpenedRun, open_run
 from server.app.strategy import UpdateGate, expected_tensors
 from server.deploy import OperatorFiles
 from server.operator.consortium import init_consortium
-from tests.support.sealed_updates import AGGREGATOR, BASE, SIGNERS, seal_for
+from tests.support.sealed_updates import (
+    AGGREGATOR,
+    BASE,
+    SIGNERS,
+    begin_round,
+    ledger_with_run,
+    make_strategy,
+    reply_carrying,
+    seal_for,
+    sealed_reply,
+    server_task_identity,
+)
 
 NAMES = ("inst0", "inst1", "inst2")
+NODES = (10, 11, 12, 13)
+assert server_task_identity  # imported so that pytest finds the fixture
 POLICY = Policy()
 ZEROS: Arrays = {"w": np.zeros(2, np.float32)}
 runner = CliRunner()
@@ -97,8 +112,51 @@ def test_the_next_run_leaves_a_suspended_member_out_and_says_why(
     update = seal_for("inst2", ZEROS, 5, server_round=1, model=ZEROS, run=101)
     with pytest.raises(EnvelopeError) as refused:
         gate.open(update)
-    assert refused.value.reason == "unknown-participant"
+    assert refused.value.reason == "unknown-participant"  # a gate told nothing of suspensions
     consortium.ledger.close()
+
+
+@pytest.mark.usefixtures("server_task_identity")
+def test_a_suspended_members_node_is_not_asked_to_train_again(tmp_path: Path) -> None:
+    """Its first update of the run (signed with its admitted key) is refused as suspended
+    and names its node; from the next round that node is not asked, so it spends no more
+    privacy budget. Another member claiming the suspended name is not believed."""
+    names = ("inst0", "inst1", "inst2", "i0")
+    model = {"w": np.zeros(4, np.float32)}
+    ledger, run_id = ledger_with_run(tmp_path, names)
+    strategy = make_strategy(tmp_path, ledger, run_id, min_nodes=2, model=model, nodes=NODES)
+    gate = strategy.intake.gate
+    gate.participants.pop("inst2")  # suspended when the run started
+    gate.left_out = {"inst2": (SIGNERS["inst2"].public_key(), "near-identical updates")}
+    forged = Ed25519PrivateKey.generate()  # i0 signs as inst2 with a key of its own
+    replies = [
+        sealed_reply(10, "inst0", {"w": np.ones(4, np.float32)}, 100, model=model),
+        sealed_reply(11, "inst1", {"w": np.ones(4, np.float32)}, 100, model=model),
+        sealed_reply(12, "inst2", {"w": np.ones(4, np.float32)}, 100, model=model),
+        reply_carrying(
+            13,
+            seal_for(
+                "inst2",
+                {"w": np.ones(4, np.float32)},
+                100,
+                server_round=1,
+                model=model,
+                signer=forged,
+            ),
+        ),
+    ]
+    strategy.aggregate_train(1, replies)
+    begin_round(strategy, 2, model, NODES)
+    asked = sorted(m.metadata.dst_node_id for m in strategy._sent)  # Flower samples in any order
+    assert asked == [10, 11, 13]  # node 12 is inst2's; node 13's claim proved nothing
+    with ledger.session() as s:
+        (run,) = ledger_report(s)["runs"]
+    ledger.close()
+    refused = {(e["round"], e["node_id"]): e for e in run["exclusions"]}
+    assert "update rejected (suspended)" in refused[(1, "12")]["reason"]
+    assert "update rejected (bad-signature)" in refused[(1, "13")]["reason"]
+    assert refused[(2, "12")]["code"] == int(ExclusionCode.SUSPENDED) == 423
+    assert refused[(2, "12")]["institution"] == "inst2"
 
 
 def test_a_reinstated_member_takes_part_in_the_next_run(consortium: Consortium) -> None:

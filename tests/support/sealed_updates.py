@@ -78,7 +78,9 @@ def seal_for(
     model: Arrays,
     charge: PrivacyCharge | None = None,
     run: int = RUN,
+    signer: Ed25519PrivateKey | None = None,
 ) -> Envelope:
+    """An update sealed for the aggregator, signed with ``institution``'s key (or ``signer``)."""
     header = UpdateHeader(
         run_id=str(run),
         round=server_round,
@@ -92,7 +94,7 @@ def seal_for(
         arrays_to_bytes(weights),
         header,
         aggregator=AGGREGATOR.public_key(),
-        signer=SIGNERS[institution],
+        signer=signer if signer is not None else SIGNERS[institution],
     )
 
 

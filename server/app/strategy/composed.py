@@ -179,14 +179,18 @@ class ConsortiumStrategy(Strategy):
         self._start_round(server_round, arrays)
         kept, excluded = [], []
         for message in self.aggregator.configure_train(server_round, arrays, config, grid):
-            institution = self.intake.institution_of(message.metadata.dst_node_id)
-            reason = self.licence_check.blocked(institution) if institution else None
+            node = message.metadata.dst_node_id
+            suspended = self.intake.suspended_at(node)
+            institution = suspended or self.intake.institution_of(node)
+            code = ExclusionCode.SUSPENDED if suspended else ExclusionCode.LICENCE
+            # a suspended member signed an update in this run: no more training, no ε spent
+            reason = f"{suspended} is suspended" if suspended else None
+            reason = reason or (self.licence_check.blocked(institution) if institution else None)
             if reason is None:
                 self.outbox.attach(message, institution)
                 kept.append(message)
             else:
-                node = message.metadata.dst_node_id
-                excluded.append(ExclusionFact(institution, node, ExclusionCode.LICENCE, reason))
+                excluded.append(ExclusionFact(institution, node, code, reason))
                 log.warning(
                     "round %d: %s not asked to train: %s", server_round, institution, reason
                 )
@@ -258,10 +262,7 @@ class ConsortiumStrategy(Strategy):
         ]
         chosen = [a.message for a, k in zip(intake.accepted, kept, strict=True) if k]
         if not chosen:  # every update pointed away from the trusted data: the model stays
-            log.warning(
-                "round %d: every update was weighted zero by the reference; the model is kept",
-                server_round,
-            )
+            log.warning("round %d: every update weighted zero; the model is kept", server_round)
             return record_of(self._global), MetricRecord()
         return self.aggregator.aggregate_train(server_round, chosen)
 

@@ -84,6 +84,10 @@ class UpdateGate:
     accepted_before : iterable of str, optional
         Ciphertext hashes of updates the ledger already holds: the replay
         memory, so an envelope accepted before a crash is refused after it.
+    left_out : mapping of str to (Ed25519PublicKey, str), optional
+        Members suspended when the run started, with their admitted key and
+        the reason: an update one of them signed is refused as ``suspended``
+        (not ``unknown-participant``), so the node it came from is known.
     """
 
     def __init__(
@@ -95,8 +99,10 @@ class UpdateGate:
         expected: Mapping[str, TensorSpec],
         base_model_sha256: str,
         accepted_before: Iterable[str] = (),
+        left_out: Mapping[str, tuple[Ed25519PublicKey, str]] | None = None,
     ) -> None:
         self.flower_run_id = flower_run_id
+        self.left_out = dict(left_out or {})
         self.aggregator_key = aggregator_key
         self.participants = dict(participants)
         self.expected = dict(expected)
@@ -130,6 +136,13 @@ class UpdateGate:
         """Run every check on ``envelope``; :class:`EnvelopeError` names the first failure."""
         header = UpdateHeader.parse(envelope.header)
         public = self.participants.get(header.participant)
+        if public is None and header.participant in self.left_out:
+            key, reason = self.left_out[header.participant]
+            verify_signature(envelope, key)  # only the member itself is taken for suspended
+            raise EnvelopeError(
+                "suspended",
+                f"{header.participant!r} is suspended and left out of this run ({reason})",
+            )
         if public is None:
             raise EnvelopeError(
                 "unknown-participant",

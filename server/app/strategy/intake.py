@@ -106,6 +106,7 @@ class UpdateIntake:
         self.arrayrecord_key = arrayrecord_key
         self.weighted_by_key = weighted_by_key
         self._institution_of: dict[int, str] = {}  # learnt from verified updates
+        self._suspended_at: dict[int, str] = {}  # learnt from updates suspended members signed
 
     @property
     def nodes(self) -> dict[str, int]:
@@ -115,6 +116,10 @@ class UpdateIntake:
     def institution_of(self, node_id: int) -> str | None:
         """The institution whose verified update came from ``node_id``, if any did."""
         return self._institution_of.get(node_id)
+
+    def suspended_at(self, node_id: int) -> str | None:
+        """The suspended member whose signed update came from ``node_id``, if one did."""
+        return self._suspended_at.get(node_id)
 
     def begin_round(
         self, server_round: int, model_sha256: str, flower_run_id: str | None = None
@@ -140,6 +145,8 @@ class UpdateIntake:
             try:
                 intake.accepted.append(self._accept(message))
             except EnvelopeError as err:
+                if err.reason == "suspended":  # signed by the member: its node is not asked again
+                    self._suspended_at[node_id] = _claimed(message) or ""
                 reason = f"update rejected ({err.reason}): {err.detail}"
                 intake.exclusions.append(
                     ExclusionFact(_claimed(message), node_id, ExclusionCode.REJECTED, reason)
