@@ -20,7 +20,7 @@ from common.output import OutputFormat, literal_console
 from ledger import Ledger
 from ledger.runs import RESUMABLE
 from ledger.schema import Run
-from ledger.suspensions import SUSPENDED, reinstate, suspend
+from ledger.suspensions import REINSTATED, SUSPENDED, reinstate, suspend
 from server.deploy import OperatorFiles
 
 __all__ = ["reinstate_member", "suspend_member"]
@@ -67,7 +67,7 @@ def reinstate_member(
 
     Exit 1 if the ledger holds no such institution or it is not suspended.
     """
-    _decide(institution, reason, folder, ledger_url, output_format, "reinstated")
+    _decide(institution, reason, folder, ledger_url, output_format, REINSTATED)
 
 
 def _decide(

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from common.arrays import Arrays
+from common.arrays import Arrays, arrays_sha256
 from ledger import SUSPECTED, DefenceFact
 from server.app.strategy.trust import flat_delta
 
@@ -60,6 +60,8 @@ class Evidence:
     ) -> None:
         self.cosine, self.class_drop, self.class_scorer = cosine, class_drop, class_scorer
         self.zero_rounds: Counter[str] = Counter()
+        self._scored: tuple[str, np.ndarray] | None = None
+        """The last round's model (its hash) and its scores: the next round's start."""
 
     def twins(
         self, global_weights: Arrays, updates: Sequence[tuple[str, Arrays]]
@@ -113,13 +115,22 @@ class Evidence:
                 )
         return facts
 
+    def _class_scores(self, weights: Arrays) -> np.ndarray:
+        """Per-class accuracy of ``weights``; a round's end model is scored once, not again
+        as the next round's start."""
+        assert self.class_scorer is not None
+        key = arrays_sha256(weights)
+        if self._scored is None or self._scored[0] != key:
+            self._scored = (key, self.class_scorer(weights))
+        return self._scored[1]
+
     def class_drops(
         self, before: Arrays, after: Arrays, updates: Sequence[tuple[str, Arrays]]
     ) -> list[DefenceFact]:
         """If one class dropped while the rest held, the members whose update alone drops it."""
         if self.class_scorer is None or not updates:
             return []
-        old, new = self.class_scorer(before), self.class_scorer(after)
+        old, new = self._class_scores(before), self._class_scores(after)
         present = ~(np.isnan(old) | np.isnan(new))
         facts: list[DefenceFact] = []
         for c in np.flatnonzero(present):

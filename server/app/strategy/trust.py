@@ -78,19 +78,20 @@ def trust_weigh(
 ) -> TrustRound:
     """Weigh and rescale ``updates`` (institution, weights) against the flat ``reference``."""
     n0 = float(np.linalg.norm(reference))
-    cosines, scaled = [], []
+    cosines, scaled, norms = [], [], []
     for _, arrays in updates:
         delta = flat_delta(global_weights, arrays)
         norm = float(np.linalg.norm(delta))
         finite = bool(np.isfinite(norm)) and norm > 0 and n0 > 0
+        norms.append(norm)
         cosines.append(float(delta @ reference) / (norm * n0) if finite else 0.0)
         scaled.append(_rescaled(global_weights, arrays, n0 / norm if finite else 0.0))
     raw = [max(0.0, c) for c in cosines]
     total = sum(raw)
     weights = [r / total if total > 0 else 0.0 for r in raw]
     facts = [
-        _fact(name, arrays, global_weights, cosine, weight, n0)
-        for (name, arrays), cosine, weight in zip(updates, cosines, weights, strict=True)
+        _fact(name, norm, cosine, weight, n0)
+        for (name, _), norm, cosine, weight in zip(updates, norms, cosines, weights, strict=True)
     ]
     return TrustRound(scaled, weights, cosines, n0, facts)
 
@@ -105,14 +106,8 @@ def _rescaled(global_weights: Arrays, arrays: Arrays, scale: float) -> Arrays:
 
 
 def _fact(
-    institution: str,
-    arrays: Arrays,
-    global_weights: Arrays,
-    cosine: float,
-    weight: float,
-    reference_norm: float,
+    institution: str, norm: float, cosine: float, weight: float, reference_norm: float
 ) -> DefenceFact:
-    norm = float(np.linalg.norm(flat_delta(global_weights, arrays)))
     if weight > 0:
         action = "weighted"
         detail = (
